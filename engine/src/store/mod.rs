@@ -1,0 +1,570 @@
+//! The event store: append-only streams in PostgreSQL with per-stream hash chains,
+//! gap-free reading in commit order, seals over the global order, and verification.
+//! DESIGN.md §3 holds the decisions; `docs/audit.md` the byte encodings.
+
+pub mod hash;
+mod seal;
+mod verify;
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{PgPool, Row, postgres::PgRow};
+use uuid::Uuid;
+
+use crate::canonical::{self, CanonicalError};
+use hash::{EventFields, GENESIS, Hash};
+
+pub use seal::SealOutcome;
+pub use verify::{Problem, ProblemKind, Verification};
+
+/// Largest canonical payload one event may carry. Events hold facts, not blobs:
+/// log lines and artifacts live elsewhere.
+pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+/// Largest number of events one append may carry.
+pub const MAX_BATCH_EVENTS: usize = 1000;
+const MAX_NAME_LEN: usize = 200;
+
+/// A stream's name, `<type>-<id>` such as `run-5f0c…` or `environment-staging`.
+/// The part before the first `-` is the stream type.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId(String);
+
+impl StreamId {
+    pub fn stream_type(&self) -> &str {
+        self.0.split_once('-').map_or("", |(t, _)| t)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for StreamId {
+    type Err = InvalidInput;
+
+    fn from_str(s: &str) -> Result<Self, InvalidInput> {
+        let bad = || InvalidInput::StreamId(s.to_owned());
+        let (kind, id) = s.split_once('-').ok_or_else(bad)?;
+        let kind_ok = kind.starts_with(|c: char| c.is_ascii_lowercase())
+            && kind.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        let id_ok = !id.is_empty()
+            && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+        if kind_ok && id_ok && s.len() <= MAX_NAME_LEN { Ok(StreamId(s.to_owned())) } else { Err(bad()) }
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the writer believes the stream's version is; an append whose belief is
+/// wrong fails with [`AppendError::Conflict`] and writes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream holds.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last version must be exactly this (0 means no stream).
+    Exact(u64),
+}
+
+impl FromStr for ExpectedVersion {
+    type Err = InvalidInput;
+
+    /// Accepts `any`, `no-stream` or a version number.
+    fn from_str(s: &str) -> Result<Self, InvalidInput> {
+        match s {
+            "any" => Ok(ExpectedVersion::Any),
+            "no-stream" => Ok(ExpectedVersion::NoStream),
+            n => n.parse().map(ExpectedVersion::Exact).map_err(|_| InvalidInput::ExpectedVersion(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any"),
+            ExpectedVersion::NoStream => f.write_str("no-stream"),
+            ExpectedVersion::Exact(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// Who and what caused an event. Stored beside the payload and covered by the hash.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// An event to append. Its `event_id` makes the append idempotent: appending the
+/// same ids again returns the original result instead of writing twice.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub payload: Value,
+    pub metadata: Metadata,
+}
+
+impl NewEvent {
+    pub fn new(event_type: impl Into<String>, payload: Value) -> Self {
+        NewEvent {
+            event_id: Uuid::new_v4(),
+            event_type: event_type.into(),
+            schema_version: 1,
+            payload,
+            metadata: Metadata::default(),
+        }
+    }
+
+    /// Builds an event from JSON text, as it arrives from outside.
+    pub fn from_json(event_type: impl Into<String>, payload: &str) -> Result<Self, InvalidInput> {
+        let payload = serde_json::from_str(payload)
+            .map_err(|e| InvalidInput::Payload { index: 0, reason: CanonicalError::Invalid(e.to_string()) })?;
+        Ok(Self::new(event_type, payload))
+    }
+
+    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+}
+
+/// A position in the global order: events are read in `(tx_id, position)` order,
+/// which is commit order up to the oldest transaction still in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct Cursor {
+    pub tx_id: i64,
+    pub position: i64,
+}
+
+impl Cursor {
+    /// Before the first event.
+    pub const START: Cursor = Cursor { tx_id: 0, position: 0 };
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.tx_id, self.position)
+    }
+}
+
+impl FromStr for Cursor {
+    type Err = InvalidInput;
+
+    /// Parses `<tx_id>:<position>`, the form [`Display`](fmt::Display) writes.
+    fn from_str(s: &str) -> Result<Self, InvalidInput> {
+        let bad = || InvalidInput::Cursor(s.to_owned());
+        let (tx, pos) = s.split_once(':').ok_or_else(bad)?;
+        let cursor = Cursor { tx_id: tx.parse().map_err(|_| bad())?, position: pos.parse().map_err(|_| bad())? };
+        if cursor.tx_id < 0 || cursor.position < 0 { Err(bad()) } else { Ok(cursor) }
+    }
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    pub cursor: Cursor,
+    pub stream_id: String,
+    pub version: u64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    /// Canonical JSON text, exactly as hashed.
+    pub payload: String,
+    /// Canonical JSON text of [`Metadata`], exactly as hashed.
+    pub metadata: String,
+    pub recorded_at: DateTime<Utc>,
+    pub prev_hash: Hash,
+    pub hash: Hash,
+}
+
+impl RecordedEvent {
+    pub fn global_position(&self) -> i64 {
+        self.cursor.position
+    }
+
+    fn from_row(row: &PgRow) -> sqlx::Result<Self> {
+        Ok(RecordedEvent {
+            cursor: Cursor { tx_id: row.try_get("tx_id")?, position: row.try_get("global_position")? },
+            stream_id: row.try_get("stream_id")?,
+            version: row.try_get::<i64, _>("version")? as u64,
+            event_id: row.try_get("event_id")?,
+            event_type: row.try_get("event_type")?,
+            schema_version: row.try_get::<i32, _>("schema_version")? as u32,
+            payload: row.try_get("payload")?,
+            metadata: row.try_get("metadata")?,
+            recorded_at: row.try_get("recorded_at")?,
+            prev_hash: hash::from_column(row.try_get("prev_hash")?),
+            hash: hash::from_column(row.try_get("hash")?),
+        })
+    }
+}
+
+/// What a successful append wrote (or, for a repeated append, had written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// Versions of the appended events, in order.
+    pub first_version: u64,
+    pub last_version: u64,
+    /// Global positions of the appended events, in version order.
+    pub positions: Vec<i64>,
+    /// True when every event was already stored by an earlier append with the same ids.
+    pub already_stored: bool,
+}
+
+/// Input that can never be appended, whatever the log holds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidInput {
+    #[error("stream id {0:?} is not `<type>-<id>` (type: lowercase letters, digits, `_`; id: letters, digits, `-_.:`; at most 200 bytes)")]
+    StreamId(String),
+    #[error("expected version {0:?} is not `any`, `no-stream` or a version number")]
+    ExpectedVersion(String),
+    #[error("cursor {0:?} is not `<tx_id>:<position>`")]
+    Cursor(String),
+    #[error("an append needs at least one event")]
+    EmptyBatch,
+    #[error("an append may carry at most {max} events, this one has {count}")]
+    TooManyEvents { count: usize, max: usize },
+    #[error("event {index}: event type {event_type:?} must be 1 to 200 letters, digits, `_` or `.`")]
+    EventType { index: usize, event_type: String },
+    #[error("event {index}: schema version must be at least 1")]
+    SchemaVersion { index: usize },
+    #[error("event {index}: payload {reason}")]
+    Payload { index: usize, reason: CanonicalError },
+    #[error("event {index}: payload is {size} bytes, the limit is {max}")]
+    PayloadTooLarge { index: usize, size: usize, max: usize },
+    #[error("event {index}: metadata {reason}")]
+    Metadata { index: usize, reason: String },
+    #[error("event id {0} appears twice in one append")]
+    RepeatedEventId(Uuid),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    /// The stream's version was not the expected one; nothing was written.
+    #[error("stream {stream_id} is at version {actual}, the append expected {expected}")]
+    Conflict { stream_id: String, expected: ExpectedVersion, actual: u64 },
+    /// An event id is already stored, but not as this append would have stored it.
+    #[error("event id {event_id} is already stored in stream {stored_in} at version {stored_version}")]
+    EventIdTaken { event_id: Uuid, stored_in: String, stored_version: u64 },
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// The event store over one PostgreSQL database. Cheap to clone.
+#[derive(Clone)]
+pub struct EventStore {
+    pool: PgPool,
+}
+
+/// An event checked and encoded, ready to hash.
+struct Encoded {
+    event_id: Uuid,
+    event_type: String,
+    schema_version: u32,
+    payload: String,
+    metadata: String,
+}
+
+fn encode(events: &[NewEvent]) -> Result<Vec<Encoded>, InvalidInput> {
+    if events.is_empty() {
+        return Err(InvalidInput::EmptyBatch);
+    }
+    if events.len() > MAX_BATCH_EVENTS {
+        return Err(InvalidInput::TooManyEvents { count: events.len(), max: MAX_BATCH_EVENTS });
+    }
+    let mut seen = std::collections::HashSet::with_capacity(events.len());
+    events
+        .iter()
+        .enumerate()
+        .map(|(index, e)| {
+            let type_ok = !e.event_type.is_empty()
+                && e.event_type.len() <= MAX_NAME_LEN
+                && e.event_type.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+            if !type_ok {
+                return Err(InvalidInput::EventType { index, event_type: e.event_type.clone() });
+            }
+            if e.schema_version == 0 || e.schema_version > i32::MAX as u32 {
+                return Err(InvalidInput::SchemaVersion { index });
+            }
+            if !seen.insert(e.event_id) {
+                return Err(InvalidInput::RepeatedEventId(e.event_id));
+            }
+            let payload = canonical::canonicalize(&e.payload).map_err(|reason| InvalidInput::Payload { index, reason })?;
+            if payload.len() > MAX_PAYLOAD_BYTES {
+                return Err(InvalidInput::PayloadTooLarge { index, size: payload.len(), max: MAX_PAYLOAD_BYTES });
+            }
+            let metadata = serde_json::to_value(&e.metadata)
+                .map_err(|e| e.to_string())
+                .and_then(|v| canonical::canonicalize(&v).map_err(|e| e.to_string()))
+                .map_err(|reason| InvalidInput::Metadata { index, reason })?;
+            Ok(Encoded {
+                event_id: e.event_id,
+                event_type: e.event_type.clone(),
+                schema_version: e.schema_version,
+                payload,
+                metadata,
+            })
+        })
+        .collect()
+}
+
+/// A query over `events` returning every column [`RecordedEvent::from_row`] reads.
+macro_rules! select_events {
+    ($($rest:literal),*) => {
+        concat!(
+            "SELECT global_position, tx_id::text::bigint AS tx_id, stream_id, version, event_id, event_type, \
+             schema_version, payload, metadata, recorded_at, prev_hash, hash FROM events ",
+            $($rest),*
+        )
+    };
+}
+
+impl EventStore {
+    pub fn new(pool: PgPool) -> Self {
+        EventStore { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Appends `events` to the end of `stream`, atomically: all or none.
+    ///
+    /// Fails with [`AppendError::Conflict`] when the stream is not at `expected`.
+    /// Appending events whose ids are already stored in this stream returns the
+    /// original result with `already_stored` set, so a writer can retry safely.
+    #[tracing::instrument(skip_all, fields(stream = %stream, events = events.len()), err(level = "debug"))]
+    pub async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Appended, AppendError> {
+        let encoded = encode(events)?;
+        match self.try_append(stream, expected, &encoded).await {
+            Err(AppendError::Database(e)) if is_constraint(&e, "events_event_id_key") => {
+                self.already_stored(stream, &encoded).await?.ok_or(AppendError::Database(e))
+            }
+            Err(AppendError::Conflict { stream_id, expected, actual }) => self
+                .already_stored(stream, &encoded)
+                .await?
+                .ok_or(AppendError::Conflict { stream_id, expected, actual }),
+            other => other,
+        }
+    }
+
+    async fn try_append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[Encoded],
+    ) -> Result<Appended, AppendError> {
+        let mut tx = self.pool.begin().await?;
+        // Lock the stream row so appends to one stream are serialised; create it on
+        // the first append. A concurrent creator makes the insert do nothing, and
+        // the loop then locks the row it created.
+        let (version, last_hash, recorded_at) = loop {
+            let locked = sqlx::query(
+                "SELECT version, last_hash, clock_timestamp() AS now FROM streams WHERE stream_id = $1 FOR UPDATE",
+            )
+            .bind(stream.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = locked {
+                let version: i64 = row.try_get("version")?;
+                let last_hash: Vec<u8> = row.try_get("last_hash")?;
+                break (version as u64, hash::from_column(&last_hash), row.try_get::<DateTime<Utc>, _>("now")?);
+            }
+            let created = sqlx::query(
+                "INSERT INTO streams (stream_id, stream_type, version, last_hash) VALUES ($1, $2, 0, $3) \
+                 ON CONFLICT (stream_id) DO NOTHING RETURNING clock_timestamp() AS now",
+            )
+            .bind(stream.as_str())
+            .bind(stream.stream_type())
+            .bind(&GENESIS[..])
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = created {
+                break (0, GENESIS, row.try_get("now")?);
+            }
+        };
+
+        let matches = match expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => version == 0,
+            ExpectedVersion::Exact(n) => version == n,
+        };
+        if !matches {
+            return Err(AppendError::Conflict { stream_id: stream.to_string(), expected, actual: version });
+        }
+
+        let n = events.len();
+        let (mut versions, mut ids, mut types, mut schemas) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut payloads, mut metas, mut prevs, mut hashes) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut prev = last_hash;
+        for (i, e) in events.iter().enumerate() {
+            let v = version + 1 + i as u64;
+            let h = hash::event_hash(&EventFields {
+                prev_hash: &prev,
+                stream_id: stream.as_str(),
+                version: v,
+                event_id: e.event_id,
+                event_type: &e.event_type,
+                schema_version: e.schema_version,
+                recorded_at,
+                payload: &e.payload,
+                metadata: &e.metadata,
+            });
+            versions.push(v as i64);
+            ids.push(e.event_id);
+            types.push(e.event_type.as_str());
+            schemas.push(e.schema_version as i32);
+            payloads.push(e.payload.as_str());
+            metas.push(e.metadata.as_str());
+            prevs.push(prev.to_vec());
+            hashes.push(h.to_vec());
+            prev = h;
+        }
+        let last_version = version + n as u64;
+
+        // One statement inserts every event and moves the stream row forward.
+        let positions: Vec<i64> = sqlx::query_scalar(
+            "WITH inserted AS ( \
+               INSERT INTO events (stream_id, version, event_id, event_type, schema_version, payload, \
+                                   metadata, recorded_at, prev_hash, hash) \
+               SELECT $1, v, id, t, s, p, m, $8, ph, h \
+               FROM UNNEST($2::bigint[], $3::uuid[], $4::text[], $5::int[], $6::text[], $7::text[], \
+                           $9::bytea[], $10::bytea[]) AS x(v, id, t, s, p, m, ph, h) \
+               RETURNING global_position, version \
+             ), moved AS ( \
+               UPDATE streams SET version = $11, last_hash = $12 WHERE stream_id = $1 \
+             ) \
+             SELECT global_position FROM inserted ORDER BY version",
+        )
+        .bind(stream.as_str())
+        .bind(&versions)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&schemas)
+        .bind(&payloads)
+        .bind(&metas)
+        .bind(recorded_at)
+        .bind(&prevs)
+        .bind(&hashes)
+        .bind(last_version as i64)
+        .bind(&prev[..])
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Appended { first_version: version + 1, last_version, positions, already_stored: false })
+    }
+
+    /// When every event of `events` is already stored in `stream`, in order and
+    /// contiguously, returns what the original append wrote.
+    async fn already_stored(&self, stream: &StreamId, events: &[Encoded]) -> Result<Option<Appended>, AppendError> {
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let rows = sqlx::query(
+            "SELECT e.event_id, e.stream_id, e.version, e.global_position \
+             FROM UNNEST($1::uuid[]) WITH ORDINALITY AS i(event_id, n) \
+             JOIN events e USING (event_id) ORDER BY i.n",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut positions = Vec::with_capacity(rows.len());
+        let mut versions = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let stored_in: String = row.try_get("stream_id")?;
+            let stored_version = row.try_get::<i64, _>("version")? as u64;
+            let expected_version = versions.first().map_or(stored_version, |first| first + versions.len() as u64);
+            if stored_in != stream.as_str() || stored_version != expected_version {
+                let event_id = row.try_get("event_id")?;
+                return Err(AppendError::EventIdTaken { event_id, stored_in, stored_version });
+            }
+            versions.push(stored_version);
+            positions.push(row.try_get("global_position")?);
+        }
+        if rows.len() != events.len() {
+            // Some ids are stored and some are not: this is not a retry of one append.
+            let event_id = rows[0].try_get("event_id")?;
+            return Err(AppendError::EventIdTaken {
+                event_id,
+                stored_in: stream.to_string(),
+                stored_version: versions[0],
+            });
+        }
+        Ok(Some(Appended {
+            first_version: versions[0],
+            last_version: *versions.last().expect("rows is not empty"),
+            positions,
+            already_stored: true,
+        }))
+    }
+
+    /// Reads up to `limit` events after `after` in the global order, gap-free: an
+    /// event is returned only once every transaction that could still commit an
+    /// earlier cursor has ended, so a reader that resumes from the last cursor it saw
+    /// never misses an event. One statement, so one snapshot decides both.
+    pub async fn read_all(&self, after: Cursor, limit: usize) -> sqlx::Result<Vec<RecordedEvent>> {
+        let rows = sqlx::query(select_events!(
+            "WHERE (tx_id, global_position) > ($1::bigint::text::xid8, $2) \
+             AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY tx_id, global_position LIMIT $3"
+        ))
+            .bind(after.tx_id)
+            .bind(after.position)
+            .bind(limit.min(i64::MAX as usize) as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(RecordedEvent::from_row).collect()
+    }
+
+    /// Reads one stream's events from `from_version` on, in version order.
+    pub async fn read_stream(&self, stream: &StreamId, from_version: u64, limit: usize) -> sqlx::Result<Vec<RecordedEvent>> {
+        let rows = sqlx::query(select_events!("WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3"))
+            .bind(stream.as_str())
+            .bind(from_version.min(i64::MAX as u64) as i64)
+            .bind(limit.min(i64::MAX as usize) as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(RecordedEvent::from_row).collect()
+    }
+
+    /// The stream's last assigned version, 0 when it does not exist.
+    pub async fn stream_version(&self, stream: &StreamId) -> sqlx::Result<u64> {
+        let version: Option<i64> = sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = $1")
+            .bind(stream.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(version.unwrap_or(0) as u64)
+    }
+}
+
+fn is_constraint(e: &sqlx::Error, name: &str) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.constraint() == Some(name))
+}
