@@ -66,12 +66,13 @@ CREATE TRIGGER seals_no_truncate BEFORE TRUNCATE ON seals
     FOR EACH STATEMENT EXECUTE FUNCTION shiplog_reject_change();
 
 -- The role the server runs as after migrating: it may read and append facts, never
--- rewrite them. Roles are cluster-wide, so create it only once per cluster.
+-- rewrite them. Roles are cluster-wide: another database on the same cluster may
+-- have created it already, or be creating it right now.
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'shiplog_runtime') THEN
-        CREATE ROLE shiplog_runtime NOLOGIN;
-    END IF;
+    CREATE ROLE shiplog_runtime NOLOGIN;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;
 END
 $$;
 

@@ -1,1 +1,129 @@
+//! The test harness: real PostgreSQL for every test, nothing mocked.
+//!
+//! The first test in a process starts one private cluster from the installed server
+//! binaries (fsync off, removed when the process ends, however it ends), or uses
+//! the server named by `DATABASE_URL`. Every [`TestDb`] is a fresh database with all
+//! migrations applied, dropped again when the test is done. No fixed ports: the
+//! private cluster listens on a Unix socket in its own temporary directory.
 
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use shiplog_engine::postgres::{self, Cluster, ClusterOptions};
+use shiplog_engine::store::{Cursor, EventStore};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Executor, PgPool};
+
+/// Where test databases are created, for the life of the test process.
+struct Server {
+    /// Options for any database on the server; `database` is set per use.
+    options: PgConnectOptions,
+    /// Kept so the cluster lives as long as the process; it stops when the process ends.
+    _cluster: Option<Cluster>,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+
+fn server() -> &'static Server {
+    SERVER.get_or_init(|| match std::env::var("DATABASE_URL") {
+        Ok(url) => Server {
+            options: postgres::options_from_url(&url).expect("DATABASE_URL is not a valid PostgreSQL URL"),
+            _cluster: None,
+        },
+        Err(_) => {
+            let data_dir = std::env::temp_dir().join(format!("shiplog-test-{}", uuid::Uuid::new_v4().simple()));
+            let options = ClusterOptions { data_dir, ephemeral: true, unsafe_no_fsync: true };
+            let cluster = Cluster::start(&options).unwrap_or_else(|e| panic!("starting the test cluster: {e}"));
+            Server { options: cluster.connect_options("postgres"), _cluster: Some(cluster) }
+        }
+    })
+}
+
+/// A fresh, migrated database of its own for one test.
+pub struct TestDb {
+    pub name: String,
+    /// Connected as the database owner (the cluster's superuser on a private cluster):
+    /// for set-up and for playing the attacker in tamper tests.
+    pub owner: PgPool,
+    /// Connected as `shiplog_runtime`, as the server is.
+    pub runtime: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let server = server();
+        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        let admin = postgres::owner_pool(server.options.clone().database("postgres"), 1)
+            .await
+            .expect("connecting to the test server");
+        postgres::ensure_database(&admin, &name).await.expect("creating the test database");
+        admin.close().await;
+        let options = server.options.clone().database(&name);
+        let owner = postgres::owner_pool(options.clone(), 10).await.expect("connecting as owner");
+        postgres::migrate(&owner).await.expect("migrating the test database");
+        let runtime = postgres::runtime_pool(options, 20).await.expect("connecting as the runtime role");
+        TestDb { name, owner, runtime }
+    }
+
+    /// The event store as the server uses it: through the runtime role.
+    pub fn store(&self) -> EventStore {
+        EventStore::new(self.runtime.clone())
+    }
+
+    /// Connection options for this database as its owner.
+    pub fn options(&self) -> PgConnectOptions {
+        server().options.clone().database(&self.name)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop runs outside any async context we could await in, so the database is
+        // dropped from a thread with a runtime of its own. FORCE ends the sessions
+        // this test's pools still hold.
+        let options = server().options.clone().database("postgres");
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let admin = postgres::owner_pool(options, 1).await?;
+                admin.execute(sqlx::AssertSqlSafe(sql)).await?;
+                admin.close().await;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("warning: could not drop test database {}: {e}", self.name);
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `timeout`. The way
+/// tests wait for something to happen: on a condition, never a fixed sleep.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until `count` events are readable in the global order. Readers cannot pass
+/// a transaction still in flight anywhere on the cluster (transaction ids are
+/// cluster-wide), so on a server shared with other tests this can take a moment.
+pub async fn wait_readable(store: &EventStore, count: usize) {
+    eventually(&format!("{count} events readable"), Duration::from_secs(30), || async {
+        let events = store.read_all(Cursor::START, count + 1).await.expect("reading events");
+        assert!(events.len() <= count, "more than {count} events in the log");
+        (events.len() == count).then_some(())
+    })
+    .await
+}

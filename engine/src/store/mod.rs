@@ -12,7 +12,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::{PgPool, Row, postgres::PgRow};
+use sqlx::{PgConnection, PgPool, Row, postgres::PgRow};
 use uuid::Uuid;
 
 use crate::canonical::{self, CanonicalError};
@@ -373,6 +373,20 @@ impl EventStore {
         }
     }
 
+    /// Appends inside the caller's transaction, so the events commit (or roll back)
+    /// together with the caller's other writes. Keep that transaction short: until it
+    /// ends, gap-free readers cannot pass it. A repeated append is not recognised
+    /// here; it fails on the event id's unique constraint.
+    pub async fn append_in(
+        &self,
+        tx: &mut PgConnection,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Appended, AppendError> {
+        write(tx, stream, expected, &encode(events)?).await
+    }
+
     async fn try_append(
         &self,
         stream: &StreamId,
@@ -380,105 +394,9 @@ impl EventStore {
         events: &[Encoded],
     ) -> Result<Appended, AppendError> {
         let mut tx = self.pool.begin().await?;
-        // Lock the stream row so appends to one stream are serialised; create it on
-        // the first append. A concurrent creator makes the insert do nothing, and
-        // the loop then locks the row it created.
-        let (version, last_hash, recorded_at) = loop {
-            let locked = sqlx::query(
-                "SELECT version, last_hash, clock_timestamp() AS now FROM streams WHERE stream_id = $1 FOR UPDATE",
-            )
-            .bind(stream.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = locked {
-                let version: i64 = row.try_get("version")?;
-                let last_hash: Vec<u8> = row.try_get("last_hash")?;
-                break (version as u64, hash::from_column(&last_hash), row.try_get::<DateTime<Utc>, _>("now")?);
-            }
-            let created = sqlx::query(
-                "INSERT INTO streams (stream_id, stream_type, version, last_hash) VALUES ($1, $2, 0, $3) \
-                 ON CONFLICT (stream_id) DO NOTHING RETURNING clock_timestamp() AS now",
-            )
-            .bind(stream.as_str())
-            .bind(stream.stream_type())
-            .bind(&GENESIS[..])
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = created {
-                break (0, GENESIS, row.try_get("now")?);
-            }
-        };
-
-        let matches = match expected {
-            ExpectedVersion::Any => true,
-            ExpectedVersion::NoStream => version == 0,
-            ExpectedVersion::Exact(n) => version == n,
-        };
-        if !matches {
-            return Err(AppendError::Conflict { stream_id: stream.to_string(), expected, actual: version });
-        }
-
-        let n = events.len();
-        let (mut versions, mut ids, mut types, mut schemas) =
-            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-        let (mut payloads, mut metas, mut prevs, mut hashes) =
-            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-        let mut prev = last_hash;
-        for (i, e) in events.iter().enumerate() {
-            let v = version + 1 + i as u64;
-            let h = hash::event_hash(&EventFields {
-                prev_hash: &prev,
-                stream_id: stream.as_str(),
-                version: v,
-                event_id: e.event_id,
-                event_type: &e.event_type,
-                schema_version: e.schema_version,
-                recorded_at,
-                payload: &e.payload,
-                metadata: &e.metadata,
-            });
-            versions.push(v as i64);
-            ids.push(e.event_id);
-            types.push(e.event_type.as_str());
-            schemas.push(e.schema_version as i32);
-            payloads.push(e.payload.as_str());
-            metas.push(e.metadata.as_str());
-            prevs.push(prev.to_vec());
-            hashes.push(h.to_vec());
-            prev = h;
-        }
-        let last_version = version + n as u64;
-
-        // One statement inserts every event and moves the stream row forward.
-        let positions: Vec<i64> = sqlx::query_scalar(
-            "WITH inserted AS ( \
-               INSERT INTO events (stream_id, version, event_id, event_type, schema_version, payload, \
-                                   metadata, recorded_at, prev_hash, hash) \
-               SELECT $1, v, id, t, s, p, m, $8, ph, h \
-               FROM UNNEST($2::bigint[], $3::uuid[], $4::text[], $5::int[], $6::text[], $7::text[], \
-                           $9::bytea[], $10::bytea[]) AS x(v, id, t, s, p, m, ph, h) \
-               RETURNING global_position, version \
-             ), moved AS ( \
-               UPDATE streams SET version = $11, last_hash = $12 WHERE stream_id = $1 \
-             ) \
-             SELECT global_position FROM inserted ORDER BY version",
-        )
-        .bind(stream.as_str())
-        .bind(&versions)
-        .bind(&ids)
-        .bind(&types)
-        .bind(&schemas)
-        .bind(&payloads)
-        .bind(&metas)
-        .bind(recorded_at)
-        .bind(&prevs)
-        .bind(&hashes)
-        .bind(last_version as i64)
-        .bind(&prev[..])
-        .fetch_all(&mut *tx)
-        .await?;
+        let appended = write(&mut tx, stream, expected, events).await?;
         tx.commit().await?;
-        Ok(Appended { first_version: version + 1, last_version, positions, already_stored: false })
+        Ok(appended)
     }
 
     /// When every event of `events` is already stored in `stream`, in order and
@@ -563,6 +481,114 @@ impl EventStore {
             .await?;
         Ok(version.unwrap_or(0) as u64)
     }
+}
+
+/// Locks the stream, checks the expected version, and inserts the events with their
+/// hashes, all on `tx`, which must be inside a transaction.
+async fn write(
+    tx: &mut PgConnection,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    events: &[Encoded],
+) -> Result<Appended, AppendError> {
+    // Lock the stream row so appends to one stream are serialised; create it on
+    // the first append. A concurrent creator makes the insert do nothing, and
+    // the loop then locks the row it created.
+    let (version, last_hash, recorded_at) = loop {
+        let locked = sqlx::query(
+            "SELECT version, last_hash, clock_timestamp() AS now FROM streams WHERE stream_id = $1 FOR UPDATE",
+        )
+        .bind(stream.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = locked {
+            let version: i64 = row.try_get("version")?;
+            let last_hash: Vec<u8> = row.try_get("last_hash")?;
+            break (version as u64, hash::from_column(&last_hash), row.try_get::<DateTime<Utc>, _>("now")?);
+        }
+        let created = sqlx::query(
+            "INSERT INTO streams (stream_id, stream_type, version, last_hash) VALUES ($1, $2, 0, $3) \
+             ON CONFLICT (stream_id) DO NOTHING RETURNING clock_timestamp() AS now",
+        )
+        .bind(stream.as_str())
+        .bind(stream.stream_type())
+        .bind(&GENESIS[..])
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = created {
+            break (0, GENESIS, row.try_get("now")?);
+        }
+    };
+
+    let matches = match expected {
+        ExpectedVersion::Any => true,
+        ExpectedVersion::NoStream => version == 0,
+        ExpectedVersion::Exact(n) => version == n,
+    };
+    if !matches {
+        return Err(AppendError::Conflict { stream_id: stream.to_string(), expected, actual: version });
+    }
+
+    let n = events.len();
+    let (mut versions, mut ids, mut types, mut schemas) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut payloads, mut metas, mut prevs, mut hashes) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut prev = last_hash;
+    for (i, e) in events.iter().enumerate() {
+        let v = version + 1 + i as u64;
+        let h = hash::event_hash(&EventFields {
+            prev_hash: &prev,
+            stream_id: stream.as_str(),
+            version: v,
+            event_id: e.event_id,
+            event_type: &e.event_type,
+            schema_version: e.schema_version,
+            recorded_at,
+            payload: &e.payload,
+            metadata: &e.metadata,
+        });
+        versions.push(v as i64);
+        ids.push(e.event_id);
+        types.push(e.event_type.as_str());
+        schemas.push(e.schema_version as i32);
+        payloads.push(e.payload.as_str());
+        metas.push(e.metadata.as_str());
+        prevs.push(prev.to_vec());
+        hashes.push(h.to_vec());
+        prev = h;
+    }
+    let last_version = version + n as u64;
+
+    // One statement inserts every event and moves the stream row forward.
+    let positions: Vec<i64> = sqlx::query_scalar(
+        "WITH inserted AS ( \
+           INSERT INTO events (stream_id, version, event_id, event_type, schema_version, payload, \
+                               metadata, recorded_at, prev_hash, hash) \
+           SELECT $1, v, id, t, s, p, m, $8, ph, h \
+           FROM UNNEST($2::bigint[], $3::uuid[], $4::text[], $5::int[], $6::text[], $7::text[], \
+                       $9::bytea[], $10::bytea[]) AS x(v, id, t, s, p, m, ph, h) \
+           RETURNING global_position, version \
+         ), moved AS ( \
+           UPDATE streams SET version = $11, last_hash = $12 WHERE stream_id = $1 \
+         ) \
+         SELECT global_position FROM inserted ORDER BY version",
+    )
+    .bind(stream.as_str())
+    .bind(&versions)
+    .bind(&ids)
+    .bind(&types)
+    .bind(&schemas)
+    .bind(&payloads)
+    .bind(&metas)
+    .bind(recorded_at)
+    .bind(&prevs)
+    .bind(&hashes)
+    .bind(last_version as i64)
+    .bind(&prev[..])
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(Appended { first_version: version + 1, last_version, positions, already_stored: false })
 }
 
 fn is_constraint(e: &sqlx::Error, name: &str) -> bool {

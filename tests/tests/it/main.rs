@@ -1,1 +1,7 @@
+//! shiplog's integration tests: one binary, one module per concern, each test on a
+//! fresh database of a real PostgreSQL (see `shiplog_tests::TestDb`).
 
+mod append;
+mod immutability;
+mod reading;
+mod tamper;
