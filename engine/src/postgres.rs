@@ -320,8 +320,11 @@ fn session_defaults(options: PgConnectOptions) -> PgConnectOptions {
     options.options([("idle_in_transaction_session_timeout", "60s")]).application_name("shiplog")
 }
 
-/// Parses a `DATABASE_URL`.
+/// Parses a `DATABASE_URL`, which must be a `postgres://` or `postgresql://` URL.
 pub fn options_from_url(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(sqlx::Error::Configuration("the URL must start with postgres:// or postgresql://".into()));
+    }
     PgConnectOptions::from_str(url)
 }
 
@@ -367,4 +370,18 @@ pub async fn ensure_database(admin: &PgPool, database: &str) -> sqlx::Result<()>
         admin.execute(sqlx::AssertSqlSafe(sql)).await?;
     }
     Ok(())
+}
+
+/// Connection options for a cluster already running in `data_dir` (started by
+/// another shiplog process), read from its `postmaster.pid`; `None` when no live
+/// postmaster owns that directory.
+pub fn running_cluster(data_dir: &Path) -> Option<PgConnectOptions> {
+    let text = fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    let pid: i32 = lines.first()?.trim().parse().ok()?;
+    let socket_dir = lines.get(4)?.trim();
+    let ready = lines.get(7).is_some_and(|status| status.trim() == "ready");
+    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    (ready && alive && !socket_dir.is_empty())
+        .then(|| PgConnectOptions::new().socket(socket_dir).username(SUPERUSER))
 }

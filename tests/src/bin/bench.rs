@@ -180,9 +180,6 @@ async fn run_in(options: PgConnectOptions, args: &StoreArgs) -> anyhow::Result<(
     create_raw_table(&owner).await?;
     let db = BenchDb { runtime, owner };
     let header = describe_server(&db.owner).await?;
-    for line in &header {
-        eprintln!("{line}");
-    }
     let mut figures = append_benchmarks(&db, args).await?;
     figures.extend(replay_benchmark(&db, args.events).await?);
     db.runtime.close().await;
@@ -676,11 +673,18 @@ where
     reset_peak_rss();
     let started = Instant::now();
     let (mut after, mut events, mut peak_rss_tenth_mib) = (start, 0u64, None);
+    let mut tenths_reported = 0;
     while let Some((last, len)) = next_page(after).await? {
         after = last;
         events += len as u64;
         if peak_rss_tenth_mib.is_none() && events * 10 >= expected {
             peak_rss_tenth_mib = Some(peak_rss_mib());
+        }
+        // Progress, because a slow read path makes a long replay look hung.
+        let tenths = (events * 10 / expected.max(1)).min(10);
+        if tenths > tenths_reported {
+            tenths_reported = tenths;
+            eprintln!("  {events} events read in {:.1} s", started.elapsed().as_secs_f64());
         }
     }
     let wall = started.elapsed();

@@ -1,0 +1,111 @@
+//! The `shiplog` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::server::{self, Database};
+
+#[derive(Parser, Debug)]
+#[command(name = "shiplog", version, about = "Event-sourced environment lifecycle engine")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server: API on --listen, PostgreSQL from DATABASE_URL or a private cluster.
+    Serve(ServeArgs),
+    /// Auditor tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Recompute every hash chain and seal; exit 1 and name the first broken position.
+    Verify(DatabaseArgs),
+}
+
+/// Where the database is.
+#[derive(Args, Debug, Clone)]
+pub struct DatabaseArgs {
+    /// PostgreSQL to use; without it shiplog runs a private cluster in --data-dir.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Data directory of the private cluster (ignored with DATABASE_URL).
+    #[arg(long, env = "SHIPLOG_DATA_DIR", default_value = ".shiplog/pg")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Address for the HTTP API; port 0 picks a free port (the address is printed).
+    #[arg(long, env = "SHIPLOG_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// How often the sealer extends the seal chain over new events.
+    #[arg(long, env = "SHIPLOG_SEAL_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    seal_interval: Duration,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 500ms, 10s or 5m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{text:?} is not a duration such as 500ms, 10s or 5m")),
+    }
+}
+
+impl Cli {
+    pub async fn run(self) -> ExitCode {
+        let result = match self.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Audit { command: AuditCommand::Verify(args) } => verify(args).await,
+        };
+        result.unwrap_or_else(|e| {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        })
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let database = Database::open(&args.database).await?;
+    let outcome = server::serve(&database, args.listen, args.seal_interval).await;
+    database.close().await?;
+    outcome.map(|()| ExitCode::SUCCESS)
+}
+
+async fn verify(args: DatabaseArgs) -> anyhow::Result<ExitCode> {
+    let database = Database::open(&args).await?;
+    let report = database.store().verify().await;
+    database.close().await?;
+    let report = report?;
+    println!(
+        "checked {} events in {} streams, {} seals ({} events not sealed yet)",
+        report.events_checked, report.streams_checked, report.seals_checked, report.unsealed_events
+    );
+    if report.is_intact() {
+        println!("intact");
+        return Ok(ExitCode::SUCCESS);
+    }
+    match report.first_broken_position() {
+        Some(position) => println!("BROKEN: first broken position {position}"),
+        None => println!("BROKEN"),
+    }
+    for problem in &report.problems {
+        println!("  {problem}");
+    }
+    Ok(ExitCode::from(1))
+}

@@ -1,0 +1,141 @@
+//! The GraphQL schema. Its types are the API's own, converted from engine types
+//! here, so the wire format never leaks into the domain.
+
+use async_graphql::{EmptyMutation, EmptySubscription, Enum, ErrorExtensions, InputValueError, InputValueResult, Object, Scalar, ScalarType, SimpleObject, Value};
+use shiplog_engine::store::{self, EventStore};
+
+pub type ShiplogSchema = async_graphql::Schema<Query, EmptyMutation, EmptySubscription>;
+
+pub fn schema(store: EventStore) -> ShiplogSchema {
+    async_graphql::Schema::build(Query, EmptyMutation, EmptySubscription).data(store).finish()
+}
+
+/// The SDL that `schema.graphql` must hold.
+pub fn sdl() -> String {
+    async_graphql::Schema::build(Query, EmptyMutation, EmptySubscription).finish().sdl()
+}
+
+pub struct Query;
+
+#[Object]
+impl Query {
+    /// Recomputes every stream's hash chain and every seal from the stored bytes and
+    /// reports where the event log no longer matches what was written.
+    async fn audit_verification(&self, ctx: &async_graphql::Context<'_>) -> async_graphql::Result<AuditVerification> {
+        let store = ctx.data::<EventStore>()?;
+        let report = store.verify().await.map_err(|e| {
+            tracing::error!(error = %e, "audit verification failed");
+            async_graphql::Error::new("internal error").extend_with(|_, ext| ext.set("code", "INTERNAL"))
+        })?;
+        Ok(report.into())
+    }
+}
+
+/// A whole number that may exceed 32 bits, sent as a decimal string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BigInt(pub i64);
+
+#[Scalar(name = "BigInt")]
+/// A whole number that may exceed 32 bits; encoded as a decimal string.
+impl ScalarType for BigInt {
+    fn parse(value: Value) -> InputValueResult<Self> {
+        match &value {
+            Value::String(s) => s.parse().map(BigInt).map_err(|_| InputValueError::custom("not a whole number")),
+            Value::Number(n) => n.as_i64().map(BigInt).ok_or_else(|| InputValueError::custom("not a whole number")),
+            _ => Err(InputValueError::expected_type(value)),
+        }
+    }
+
+    fn to_value(&self) -> Value {
+        Value::String(self.0.to_string())
+    }
+}
+
+/// The outcome of verifying the whole event log.
+#[derive(SimpleObject)]
+pub struct AuditVerification {
+    /// True when every hash chain and every seal matches the stored events.
+    intact: bool,
+    /// Events whose hashes were recomputed.
+    events_checked: BigInt,
+    /// Streams whose chains were walked.
+    streams_checked: BigInt,
+    /// Seals recomputed over the global order.
+    seals_checked: BigInt,
+    /// Events after the newest seal, covered by their stream chains only.
+    unsealed_events: BigInt,
+    /// The lowest global position at which the log no longer verifies.
+    first_broken_position: Option<BigInt>,
+    /// Every problem found, in log order (at most 1000).
+    problems: Vec<AuditProblem>,
+}
+
+/// One place where the event log differs from what was written.
+#[derive(SimpleObject)]
+pub struct AuditProblem {
+    /// Global position of the first event that no longer verifies, when one does.
+    position: Option<BigInt>,
+    /// The stream concerned, when one is.
+    stream_id: Option<String>,
+    /// The event version concerned, when one is.
+    version: Option<BigInt>,
+    /// What kind of damage this is.
+    kind: AuditProblemKind,
+    /// A sentence an auditor can read.
+    message: String,
+}
+
+/// Kinds of damage verification can find.
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+pub enum AuditProblemKind {
+    /// The event's stored bytes do not hash to its stored hash.
+    ContentChanged,
+    /// A stream skips a version.
+    VersionGap,
+    /// An event's previous hash is not the hash of the event before it.
+    BrokenLink,
+    /// A stream's recorded head differs from its last event.
+    StreamHeadMismatch,
+    /// Events exist for a stream without a stream row.
+    MissingStreamRow,
+    /// A seal no longer matches the events it covers.
+    SealMismatch,
+    /// A seal does not follow the seal before it.
+    SealChainBroken,
+}
+
+impl From<store::Verification> for AuditVerification {
+    fn from(v: store::Verification) -> Self {
+        AuditVerification {
+            intact: v.is_intact(),
+            events_checked: BigInt(v.events_checked as i64),
+            streams_checked: BigInt(v.streams_checked as i64),
+            seals_checked: BigInt(v.seals_checked as i64),
+            unsealed_events: BigInt(v.unsealed_events as i64),
+            first_broken_position: v.first_broken_position().map(BigInt),
+            problems: v.problems.iter().map(AuditProblem::from).collect(),
+        }
+    }
+}
+
+impl From<&store::Problem> for AuditProblem {
+    fn from(p: &store::Problem) -> Self {
+        use store::ProblemKind as K;
+        let kind = match p.kind {
+            K::ContentChanged => AuditProblemKind::ContentChanged,
+            K::VersionGap { .. } => AuditProblemKind::VersionGap,
+            K::BrokenLink => AuditProblemKind::BrokenLink,
+            K::StreamHeadMismatch { .. } => AuditProblemKind::StreamHeadMismatch,
+            K::MissingStreamRow => AuditProblemKind::MissingStreamRow,
+            K::SealMismatch { .. } => AuditProblemKind::SealMismatch,
+            K::SealChainBroken { .. } => AuditProblemKind::SealChainBroken,
+        };
+        AuditProblem {
+            position: p.position.map(BigInt),
+            stream_id: p.stream_id.clone(),
+            version: p.version.map(|v| BigInt(v as i64)),
+            kind,
+            message: p.to_string(),
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! The API's integration tests: the contract (schema.graphql), the HTTP routes, and
+//! the `shiplog` binary as a newcomer runs it.
+
+mod audit;
+mod schema;
+mod serve;
