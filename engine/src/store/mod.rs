@@ -202,7 +202,7 @@ impl RecordedEvent {
 
     fn from_row(row: &PgRow) -> sqlx::Result<Self> {
         Ok(RecordedEvent {
-            cursor: Cursor { tx_id: row.try_get("tx_id")?, position: row.try_get("global_position")? },
+            cursor: Cursor { tx_id: row.try_get("tx_number")?, position: row.try_get("global_position")? },
             stream_id: row.try_get("stream_id")?,
             version: row.try_get::<i64, _>("version")? as u64,
             event_id: row.try_get("event_id")?,
@@ -329,10 +329,12 @@ fn encode(events: &[NewEvent]) -> Result<Vec<Encoded>, InvalidInput> {
 }
 
 /// A query over `events` returning every column [`RecordedEvent::from_row`] reads.
+/// The numeric `tx_id` gets its own name: were it called `tx_id`, `ORDER BY tx_id`
+/// would sort by the computed column and never use the cursor index.
 macro_rules! select_events {
     ($($rest:literal),*) => {
         concat!(
-            "SELECT global_position, tx_id::text::bigint AS tx_id, stream_id, version, event_id, event_type, \
+            "SELECT global_position, tx_id::text::bigint AS tx_number, stream_id, version, event_id, event_type, \
              schema_version, payload, metadata, recorded_at, prev_hash, hash FROM events ",
             $($rest),*
         )

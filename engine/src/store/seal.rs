@@ -40,7 +40,7 @@ impl EventStore {
         };
         // The same horizon as `read_all`: nothing can later commit before `to`.
         let rows = sqlx::query(
-            "SELECT tx_id::text::bigint AS tx_id, global_position, hash FROM events \
+            "SELECT tx_id::text::bigint AS tx_number, global_position, hash FROM events \
              WHERE (tx_id, global_position) > ($1::bigint::text::xid8, $2) \
                AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
              ORDER BY tx_id, global_position LIMIT $3",
@@ -53,7 +53,7 @@ impl EventStore {
         let Some(last_row) = rows.last() else {
             return Ok(SealOutcome::NothingToSeal);
         };
-        let to = Cursor { tx_id: last_row.try_get("tx_id")?, position: last_row.try_get("global_position")? };
+        let to = Cursor { tx_id: last_row.try_get("tx_number")?, position: last_row.try_get("global_position")? };
         let seal_id = last_id + 1;
         let event_count = rows.len() as u64;
         let mut hasher = SealHasher::new(&prev_hash, seal_id, to.tx_id as u64, to.position as u64, event_count);
@@ -99,10 +99,10 @@ impl EventStore {
     pub(super) fn event_hashes_in_order(
         &self,
     ) -> impl futures::Stream<Item = sqlx::Result<(Cursor, hash::Hash)>> + '_ {
-        sqlx::query("SELECT tx_id::text::bigint AS tx_id, global_position, hash FROM events ORDER BY tx_id, global_position")
+        sqlx::query("SELECT tx_id::text::bigint AS tx_number, global_position, hash FROM events ORDER BY tx_id, global_position")
             .fetch(&self.pool)
             .map_ok(|row| {
-                let cursor = Cursor { tx_id: row.get("tx_id"), position: row.get("global_position") };
+                let cursor = Cursor { tx_id: row.get("tx_number"), position: row.get("global_position") };
                 (cursor, hash::from_column(row.get("hash")))
             })
     }
