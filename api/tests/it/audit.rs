@@ -69,3 +69,11 @@ async fn graphql_accepts_post_only() {
     let response = app(AppState::new(db.store())).oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[tokio::test]
+async fn a_query_error_has_the_documented_json_shape() {
+    let db = TestDb::new().await;
+    let (status, body) = post_graphql(AppState::new(db.store()), "{ auditVerification { intact bogus } }").await;
+    assert_eq!(status, StatusCode::OK);
+    insta::assert_json_snapshot!(body);
+}

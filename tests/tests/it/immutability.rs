@@ -2,7 +2,7 @@
 //! by the owner (triggers).
 
 use serde_json::json;
-use shiplog_engine::store::{ExpectedVersion, NewEvent, StreamId};
+use shiplog_engine::store::{EventStore, ExpectedVersion, NewEvent, StreamId};
 use shiplog_tests::{TestDb, wait_readable};
 use sqlx::PgPool;
 
@@ -22,14 +22,20 @@ const CHANGES: [&str; 6] = [
     "TRUNCATE seals",
 ];
 
-#[tokio::test]
-async fn the_runtime_role_has_no_privilege_to_change_the_log() {
+/// A database holding one event and one seal over it.
+async fn one_sealed_event() -> (TestDb, EventStore) {
     let db = TestDb::new().await;
     let store = db.store();
     let s: StreamId = "environment-a".parse().unwrap();
     store.append(&s, ExpectedVersion::NoStream, &[NewEvent::new("Created", json!({ "a": 1 }))]).await.unwrap();
     wait_readable(&store, 1).await;
     assert_eq!(store.seal_all(100).await.unwrap(), 1);
+    (db, store)
+}
+
+#[tokio::test]
+async fn the_runtime_role_has_no_privilege_to_change_the_log() {
+    let (db, store) = one_sealed_event().await;
 
     for sql in CHANGES {
         let message = error_of(&db.runtime, sql).await;
@@ -40,12 +46,7 @@ async fn the_runtime_role_has_no_privilege_to_change_the_log() {
 
 #[tokio::test]
 async fn triggers_stop_even_the_owner() {
-    let db = TestDb::new().await;
-    let store = db.store();
-    let s: StreamId = "environment-a".parse().unwrap();
-    store.append(&s, ExpectedVersion::NoStream, &[NewEvent::new("Created", json!({ "a": 1 }))]).await.unwrap();
-    wait_readable(&store, 1).await;
-    assert_eq!(store.seal_all(100).await.unwrap(), 1);
+    let (db, _store) = one_sealed_event().await;
 
     for sql in CHANGES {
         let message = error_of(&db.owner, sql).await;
