@@ -8,5 +8,8 @@
 //! here knows about GraphQL or HTTP; only `runtime/*` may import bollard or kube.
 
 pub mod canonical;
+pub mod domain;
 pub mod postgres;
+pub mod runtime;
 pub mod store;
+pub mod template;

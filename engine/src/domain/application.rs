@@ -1,0 +1,146 @@
+//! An application: a repository and the versioned templates every environment of
+//! it is set up from. Templates arrive parsed and validated (see `template`); the
+//! domain versions them and ignores updates that change nothing.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{DomainError, Name, TemplateVersions};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum ApplicationEvent {
+    ApplicationCreated { name: Name, repository: String, created_at: DateTime<Utc> },
+    ApplicationTemplateUpdated { version: u64, digest: String, template: serde_json::Value, updated_at: DateTime<Utc> },
+    /// Secret values are not in the event: `variables` is the redacted form.
+    EnvironmentVariablesUpdated { version: u64, digest: String, variables: serde_json::Value, updated_at: DateTime<Utc> },
+}
+
+impl ApplicationEvent {
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            ApplicationEvent::ApplicationCreated { .. } => "ApplicationCreated",
+            ApplicationEvent::ApplicationTemplateUpdated { .. } => "ApplicationTemplateUpdated",
+            ApplicationEvent::EnvironmentVariablesUpdated { .. } => "EnvironmentVariablesUpdated",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Application {
+    pub name: Option<Name>,
+    pub repository: String,
+    pub template: Option<(u64, String, serde_json::Value)>,
+    /// Version and digest; the values live outside the log (secrets).
+    pub variables: Option<(u64, String)>,
+}
+
+pub enum ApplicationCommand {
+    Create { name: Name, repository: String, now: DateTime<Utc> },
+    UpdateTemplate { digest: String, template: serde_json::Value, now: DateTime<Utc> },
+    UpdateVariables { digest: String, redacted: serde_json::Value, now: DateTime<Utc> },
+}
+
+impl Application {
+    pub fn stream_id(name: &Name) -> String {
+        format!("application-{name}")
+    }
+
+    /// The templates an environment would be set up with now. An application
+    /// without variables has the empty variable set, version 0.
+    pub fn current(&self) -> Result<TemplateVersions, DomainError> {
+        let (template_version, template_digest, _) = self.template.as_ref().ok_or(DomainError::NoTemplate)?;
+        let (variables_version, variables_digest) = self.variables.clone().unwrap_or((0, String::new()));
+        Ok(TemplateVersions {
+            template_version: *template_version,
+            template_digest: template_digest.clone(),
+            variables_version,
+            variables_digest,
+        })
+    }
+}
+
+pub fn decide(app: &Application, command: ApplicationCommand) -> Result<Vec<ApplicationEvent>, DomainError> {
+    match command {
+        ApplicationCommand::Create { name, repository, now } => match &app.name {
+            Some(existing) => Err(DomainError::AlreadyExists(format!("application {existing}"))),
+            None => Ok(vec![ApplicationEvent::ApplicationCreated { name, repository, created_at: now }]),
+        },
+        _ if app.name.is_none() => Err(DomainError::NotFound("application".into())),
+        ApplicationCommand::UpdateTemplate { digest, template, now } => {
+            let (version, current) = app.template.as_ref().map_or((0, ""), |(v, d, _)| (*v, d.as_str()));
+            if current == digest {
+                return Ok(vec![]);
+            }
+            Ok(vec![ApplicationEvent::ApplicationTemplateUpdated { version: version + 1, digest, template, updated_at: now }])
+        }
+        ApplicationCommand::UpdateVariables { digest, redacted, now } => {
+            let (version, current) = app.variables.as_ref().map_or((0, ""), |(v, d)| (*v, d.as_str()));
+            if current == digest {
+                return Ok(vec![]);
+            }
+            Ok(vec![ApplicationEvent::EnvironmentVariablesUpdated { version: version + 1, digest, variables: redacted, updated_at: now }])
+        }
+    }
+}
+
+pub fn evolve(mut app: Application, event: &ApplicationEvent) -> Application {
+    match event {
+        ApplicationEvent::ApplicationCreated { name, repository, .. } => {
+            app.name = Some(name.clone());
+            app.repository = repository.clone();
+        }
+        ApplicationEvent::ApplicationTemplateUpdated { version, digest, template, .. } => {
+            app.template = Some((*version, digest.clone(), template.clone()));
+        }
+        ApplicationEvent::EnvironmentVariablesUpdated { version, digest, .. } => {
+            app.variables = Some((*version, digest.clone()));
+        }
+    }
+    app
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn t() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+    }
+
+    fn given(events: &[ApplicationEvent]) -> Application {
+        events.iter().fold(Application::default(), evolve)
+    }
+
+    fn created() -> ApplicationEvent {
+        ApplicationEvent::ApplicationCreated { name: "shop".parse().unwrap(), repository: "/srv/shop.git".into(), created_at: t() }
+    }
+
+    #[test]
+    fn template_updates_are_versioned_and_repeats_change_nothing() {
+        let update = |d: &str| ApplicationCommand::UpdateTemplate { digest: d.into(), template: json!({ "d": d }), now: t() };
+        let mut events = vec![created()];
+        let first = decide(&given(&events), update("sha256:a")).unwrap();
+        assert!(matches!(first[..], [ApplicationEvent::ApplicationTemplateUpdated { version: 1, .. }]));
+        events.extend(first);
+        assert_eq!(decide(&given(&events), update("sha256:a")).unwrap(), vec![]);
+        let second = decide(&given(&events), update("sha256:b")).unwrap();
+        assert!(matches!(second[..], [ApplicationEvent::ApplicationTemplateUpdated { version: 2, .. }]));
+        events.extend(second);
+        assert_eq!(given(&events).current().unwrap().template_version, 2);
+    }
+
+    #[test]
+    fn an_application_needs_a_template_before_environments_can_use_it() {
+        assert_eq!(given(&[created()]).current(), Err(DomainError::NoTemplate));
+    }
+
+    #[test]
+    fn creating_twice_or_updating_nothing_is_refused() {
+        let create = ApplicationCommand::Create { name: "shop".parse().unwrap(), repository: "x".into(), now: t() };
+        assert_eq!(decide(&given(&[created()]), create), Err(DomainError::AlreadyExists("application shop".into())));
+        let update = ApplicationCommand::UpdateVariables { digest: "d".into(), redacted: json!({}), now: t() };
+        assert_eq!(decide(&Application::default(), update), Err(DomainError::NotFound("application".into())));
+    }
+}

@@ -1,0 +1,179 @@
+//! The domain: pure decisions over folded state. `decide(&State, Command) ->
+//! Result<Vec<Event>, DomainError>` and `evolve(State, &Event) -> State`; no IO, no
+//! clock (time comes in commands), no randomness (ids come in commands).
+//!
+//! Aggregates, one stream each: an application (`application-<app>`: templates),
+//! an environment (`environment-<app>.<env>`: lifecycle facts and its run queue),
+//! a run (`run-<uuid>`: stages and jobs of one setup, patch or teardown).
+
+pub mod application;
+pub mod environment;
+pub mod run;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A name users give applications and environments: lowercase letters, digits and
+/// `-`, starting with a letter, at most 40 bytes, so it is safe in stream ids, paths,
+/// Docker labels and Kubernetes namespaces alike.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Name(String);
+
+impl Name {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Name {
+    type Err = DomainError;
+
+    fn from_str(s: &str) -> Result<Self, DomainError> {
+        let ok = s.len() <= 40
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && !s.ends_with('-')
+            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if ok { Ok(Name(s.to_owned())) } else { Err(DomainError::InvalidName(s.to_owned())) }
+    }
+}
+
+impl TryFrom<String> for Name {
+    type Error = DomainError;
+    fn try_from(s: String) -> Result<Self, DomainError> {
+        s.parse()
+    }
+}
+
+impl From<Name> for String {
+    fn from(n: Name) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A full git commit id (40 hex digits), as resolved from a branch, tag or push.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CommitId(String);
+
+impl CommitId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn short(&self) -> &str {
+        &self.0[..12]
+    }
+}
+
+impl FromStr for CommitId {
+    type Err = DomainError;
+
+    fn from_str(s: &str) -> Result<Self, DomainError> {
+        if s.len() == 40 && s.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
+            Ok(CommitId(s.to_owned()))
+        } else {
+            Err(DomainError::InvalidCommit(s.to_owned()))
+        }
+    }
+}
+
+impl TryFrom<String> for CommitId {
+    type Error = DomainError;
+    fn try_from(s: String) -> Result<Self, DomainError> {
+        s.parse()
+    }
+}
+
+impl From<CommitId> for String {
+    fn from(c: CommitId) -> String {
+        c.0
+    }
+}
+
+impl fmt::Display for CommitId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a run does to an environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunKind {
+    Setup,
+    Patch,
+    Teardown,
+}
+
+impl fmt::Display for RunKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RunKind::Setup => "setup",
+            RunKind::Patch => "patch",
+            RunKind::Teardown => "teardown",
+        })
+    }
+}
+
+/// The digests of the templates a setup applies, and their versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateVersions {
+    pub template_version: u64,
+    pub template_digest: String,
+    pub variables_version: u64,
+    pub variables_digest: String,
+}
+
+/// A command the domain refused. The message is for the user who sent it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("{0:?} is not a valid name: use lowercase letters, digits and `-`, start with a letter, at most 40 characters")]
+    InvalidName(String),
+    #[error("{0:?} is not a full commit id (40 lowercase hex digits)")]
+    InvalidCommit(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0} does not exist")]
+    NotFound(String),
+    #[error("{0} has been torn down")]
+    TornDown(String),
+    #[error("a patch needs a successful setup first: {}", .0.join("; "))]
+    SetupRequired(Vec<String>),
+    #[error("a teardown of {0} is already queued or running")]
+    TeardownPending(String),
+    #[error("run {run} is {status}; {action} is not possible")]
+    RunState { run: String, status: String, action: &'static str },
+    #[error("the application has no template yet; update its template first")]
+    NoTemplate,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_parsed_not_validated() {
+        assert!("web-2".parse::<Name>().is_ok());
+        for bad in ["", "Web", "2web", "web_2", "web-", &"a".repeat(41)] {
+            assert_eq!(bad.parse::<Name>(), Err(DomainError::InvalidName(bad.to_owned())), "{bad:?}");
+        }
+        let err = serde_json::from_str::<Name>("\"Bad\"").unwrap_err();
+        assert!(err.to_string().contains("not a valid name"), "{err}");
+    }
+
+    #[test]
+    fn commit_ids_are_full_lowercase_hex() {
+        assert!("0123456789abcdef0123456789abcdef01234567".parse::<CommitId>().is_ok());
+        assert!("0123456".parse::<CommitId>().is_err());
+        assert!("0123456789ABCDEF0123456789abcdef01234567".parse::<CommitId>().is_err());
+    }
+}

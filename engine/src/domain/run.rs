@@ -1,0 +1,556 @@
+//! A run: one execution of setup, patch or teardown for one environment, as stages
+//! of jobs (GitLab style). Stages run in order and fail fast; a failed run can be
+//! retried from its failed stage, keeping earlier stages' outputs (images).
+//!
+//! The executor asks [`current_job`] what to do, does it, and reports the outcome
+//! with [`RunCommand::JobFinished`]; [`decide`] then records the outcome and every
+//! bookkeeping step up to the next job in one batch of events. Because the state is
+//! folded from events only, a worker that resumes a run another worker left behind
+//! continues exactly where the log says: a job started but never finished is run
+//! again; a job that succeeded never is.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{CommitId, DomainError, Name, RunKind};
+
+/// What a job does; the executor maps each to runtime calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Build one service's image at the run's commit.
+    Build { service: String },
+    /// Create the environment's infrastructure (setup only).
+    Infrastructure,
+    /// Run a release command from the new image.
+    Release { command: String },
+    /// Roll a service out to its new image.
+    Deploy { service: String },
+    /// A template job in an extra stage.
+    Job { job: String },
+    /// A teardown hook.
+    Hook { hook: String },
+    /// Remove everything the runtime created for the environment.
+    Remove,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedJob {
+    pub name: String,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedStage {
+    pub name: String,
+    pub jobs: Vec<PlannedJob>,
+}
+
+/// What a template contributes to a run's plan, by name.
+#[derive(Debug, Clone, Default)]
+pub struct PlanInput {
+    /// Extra stages, in order, with their jobs; they run before build.
+    pub extra_stages: Vec<(String, Vec<String>)>,
+    /// Services built from source (the others use a prebuilt image).
+    pub built_services: Vec<String>,
+    /// Every service, in the order they roll out.
+    pub services: Vec<String>,
+    pub release_commands: Vec<String>,
+    pub teardown_hooks: Vec<String>,
+}
+
+/// The stages a run of `kind` goes through. Stages without jobs are left out.
+pub fn plan(kind: RunKind, input: &PlanInput) -> Vec<PlannedStage> {
+    let job = |name: String, action: Action| PlannedJob { name, action };
+    let mut stages: Vec<PlannedStage> = Vec::new();
+    let mut stage = |name: &str, jobs: Vec<PlannedJob>| {
+        if !jobs.is_empty() {
+            stages.push(PlannedStage { name: name.to_owned(), jobs });
+        }
+    };
+    if kind == RunKind::Teardown {
+        let mut jobs: Vec<PlannedJob> =
+            input.teardown_hooks.iter().map(|h| job(format!("hook-{h}"), Action::Hook { hook: h.clone() })).collect();
+        jobs.push(job("remove".into(), Action::Remove));
+        stage("teardown", jobs);
+        return stages;
+    }
+    for (name, jobs) in &input.extra_stages {
+        stage(name, jobs.iter().map(|j| job(j.clone(), Action::Job { job: j.clone() })).collect());
+    }
+    stage("build", input.built_services.iter().map(|s| job(format!("build-{s}"), Action::Build { service: s.clone() })).collect());
+    if kind == RunKind::Setup {
+        stage("setup", vec![job("infrastructure".into(), Action::Infrastructure)]);
+    }
+    stage(
+        "release",
+        input.release_commands.iter().map(|c| job(format!("release-{c}"), Action::Release { command: c.clone() })).collect(),
+    );
+    stage("deploy", input.services.iter().map(|s| job(format!("deploy-{s}"), Action::Deploy { service: s.clone() })).collect());
+    stages
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum RunEvent {
+    RunQueued {
+        run_id: Uuid,
+        application: Name,
+        environment: Name,
+        kind: RunKind,
+        commit: Option<CommitId>,
+        repository: String,
+        reason: String,
+        /// The application template this run applies, as stored in the template event.
+        template: serde_json::Value,
+        template_version: u64,
+        variables_version: u64,
+        plan: Vec<PlannedStage>,
+        queued_at: DateTime<Utc>,
+    },
+    RunStarted { attempt: u32, worker: String, at: DateTime<Utc> },
+    StageStarted { stage: String, attempt: u32, at: DateTime<Utc> },
+    JobStarted { stage: String, job: String, attempt: u32, at: DateTime<Utc> },
+    JobSucceeded { stage: String, job: String, attempt: u32, output: Option<String>, at: DateTime<Utc> },
+    JobFailed { stage: String, job: String, attempt: u32, error: String, at: DateTime<Utc> },
+    StageSucceeded { stage: String, attempt: u32, at: DateTime<Utc> },
+    StageFailed { stage: String, attempt: u32, at: DateTime<Utc> },
+    RunSucceeded { attempt: u32, at: DateTime<Utc> },
+    RunFailed { attempt: u32, stage: String, error: String, at: DateTime<Utc> },
+    RunCancelled { reason: String, at: DateTime<Utc> },
+    RunSkipped { reason: String, at: DateTime<Utc> },
+    RunRetried { attempt: u32, from_stage: String, at: DateTime<Utc> },
+}
+
+impl RunEvent {
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            RunEvent::RunQueued { .. } => "RunQueued",
+            RunEvent::RunStarted { .. } => "RunStarted",
+            RunEvent::StageStarted { .. } => "StageStarted",
+            RunEvent::JobStarted { .. } => "JobStarted",
+            RunEvent::JobSucceeded { .. } => "JobSucceeded",
+            RunEvent::JobFailed { .. } => "JobFailed",
+            RunEvent::StageSucceeded { .. } => "StageSucceeded",
+            RunEvent::StageFailed { .. } => "StageFailed",
+            RunEvent::RunSucceeded { .. } => "RunSucceeded",
+            RunEvent::RunFailed { .. } => "RunFailed",
+            RunEvent::RunCancelled { .. } => "RunCancelled",
+            RunEvent::RunSkipped { .. } => "RunSkipped",
+            RunEvent::RunRetried { .. } => "RunRetried",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Skipped,
+}
+
+impl RunStatus {
+    pub fn is_final(self) -> bool {
+        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled | RunStatus::Skipped)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobState {
+    pub job: PlannedJob,
+    pub status: StepStatus,
+    pub output: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageState {
+    pub name: String,
+    pub status: StepStatus,
+    pub jobs: Vec<JobState>,
+}
+
+/// The run folded from its events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    pub run_id: Uuid,
+    pub application: Name,
+    pub environment: Name,
+    pub kind: RunKind,
+    pub commit: Option<CommitId>,
+    pub repository: String,
+    pub template: serde_json::Value,
+    pub template_version: u64,
+    pub variables_version: u64,
+    pub status: RunStatus,
+    pub attempt: u32,
+    pub stages: Vec<StageState>,
+    pub error: Option<String>,
+}
+
+impl Run {
+    pub fn stream_id(run_id: Uuid) -> String {
+        format!("run-{run_id}")
+    }
+
+    /// The output (image) a job of this run recorded, by job name.
+    pub fn output_of(&self, job: &str) -> Option<&str> {
+        self.stages.iter().flat_map(|s| &s.jobs).find(|j| j.job.name == job)?.output.as_deref()
+    }
+}
+
+/// The job a worker must execute now: started and not finished.
+pub fn current_job(run: &Run) -> Option<(&str, &PlannedJob)> {
+    if run.status != RunStatus::Running {
+        return None;
+    }
+    let stage = run.stages.iter().find(|s| s.status == StepStatus::Running)?;
+    let job = stage.jobs.iter().find(|j| j.status == StepStatus::Running)?;
+    Some((&stage.name, &job.job))
+}
+
+pub enum RunCommand {
+    Start { worker: String, now: DateTime<Utc> },
+    /// The current job ended: `Ok(output)` or `Err(what went wrong)`.
+    JobFinished { result: Result<Option<String>, String>, now: DateTime<Utc> },
+    Cancel { reason: String, now: DateTime<Utc> },
+    Skip { reason: String, now: DateTime<Utc> },
+    Retry { now: DateTime<Utc> },
+}
+
+fn refuse(run: &Run, action: &'static str) -> DomainError {
+    DomainError::RunState { run: run.run_id.to_string(), status: format!("{:?}", run.status).to_lowercase(), action }
+}
+
+pub fn decide(run: &Run, command: RunCommand) -> Result<Vec<RunEvent>, DomainError> {
+    match command {
+        RunCommand::Start { worker, now } => {
+            if run.status != RunStatus::Queued {
+                return Err(refuse(run, "starting it"));
+            }
+            Ok(advance(run, vec![RunEvent::RunStarted { attempt: run.attempt, worker, at: now }], now))
+        }
+        RunCommand::JobFinished { result, now } => {
+            let (stage, job) = current_job(run).ok_or_else(|| refuse(run, "finishing a job"))?;
+            let (stage, job, attempt) = (stage.to_owned(), job.name.clone(), run.attempt);
+            let outcome = match result {
+                Ok(output) => RunEvent::JobSucceeded { stage, job, attempt, output, at: now },
+                Err(error) => RunEvent::JobFailed { stage, job, attempt, error, at: now },
+            };
+            Ok(advance(run, vec![outcome], now))
+        }
+        RunCommand::Cancel { reason, now } => {
+            if run.status.is_final() {
+                return Err(refuse(run, "cancelling it"));
+            }
+            Ok(vec![RunEvent::RunCancelled { reason, at: now }])
+        }
+        RunCommand::Skip { reason, now } => {
+            if run.status != RunStatus::Queued {
+                return Err(refuse(run, "skipping it"));
+            }
+            Ok(vec![RunEvent::RunSkipped { reason, at: now }])
+        }
+        RunCommand::Retry { now } => {
+            if run.status != RunStatus::Failed {
+                return Err(refuse(run, "retrying it"));
+            }
+            let from_stage = run.stages.iter().find(|s| s.status == StepStatus::Failed).map_or_else(String::new, |s| s.name.clone());
+            Ok(vec![RunEvent::RunRetried { attempt: run.attempt + 1, from_stage, at: now }])
+        }
+    }
+}
+
+/// Applies `events`, then appends the bookkeeping that follows until a job needs
+/// executing or the run has ended: starting stages and jobs, closing stages, and
+/// failing fast on the first failed job.
+fn advance(run: &Run, mut events: Vec<RunEvent>, now: DateTime<Utc>) -> Vec<RunEvent> {
+    let mut state = events.iter().fold(run.clone(), evolve);
+    loop {
+        let attempt = state.attempt;
+        let next = match state.stages.iter().find(|s| s.status != StepStatus::Succeeded) {
+            None => RunEvent::RunSucceeded { attempt, at: now },
+            Some(stage) => match stage.status {
+                StepStatus::Pending => RunEvent::StageStarted { stage: stage.name.clone(), attempt, at: now },
+                StepStatus::Failed => {
+                    let error = stage.jobs.iter().find_map(|j| j.error.clone()).unwrap_or_default();
+                    RunEvent::RunFailed { attempt, stage: stage.name.clone(), error, at: now }
+                }
+                _ => match stage.jobs.iter().find(|j| j.status != StepStatus::Succeeded) {
+                    None => RunEvent::StageSucceeded { stage: stage.name.clone(), attempt, at: now },
+                    Some(j) if j.status == StepStatus::Failed => {
+                        RunEvent::StageFailed { stage: stage.name.clone(), attempt, at: now }
+                    }
+                    Some(j) if j.status == StepStatus::Pending => {
+                        RunEvent::JobStarted { stage: stage.name.clone(), job: j.job.name.clone(), attempt, at: now }
+                    }
+                    // A job is running: the executor's turn.
+                    Some(_) => return events,
+                },
+            },
+        };
+        let ends = matches!(next, RunEvent::RunSucceeded { .. } | RunEvent::RunFailed { .. });
+        state = evolve(state, &next);
+        events.push(next);
+        if ends {
+            return events;
+        }
+    }
+}
+
+fn set_stage(run: &mut Run, stage: &str, status: StepStatus) {
+    if let Some(s) = run.stages.iter_mut().find(|s| s.name == stage) {
+        s.status = status;
+    }
+}
+
+fn job_mut<'a>(run: &'a mut Run, stage: &str, job: &str) -> Option<&'a mut JobState> {
+    run.stages.iter_mut().find(|s| s.name == stage)?.jobs.iter_mut().find(|j| j.job.name == job)
+}
+
+/// Folds one event. `RunQueued` must come first; `evolve` of other events on an
+/// unqueued run is never called (the store hands out whole streams).
+pub fn evolve(mut run: Run, event: &RunEvent) -> Run {
+    match event {
+        RunEvent::RunQueued { .. } => {}
+        RunEvent::RunStarted { .. } => run.status = RunStatus::Running,
+        RunEvent::StageStarted { stage, .. } => set_stage(&mut run, stage, StepStatus::Running),
+        RunEvent::JobStarted { stage, job, .. } => {
+            if let Some(j) = job_mut(&mut run, stage, job) {
+                j.status = StepStatus::Running;
+            }
+        }
+        RunEvent::JobSucceeded { stage, job, output, .. } => {
+            if let Some(j) = job_mut(&mut run, stage, job) {
+                j.status = StepStatus::Succeeded;
+                j.output = output.clone();
+            }
+        }
+        RunEvent::JobFailed { stage, job, error, .. } => {
+            if let Some(j) = job_mut(&mut run, stage, job) {
+                j.status = StepStatus::Failed;
+                j.error = Some(error.clone());
+            }
+        }
+        RunEvent::StageSucceeded { stage, .. } => set_stage(&mut run, stage, StepStatus::Succeeded),
+        RunEvent::StageFailed { stage, .. } => set_stage(&mut run, stage, StepStatus::Failed),
+        RunEvent::RunSucceeded { .. } => run.status = RunStatus::Succeeded,
+        RunEvent::RunFailed { error, .. } => {
+            run.status = RunStatus::Failed;
+            run.error = Some(error.clone());
+        }
+        RunEvent::RunCancelled { .. } => run.status = RunStatus::Cancelled,
+        RunEvent::RunSkipped { .. } => run.status = RunStatus::Skipped,
+        RunEvent::RunRetried { attempt, from_stage, .. } => {
+            run.status = RunStatus::Queued;
+            run.attempt = *attempt;
+            run.error = None;
+            // Stages before the failed one keep their results (and images).
+            let from = run.stages.iter().position(|s| &s.name == from_stage).unwrap_or(0);
+            for stage in &mut run.stages[from..] {
+                stage.status = StepStatus::Pending;
+                for job in &mut stage.jobs {
+                    job.status = StepStatus::Pending;
+                    job.output = None;
+                    job.error = None;
+                }
+            }
+        }
+    }
+    run
+}
+
+/// Folds a run's whole stream; `None` when it does not start with `RunQueued`.
+pub fn fold(events: &[RunEvent]) -> Option<Run> {
+    let (first, rest) = events.split_first()?;
+    let RunEvent::RunQueued {
+        run_id, application, environment, kind, commit, repository, template, template_version, variables_version, plan, ..
+    } = first
+    else {
+        return None;
+    };
+    let run = Run {
+        run_id: *run_id,
+        application: application.clone(),
+        environment: environment.clone(),
+        kind: *kind,
+        commit: commit.clone(),
+        repository: repository.clone(),
+        template: template.clone(),
+        template_version: *template_version,
+        variables_version: *variables_version,
+        status: RunStatus::Queued,
+        attempt: 1,
+        stages: plan
+            .iter()
+            .map(|s| StageState {
+                name: s.name.clone(),
+                status: StepStatus::Pending,
+                jobs: s.jobs.iter().map(|j| JobState { job: j.clone(), status: StepStatus::Pending, output: None, error: None }).collect(),
+            })
+            .collect(),
+        error: None,
+    };
+    Some(rest.iter().fold(run, evolve))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn commit(c: char) -> CommitId {
+        c.to_string().repeat(40).parse().unwrap()
+    }
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
+    }
+
+    fn input() -> PlanInput {
+        PlanInput {
+            extra_stages: vec![("test".into(), vec!["unit".into()])],
+            built_services: vec!["web".into()],
+            services: vec!["web".into(), "cache".into()],
+            release_commands: vec!["migrate".into(), "notify".into()],
+            teardown_hooks: vec!["destroy".into()],
+        }
+    }
+
+    fn queued(kind: RunKind) -> RunEvent {
+        RunEvent::RunQueued {
+            run_id: Uuid::from_u128(7),
+            application: "shop".parse().unwrap(),
+            environment: "staging".parse().unwrap(),
+            kind,
+            commit: Some(commit('a')),
+            repository: "/srv/shop.git".into(),
+            reason: "test".into(),
+            template: serde_json::json!({}),
+            template_version: 1,
+            variables_version: 1,
+            plan: plan(kind, &input()),
+            queued_at: t(0),
+        }
+    }
+
+    /// given(events) → the folded run; then decide and fold what it decided.
+    struct Given(Vec<RunEvent>);
+
+    impl Given {
+        fn run(&self) -> Run {
+            fold(&self.0).expect("a queued run")
+        }
+
+        fn when(&mut self, command: RunCommand) -> Vec<&'static str> {
+            let events = decide(&self.run(), command).expect("accepted");
+            let types = events.iter().map(RunEvent::event_type).collect();
+            self.0.extend(events);
+            types
+        }
+    }
+
+    fn ok(output: Option<&str>) -> RunCommand {
+        RunCommand::JobFinished { result: Ok(output.map(str::to_owned)), now: t(2) }
+    }
+
+    #[test]
+    fn plans_follow_the_lifecycle() {
+        let names = |kind| plan(kind, &input()).iter().map(|s| (s.name.clone(), s.jobs.iter().map(|j| j.name.clone()).collect::<Vec<_>>())).collect::<Vec<_>>();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(RunKind::Setup), vec![
+            ("test".into(), s(&["unit"])),
+            ("build".into(), s(&["build-web"])),
+            ("setup".into(), s(&["infrastructure"])),
+            ("release".into(), s(&["release-migrate", "release-notify"])),
+            ("deploy".into(), s(&["deploy-web", "deploy-cache"])),
+        ]);
+        assert_eq!(names(RunKind::Patch).iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["test", "build", "release", "deploy"]);
+        assert_eq!(names(RunKind::Teardown), vec![("teardown".into(), s(&["hook-destroy", "remove"]))]);
+        let bare = PlanInput { services: vec!["web".into()], ..PlanInput::default() };
+        assert_eq!(plan(RunKind::Patch, &bare).len(), 1, "stages without jobs are left out");
+    }
+
+    #[test]
+    fn a_run_walks_its_stages_and_jobs_in_order() {
+        let mut run = Given(vec![queued(RunKind::Patch)]);
+        assert_eq!(run.when(RunCommand::Start { worker: "w1".into(), now: t(1) }), ["RunStarted", "StageStarted", "JobStarted"]);
+        assert_eq!(current_job(&run.run()).unwrap().1.name, "unit");
+        assert_eq!(run.when(ok(None)), ["JobSucceeded", "StageSucceeded", "StageStarted", "JobStarted"]);
+        assert_eq!(run.when(ok(Some("img-1"))), ["JobSucceeded", "StageSucceeded", "StageStarted", "JobStarted"]);
+        assert_eq!(run.when(ok(None)), ["JobSucceeded", "JobStarted"]);
+        assert_eq!(run.when(ok(None)), ["JobSucceeded", "StageSucceeded", "StageStarted", "JobStarted"]);
+        assert_eq!(run.when(ok(None)), ["JobSucceeded", "JobStarted"]);
+        assert_eq!(run.when(ok(None)), ["JobSucceeded", "StageSucceeded", "RunSucceeded"]);
+        let done = run.run();
+        assert_eq!(done.status, RunStatus::Succeeded);
+        assert_eq!(done.output_of("build-web"), Some("img-1"));
+        assert_eq!(current_job(&done), None);
+    }
+
+    #[test]
+    fn a_failed_job_fails_the_stage_and_the_run_at_once() {
+        let mut run = Given(vec![queued(RunKind::Patch)]);
+        run.when(RunCommand::Start { worker: "w1".into(), now: t(1) });
+        run.when(ok(None));
+        run.when(ok(Some("img-1")));
+        let failed = RunCommand::JobFinished { result: Err("release-migrate exited with 3".into()), now: t(3) };
+        assert_eq!(run.when(failed), ["JobFailed", "StageFailed", "RunFailed"]);
+        let state = run.run();
+        assert_eq!(state.status, RunStatus::Failed);
+        assert_eq!(state.error.as_deref(), Some("release-migrate exited with 3"));
+        // Fail fast: release-notify and deploy never started.
+        assert!(state.stages[2].jobs[1].status == StepStatus::Pending && state.stages[3].status == StepStatus::Pending);
+    }
+
+    #[test]
+    fn a_retry_resumes_from_the_failed_stage_keeping_earlier_outputs() {
+        let mut run = Given(vec![queued(RunKind::Patch)]);
+        run.when(RunCommand::Start { worker: "w1".into(), now: t(1) });
+        run.when(ok(None));
+        run.when(ok(Some("img-1")));
+        run.when(RunCommand::JobFinished { result: Err("boom".into()), now: t(3) });
+        assert_eq!(run.when(RunCommand::Retry { now: t(4) }), ["RunRetried"]);
+        let retried = run.run();
+        assert_eq!((retried.status, retried.attempt), (RunStatus::Queued, 2));
+        assert_eq!(retried.output_of("build-web"), Some("img-1"));
+        assert_eq!(run.when(RunCommand::Start { worker: "w2".into(), now: t(5) }), ["RunStarted", "StageStarted", "JobStarted"]);
+        assert_eq!(current_job(&run.run()).unwrap().1.name, "release-migrate");
+    }
+
+    #[test]
+    fn a_resumed_run_reexecutes_only_the_unfinished_job() {
+        let mut run = Given(vec![queued(RunKind::Patch)]);
+        run.when(RunCommand::Start { worker: "w1".into(), now: t(1) });
+        run.when(ok(None));
+        // The worker died here: build-web was started, never finished. Another
+        // worker folds the same events and is told to run build-web, not unit.
+        let resumed = run.run();
+        assert_eq!(current_job(&resumed).unwrap().1.name, "build-web");
+        assert_eq!(resumed.stages[0].jobs[0].status, StepStatus::Succeeded);
+    }
+
+    #[test]
+    fn commands_out_of_turn_are_refused() {
+        let mut run = Given(vec![queued(RunKind::Teardown)]);
+        assert!(matches!(decide(&run.run(), ok(None)), Err(DomainError::RunState { action: "finishing a job", .. })));
+        assert!(decide(&run.run(), RunCommand::Retry { now: t(1) }).is_err());
+        assert_eq!(run.when(RunCommand::Skip { reason: "outdated".into(), now: t(1) }), ["RunSkipped"]);
+        assert!(decide(&run.run(), RunCommand::Start { worker: "w".into(), now: t(2) }).is_err());
+        assert!(decide(&run.run(), RunCommand::Cancel { reason: "x".into(), now: t(2) }).is_err());
+    }
+}

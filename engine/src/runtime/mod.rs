@@ -1,0 +1,168 @@
+//! Runtimes: where an environment's services, release commands, jobs and hooks
+//! actually run. One trait, one implementation per backend (DESIGN.md §5):
+//! `process` (local processes, the embedded default), later `docker` and
+//! `kubernetes`. Only modules under `runtime/` may import bollard or kube.
+//!
+//! Every operation is idempotent ("ensure" semantics) or safe to repeat after a
+//! crash: a worker that resumes a run may call any of them again.
+
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// Which environment an operation is for. Names are already validated by the domain
+/// (lowercase letters, digits and `-`), so they are safe in paths and labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EnvironmentRef {
+    pub application: String,
+    pub environment: String,
+}
+
+/// A built artifact a runtime can start services and tasks from. For `process` it is
+/// a directory; for `docker` an image id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Image(pub String);
+
+/// Build one service's image from a checked-out repository.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    pub env: EnvironmentRef,
+    pub service: String,
+    /// The repository checked out at `commit`.
+    pub source_dir: PathBuf,
+    /// The build context, relative to `source_dir` (`.` for the whole repository).
+    pub context: String,
+    /// Dockerfile path relative to the context, for runtimes that build images.
+    pub dockerfile: Option<String>,
+    pub commit: String,
+}
+
+/// A one-off task: a release command, a job, a teardown hook.
+#[derive(Debug, Clone)]
+pub struct TaskRequest {
+    pub env: EnvironmentRef,
+    /// Unique within the run, e.g. `release-migrate`; used in names and labels.
+    pub name: String,
+    /// The image to run it from; `None` runs it without one (teardown hooks on
+    /// `process` run in the environment's working directory).
+    pub image: Option<Image>,
+    pub command: Vec<String>,
+    pub env_vars: BTreeMap<String, String>,
+    pub timeout: Duration,
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskOutcome {
+    Exited(i32),
+    /// Killed by a signal (Unix), e.g. after a worker was told to stop.
+    Signalled(i32),
+    TimedOut,
+    Cancelled,
+}
+
+impl TaskOutcome {
+    pub fn succeeded(self) -> bool {
+        self == TaskOutcome::Exited(0)
+    }
+}
+
+/// How to tell that a service is ready.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HealthCheck {
+    /// An HTTP GET on 127.0.0.1:`port``path` that answers 2xx or 3xx.
+    Http { path: String, port: u16 },
+    /// A command (run from the service's image) that exits 0.
+    Command(Vec<String>),
+}
+
+/// Run a service from `image`, replacing whatever version runs now.
+#[derive(Debug, Clone)]
+pub struct ServiceRequest {
+    pub env: EnvironmentRef,
+    pub service: String,
+    pub image: Image,
+    pub command: Vec<String>,
+    pub env_vars: BTreeMap<String, String>,
+    pub ports: Vec<u16>,
+    pub replicas: u32,
+    pub health_check: Option<HealthCheck>,
+    /// How long the new version may take to become healthy.
+    pub health_timeout: Duration,
+    /// Named volumes: (name, mount path).
+    pub volumes: Vec<(String, String)>,
+}
+
+/// What really runs for one service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedService {
+    pub service: String,
+    pub image: Image,
+    pub running: bool,
+}
+
+/// Which output a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    /// shiplog's own notes about the step (e.g. "health check passed").
+    System,
+}
+
+/// Where a runtime sends the output of builds, tasks and roll-outs, line by line.
+/// Must not block: implementations buffer.
+pub trait LogSink: Send + Sync {
+    fn line(&self, stream: LogStream, line: &str);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The step failed in a way the user can act on (bad command, build error,
+    /// never became healthy); the message says what happened.
+    #[error("{0}")]
+    Failed(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+/// An execution backend. See the module docs for the contract.
+pub trait Runtime: Send + Sync + 'static {
+    /// Builds (or reuses, for the same commit and context) the service's image.
+    fn build(&self, req: &BuildRequest, logs: &dyn LogSink) -> impl Future<Output = Result<Image, RuntimeError>> + Send;
+
+    /// Ensures the environment's infrastructure exists: its network or working
+    /// directory, and the named volumes. Running it twice changes nothing.
+    fn ensure_infrastructure(
+        &self,
+        env: &EnvironmentRef,
+        volumes: &[String],
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Runs a one-off task to completion, streaming its output. Kills it on timeout
+    /// or when `cancel` fires.
+    fn run_task(
+        &self,
+        req: &TaskRequest,
+        logs: &dyn LogSink,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<TaskOutcome, RuntimeError>> + Send;
+
+    /// Rolls the service out to `req.image`: start the new version, wait until it
+    /// is healthy, switch to it, stop the old one. If the new version never becomes
+    /// healthy it is removed and the old one keeps (or is put back to) serving, and
+    /// the call fails. Rolling out the image already running changes nothing.
+    fn roll_out(&self, req: &ServiceRequest, logs: &dyn LogSink) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Stops and removes every service, task, volume and network of the environment.
+    fn teardown(&self, env: &EnvironmentRef) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// What really runs for the environment, for drift detection.
+    fn observe(&self, env: &EnvironmentRef) -> impl Future<Output = Result<Vec<ObservedService>, RuntimeError>> + Send;
+}
