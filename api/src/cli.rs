@@ -18,8 +18,11 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the server: API on --listen, PostgreSQL from DATABASE_URL or a private cluster.
+    /// Run the server: API on --listen and a worker, PostgreSQL from DATABASE_URL or a
+    /// private cluster.
     Serve(ServeArgs),
+    /// Run only a worker: claim runs and execute them (several may share one database).
+    Worker(WorkerArgs),
     /// Auditor tools.
     Audit {
         #[command(subcommand)]
@@ -44,10 +47,30 @@ pub struct DatabaseArgs {
     pub data_dir: PathBuf,
 }
 
+/// How runs are executed.
+#[derive(Args, Debug, Clone)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Where the process runtime keeps images, services and their state.
+    #[arg(long, env = "SHIPLOG_PROCESS_ROOT", default_value = ".shiplog/process")]
+    pub process_root: PathBuf,
+    /// Where repositories are checked out for builds.
+    #[arg(long, env = "SHIPLOG_WORK_DIR", default_value = ".shiplog/work")]
+    pub work_dir: PathBuf,
+    /// How long a claimed run stays claimed without a heartbeat; after that another
+    /// worker resumes it.
+    #[arg(long, env = "SHIPLOG_LEASE", default_value = "30s", value_parser = parse_duration)]
+    pub lease: Duration,
+    /// This worker's name in run events (default: host name and process id).
+    #[arg(long, env = "SHIPLOG_WORKER_ID")]
+    pub worker_id: Option<String>,
+}
+
 #[derive(Args, Debug)]
 struct ServeArgs {
     #[command(flatten)]
-    database: DatabaseArgs,
+    worker: WorkerArgs,
     /// Address for the HTTP API; port 0 picks a free port (the address is printed).
     #[arg(long, env = "SHIPLOG_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -71,6 +94,7 @@ impl Cli {
     pub async fn run(self) -> ExitCode {
         let result = match self.command {
             Command::Serve(args) => serve(args).await,
+            Command::Worker(args) => worker(args).await,
             Command::Audit { command: AuditCommand::Verify(args) } => verify(args).await,
         };
         result.unwrap_or_else(|e| {
@@ -81,8 +105,15 @@ impl Cli {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let database = Database::open(&args.worker.database).await?;
+    let outcome = server::serve(&database, &args.worker, args.listen, args.seal_interval).await;
+    database.close().await?;
+    outcome.map(|()| ExitCode::SUCCESS)
+}
+
+async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let database = Database::open(&args.database).await?;
-    let outcome = server::serve(&database, args.listen, args.seal_interval).await;
+    let outcome = server::work(&database, &args).await;
     database.close().await?;
     outcome.map(|()| ExitCode::SUCCESS)
 }

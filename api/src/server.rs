@@ -15,7 +15,14 @@ use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use tokio::sync::watch;
 
-use crate::cli::DatabaseArgs;
+use std::sync::Arc;
+
+use shiplog_engine::lifecycle::Lifecycle;
+use shiplog_engine::runtime::process::ProcessRuntime;
+use shiplog_engine::worker::Worker;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{DatabaseArgs, WorkerArgs};
 use crate::graphql::{self, ShiplogSchema};
 
 /// The database shiplog works on: its pools and, when shiplog started it, the
@@ -112,9 +119,10 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::V
     }
 }
 
-/// Serves the API until Ctrl-C or SIGTERM, sealing new events every `seal_interval`.
-/// On shutdown it stops taking requests, finishes those in flight, and returns.
-pub async fn serve(database: &Database, listen: SocketAddr, seal_interval: Duration) -> anyhow::Result<()> {
+/// Serves the API and runs a worker until Ctrl-C or SIGTERM, sealing new events
+/// every `seal_interval`. On shutdown it stops taking requests and runs, finishes
+/// those in flight, and returns.
+pub async fn serve(database: &Database, worker: &WorkerArgs, listen: SocketAddr, seal_interval: Duration) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
     // Printed on stdout so scripts (and tests) can find a port chosen with :0.
@@ -122,6 +130,8 @@ pub async fn serve(database: &Database, listen: SocketAddr, seal_interval: Durat
 
     let (stop, stopped) = watch::channel(false);
     let sealer = tokio::spawn(seal_loop(database.store(), seal_interval, stopped.clone()));
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(run_worker(database.store(), worker.clone(), shutdown.clone()));
     let served = axum::serve(listener, app(AppState::new(database.store())))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
@@ -129,8 +139,35 @@ pub async fn serve(database: &Database, listen: SocketAddr, seal_interval: Durat
         })
         .await;
     let _ = stop.send(true);
+    shutdown.cancel();
     sealer.await?;
+    worker.await?;
     served.context("serving HTTP")
+}
+
+/// Runs only a worker until Ctrl-C or SIGTERM.
+pub async fn work(database: &Database, args: &WorkerArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(run_worker(database.store(), args.clone(), shutdown.clone()));
+    println!("shiplog worker started");
+    shutdown_signal().await;
+    tracing::info!("shutting down; the run in progress is finished first");
+    shutdown.cancel();
+    worker.await?;
+    Ok(())
+}
+
+/// How often an idle worker looks for queued runs.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+
+async fn run_worker(store: EventStore, args: WorkerArgs, shutdown: CancellationToken) {
+    let id = args.worker_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let runtime = Arc::new(ProcessRuntime::new(args.process_root.clone()));
+    let worker = Worker::new(Lifecycle::new(store), runtime, id, args.work_dir.clone()).with_lease(args.lease);
+    worker.run(IDLE_POLL, shutdown).await;
 }
 
 async fn shutdown_signal() {

@@ -6,6 +6,8 @@
 //! migrations applied, dropped again when the test is done. No fixed ports: the
 //! private cluster listens on a Unix socket in its own temporary directory.
 
+pub mod example;
+
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,9 @@ use sqlx::{Executor, PgPool};
 struct Server {
     /// Options for any database on the server; `database` is set per use.
     options: PgConnectOptions,
+    /// A URL for any database on the server, `{db}` standing for the database name:
+    /// for `shiplog` processes the tests start.
+    url: String,
     /// Kept so the cluster lives as long as the process; it stops when the process ends.
     _cluster: Option<Cluster>,
 }
@@ -26,15 +31,20 @@ static SERVER: OnceLock<Server> = OnceLock::new();
 
 fn server() -> &'static Server {
     SERVER.get_or_init(|| match std::env::var("DATABASE_URL") {
-        Ok(url) => Server {
-            options: postgres::options_from_url(&url).expect("DATABASE_URL is not a valid PostgreSQL URL"),
-            _cluster: None,
-        },
+        Ok(url) => {
+            let options = postgres::options_from_url(&url).expect("DATABASE_URL is not a valid PostgreSQL URL");
+            // Swap the database name (the URL's path) for the placeholder, keeping any query.
+            let (base, query) = url.split_once('?').map_or((url.as_str(), String::new()), |(b, q)| (b, format!("?{q}")));
+            let (scheme, rest) = base.split_once("://").expect("checked by options_from_url");
+            let authority = rest.split('/').next().unwrap_or_default();
+            let url = format!("{scheme}://{authority}/{{db}}{query}");
+            Server { options, url, _cluster: None }
+        }
         Err(_) => {
             let data_dir = std::env::temp_dir().join(format!("shiplog-test-{}", uuid::Uuid::new_v4().simple()));
             let options = ClusterOptions { data_dir, ephemeral: true, unsafe_no_fsync: true };
             let cluster = Cluster::start(&options).unwrap_or_else(|e| panic!("starting the test cluster: {e}"));
-            Server { options: cluster.connect_options("postgres"), _cluster: Some(cluster) }
+            Server { options: cluster.connect_options("postgres"), url: cluster.url("{db}"), _cluster: Some(cluster) }
         }
     })
 }
@@ -68,6 +78,11 @@ impl TestDb {
     /// The event store as the server uses it: through the runtime role.
     pub fn store(&self) -> EventStore {
         EventStore::new(self.runtime.clone())
+    }
+
+    /// A `DATABASE_URL` for this database, for `shiplog` processes a test starts.
+    pub fn url(&self) -> String {
+        server().url.replace("{db}", &self.name)
     }
 
     /// Connection options for this database as its owner.

@@ -4,3 +4,4 @@
 mod audit;
 mod schema;
 mod serve;
+mod worker;

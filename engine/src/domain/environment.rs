@@ -140,6 +140,8 @@ pub enum EnvironmentCommand {
     MarkFinished { run_id: Uuid, outcome: RunOutcome, images: Vec<(String, String)>, now: DateTime<Utc> },
     /// Tear down if the environment's time is up.
     Expire { run_id: Uuid, now: DateTime<Utc> },
+    /// Queue a failed run again for its retry.
+    Requeue { run_id: Uuid, kind: RunKind, commit: Option<CommitId>, templates: Option<TemplateVersions>, reason: String, now: DateTime<Utc> },
 }
 
 impl Environment {
@@ -273,6 +275,15 @@ pub fn decide(env: &Environment, command: EnvironmentCommand) -> Result<Vec<Envi
         C::MarkFinished { run_id, outcome, images, now } => {
             env.queued(run_id)?;
             Ok(vec![EnvironmentEvent::RunFinished { run_id, outcome, images, finished_at: now }])
+        }
+        C::Requeue { run_id, kind, commit, templates, reason, now } => {
+            if torn_down {
+                return Err(DomainError::TornDown(env.label()));
+            }
+            if env.teardown_pending() && kind != RunKind::Teardown {
+                return Err(DomainError::TeardownPending(env.label()));
+            }
+            Ok(vec![EnvironmentEvent::RunRequested { run_id, kind, commit, reason, templates, requested_at: now }])
         }
         C::Expire { run_id, now } => {
             let expired = env.expires_at.is_some_and(|at| at <= now);

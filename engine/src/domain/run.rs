@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{CommitId, DomainError, Name, RunKind};
+use super::{CommitId, DomainError, Name, RunKind, TemplateVersions};
 
 /// What a job does; the executor maps each to runtime calls.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,8 +105,8 @@ pub enum RunEvent {
         reason: String,
         /// The application template this run applies, as stored in the template event.
         template: serde_json::Value,
-        template_version: u64,
-        variables_version: u64,
+        /// Versions and digests of the templates the run applies.
+        templates: TemplateVersions,
         plan: Vec<PlannedStage>,
         queued_at: DateTime<Utc>,
     },
@@ -195,8 +195,7 @@ pub struct Run {
     pub commit: Option<CommitId>,
     pub repository: String,
     pub template: serde_json::Value,
-    pub template_version: u64,
-    pub variables_version: u64,
+    pub templates: TemplateVersions,
     pub status: RunStatus,
     pub attempt: u32,
     pub stages: Vec<StageState>,
@@ -379,7 +378,7 @@ pub fn evolve(mut run: Run, event: &RunEvent) -> Run {
 pub fn fold(events: &[RunEvent]) -> Option<Run> {
     let (first, rest) = events.split_first()?;
     let RunEvent::RunQueued {
-        run_id, application, environment, kind, commit, repository, template, template_version, variables_version, plan, ..
+        run_id, application, environment, kind, commit, repository, template, templates, plan, ..
     } = first
     else {
         return None;
@@ -392,8 +391,7 @@ pub fn fold(events: &[RunEvent]) -> Option<Run> {
         commit: commit.clone(),
         repository: repository.clone(),
         template: template.clone(),
-        template_version: *template_version,
-        variables_version: *variables_version,
+        templates: templates.clone(),
         status: RunStatus::Queued,
         attempt: 1,
         stages: plan
@@ -441,8 +439,12 @@ pub(crate) mod tests {
             repository: "/srv/shop.git".into(),
             reason: "test".into(),
             template: serde_json::json!({}),
-            template_version: 1,
-            variables_version: 1,
+            templates: TemplateVersions {
+                template_version: 1,
+                template_digest: "sha256:t".into(),
+                variables_version: 1,
+                variables_digest: "sha256:v".into(),
+            },
             plan: plan(kind, &input()),
             queued_at: t(0),
         }

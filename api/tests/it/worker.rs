@@ -1,0 +1,107 @@
+//! Workers as separate processes sharing one database: a worker killed with SIGKILL
+//! in the middle of a long job is replaced by another, which resumes the run from
+//! its events once the lease expires; no job that had succeeded runs again.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chrono::Utc;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use shiplog_engine::domain::environment::{EnvironmentKind, Tracking};
+use shiplog_engine::domain::run::RunStatus;
+use shiplog_engine::domain::Name;
+use shiplog_engine::lifecycle::Lifecycle;
+use shiplog_engine::store::Metadata;
+use shiplog_tests::example::{ExampleRepo, Scratch};
+use shiplog_tests::{TestDb, eventually};
+
+/// A release command that records each start and then waits for a go-ahead file:
+/// a long job the test can interrupt at a known point.
+const SLOW_RELEASE: &str = "#!/bin/sh\necho started >> \"$MARKS/release-started\"\n\
+    while [ ! -e \"$MARKS/go\" ]; do sleep 0.05; done\necho \"migration done\"\n";
+
+fn start_worker(db: &TestDb, scratch: &Scratch, id: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_shiplog"))
+        .args(["worker", "--lease", "2s", "--worker-id", id])
+        .env("DATABASE_URL", db.url())
+        .env("SHIPLOG_PROCESS_ROOT", scratch.path().join("process"))
+        .env("SHIPLOG_WORK_DIR", scratch.path().join("work"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn lines(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |text| text.lines().count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_is_replaced_and_no_finished_job_runs_twice() {
+    let db = TestDb::new().await;
+    let scratch = Scratch::new("shiplog-kill");
+    let repo = ExampleRepo::create(&scratch);
+    repo.commit_release_script(SLOW_RELEASE);
+    let marks = scratch.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+
+    let lifecycle = Lifecycle::new(db.store());
+    let meta = Metadata::default();
+    let (app, env): (Name, Name) = ("hello".parse().unwrap(), "staging".parse().unwrap());
+    lifecycle.create_application(&app, repo.dir.to_str().unwrap(), &meta, Utc::now()).await.unwrap();
+    lifecycle.update_template(&app, &repo.template(), &meta, Utc::now()).await.unwrap();
+    lifecycle.update_variables(&app, &format!("MARKS: \"{}\"\n", marks.display()), &meta, Utc::now()).await.unwrap();
+    lifecycle.create_environment(&app, &env, EnvironmentKind::Staging, Tracking::Branch("main".into()), None, &meta, Utc::now()).await.unwrap();
+
+    let mut first = start_worker(&db, &scratch, "first");
+    let setup = lifecycle.request_setup(&app, &env, None, "created", &meta, Utc::now()).await.unwrap();
+    let started = marks.join("release-started");
+    eventually("the first worker to reach the release command", Duration::from_secs(60), || async {
+        (lines(&started) == 1).then_some(())
+    })
+    .await;
+    kill(Pid::from_raw(first.id() as i32), Signal::SIGKILL).unwrap();
+    first.wait().unwrap();
+
+    let mut second = start_worker(&db, &scratch, "second");
+    eventually("the second worker to resume the release command", Duration::from_secs(60), || async {
+        (lines(&started) == 2).then_some(())
+    })
+    .await;
+    std::fs::write(marks.join("go"), "").unwrap();
+    let run = eventually("the resumed run to end", Duration::from_secs(60), || async {
+        let (run, _) = lifecycle.run(setup.run_id).await.unwrap().unwrap();
+        run.status.is_final().then_some(run)
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+    assert_eq!(repo.page().as_deref(), Some("<h1>hello from shiplog v1</h1>"));
+
+    // The build had succeeded before the kill: it was not run again. The release
+    // command had not finished: it ran again, and succeeded once.
+    let events: Vec<(String, String)> = sqlx::query_as(
+        "SELECT event_type, coalesce(payload::jsonb->>'job', '') FROM events WHERE stream_id = $1 ORDER BY version",
+    )
+    .bind(format!("run-{}", setup.run_id))
+    .fetch_all(&db.owner)
+    .await
+    .unwrap();
+    let count = |kind: &str, job: &str| events.iter().filter(|(k, j)| k == kind && j == job).count();
+    assert_eq!((count("JobStarted", "build-web"), count("JobSucceeded", "build-web")), (1, 1));
+    assert_eq!((count("JobStarted", "release-migrate"), count("JobSucceeded", "release-migrate")), (1, 1));
+    for (kind, job) in &events {
+        if kind == "JobSucceeded" {
+            assert_eq!(count("JobSucceeded", job), 1, "{job} succeeded twice");
+        }
+    }
+
+    lifecycle.request_teardown(&app, &env, "done", &meta, Utc::now()).await.unwrap();
+    eventually("the teardown", Duration::from_secs(60), || async {
+        let (env, _) = lifecycle.environment(&app, &env).await.unwrap();
+        env.queue.is_empty().then_some(())
+    })
+    .await;
+    kill(Pid::from_raw(second.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(second.wait().unwrap().success());
+}

@@ -1,0 +1,58 @@
+//! Fetching application source with the `git` command line: any URL git accepts,
+//! local paths and `file://` included.
+
+use std::path::Path;
+
+use tokio::process::Command;
+
+use crate::domain::CommitId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("git {action} failed: {detail}")]
+    Failed { action: String, detail: String },
+    #[error("running git: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+async fn git(args: &[&str], cwd: Option<&Path>) -> Result<String, GitError> {
+    let mut command = Command::new("git");
+    command.args(args).env("GIT_TERMINAL_PROMPT", "0").kill_on_drop(true);
+    if let Some(dir) = cwd {
+        command.current_dir(dir);
+    }
+    let out = command.output().await?;
+    if !out.status.success() {
+        return Err(GitError::Failed {
+            action: args.first().copied().unwrap_or("").to_owned(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The commit a branch or tag of `repository` points at now.
+pub async fn resolve(repository: &str, reference: &str) -> Result<CommitId, GitError> {
+    let listing = git(&["ls-remote", "--", repository, reference], None).await?;
+    // Annotated tags list the tag object and, as `^{}`, the commit it points at.
+    let mut lines: Vec<(&str, &str)> = listing.lines().filter_map(|l| l.split_once('\t')).collect();
+    lines.sort_by_key(|(_, name)| !name.ends_with("^{}"));
+    let exact = |name: &str| {
+        name.trim_end_matches("^{}") == reference
+            || name.trim_end_matches("^{}") == format!("refs/heads/{reference}")
+            || name.trim_end_matches("^{}") == format!("refs/tags/{reference}")
+    };
+    let (sha, _) = lines.into_iter().find(|(_, name)| exact(name)).ok_or_else(|| GitError::Failed {
+        action: "ls-remote".into(),
+        detail: format!("{repository} has no branch or tag {reference:?}"),
+    })?;
+    sha.parse().map_err(|_| GitError::Failed { action: "ls-remote".into(), detail: format!("unexpected commit id {sha:?}") })
+}
+
+/// Checks `repository` out at `commit` into `dest` (which must not exist).
+pub async fn checkout(repository: &str, commit: &CommitId, dest: &Path) -> Result<(), GitError> {
+    let dest_str = dest.to_string_lossy();
+    git(&["clone", "--quiet", "--no-checkout", "--", repository, &dest_str], None).await?;
+    git(&["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit.as_str()], Some(dest)).await?;
+    Ok(())
+}

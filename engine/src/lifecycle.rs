@@ -1,0 +1,387 @@
+//! The lifecycle service: what the API (and webhooks, and the expiry loop) ask of
+//! the engine. Each operation loads an aggregate from its stream, lets the pure
+//! domain decide, and appends what it decided with the version it read, retrying
+//! when another writer got there first. Requests for runs write the environment's
+//! events, the run's `RunQueued` and its work-queue row in one transaction.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::application::{self, Application, ApplicationCommand, ApplicationEvent};
+use crate::domain::environment::{self, Environment, EnvironmentCommand, EnvironmentEvent, EnvironmentKind, Tracking};
+use crate::domain::run::{self, PlanInput, Run, RunCommand, RunEvent};
+use crate::domain::{CommitId, DomainError, Name, RunKind};
+use crate::git::{self, GitError};
+use crate::store::{AppendError, EventStore, ExpectedVersion, Metadata, NewEvent, StreamId};
+use crate::template::{self, ApplicationTemplate, Source, TemplateErrors};
+
+/// How often an operation is retried when a concurrent writer changed the stream.
+const CONFLICT_RETRIES: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// The domain refused the command; tell the user.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The template is invalid; every problem is listed.
+    #[error(transparent)]
+    Template(#[from] TemplateErrors),
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error("the stream kept changing under this request; try again")]
+    Contended,
+    #[error("event store: {0}")]
+    Store(#[source] AppendError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("stored event could not be read: {0}")]
+    Corrupt(String),
+}
+
+impl From<AppendError> for LifecycleError {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::Database(db) => LifecycleError::Database(db),
+            other => LifecycleError::Store(other),
+        }
+    }
+}
+
+/// Events of one typed stream and the version they were read at.
+pub struct Loaded<E> {
+    pub events: Vec<E>,
+    pub version: u64,
+}
+
+/// Reads a whole stream and decodes each payload as `E`.
+pub async fn load<E: DeserializeOwned>(store: &EventStore, stream: &str) -> Result<Loaded<E>, LifecycleError> {
+    let id: StreamId = stream.parse().map_err(|e| LifecycleError::Corrupt(format!("{e}")))?;
+    let mut events = Vec::new();
+    let mut version = 0;
+    loop {
+        let page = store.read_stream(&id, version + 1, 1000).await?;
+        let Some(last) = page.last() else { break };
+        version = last.version;
+        for e in &page {
+            events.push(serde_json::from_str(&e.payload).map_err(|err| LifecycleError::Corrupt(format!("{stream} v{}: {err}", e.version)))?);
+        }
+    }
+    Ok(Loaded { events, version })
+}
+
+/// Encodes domain events for the store.
+pub fn encode<E: Serialize>(events: &[E], event_type: impl Fn(&E) -> &'static str, metadata: &Metadata) -> Vec<NewEvent> {
+    events
+        .iter()
+        .map(|e| {
+            NewEvent::new(event_type(e), serde_json::to_value(e).expect("domain events serialise"))
+                .with_metadata(metadata.clone())
+        })
+        .collect()
+}
+
+fn stream(id: &str) -> StreamId {
+    id.parse().expect("domain stream ids are valid")
+}
+
+/// The engine's entry points, over one event store.
+#[derive(Clone)]
+pub struct Lifecycle {
+    store: EventStore,
+}
+
+/// A run request that was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requested {
+    pub run_id: Uuid,
+    /// Queued runs this request made pointless (skipped as outdated or cancelled by teardown).
+    pub superseded: Vec<Uuid>,
+}
+
+impl Lifecycle {
+    pub fn new(store: EventStore) -> Self {
+        Lifecycle { store }
+    }
+
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    pub async fn application(&self, name: &Name) -> Result<(Application, u64), LifecycleError> {
+        let loaded: Loaded<ApplicationEvent> = load(&self.store, &Application::stream_id(name)).await?;
+        Ok((loaded.events.iter().fold(Application::default(), application::evolve), loaded.version))
+    }
+
+    pub async fn environment(&self, app: &Name, env: &Name) -> Result<(Environment, u64), LifecycleError> {
+        let loaded: Loaded<EnvironmentEvent> = load(&self.store, &Environment::stream_id(app, env)).await?;
+        Ok((loaded.events.iter().fold(Environment::default(), environment::evolve), loaded.version))
+    }
+
+    pub async fn run(&self, run_id: Uuid) -> Result<Option<(Run, u64)>, LifecycleError> {
+        let loaded: Loaded<RunEvent> = load(&self.store, &Run::stream_id(run_id)).await?;
+        Ok(run::fold(&loaded.events).map(|r| (r, loaded.version)))
+    }
+
+    /// Runs `attempt` until it does not hit a version conflict.
+    async fn with_retries<T, F, Fut>(&self, mut attempt: F) -> Result<T, LifecycleError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, LifecycleError>>,
+    {
+        for _ in 0..CONFLICT_RETRIES {
+            match attempt().await {
+                Err(LifecycleError::Store(AppendError::Conflict { .. })) => continue,
+                other => return other,
+            }
+        }
+        Err(LifecycleError::Contended)
+    }
+
+    async fn apply_to_application(&self, name: &Name, command: impl Fn() -> ApplicationCommand, metadata: &Metadata) -> Result<Vec<ApplicationEvent>, LifecycleError> {
+        self.with_retries(|| async {
+            let (app, version) = self.application(name).await?;
+            let events = application::decide(&app, command())?;
+            if !events.is_empty() {
+                let new = encode(&events, ApplicationEvent::event_type, metadata);
+                self.store.append(&stream(&Application::stream_id(name)), ExpectedVersion::Exact(version), &new).await?;
+            }
+            Ok(events)
+        })
+        .await
+    }
+
+    pub async fn create_application(&self, name: &Name, repository: &str, metadata: &Metadata, now: DateTime<Utc>) -> Result<(), LifecycleError> {
+        let command = || ApplicationCommand::Create { name: name.clone(), repository: repository.to_owned(), now };
+        self.apply_to_application(name, command, metadata).await.map(drop)
+    }
+
+    /// Validates and stores a new application template; returns its version, or
+    /// `None` when it equals the current one.
+    pub async fn update_template(&self, name: &Name, yaml: &str, metadata: &Metadata, now: DateTime<Utc>) -> Result<Option<u64>, LifecycleError> {
+        let parsed = template::parse_application_template(yaml)?;
+        let digest = parsed.digest();
+        let template = serde_json::to_value(&parsed).expect("templates serialise");
+        let command = || ApplicationCommand::UpdateTemplate { digest: digest.clone(), template: template.clone(), now };
+        let events = self.apply_to_application(name, command, metadata).await?;
+        Ok(events.iter().find_map(|e| match e {
+            ApplicationEvent::ApplicationTemplateUpdated { version, .. } => Some(*version),
+            _ => None,
+        }))
+    }
+
+    /// Validates and stores a new environment-variable template. The values go to
+    /// `variable_sets` in the same transaction as the event, which carries only the
+    /// redacted form.
+    pub async fn update_variables(&self, name: &Name, yaml: &str, metadata: &Metadata, now: DateTime<Utc>) -> Result<Option<u64>, LifecycleError> {
+        let parsed = template::parse_variables(yaml)?;
+        let digest = parsed.digest();
+        let redacted = serde_json::to_value(parsed.redacted()).expect("variables serialise");
+        self.with_retries(|| async {
+            let (app, version) = self.application(name).await?;
+            let command = ApplicationCommand::UpdateVariables { digest: digest.clone(), redacted: redacted.clone(), now };
+            let events = application::decide(&app, command)?;
+            let Some(ApplicationEvent::EnvironmentVariablesUpdated { version: new_version, .. }) = events.first() else {
+                return Ok(None);
+            };
+            let mut tx = self.store.pool().begin().await?;
+            let new = encode(&events, ApplicationEvent::event_type, metadata);
+            self.store.append_in(&mut tx, &stream(&Application::stream_id(name)), ExpectedVersion::Exact(version), &new).await?;
+            sqlx::query("INSERT INTO variable_sets (application, version, yaml) VALUES ($1, $2, $3)")
+                .bind(name.as_str())
+                .bind(*new_version as i64)
+                .bind(yaml)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Some(*new_version))
+        })
+        .await
+    }
+
+    pub async fn create_environment(
+        &self,
+        app: &Name,
+        name: &Name,
+        kind: EnvironmentKind,
+        tracking: Tracking,
+        ttl_seconds: Option<u64>,
+        metadata: &Metadata,
+        now: DateTime<Utc>,
+    ) -> Result<(), LifecycleError> {
+        let (application, _) = self.application(app).await?;
+        if application.name.is_none() {
+            return Err(DomainError::NotFound(format!("application {app}")).into());
+        }
+        self.with_retries(|| async {
+            let (env, version) = self.environment(app, name).await?;
+            let command = EnvironmentCommand::Create {
+                application: app.clone(),
+                name: name.clone(),
+                kind,
+                tracking: tracking.clone(),
+                ttl_seconds,
+                now,
+            };
+            let events = environment::decide(&env, command)?;
+            let new = encode(&events, EnvironmentEvent::event_type, metadata);
+            self.store.append(&stream(&Environment::stream_id(app, name)), ExpectedVersion::Exact(version), &new).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The commit to deploy: the one asked for, or the head of what the
+    /// environment tracks.
+    async fn commit_for(&self, application: &Application, env: &Environment, commit: Option<CommitId>) -> Result<CommitId, LifecycleError> {
+        if let Some(c) = commit {
+            return Ok(c);
+        }
+        let reference = match env.created.as_ref().map(|c| &c.tracking) {
+            Some(Tracking::Branch(b)) | Some(Tracking::Tag(b)) => b.clone(),
+            None => return Err(DomainError::NotFound("environment".into()).into()),
+        };
+        Ok(git::resolve(&application.repository, &reference).await?)
+    }
+
+    /// Requests a setup (infrastructure, then deploy) of the environment.
+    pub async fn request_setup(&self, app: &Name, env: &Name, commit: Option<CommitId>, reason: &str, metadata: &Metadata, now: DateTime<Utc>) -> Result<Requested, LifecycleError> {
+        self.request(app, env, RunKind::Setup, commit, reason, metadata, now).await
+    }
+
+    /// Requests a patch: new code onto the existing infrastructure.
+    pub async fn request_patch(&self, app: &Name, env: &Name, commit: Option<CommitId>, reason: &str, metadata: &Metadata, now: DateTime<Utc>) -> Result<Requested, LifecycleError> {
+        self.request(app, env, RunKind::Patch, commit, reason, metadata, now).await
+    }
+
+    pub async fn request_teardown(&self, app: &Name, env: &Name, reason: &str, metadata: &Metadata, now: DateTime<Utc>) -> Result<Requested, LifecycleError> {
+        self.request(app, env, RunKind::Teardown, None, reason, metadata, now).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn request(&self, app: &Name, env_name: &Name, kind: RunKind, commit: Option<CommitId>, reason: &str, metadata: &Metadata, now: DateTime<Utc>) -> Result<Requested, LifecycleError> {
+        let run_id = Uuid::new_v4();
+        self.with_retries(|| {
+            let commit_asked = commit.clone();
+            async move {
+                let (application, _) = self.application(app).await?;
+                let (env, env_version) = self.environment(app, env_name).await?;
+                if application.name.is_none() {
+                    return Err(DomainError::NotFound(format!("application {app}")).into());
+                }
+                let current = application.current()?;
+                let commit = match kind {
+                    RunKind::Teardown => None,
+                    _ => Some(self.commit_for(&application, &env, commit_asked).await?),
+                };
+                let command = match kind {
+                    RunKind::Setup => EnvironmentCommand::RequestSetup { run_id, commit: commit.clone().expect("resolved"), templates: current.clone(), reason: reason.to_owned(), now },
+                    RunKind::Patch => EnvironmentCommand::RequestPatch { run_id, commit: commit.clone().expect("resolved"), current: current.clone(), reason: reason.to_owned(), now },
+                    RunKind::Teardown => EnvironmentCommand::RequestTeardown { run_id, reason: reason.to_owned(), now },
+                };
+                let events = environment::decide(&env, command)?;
+                let (_, _, template) = application.template.clone().ok_or(DomainError::NoTemplate)?;
+                let parsed: ApplicationTemplate = serde_json::from_value(template.clone()).map_err(|e| LifecycleError::Corrupt(e.to_string()))?;
+                let queued = RunEvent::RunQueued {
+                    run_id,
+                    application: app.clone(),
+                    environment: env_name.clone(),
+                    kind,
+                    commit,
+                    repository: application.repository.clone(),
+                    reason: reason.to_owned(),
+                    template,
+                    templates: current.clone(),
+                    plan: run::plan(kind, &plan_input(&parsed)),
+                    queued_at: now,
+                };
+                let superseded: Vec<Uuid> = events
+                    .iter()
+                    .filter_map(|e| match e {
+                        EnvironmentEvent::RunSuperseded { run_id, .. } => Some(*run_id),
+                        _ => None,
+                    })
+                    .collect();
+
+                let mut tx = self.store.pool().begin().await?;
+                let env_stream = stream(&Environment::stream_id(app, env_name));
+                self.store.append_in(&mut tx, &env_stream, ExpectedVersion::Exact(env_version), &encode(&events, EnvironmentEvent::event_type, metadata)).await?;
+                for old in &superseded {
+                    let why = if kind == RunKind::Teardown { "cancelled: the environment is being torn down" } else { "outdated: a newer deploy was requested" };
+                    self.skip_in(&mut tx, *old, why, metadata, now).await?;
+                }
+                self.store.append_in(&mut tx, &stream(&Run::stream_id(run_id)), ExpectedVersion::NoStream, &encode(&[queued], RunEvent::event_type, metadata)).await?;
+                sqlx::query("INSERT INTO run_queue (run_id, environment, state) VALUES ($1, $2, 'queued')")
+                    .bind(run_id)
+                    .bind(env_stream.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(Requested { run_id, superseded })
+            }
+        })
+        .await
+    }
+
+    /// Ends a queued run that will never start, in the caller's transaction.
+    async fn skip_in(&self, tx: &mut PgConnection, run_id: Uuid, reason: &str, metadata: &Metadata, now: DateTime<Utc>) -> Result<(), LifecycleError> {
+        let Some((run, version)) = self.run(run_id).await? else { return Ok(()) };
+        let events = run::decide(&run, RunCommand::Skip { reason: reason.to_owned(), now })?;
+        self.store.append_in(tx, &stream(&Run::stream_id(run_id)), ExpectedVersion::Exact(version), &encode(&events, RunEvent::event_type, metadata)).await?;
+        sqlx::query("UPDATE run_queue SET state = 'done' WHERE run_id = $1").bind(run_id).execute(&mut *tx).await?;
+        Ok(())
+    }
+
+    /// Cancels a queued or running run. A running job is killed by its worker,
+    /// which watches the run's stream.
+    pub async fn cancel_run(&self, run_id: Uuid, reason: &str, metadata: &Metadata, now: DateTime<Utc>) -> Result<(), LifecycleError> {
+        self.with_retries(|| async {
+            let (run, version) = self.run(run_id).await?.ok_or_else(|| DomainError::NotFound(format!("run {run_id}")))?;
+            let events = run::decide(&run, RunCommand::Cancel { reason: reason.to_owned(), now })?;
+            self.store.append(&stream(&Run::stream_id(run_id)), ExpectedVersion::Exact(version), &encode(&events, RunEvent::event_type, metadata)).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Retries a failed run from its failed stage, as a new attempt.
+    pub async fn retry_run(&self, run_id: Uuid, metadata: &Metadata, now: DateTime<Utc>) -> Result<(), LifecycleError> {
+        self.with_retries(|| async {
+            let (run, version) = self.run(run_id).await?.ok_or_else(|| DomainError::NotFound(format!("run {run_id}")))?;
+            let events = run::decide(&run, RunCommand::Retry { now })?;
+            let (env, env_version) = self.environment(&run.application, &run.environment).await?;
+            let templates = (run.kind == RunKind::Setup).then(|| run.templates.clone());
+            let reason = format!("retry, attempt {}", run.attempt + 1);
+            let requeue = EnvironmentCommand::Requeue { run_id, kind: run.kind, commit: run.commit.clone(), templates, reason, now };
+            let requeue = environment::decide(&env, requeue)?;
+            let mut tx = self.store.pool().begin().await?;
+            self.store.append_in(&mut tx, &stream(&Run::stream_id(run_id)), ExpectedVersion::Exact(version), &encode(&events, RunEvent::event_type, metadata)).await?;
+            let env_stream = stream(&Environment::stream_id(&run.application, &run.environment));
+            self.store.append_in(&mut tx, &env_stream, ExpectedVersion::Exact(env_version), &encode(&requeue, EnvironmentEvent::event_type, metadata)).await?;
+            sqlx::query("UPDATE run_queue SET state = 'queued', worker = NULL, lease_until = NULL, queued_at = clock_timestamp() WHERE run_id = $1")
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// What a template contributes to run plans.
+pub fn plan_input(t: &ApplicationTemplate) -> PlanInput {
+    PlanInput {
+        extra_stages: t
+            .stages
+            .iter()
+            .map(|stage| (stage.clone(), t.jobs.iter().filter(|j| &j.stage == stage).map(|j| j.name.clone()).collect()))
+            .collect(),
+        built_services: t.services.iter().filter(|(_, s)| matches!(s.source, Source::Build(_))).map(|(name, _)| name.clone()).collect(),
+        services: t.services.keys().cloned().collect(),
+        release_commands: t.release.iter().map(|r| r.name.clone()).collect(),
+        teardown_hooks: t.hooks.teardown.iter().map(|h| h.name.clone()).collect(),
+    }
+}

@@ -1,0 +1,481 @@
+//! Workers: claim runs from the queue and drive them to the end.
+//!
+//! A worker claims the oldest unfinished run of an environment (one run per
+//! environment at a time) with `FOR UPDATE SKIP LOCKED` and holds a lease it
+//! renews while it works. Everything it does is decided from the run's events, so
+//! when a worker dies another one claims the run once the lease expires and
+//! continues from the last recorded step: a job that was started but never
+//! finished runs again (runtime calls are idempotent), a finished job never does.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::domain::environment::{self, EnvironmentCommand, EnvironmentEvent, RunOutcome};
+use crate::domain::run::{self, Action, PlannedJob, Run, RunCommand, RunEvent, RunStatus};
+use crate::git;
+use crate::lifecycle::{LifecycleError, Lifecycle, encode};
+use crate::logs::RunLog;
+use crate::runtime::{BuildRequest, EnvironmentRef, Image, LogSink, LogStream, Runtime, RuntimeError, ServiceRequest, TaskOutcome, TaskRequest};
+use crate::store::{AppendError, ExpectedVersion, Metadata, StreamId};
+use crate::template::{self, ApplicationTemplate, RedactedValue, Source};
+
+/// How long a claim lasts without renewal; a dead worker's runs are resumed after it.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// How often a running job checks whether its run was cancelled.
+const CANCEL_POLL: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl From<AppendError> for WorkerError {
+    fn from(e: AppendError) -> Self {
+        WorkerError::Lifecycle(e.into())
+    }
+}
+
+/// What one [`Worker::tick`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tick {
+    /// No run was ready to claim.
+    Idle,
+    /// The run ended with this status.
+    Finished { run_id: Uuid, status: RunStatus },
+    /// Another worker took the run over (this worker's lease expired).
+    LostLease { run_id: Uuid },
+}
+
+pub struct Worker<R> {
+    lifecycle: Lifecycle,
+    runtime: Arc<R>,
+    id: String,
+    lease: Duration,
+    /// Where repositories are checked out for builds.
+    work_dir: PathBuf,
+}
+
+impl<R: Runtime> Worker<R> {
+    pub fn new(lifecycle: Lifecycle, runtime: Arc<R>, id: impl Into<String>, work_dir: PathBuf) -> Self {
+        Worker { lifecycle, runtime, id: id.into(), lease: DEFAULT_LEASE, work_dir }
+    }
+
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// One unit of work: claim a run and drive it until it ends.
+    pub async fn tick(&self) -> Result<Tick, WorkerError> {
+        match self.claim().await? {
+            None => Ok(Tick::Idle),
+            Some(run_id) => self.drive(run_id).await,
+        }
+    }
+
+    /// Works until `shutdown` fires, polling for runs every `idle_poll` when idle.
+    /// A run in progress is finished first, unless the process is killed.
+    pub async fn run(&self, idle_poll: Duration, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            match self.tick().await {
+                Ok(Tick::Idle) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(idle_poll) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+                Ok(done) => tracing::info!(worker = %self.id, ?done, "run ended"),
+                Err(e) => {
+                    tracing::error!(worker = %self.id, error = %e, "worker step failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(idle_poll) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claims the oldest unfinished run of some environment, if it is free: queued,
+    /// or running under a lease that expired.
+    async fn claim(&self) -> Result<Option<Uuid>, sqlx::Error> {
+        let lease_ms = self.lease.as_millis() as i64;
+        let claimed = sqlx::query(
+            "UPDATE run_queue SET state = 'running', worker = $1, \
+                    lease_until = clock_timestamp() + make_interval(secs => $2::double precision / 1000) \
+             WHERE run_id = ( \
+               SELECT q.run_id FROM run_queue q \
+               WHERE q.state <> 'done' \
+                 AND (q.state = 'queued' OR q.lease_until < clock_timestamp()) \
+                 AND NOT EXISTS ( \
+                   SELECT FROM run_queue older \
+                   WHERE older.environment = q.environment AND older.state <> 'done' \
+                     AND (older.queued_at, older.run_id) < (q.queued_at, q.run_id)) \
+               ORDER BY q.queued_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             RETURNING run_id",
+        )
+        .bind(&self.id)
+        .bind(lease_ms)
+        .fetch_optional(self.lifecycle.store().pool())
+        .await?;
+        claimed.map(|row| row.try_get("run_id")).transpose()
+    }
+
+    #[tracing::instrument(skip(self), fields(worker = %self.id), err)]
+    async fn drive(&self, run_id: Uuid) -> Result<Tick, WorkerError> {
+        let lost = CancellationToken::new();
+        let cancelled = CancellationToken::new();
+        let watch = tokio::spawn(watch_run(self.lifecycle.clone(), run_id, self.id.clone(), self.lease, lost.clone(), cancelled.clone()));
+        let result = self.drive_watched(run_id, &lost, &cancelled).await;
+        watch.abort();
+        result
+    }
+
+    async fn drive_watched(&self, run_id: Uuid, lost: &CancellationToken, cancelled: &CancellationToken) -> Result<Tick, WorkerError> {
+        let store = self.lifecycle.store();
+        let run_stream: StreamId = Run::stream_id(run_id).parse().expect("valid stream id");
+        let metadata = Metadata { actor: Some(format!("worker:{}", self.id)), ..Metadata::default() };
+        let mut context: Option<RunContext> = None;
+        loop {
+            if lost.is_cancelled() {
+                return Ok(Tick::LostLease { run_id });
+            }
+            let Some((run, version)) = self.lifecycle.run(run_id).await? else {
+                return Err(LifecycleError::Corrupt(format!("queued run {run_id} has no events")).into());
+            };
+            let events = match run.status {
+                RunStatus::Queued => {
+                    self.start(&run, version, &metadata).await?;
+                    continue;
+                }
+                status if status.is_final() => {
+                    self.finish(&run, &metadata).await?;
+                    if let Some(ctx) = &context {
+                        ctx.log.flush().await;
+                    }
+                    return Ok(Tick::Finished { run_id, status });
+                }
+                _ => {
+                    let Some((_, job)) = run::current_job(&run) else {
+                        return Err(LifecycleError::Corrupt(format!("run {run_id} is running but has no current job")).into());
+                    };
+                    if context.is_none() {
+                        context = Some(RunContext::load(&self.lifecycle, &run).await?);
+                    }
+                    let ctx = context.as_ref().expect("loaded above");
+                    let result = self.execute(&run, job, ctx, cancelled).await;
+                    ctx.log.flush().await;
+                    if lost.is_cancelled() {
+                        return Ok(Tick::LostLease { run_id });
+                    }
+                    if cancelled.is_cancelled() {
+                        // RunCancelled is in the log; the next turn finishes the run.
+                        continue;
+                    }
+                    run::decide(&run, RunCommand::JobFinished { result, now: Utc::now() }).map_err(LifecycleError::from)?
+                }
+            };
+            match store.append(&run_stream, ExpectedVersion::Exact(version), &encode(&events, RunEvent::event_type, &metadata)).await {
+                // Someone else wrote to the run (a cancel): read it again.
+                Err(AppendError::Conflict { .. }) => continue,
+                other => {
+                    other?;
+                }
+            }
+        }
+    }
+
+    /// Records the start on the run and on its environment, in one transaction.
+    async fn start(&self, run: &Run, version: u64, metadata: &Metadata) -> Result<(), WorkerError> {
+        let events = run::decide(run, RunCommand::Start { worker: self.id.clone(), now: Utc::now() }).map_err(LifecycleError::from)?;
+        let (env, env_version) = self.lifecycle.environment(&run.application, &run.environment).await?;
+        let env_events = environment::decide(&env, EnvironmentCommand::MarkStarted { run_id: run.run_id, now: Utc::now() }).unwrap_or_default();
+        let store = self.lifecycle.store();
+        let mut tx = store.pool().begin().await?;
+        let run_stream: StreamId = Run::stream_id(run.run_id).parse().expect("valid stream id");
+        match store.append_in(&mut tx, &run_stream, ExpectedVersion::Exact(version), &encode(&events, RunEvent::event_type, metadata)).await {
+            // The run changed since it was read (say, cancelled): the caller reads it again.
+            Err(AppendError::Conflict { .. }) => return Ok(()),
+            other => {
+                other?;
+            }
+        }
+        if !env_events.is_empty() {
+            let env_stream: StreamId = environment::Environment::stream_id(&run.application, &run.environment).parse().expect("valid");
+            store.append_in(&mut tx, &env_stream, ExpectedVersion::Exact(env_version), &encode(&env_events, EnvironmentEvent::event_type, metadata)).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records the outcome on the environment and takes the run off the queue.
+    async fn finish(&self, run: &Run, metadata: &Metadata) -> Result<(), WorkerError> {
+        let outcome = match run.status {
+            RunStatus::Succeeded => RunOutcome::Succeeded,
+            RunStatus::Cancelled => RunOutcome::Cancelled,
+            _ => RunOutcome::Failed,
+        };
+        let images = match outcome {
+            RunOutcome::Succeeded => deployed_images(run),
+            _ => Vec::new(),
+        };
+        let store = self.lifecycle.store();
+        loop {
+            let (env, env_version) = self.lifecycle.environment(&run.application, &run.environment).await?;
+            let in_queue = env.queue.iter().any(|q| q.run_id == run.run_id);
+            let mut tx = store.pool().begin().await?;
+            if in_queue && run.status != RunStatus::Skipped {
+                let command = EnvironmentCommand::MarkFinished { run_id: run.run_id, outcome, images: images.clone(), now: Utc::now() };
+                let events = environment::decide(&env, command).map_err(LifecycleError::from)?;
+                let env_stream: StreamId = environment::Environment::stream_id(&run.application, &run.environment).parse().expect("valid");
+                match store.append_in(&mut tx, &env_stream, ExpectedVersion::Exact(env_version), &encode(&events, EnvironmentEvent::event_type, metadata)).await {
+                    Err(AppendError::Conflict { .. }) => continue,
+                    other => {
+                        other?;
+                    }
+                }
+            }
+            sqlx::query("UPDATE run_queue SET state = 'done', lease_until = NULL WHERE run_id = $1").bind(run.run_id).execute(&mut *tx).await?;
+            tx.commit().await?;
+            return Ok(());
+        }
+    }
+
+    /// Does one job's work. `Ok(output)`: the job succeeded (output: an image);
+    /// `Err(message)`: it failed, and the message says why.
+    async fn execute(&self, run: &Run, job: &PlannedJob, ctx: &RunContext, cancel: &CancellationToken) -> Result<Option<String>, String> {
+        let log = ctx.log.job(&job.name);
+        log.line(LogStream::System, &format!("{} started on worker {}", job.name, self.id));
+        let env = ctx.env.clone();
+        let t = &ctx.template;
+        let result = match &job.action {
+            Action::Build { service } => {
+                let spec = t.services.get(service).ok_or_else(|| format!("service {service} is not in the template"))?;
+                let Source::Build(build) = &spec.source else {
+                    return Err(format!("service {service} uses a prebuilt image"));
+                };
+                let source_dir = self.checkout(run).await?;
+                let request = BuildRequest {
+                    env,
+                    service: service.clone(),
+                    source_dir,
+                    context: build.context.clone(),
+                    dockerfile: build.dockerfile.clone(),
+                    commit: run.commit.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+                };
+                self.runtime.build(&request, &log).await.map(|image| Some(image.0)).map_err(failure)
+            }
+            Action::Infrastructure => {
+                self.runtime.ensure_infrastructure(&env, &t.volume_names()).await.map(|()| None).map_err(failure)
+            }
+            Action::Release { command } => {
+                let spec = t.release.iter().find(|r| &r.name == command).ok_or_else(|| format!("release command {command} is not in the template"))?;
+                let request = TaskRequest {
+                    env,
+                    name: job.name.clone(),
+                    image: Some(release_image(run, t)?),
+                    command: spec.command.clone(),
+                    env_vars: ctx.variables.clone(),
+                    timeout: spec.timeout(),
+                };
+                self.task(&request, &log, cancel).await
+            }
+            Action::Job { job: name } => {
+                let spec = t.jobs.iter().find(|j| &j.name == name).ok_or_else(|| format!("job {name} is not in the template"))?;
+                let request = TaskRequest { env, name: job.name.clone(), image: None, command: spec.command.clone(), env_vars: ctx.variables.clone(), timeout: spec.timeout() };
+                self.task(&request, &log, cancel).await
+            }
+            Action::Hook { hook } => {
+                let spec = t.hooks.teardown.iter().find(|h| &h.name == hook).ok_or_else(|| format!("hook {hook} is not in the template"))?;
+                // Hooks run from what is deployed now: its code holds the scripts.
+                let image = t.services.keys().find_map(|s| ctx.deployed.iter().find(|(d, _)| d == s)).map(|(_, i)| Image(i.clone()));
+                let request = TaskRequest { env, name: job.name.clone(), image, command: spec.command.clone(), env_vars: ctx.variables.clone(), timeout: spec.timeout() };
+                self.task(&request, &log, cancel).await
+            }
+            Action::Deploy { service } => {
+                let spec = t.services.get(service).ok_or_else(|| format!("service {service} is not in the template"))?;
+                let image = service_image(run, t, service)?;
+                let env_vars = spec.env_vars(service, &ctx.variables).map_err(|e| e.to_string())?;
+                let request = ServiceRequest {
+                    env,
+                    service: service.clone(),
+                    image,
+                    command: spec.command.clone().unwrap_or_default(),
+                    env_vars,
+                    ports: spec.ports.clone(),
+                    replicas: spec.replicas,
+                    health_check: spec.health_check(),
+                    health_timeout: spec.health_timeout(),
+                    volumes: spec.volumes.iter().map(|v| (v.name.clone(), v.path.clone())).collect(),
+                };
+                self.runtime.roll_out(&request, &log).await.map(|()| None).map_err(failure)
+            }
+            Action::Remove => self.runtime.teardown(&env).await.map(|()| None).map_err(failure),
+        };
+        match &result {
+            Ok(_) => log.line(LogStream::System, &format!("{} succeeded", job.name)),
+            Err(e) => log.line(LogStream::System, &format!("{} failed: {e}", job.name)),
+        }
+        result
+    }
+
+    async fn task(&self, request: &TaskRequest, log: &dyn LogSink, cancel: &CancellationToken) -> Result<Option<String>, String> {
+        match self.runtime.run_task(request, log, cancel).await.map_err(failure)? {
+            TaskOutcome::Exited(0) => Ok(None),
+            TaskOutcome::Exited(code) => Err(format!("{} exited with status {code}", request.name)),
+            TaskOutcome::Signalled(signal) => Err(format!("{} was killed by signal {signal}", request.name)),
+            TaskOutcome::TimedOut => Err(format!("{} timed out after {:?}", request.name, request.timeout)),
+            TaskOutcome::Cancelled => Err(format!("{} was cancelled", request.name)),
+        }
+    }
+
+    /// The run's repository at its commit, checked out once per run.
+    async fn checkout(&self, run: &Run) -> Result<PathBuf, String> {
+        let commit = run.commit.as_ref().ok_or("the run has no commit")?;
+        let dir = self.work_dir.join("checkouts").join(run.run_id.to_string());
+        if dir.join(".git").exists() {
+            return Ok(dir);
+        }
+        // Check out beside the final place and rename, so a worker killed halfway
+        // leaves no half checkout for the next one to trust.
+        let partial = self.work_dir.join("checkouts").join(format!("{}.partial-{}", run.run_id, Uuid::new_v4().simple()));
+        tokio::fs::create_dir_all(self.work_dir.join("checkouts")).await.map_err(|e| format!("creating the checkout directory: {e}"))?;
+        git::checkout(&run.repository, commit, &partial).await.map_err(|e| e.to_string())?;
+        match tokio::fs::rename(&partial, &dir).await {
+            Ok(()) => Ok(dir),
+            // Another worker finished the same checkout first.
+            Err(_) if dir.join(".git").exists() => {
+                let _ = tokio::fs::remove_dir_all(&partial).await;
+                Ok(dir)
+            }
+            Err(e) => Err(format!("placing the checkout: {e}")),
+        }
+    }
+}
+
+fn failure(e: RuntimeError) -> String {
+    e.to_string()
+}
+
+/// The image each service runs after this run: built by it, or prebuilt.
+fn service_image(run: &Run, t: &ApplicationTemplate, service: &str) -> Result<Image, String> {
+    if let Some(built) = run.output_of(&format!("build-{service}")) {
+        return Ok(Image(built.to_owned()));
+    }
+    match t.services.get(service).map(|s| &s.source) {
+        Some(Source::Image(image)) => Ok(Image(image.clone())),
+        _ => Err(format!("service {service} has no image: its build did not run")),
+    }
+}
+
+/// Release commands run from the new image of the template's first service.
+fn release_image(run: &Run, t: &ApplicationTemplate) -> Result<Image, String> {
+    let first = t.services.keys().next().ok_or("the template has no services")?;
+    service_image(run, t, first)
+}
+
+fn deployed_images(run: &Run) -> Vec<(String, String)> {
+    let Ok(t) = serde_json::from_value::<ApplicationTemplate>(run.template.clone()) else { return Vec::new() };
+    t.services.keys().filter_map(|s| service_image(run, &t, s).ok().map(|i| (s.clone(), i.0))).collect()
+}
+
+/// What every job of a run needs, loaded once per worker per run.
+struct RunContext {
+    env: EnvironmentRef,
+    template: ApplicationTemplate,
+    /// Resolved environment variables, secrets in clear: only ever handed to the runtime.
+    variables: BTreeMap<String, String>,
+    /// Images the environment runs now, by service (empty before the first deploy).
+    deployed: Vec<(String, String)>,
+    log: RunLog,
+}
+
+impl RunContext {
+    async fn load(lifecycle: &Lifecycle, run: &Run) -> Result<RunContext, WorkerError> {
+        let template: ApplicationTemplate = serde_json::from_value(run.template.clone()).map_err(|e| LifecycleError::Corrupt(format!("run template: {e}")))?;
+        let pool = lifecycle.store().pool();
+        let yaml: Option<String> = sqlx::query_scalar("SELECT yaml FROM variable_sets WHERE application = $1 AND version = $2")
+            .bind(run.application.as_str())
+            .bind(run.templates.variables_version as i64)
+            .fetch_optional(pool)
+            .await?;
+        let builtins = BTreeMap::from([
+            ("APPLICATION".to_owned(), run.application.to_string()),
+            ("ENVIRONMENT".to_owned(), run.environment.to_string()),
+            ("COMMIT".to_owned(), run.commit.as_ref().map(|c| c.to_string()).unwrap_or_default()),
+        ]);
+        let (variables, secrets) = match yaml {
+            Some(yaml) => {
+                let parsed = template::parse_variables(&yaml).map_err(LifecycleError::from)?;
+                let resolved = parsed.resolve(&builtins).map_err(LifecycleError::from)?;
+                // The values to mask in logs: those the redacted form hides.
+                let secrets = parsed
+                    .redacted()
+                    .0
+                    .iter()
+                    .filter(|(_, v)| matches!(v, RedactedValue::Secret { .. }))
+                    .filter_map(|(name, _)| resolved.get(name).cloned())
+                    .collect();
+                (resolved, secrets)
+            }
+            None => (builtins, Vec::new()),
+        };
+        let log = RunLog::open(pool.clone(), run.run_id, secrets).await?;
+        let (environment, _) = lifecycle.environment(&run.application, &run.environment).await?;
+        Ok(RunContext {
+            deployed: environment.images,
+            env: EnvironmentRef { application: run.application.to_string(), environment: run.environment.to_string() },
+            template,
+            variables,
+            log,
+        })
+    }
+}
+
+/// Renews the lease while the run is driven, and turns a `RunCancelled` in the log
+/// into a cancelled token so the running job is killed.
+async fn watch_run(lifecycle: Lifecycle, run_id: Uuid, worker: String, lease: Duration, lost: CancellationToken, cancelled: CancellationToken) {
+    let pool = lifecycle.store().pool().clone();
+    let mut renew = tokio::time::interval(lease / 3);
+    let mut poll = tokio::time::interval(CANCEL_POLL);
+    let stream = Run::stream_id(run_id);
+    loop {
+        tokio::select! {
+            _ = renew.tick() => {
+                let renewed = sqlx::query(
+                    "UPDATE run_queue SET lease_until = clock_timestamp() + make_interval(secs => $3::double precision / 1000) \
+                     WHERE run_id = $1 AND worker = $2 AND state = 'running'",
+                )
+                .bind(run_id)
+                .bind(&worker)
+                .bind(lease.as_millis() as i64)
+                .execute(&pool)
+                .await;
+                if matches!(renewed, Ok(done) if done.rows_affected() == 0) {
+                    lost.cancel();
+                    cancelled.cancel();
+                    return;
+                }
+            }
+            _ = poll.tick() => {
+                let found: Result<Option<i32>, _> = sqlx::query_scalar("SELECT 1 FROM events WHERE stream_id = $1 AND event_type = 'RunCancelled' LIMIT 1")
+                    .bind(&stream)
+                    .fetch_optional(&pool)
+                    .await;
+                if matches!(found, Ok(Some(_))) {
+                    cancelled.cancel();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The example application (`examples/hello`) as tests use it: a git repository of
+//! its own in a scratch directory, on a free port, with helpers to commit new
+//! versions and read the page it serves.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A scratch directory every user can enter (tempfile's are 0700, which the
+/// unprivileged PostgreSQL user and service processes could not use); removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(prefix: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+        Scratch(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The example application checked into a fresh repository.
+pub struct ExampleRepo {
+    pub dir: PathBuf,
+    /// The port its web service listens on (the template's 18080, replaced).
+    pub port: u16,
+}
+
+impl ExampleRepo {
+    /// Copies `examples/hello` into `scratch/repo` and commits it as v1 on `main`.
+    pub fn create(scratch: &Scratch) -> ExampleRepo {
+        let dir = scratch.path().join("repo");
+        copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello"), &dir);
+        git(&dir, &["init", "--quiet", "--initial-branch=main"]);
+        git(&dir, &["add", "."]);
+        git(&dir, &["commit", "--quiet", "-m", "v1"]);
+        ExampleRepo { dir, port: free_port() }
+    }
+
+    /// The application template, listening on this repository's port.
+    pub fn template(&self) -> String {
+        std::fs::read_to_string(self.dir.join("shiplog.yaml")).expect("reading shiplog.yaml").replace("18080", &self.port.to_string())
+    }
+
+    /// Commits a new version of the page.
+    pub fn commit_version(&self, version: u32) {
+        std::fs::write(self.dir.join("public/index.html"), format!("<h1>hello from shiplog v{version}</h1>\n")).unwrap();
+        git(&self.dir, &["commit", "--quiet", "-am", &format!("v{version}")]);
+    }
+
+    /// Replaces the release command's script and commits it.
+    pub fn commit_release_script(&self, script: &str) {
+        std::fs::write(self.dir.join("release.sh"), script).unwrap();
+        git(&self.dir, &["commit", "--quiet", "-am", "new release script"]);
+    }
+
+    /// The page the environment serves, or `None` when nothing answers.
+    pub fn page(&self) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        response.split("\r\n\r\n").nth(1).map(|body| body.trim().to_owned())
+    }
+}
+
+pub fn git(repo: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(["-c", "user.name=shiplog tests", "-c", "user.email=tests@shiplog.invalid"])
+        .args(args)
+        .current_dir(repo)
+        .output()
+        .expect("running git");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Whether `program` is on PATH.
+pub fn installed(program: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success())
+}

@@ -1,0 +1,184 @@
+//! The lifecycle end to end on the `process` runtime: the example application is
+//! set up, patched twice, fails a release command (the previous version keeps
+//! serving), is retried after the fix, and torn down (with a real `terraform
+//! destroy` when terraform is installed).
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use shiplog_engine::domain::environment::{EnvironmentKind, Status, Tracking};
+use shiplog_engine::domain::run::RunStatus;
+use shiplog_engine::domain::{DomainError, Name};
+use shiplog_engine::lifecycle::{Lifecycle, LifecycleError};
+use shiplog_engine::runtime::Runtime;
+use shiplog_engine::runtime::process::ProcessRuntime;
+use shiplog_engine::store::Metadata;
+use shiplog_engine::worker::{Tick, Worker};
+use shiplog_engine::{logs, runtime::EnvironmentRef};
+use shiplog_tests::TestDb;
+use shiplog_tests::example::{ExampleRepo, Scratch, copy_dir, installed};
+use uuid::Uuid;
+
+const SECRET: &str = "s3cret-token-value";
+
+struct Example {
+    db: TestDb,
+    lifecycle: Lifecycle,
+    runtime: Arc<ProcessRuntime>,
+    worker: Worker<ProcessRuntime>,
+    scratch: Scratch,
+    repo: ExampleRepo,
+    app: Name,
+    env: Name,
+}
+
+fn metadata() -> Metadata {
+    Metadata { actor: Some("tests".into()), ..Metadata::default() }
+}
+
+impl Example {
+    async fn new() -> Example {
+        let db = TestDb::new().await;
+        let scratch = Scratch::new("shiplog-e2e");
+        let repo = ExampleRepo::create(&scratch);
+        let template = repo.template();
+        let tf_state = scratch.path().join("infra");
+        copy_dir(&repo.dir.join("infra"), &tf_state);
+        let variables = format!(
+            "GREETING: \"hello from ${{ENVIRONMENT}}\"\nAPI_TOKEN: {{ secret: \"{SECRET}\" }}\nRELEASE_GATE: \"{}\"\nTF_STATE_DIR: \"{}\"\n",
+            scratch.path().join("gate").display(),
+            tf_state.display()
+        );
+
+        let lifecycle = Lifecycle::new(db.store());
+        let (app, env): (Name, Name) = ("hello".parse().unwrap(), "staging".parse().unwrap());
+        let now = Utc::now();
+        lifecycle.create_application(&app, repo.dir.to_str().unwrap(), &metadata(), now).await.unwrap();
+        lifecycle.update_template(&app, &template, &metadata(), now).await.unwrap();
+        lifecycle.update_variables(&app, &variables, &metadata(), now).await.unwrap();
+        lifecycle
+            .create_environment(&app, &env, EnvironmentKind::Staging, Tracking::Branch("main".into()), None, &metadata(), now)
+            .await
+            .unwrap();
+        let runtime = Arc::new(ProcessRuntime::new(scratch.path().join("process")));
+        let worker = Worker::new(lifecycle.clone(), runtime.clone(), "worker-1", scratch.path().join("work"));
+        Example { db, lifecycle, runtime, worker, scratch, repo, app, env }
+    }
+
+    /// Lets the worker run the next queued run to its end.
+    async fn work(&self) -> (Uuid, RunStatus) {
+        match self.worker.tick().await.unwrap() {
+            Tick::Finished { run_id, status } => {
+                if status == RunStatus::Failed {
+                    // Shown when an assertion on this run fails.
+                    eprintln!("run {run_id} failed; its log:\n{}", self.log_text(run_id).await);
+                }
+                (run_id, status)
+            }
+            other => panic!("expected a finished run, got {other:?}"),
+        }
+    }
+
+    /// The run's events as `Type [stage or job]`, in order.
+    async fn event_types(&self, run_id: Uuid) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT rtrim(event_type || ' ' || coalesce(payload::jsonb->>'job', payload::jsonb->>'stage', '')) \
+             FROM events WHERE stream_id = $1 ORDER BY version",
+        )
+            .bind(format!("run-{run_id}"))
+            .fetch_all(&self.db.owner)
+            .await
+            .unwrap()
+    }
+
+    async fn log_text(&self, run_id: Uuid) -> String {
+        logs::read(&self.db.runtime, run_id, 0, 10_000).await.unwrap().iter().map(|l| format!("{}: {}\n", l.job, l.line)).collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_goes_through_its_whole_lifecycle_on_the_process_runtime() {
+    let ex = Example::new().await;
+    let now = Utc::now;
+
+    // A patch before any setup is refused.
+    let refused = ex.lifecycle.request_patch(&ex.app, &ex.env, None, "push", &metadata(), now()).await.unwrap_err();
+    assert!(matches!(refused, LifecycleError::Domain(DomainError::SetupRequired(_))), "{refused}");
+
+    // Setup: build, infrastructure, release command, roll-out.
+    let setup = ex.lifecycle.request_setup(&ex.app, &ex.env, None, "created", &metadata(), now()).await.unwrap();
+    assert_eq!(ex.work().await, (setup.run_id, RunStatus::Succeeded));
+    assert_eq!(ex.repo.page().as_deref(), Some("<h1>hello from shiplog v1</h1>"));
+    let setup_log = ex.log_text(setup.run_id).await;
+    assert!(setup_log.contains("release-migrate: migration done"), "{setup_log}");
+    assert!(setup_log.contains("using API token ***") && !setup_log.contains(SECRET), "{setup_log}");
+
+    // Two patches.
+    ex.repo.commit_version(2);
+    let patch2 = ex.lifecycle.request_patch(&ex.app, &ex.env, None, "push", &metadata(), now()).await.unwrap();
+    assert_eq!(ex.work().await, (patch2.run_id, RunStatus::Succeeded));
+    assert_eq!(ex.repo.page().as_deref(), Some("<h1>hello from shiplog v2</h1>"));
+
+    // A failing release command fails the run; v2 keeps serving.
+    std::fs::write(ex.scratch.path().join("gate"), "closed").unwrap();
+    ex.repo.commit_version(3);
+    let patch3 = ex.lifecycle.request_patch(&ex.app, &ex.env, None, "push", &metadata(), now()).await.unwrap();
+    assert_eq!(ex.work().await, (patch3.run_id, RunStatus::Failed));
+    assert_eq!(ex.repo.page().as_deref(), Some("<h1>hello from shiplog v2</h1>"));
+    assert!(ex.log_text(patch3.run_id).await.contains("migration blocked"));
+    let (env, _) = ex.lifecycle.environment(&ex.app, &ex.env).await.unwrap();
+    assert_eq!(env.status, Some(Status::Failed));
+
+    // Fixed: the retry resumes at the release stage, reusing the built image.
+    std::fs::remove_file(ex.scratch.path().join("gate")).unwrap();
+    ex.lifecycle.retry_run(patch3.run_id, &metadata(), now()).await.unwrap();
+    assert_eq!(ex.work().await, (patch3.run_id, RunStatus::Succeeded));
+    assert_eq!(ex.repo.page().as_deref(), Some("<h1>hello from shiplog v3</h1>"));
+
+    // Teardown: the hook runs, then everything is removed.
+    let teardown = ex.lifecycle.request_teardown(&ex.app, &ex.env, "deleted", &metadata(), now()).await.unwrap();
+    assert_eq!(ex.work().await, (teardown.run_id, RunStatus::Succeeded));
+    assert_eq!(ex.repo.page(), None, "the service still answers after teardown");
+    let env_ref = EnvironmentRef { application: "hello".into(), environment: "staging".into() };
+    assert!(ex.runtime.observe(&env_ref).await.unwrap().is_empty());
+    let (env, _) = ex.lifecycle.environment(&ex.app, &ex.env).await.unwrap();
+    assert_eq!(env.status, Some(Status::TornDown));
+    let teardown_log = ex.log_text(teardown.run_id).await;
+    if installed("terraform") {
+        assert!(teardown_log.contains("Destroy complete!"), "{teardown_log}");
+    } else {
+        assert!(teardown_log.contains("no terraform state to destroy"), "{teardown_log}");
+    }
+
+    let mut runs = String::new();
+    for (name, run) in [("setup", setup.run_id), ("patch v2", patch2.run_id), ("patch v3, failed then retried", patch3.run_id), ("teardown", teardown.run_id)] {
+        runs.push_str(&format!("{name}:\n  {}\n", ex.event_types(run).await.join("\n  ")));
+    }
+    insta::assert_snapshot!(runs);
+    assert!(ex.db.store().verify().await.unwrap().is_intact());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_racing_patches_the_older_is_skipped_as_outdated() {
+    let ex = Example::new().await;
+    let setup = ex.lifecycle.request_setup(&ex.app, &ex.env, None, "created", &metadata(), Utc::now()).await.unwrap();
+    assert_eq!(ex.work().await, (setup.run_id, RunStatus::Succeeded));
+
+    ex.repo.commit_version(2);
+    let meta = metadata();
+    let (first, second) = tokio::join!(
+        ex.lifecycle.request_patch(&ex.app, &ex.env, None, "push", &meta, Utc::now()),
+        ex.lifecycle.request_patch(&ex.app, &ex.env, None, "push", &meta, Utc::now()),
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    // Whichever request was decided second superseded the other.
+    let (older, newer) = if second.superseded.contains(&first.run_id) { (first, second) } else { (second, first) };
+    assert_eq!(newer.superseded, vec![older.run_id]);
+
+    assert_eq!(ex.work().await, (newer.run_id, RunStatus::Succeeded));
+    assert_eq!(ex.worker.tick().await.unwrap(), Tick::Idle);
+    assert_eq!(ex.event_types(older.run_id).await, ["RunQueued", "RunSkipped"]);
+    assert_eq!(ex.repo.page().as_deref(), Some("<h1>hello from shiplog v2</h1>"));
+    ex.lifecycle.request_teardown(&ex.app, &ex.env, "done", &metadata(), Utc::now()).await.unwrap();
+    ex.work().await;
+}
