@@ -1,12 +1,18 @@
 //! Run logs: the output of builds, release commands, jobs and hooks, line by line.
 //! Not events (they would swamp the log): rows of `run_logs`, numbered per run,
-//! written in chunks by one writer task per run, and read by offset.
+//! written in chunks by one writer task per run, read by offset, and followed live
+//! through a [`LogHub`]: one `LISTEN` per process, fanned out in memory, so any
+//! process can serve any run's log wherever the run executes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::Stream;
+use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
 use crate::runtime::{LogSink, LogStream};
@@ -153,9 +159,13 @@ async fn insert(pool: &PgPool, run_id: Uuid, after: i64, lines: &[(Arc<str>, Log
     let streams: Vec<&str> = lines.iter().map(|l| stream_name(l.1)).collect();
     let texts: Vec<&str> = lines.iter().map(|l| l.2.as_str()).collect();
     let ats: Vec<DateTime<Utc>> = lines.iter().map(|l| l.3).collect();
+    // Followers in any shiplog process hear of new lines through NOTIFY, delivered
+    // when this statement commits.
     sqlx::query(
-        "INSERT INTO run_logs (run_id, seq, job, stream, line, at) \
-         SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])",
+        "WITH stored AS ( \
+           INSERT INTO run_logs (run_id, seq, job, stream, line, at) \
+           SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) \
+         ) SELECT pg_notify('shiplog_run_logs', $1::text)",
     )
     .bind(run_id)
     .bind(&seqs)
@@ -166,4 +176,123 @@ async fn insert(pool: &PgPool, run_id: Uuid, after: i64, lines: &[(Arc<str>, Log
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// How long a follower waits for a notification before reading again anyway (a
+/// notification can be missed while the listening connection reconnects).
+const FOLLOW_FALLBACK: Duration = Duration::from_secs(1);
+const FOLLOW_PAGE: i64 = 500;
+
+/// Tells followers in this process that a run has new log lines. Cheap to clone.
+#[derive(Clone)]
+pub struct LogHub {
+    pool: PgPool,
+    news: broadcast::Sender<Uuid>,
+    /// Stops the listener when the last clone is dropped, releasing its connection
+    /// (a pool does not close while a listener holds one of its connections).
+    _stop: Arc<DropGuard>,
+}
+
+impl LogHub {
+    /// Starts listening for new log lines of every run.
+    pub async fn start(pool: PgPool) -> sqlx::Result<LogHub> {
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen("shiplog_run_logs").await?;
+        let (news, _) = broadcast::channel(1024);
+        let stop = CancellationToken::new();
+        let (sender, stopped) = (news.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let received = tokio::select! {
+                    received = listener.try_recv() => received,
+                    _ = stopped.cancelled() => return,
+                };
+                match received {
+                    Ok(Some(notification)) => {
+                        if let Ok(run_id) = notification.payload().parse::<Uuid>() {
+                            let _ = sender.send(run_id);
+                        }
+                    }
+                    // The connection dropped; the next call reconnects. Followers
+                    // catch up through their fallback reads.
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "log listener failed; retrying");
+                        tokio::time::sleep(FOLLOW_FALLBACK).await;
+                    }
+                }
+            }
+        });
+        Ok(LogHub { pool, news, _stop: Arc::new(stop.drop_guard()) })
+    }
+
+    /// The run's log lines after sequence number `after`: first those stored, then
+    /// each new one as it is written, without gaps or repeats. Ends once the run has
+    /// ended and every line is delivered. A slow follower reads from the database,
+    /// so it never loses lines.
+    pub fn follow(&self, run_id: Uuid, after: i64) -> impl Stream<Item = sqlx::Result<LogLine>> + Send + 'static {
+        let (pool, mut news) = (self.pool.clone(), self.news.subscribe());
+        async_stream(move |yield_line| async move {
+            let mut cursor = after;
+            // A failed send means the follower went away; the error only ends this task.
+            loop {
+                let lines = read(&pool, run_id, cursor, FOLLOW_PAGE).await?;
+                for line in lines.iter().cloned() {
+                    cursor = line.seq;
+                    yield_line.send(Ok(line)).await.map_err(|_| sqlx::Error::PoolClosed)?;
+                }
+                if !lines.is_empty() {
+                    continue;
+                }
+                // Every line is stored before the event that ends the run, so once
+                // the end is visible one more read gets the last of them.
+                if run_ended(&pool, run_id).await? {
+                    let rest = read(&pool, run_id, cursor, i64::MAX).await?;
+                    for line in rest {
+                        yield_line.send(Ok(line)).await.map_err(|_| sqlx::Error::PoolClosed)?;
+                    }
+                    return Ok(());
+                }
+                let wait_for_news = async {
+                    loop {
+                        match news.recv().await {
+                            Ok(id) if id == run_id => return,
+                            Ok(_) => {}
+                            // Missed some notifications: read anyway.
+                            Err(broadcast::error::RecvError::Lagged(_)) => return,
+                            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(FOLLOW_FALLBACK, wait_for_news).await;
+            }
+        })
+    }
+}
+
+/// Whether the run's last event ends it.
+async fn run_ended(pool: &PgPool, run_id: Uuid) -> sqlx::Result<bool> {
+    let last: Option<String> = sqlx::query_scalar("SELECT event_type FROM events WHERE stream_id = $1 ORDER BY version DESC LIMIT 1")
+        .bind(format!("run-{run_id}"))
+        .fetch_optional(pool)
+        .await?;
+    Ok(matches!(last.as_deref(), Some("RunSucceeded" | "RunFailed" | "RunCancelled" | "RunSkipped")))
+}
+
+/// A stream fed by a task: `body` sends items through the sender it is given; an
+/// error it returns becomes the stream's last item.
+fn async_stream<T, F, Fut>(body: F) -> impl Stream<Item = sqlx::Result<T>> + Send + 'static
+where
+    T: Send + 'static,
+    F: FnOnce(mpsc::Sender<sqlx::Result<T>>) -> Fut,
+    Fut: Future<Output = sqlx::Result<()>> + Send + 'static,
+{
+    let (sender, mut receiver) = mpsc::channel(64);
+    let task = body(sender.clone());
+    tokio::spawn(async move {
+        if let Err(e) = task.await {
+            let _ = sender.send(Err(e)).await;
+        }
+    });
+    futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }

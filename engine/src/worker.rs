@@ -24,7 +24,7 @@ use crate::lifecycle::{LifecycleError, Lifecycle, encode};
 use crate::logs::RunLog;
 use crate::runtime::{BuildRequest, EnvironmentRef, Image, LogSink, LogStream, Runtime, RuntimeError, ServiceRequest, TaskOutcome, TaskRequest};
 use crate::store::{AppendError, ExpectedVersion, Metadata, StreamId};
-use crate::template::{self, ApplicationTemplate, RedactedValue, Source};
+use crate::template::{self, ApplicationTemplate, Source};
 
 /// How long a claim lasts without renewal; a dead worker's runs are resumed after it.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
@@ -369,7 +369,7 @@ fn failure(e: RuntimeError) -> String {
 
 /// The image each service runs after this run: built by it, or prebuilt.
 fn service_image(run: &Run, t: &ApplicationTemplate, service: &str) -> Result<Image, String> {
-    if let Some(built) = run.output_of(&format!("build-{service}")) {
+    if let Some(built) = run.output_of("build", &format!("build-{service}")) {
         return Ok(Image(built.to_owned()));
     }
     match t.services.get(service).map(|s| &s.source) {
@@ -417,16 +417,7 @@ impl RunContext {
         let (variables, secrets) = match yaml {
             Some(yaml) => {
                 let parsed = template::parse_variables(&yaml).map_err(LifecycleError::from)?;
-                let resolved = parsed.resolve(&builtins).map_err(LifecycleError::from)?;
-                // The values to mask in logs: those the redacted form hides.
-                let secrets = parsed
-                    .redacted()
-                    .0
-                    .iter()
-                    .filter(|(_, v)| matches!(v, RedactedValue::Secret { .. }))
-                    .filter_map(|(name, _)| resolved.get(name).cloned())
-                    .collect();
-                (resolved, secrets)
+                (parsed.resolve(&builtins).map_err(LifecycleError::from)?, parsed.secret_values())
             }
             None => (builtins, Vec::new()),
         };

@@ -207,9 +207,10 @@ impl Run {
         format!("run-{run_id}")
     }
 
-    /// The output (image) a job of this run recorded, by job name.
-    pub fn output_of(&self, job: &str) -> Option<&str> {
-        self.stages.iter().flat_map(|s| &s.jobs).find(|j| j.job.name == job)?.output.as_deref()
+    /// The output (image) a job of this run recorded. Looked up by stage too: a
+    /// template's own job may share a name with a built-in one, never its stage.
+    pub fn output_of(&self, stage: &str, job: &str) -> Option<&str> {
+        self.stages.iter().find(|s| s.name == stage)?.jobs.iter().find(|j| j.job.name == job)?.output.as_deref()
     }
 }
 
@@ -500,7 +501,7 @@ pub(crate) mod tests {
         assert_eq!(run.when(ok(None)), ["JobSucceeded", "StageSucceeded", "RunSucceeded"]);
         let done = run.run();
         assert_eq!(done.status, RunStatus::Succeeded);
-        assert_eq!(done.output_of("build-web"), Some("img-1"));
+        assert_eq!(done.output_of("build", "build-web"), Some("img-1"));
         assert_eq!(current_job(&done), None);
     }
 
@@ -529,7 +530,7 @@ pub(crate) mod tests {
         assert_eq!(run.when(RunCommand::Retry { now: t(4) }), ["RunRetried"]);
         let retried = run.run();
         assert_eq!((retried.status, retried.attempt), (RunStatus::Queued, 2));
-        assert_eq!(retried.output_of("build-web"), Some("img-1"));
+        assert_eq!(retried.output_of("build", "build-web"), Some("img-1"));
         assert_eq!(run.when(RunCommand::Start { worker: "w2".into(), now: t(5) }), ["RunStarted", "StageStarted", "JobStarted"]);
         assert_eq!(current_job(&run.run()).unwrap().1.name, "release-migrate");
     }

@@ -15,7 +15,9 @@ use shiplog_engine::runtime::process::ProcessRuntime;
 use shiplog_engine::store::Metadata;
 use shiplog_engine::worker::{Tick, Worker};
 use shiplog_engine::{logs, runtime::EnvironmentRef};
-use shiplog_tests::TestDb;
+use std::time::Duration;
+
+use shiplog_tests::{TestDb, eventually};
 use shiplog_tests::example::{ExampleRepo, Scratch, copy_dir, installed};
 use uuid::Uuid;
 
@@ -44,10 +46,14 @@ impl Example {
         let template = repo.template();
         let tf_state = scratch.path().join("infra");
         copy_dir(&repo.dir.join("infra"), &tf_state);
+        let marks = scratch.path().join("marks");
+        std::fs::create_dir_all(&marks).unwrap();
         let variables = format!(
-            "GREETING: \"hello from ${{ENVIRONMENT}}\"\nAPI_TOKEN: {{ secret: \"{SECRET}\" }}\nRELEASE_GATE: \"{}\"\nTF_STATE_DIR: \"{}\"\n",
+            "GREETING: \"hello from ${{ENVIRONMENT}}\"\nAPI_TOKEN: {{ secret: \"{SECRET}\" }}\nRELEASE_GATE: \"{}\"\n\
+             TF_STATE_DIR: \"{}\"\nMARKS: \"{}\"\n",
             scratch.path().join("gate").display(),
-            tf_state.display()
+            tf_state.display(),
+            marks.display()
         );
 
         let lifecycle = Lifecycle::new(db.store());
@@ -179,6 +185,58 @@ async fn of_two_racing_patches_the_older_is_skipped_as_outdated() {
     assert_eq!(ex.worker.tick().await.unwrap(), Tick::Idle);
     assert_eq!(ex.event_types(older.run_id).await, ["RunQueued", "RunSkipped"]);
     assert_eq!(ex.repo.page().as_deref(), Some("<h1>hello from shiplog v2</h1>"));
+    ex.lifecycle.request_teardown(&ex.app, &ex.env, "done", &metadata(), Utc::now()).await.unwrap();
+    ex.work().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_run_kills_its_job_and_the_old_version_keeps_serving() {
+    let ex = Example::new().await;
+    let setup = ex.lifecycle.request_setup(&ex.app, &ex.env, None, "created", &metadata(), Utc::now()).await.unwrap();
+    assert_eq!(ex.work().await, (setup.run_id, RunStatus::Succeeded));
+
+    // A release command that never ends on its own.
+    ex.repo.commit_release_script("#!/bin/sh\necho started > \"$MARKS/started\"\nwhile true; do sleep 0.05; done\n");
+    let patch = ex.lifecycle.request_patch(&ex.app, &ex.env, None, "push", &metadata(), Utc::now()).await.unwrap();
+    let started = ex.scratch.path().join("marks/started");
+    let (worked, cancelled) = tokio::join!(ex.work(), async {
+        eventually("the release command to start", Duration::from_secs(60), || async { started.exists().then_some(()) }).await;
+        ex.lifecycle.cancel_run(patch.run_id, "wrong commit", &metadata(), Utc::now()).await
+    });
+    cancelled.unwrap();
+    assert_eq!(worked, (patch.run_id, RunStatus::Cancelled));
+    assert_eq!(ex.repo.page().as_deref(), Some("<h1>hello from shiplog v1</h1>"));
+    assert!(ex.log_text(patch.run_id).await.contains("release-migrate was cancelled"));
+    let (env, _) = ex.lifecycle.environment(&ex.app, &ex.env).await.unwrap();
+    assert_eq!((env.status, env.queue.len()), (Some(Status::Ready), 0));
+    let types = ex.event_types(patch.run_id).await;
+    assert_eq!(types.last().map(String::as_str), Some("RunCancelled"));
+
+    ex.lifecycle.request_teardown(&ex.app, &ex.env, "done", &metadata(), Utc::now()).await.unwrap();
+    ex.work().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_gets_every_log_line_live_and_a_resumed_one_the_rest() {
+    use futures::TryStreamExt;
+    let ex = Example::new().await;
+    let hub = logs::LogHub::start(ex.db.runtime.clone()).await.unwrap();
+    let setup = ex.lifecycle.request_setup(&ex.app, &ex.env, None, "created", &metadata(), Utc::now()).await.unwrap();
+
+    // Follow from the start while the worker runs; the stream ends with the run.
+    let live = tokio::spawn(hub.follow(setup.run_id, 0).try_collect::<Vec<_>>());
+    assert_eq!(ex.work().await.1, RunStatus::Succeeded);
+    let followed = tokio::time::timeout(Duration::from_secs(30), live).await.expect("the follow ended").unwrap().unwrap();
+    let stored = logs::read(&ex.db.runtime, setup.run_id, 0, 10_000).await.unwrap();
+    assert!(stored.len() > 10, "{stored:?}");
+    assert_eq!(followed, stored);
+    assert_eq!(followed.iter().map(|l| l.seq).collect::<Vec<_>>(), (1..=stored.len() as i64).collect::<Vec<_>>());
+
+    // Resuming from the middle of a finished run gives exactly the rest, then ends.
+    let middle = stored[stored.len() / 2].seq;
+    let rest: Vec<_> = hub.follow(setup.run_id, middle).try_collect().await.unwrap();
+    assert_eq!(rest, stored[stored.len() / 2 + 1..].to_vec());
+
     ex.lifecycle.request_teardown(&ex.app, &ex.env, "done", &metadata(), Utc::now()).await.unwrap();
     ex.work().await;
 }
