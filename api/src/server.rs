@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use std::sync::Arc;
 
 use shiplog_engine::lifecycle::Lifecycle;
+use shiplog_engine::store::Metadata;
 use shiplog_engine::runtime::process::ProcessRuntime;
 use shiplog_engine::worker::Worker;
 use tokio_util::sync::CancellationToken;
@@ -130,6 +131,7 @@ pub async fn serve(database: &Database, worker: &WorkerArgs, listen: SocketAddr,
 
     let (stop, stopped) = watch::channel(false);
     let sealer = tokio::spawn(seal_loop(database.store(), seal_interval, stopped.clone()));
+    let expiry = tokio::spawn(expiry_loop(Lifecycle::new(database.store()), stopped.clone()));
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(run_worker(database.store(), worker.clone(), shutdown.clone()));
     let served = axum::serve(listener, app(AppState::new(database.store())))
@@ -141,6 +143,7 @@ pub async fn serve(database: &Database, worker: &WorkerArgs, listen: SocketAddr,
     let _ = stop.send(true);
     shutdown.cancel();
     sealer.await?;
+    expiry.await?;
     worker.await?;
     served.context("serving HTTP")
 }
@@ -168,6 +171,25 @@ async fn run_worker(store: EventStore, args: WorkerArgs, shutdown: CancellationT
     let runtime = Arc::new(ProcessRuntime::new(args.process_root.clone()));
     let worker = Worker::new(Lifecycle::new(store), runtime, id, args.work_dir.clone()).with_lease(args.lease);
     worker.run(IDLE_POLL, shutdown).await;
+}
+
+/// How often the server looks for environments whose TTL has run out.
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Requests a teardown of each expired environment, every [`EXPIRY_INTERVAL`].
+async fn expiry_loop(lifecycle: Lifecycle, mut stop: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(EXPIRY_INTERVAL);
+    let metadata = Metadata { actor: Some("shiplog:expiry".into()), ..Metadata::default() };
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => match lifecycle.expire_due(&metadata, chrono::Utc::now()).await {
+                Ok(requested) if requested.is_empty() => {}
+                Ok(requested) => tracing::info!(teardowns = requested.len(), "expired environments"),
+                Err(e) => tracing::warn!(error = %e, "expiry check failed; will retry"),
+            },
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -260,6 +260,30 @@ impl Lifecycle {
         self.request(app, env, RunKind::Teardown, None, reason, metadata, now).await
     }
 
+    /// Requests a teardown of every environment whose time is up at `now`; returns
+    /// the teardowns requested. Environments already torn down or being torn down
+    /// are left alone, so calling this again changes nothing.
+    pub async fn expire_due(&self, metadata: &Metadata, now: DateTime<Utc>) -> Result<Vec<Requested>, LifecycleError> {
+        let streams: Vec<String> = sqlx::query_scalar("SELECT stream_id FROM streams WHERE stream_type = 'environment' ORDER BY stream_id")
+            .fetch_all(self.store.pool())
+            .await?;
+        let mut requested = Vec::new();
+        for stream_id in streams {
+            let names = stream_id.strip_prefix("environment-").and_then(|rest| rest.split_once('.'));
+            let Some((Ok(app), Ok(env))) = names.map(|(a, e)| (a.parse::<Name>(), e.parse::<Name>())) else { continue };
+            let (environment, _) = self.environment(&app, &env).await?;
+            if environment.expires_at.is_some_and(|at| at <= now) {
+                match self.request(&app, &env, RunKind::Teardown, None, "expired", metadata, now).await {
+                    Ok(done) => requested.push(done),
+                    // Torn down or tearing down meanwhile: nothing to do.
+                    Err(LifecycleError::Domain(DomainError::TornDown(_) | DomainError::TeardownPending(_))) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(requested)
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn request(&self, app: &Name, env_name: &Name, kind: RunKind, commit: Option<CommitId>, reason: &str, metadata: &Metadata, now: DateTime<Utc>) -> Result<Requested, LifecycleError> {
         let run_id = Uuid::new_v4();

@@ -240,3 +240,28 @@ async fn a_follower_gets_every_log_line_live_and_a_resumed_one_the_rest() {
     ex.lifecycle.request_teardown(&ex.app, &ex.env, "done", &metadata(), Utc::now()).await.unwrap();
     ex.work().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_past_its_ttl_is_torn_down_once() {
+    let ex = Example::new().await;
+    let preview: Name = "preview-1".parse().unwrap();
+    ex.lifecycle
+        .create_environment(&ex.app, &preview, EnvironmentKind::Preview, Tracking::Branch("main".into()), Some(3600), &metadata(), Utc::now())
+        .await
+        .unwrap();
+    let setup = ex.lifecycle.request_setup(&ex.app, &preview, None, "created", &metadata(), Utc::now()).await.unwrap();
+    assert_eq!(ex.work().await, (setup.run_id, RunStatus::Succeeded));
+    let (env, _) = ex.lifecycle.environment(&ex.app, &preview).await.unwrap();
+    let expires_at = env.expires_at.expect("a TTL sets an expiry");
+
+    // Time comes in as an argument: nothing expires a second early.
+    let early = expires_at - chrono::Duration::seconds(1);
+    assert!(ex.lifecycle.expire_due(&metadata(), early).await.unwrap().is_empty());
+    let due = ex.lifecycle.expire_due(&metadata(), expires_at).await.unwrap();
+    assert_eq!(due.len(), 1, "only the preview has a TTL");
+    assert!(ex.lifecycle.expire_due(&metadata(), expires_at).await.unwrap().is_empty(), "asked twice");
+    assert_eq!(ex.work().await, (due[0].run_id, RunStatus::Succeeded));
+    let (env, _) = ex.lifecycle.environment(&ex.app, &preview).await.unwrap();
+    assert_eq!(env.status, Some(Status::TornDown));
+    assert!(ex.lifecycle.expire_due(&metadata(), expires_at + chrono::Duration::days(1)).await.unwrap().is_empty());
+}
