@@ -284,6 +284,7 @@ impl<R: Runtime> Worker<R> {
                     env,
                     name: job.name.clone(),
                     image: Some(release_image(run, t)?),
+                    source_dir: None,
                     command: spec.command.clone(),
                     env_vars: ctx.variables.clone(),
                     timeout: spec.timeout(),
@@ -292,14 +293,16 @@ impl<R: Runtime> Worker<R> {
             }
             Action::Job { job: name } => {
                 let spec = t.jobs.iter().find(|j| &j.name == name).ok_or_else(|| format!("job {name} is not in the template"))?;
-                let request = TaskRequest { env, name: job.name.clone(), image: None, command: spec.command.clone(), env_vars: ctx.variables.clone(), timeout: spec.timeout() };
+                // Jobs work on the source at the run's commit, like a CI job.
+                let source_dir = Some(self.checkout(run).await?);
+                let request = TaskRequest { env, name: job.name.clone(), image: None, source_dir, command: spec.command.clone(), env_vars: ctx.variables.clone(), timeout: spec.timeout() };
                 self.task(&request, &log, cancel).await
             }
             Action::Hook { hook } => {
                 let spec = t.hooks.teardown.iter().find(|h| &h.name == hook).ok_or_else(|| format!("hook {hook} is not in the template"))?;
                 // Hooks run from what is deployed now: its code holds the scripts.
                 let image = t.services.keys().find_map(|s| ctx.deployed.iter().find(|(d, _)| d == s)).map(|(_, i)| Image(i.clone()));
-                let request = TaskRequest { env, name: job.name.clone(), image, command: spec.command.clone(), env_vars: ctx.variables.clone(), timeout: spec.timeout() };
+                let request = TaskRequest { env, name: job.name.clone(), image, source_dir: None, command: spec.command.clone(), env_vars: ctx.variables.clone(), timeout: spec.timeout() };
                 self.task(&request, &log, cancel).await
             }
             Action::Deploy { service } => {

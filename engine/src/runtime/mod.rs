@@ -52,6 +52,11 @@ pub struct TaskRequest {
     /// The image to run it from; `None` runs it without one (teardown hooks on
     /// `process` run in the environment's working directory).
     pub image: Option<Image>,
+    /// The run's checkout, for jobs that work on the source rather than an image
+    /// (a `test` stage before `build`): `process` runs the task in it, a container
+    /// runtime mounts it as the working directory. Takes precedence over `image`
+    /// for the working directory.
+    pub source_dir: Option<PathBuf>,
     pub command: Vec<String>,
     pub env_vars: BTreeMap<String, String>,
     pub timeout: Duration,

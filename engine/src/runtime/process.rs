@@ -334,9 +334,10 @@ impl Runtime for ProcessRuntime {
         if req.command.is_empty() {
             return Err(RuntimeError::Failed(format!("task `{}` has no command", req.name)));
         }
-        let cwd = match &req.image {
-            Some(image) => image_dir(image)?,
-            None => dirs.root.clone(),
+        let cwd = match (&req.source_dir, &req.image) {
+            (Some(source), _) => source.clone(),
+            (None, Some(image)) => image_dir(image)?,
+            (None, None) => dirs.root.clone(),
         };
         dirs.ensure(&[])?;
 
@@ -1582,6 +1583,7 @@ mod tests {
             env: env("review-1"),
             name: "release-migrate".to_string(),
             image,
+            source_dir: None,
             command,
             env_vars: BTreeMap::new(),
             timeout,

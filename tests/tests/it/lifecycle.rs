@@ -265,3 +265,25 @@ async fn an_environment_past_its_ttl_is_torn_down_once() {
     assert_eq!(env.status, Some(Status::TornDown));
     assert!(ex.lifecycle.expire_due(&metadata(), expires_at + chrono::Duration::days(1)).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_stage_runs_on_the_source_before_build_and_fails_fast() {
+    let ex = Example::new().await;
+    // A `test` stage whose job checks the page in the checkout mentions "v1".
+    let template = format!("{}stages: [test]\njobs:\n  - name: unit\n    stage: test\n    command: [\"grep\", \"-q\", \"v1\", \"public/index.html\"]\n", ex.repo.template());
+    ex.lifecycle.update_template(&ex.app, &template, &metadata(), Utc::now()).await.unwrap();
+    let setup = ex.lifecycle.request_setup(&ex.app, &ex.env, None, "created", &metadata(), Utc::now()).await.unwrap();
+    assert_eq!(ex.work().await, (setup.run_id, RunStatus::Succeeded));
+    assert_eq!(ex.event_types(setup.run_id).await[2..5], ["StageStarted test", "JobStarted unit", "JobSucceeded unit"]);
+
+    // v2 fails the test: the run stops before build, v1 keeps serving.
+    ex.repo.commit_version(2);
+    let patch = ex.lifecycle.request_patch(&ex.app, &ex.env, None, "push", &metadata(), Utc::now()).await.unwrap();
+    assert_eq!(ex.work().await, (patch.run_id, RunStatus::Failed));
+    let types = ex.event_types(patch.run_id).await;
+    assert!(!types.iter().any(|t| t.contains("build")), "{types:?}");
+    assert_eq!(ex.repo.page().as_deref(), Some("<h1>hello from shiplog v1</h1>"));
+
+    ex.lifecycle.request_teardown(&ex.app, &ex.env, "done", &metadata(), Utc::now()).await.unwrap();
+    ex.work().await;
+}
