@@ -287,3 +287,18 @@ async fn a_test_stage_runs_on_the_source_before_build_and_fails_fast() {
     ex.lifecycle.request_teardown(&ex.app, &ex.env, "done", &metadata(), Utc::now()).await.unwrap();
     ex.work().await;
 }
+
+#[tokio::test]
+async fn an_invalid_template_lists_every_problem_and_stores_nothing() {
+    let ex = Example::new().await;
+    let (_, version_before) = ex.lifecycle.application(&ex.app).await.unwrap();
+    let bad = "services:\n  Web:\n    image: busybox\n    ports: [0]\nrelease:\n  - name: migrate\n    command: []\n";
+    let err = ex.lifecycle.update_template(&ex.app, bad, &metadata(), Utc::now()).await.unwrap_err();
+    let LifecycleError::Template(problems) = err else { panic!("{err}") };
+    let paths: Vec<&str> = problems.0.iter().map(|p| p.path.as_str()).collect();
+    assert!(paths.len() >= 3, "{problems}");
+    assert!(paths.iter().any(|p| p.starts_with("services.Web")), "{problems}");
+    assert!(paths.iter().any(|p| p.starts_with("release[0].command")), "{problems}");
+    let (_, version_after) = ex.lifecycle.application(&ex.app).await.unwrap();
+    assert_eq!(version_after, version_before, "an invalid template changed the log");
+}
