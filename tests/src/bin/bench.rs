@@ -1,8 +1,14 @@
-//! `bench store`: what shiplog's event store costs over the PostgreSQL it runs on.
+//! `bench`: what shiplog costs over what it runs on, each figure beside a raw
+//! baseline measured in the same run.
 //!
 //! ```text
 //! cargo run --release -p shiplog-tests --bin bench -- store [--events N] [--json PATH] [--no-fsync]
+//! cargo run --release -p shiplog-tests --bin bench -- engine [--runs N] [--json PATH] [--no-fsync]
 //! ```
+//!
+//! `bench engine` times patch runs end to end; [`Command::Engine`] says what it
+//! measures. The rest of this comment is about `bench store`: what shiplog's event
+//! store costs over the PostgreSQL it runs on.
 //!
 //! Every shiplog figure is printed beside a raw baseline measured in the same run, on
 //! the same server, with the same durability, so the ratio isolates what shiplog
@@ -34,19 +40,29 @@
 //! this is a measuring tool, its figures depend on the machine.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use serde_json::{Value, json};
 use shiplog_engine::canonical;
+use shiplog_engine::domain::environment::{Environment, EnvironmentKind, Tracking};
+use shiplog_engine::domain::run::{Run, RunStatus};
+use shiplog_engine::domain::{CommitId, Name};
+use shiplog_engine::lifecycle::Lifecycle;
 use shiplog_engine::postgres::{self, Cluster, ClusterOptions};
+use shiplog_engine::runtime::process::ProcessRuntime;
+use shiplog_engine::runtime::{EnvironmentRef, Runtime};
 use shiplog_engine::store::hash::{self, EventFields, GENESIS, Hash};
 use shiplog_engine::store::{Cursor, EventStore, ExpectedVersion, MAX_BATCH_EVENTS, Metadata, NewEvent, StreamId};
+use shiplog_engine::worker::{Tick, Worker};
+use shiplog_engine::{git as engine_git, logs};
+use shiplog_tests::example::{Scratch, git};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Executor, PgPool};
 use tokio::sync::Barrier;
@@ -75,6 +91,59 @@ struct Cli {
 enum Command {
     /// The event store: appends and a full replay, each beside a raw-table baseline.
     Store(StoreArgs),
+    /// The engine: what a patch run costs, from its request to `RunSucceeded`.
+    ///
+    /// Set-up, untimed: a private cluster as for `store` (durable unless --no-fsync);
+    /// an application whose one service runs a prebuilt image (for the process
+    /// runtime, a directory) as `sh -c "exec sleep 100000"`, without ports or health
+    /// check, plus a stage `test` whose one job `unit` runs `true`; an environment
+    /// set up once; then a few warm-up patches.
+    ///
+    /// Timed, --runs times: `request_patch` with an explicit commit (so resolving
+    /// a branch is not measured), then one in-process worker `tick()` on the
+    /// process runtime, which must return the run as succeeded. The `true` job is a
+    /// real subprocess, run in the checkout of the commit the worker makes for a
+    /// run's jobs (git clone and checkout of a one-commit repository); the roll-out
+    /// is a no-op because nothing about the service changes (the bench checks that
+    /// the service process is never restarted). A teardown run at the end stops the
+    /// service.
+    ///
+    /// Baseline 1, the database writes a patch records and nothing else: right
+    /// after each patch, the events it wrote (its run stream, and the environment's
+    /// events naming it) are read back (untimed), and the same rows, byte for byte,
+    /// are inserted into `raw_events` (the columns and indexes of `events`, no
+    /// streams table, triggers or checks), one autocommit INSERT per transaction
+    /// the engine committed them in. That is the least work that stores the same
+    /// facts with the same durability on the same server; interleaving it with the
+    /// patches gives both the same table sizes, WAL and checkpoints. Everything
+    /// above it is the engine's: reading and folding streams, deciding, version
+    /// checks, hashing, the queue and its lease, the run log, the subprocess.
+    ///
+    /// Baseline 2: `true` spawned and waited for with `std::process::Command`, to
+    /// show what part of a patch is the one subprocess it spawns. Baseline 3: the
+    /// engine's own `git::checkout` of the commit into a fresh directory, to show
+    /// what part is the job's checkout.
+    ///
+    /// Latencies (mean, p50, p99) are given for the whole patch and split into the
+    /// request (`request_patch` returning) and the worker (`tick`), beside the
+    /// baseline's matching transactions: the request's one, and the rest. Counts per
+    /// patch: event rows and event transactions (equal on both sides by
+    /// construction), and write transactions (transaction ids assigned while the
+    /// patch ran), which also counts the engine's writes that are not events. The
+    /// issue's target, a p50 of at most 20 ms, is printed beside the result, never
+    /// asserted.
+    Engine(EngineArgs),
+}
+
+/// Options every benchmark takes.
+#[derive(clap::Args)]
+struct CommonArgs {
+    /// Write the JSON results here instead of printing them after the table.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Private cluster only: run PostgreSQL without fsync (figures then say little about durable writes).
+    #[arg(long)]
+    no_fsync: bool,
 }
 
 #[derive(clap::Args)]
@@ -94,24 +163,43 @@ struct StoreArgs {
     /// Writers in the concurrent configurations.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     writers: u16,
-    /// Write the JSON results here instead of printing them after the table.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Private cluster only: run PostgreSQL without fsync (figures then say little about durable writes).
-    #[arg(long)]
-    no_fsync: bool,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
+#[derive(clap::Args)]
+struct EngineArgs {
+    /// Timed patch runs.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// What a benchmark reports: lines printed above the table, and its figures.
+type Report = (Vec<String>, Vec<Figure>);
+
 fn main() -> anyhow::Result<()> {
-    let Command::Store(args) = Cli::parse().command;
+    match Cli::parse().command {
+        Command::Store(args) => run_on_server(&args.common, |options| store_benchmarks(options, &args)),
+        Command::Engine(args) => run_on_server(&args.common, |options| engine_benchmark(options, &args)),
+    }
+}
+
+/// Starts the server, runs `bench` in a fresh database on it and prints the report.
+fn run_on_server<F, Fut>(common: &CommonArgs, bench: F) -> anyhow::Result<()>
+where
+    F: FnOnce(PgConnectOptions) -> Fut,
+    Fut: Future<Output = anyhow::Result<Report>>,
+{
     // Starting a private cluster blocks, so it happens before the runtime exists.
-    let server = Server::start(args.no_fsync)?;
+    let server = Server::start(common.no_fsync)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let result = runtime.block_on(run_in_fresh_database(&server, &args));
+    let result = runtime.block_on(run_in_fresh_database(&server, bench));
     drop(runtime);
     server.stop()?;
     let (header, figures) = result?;
-    print_report(&header, &figures, args.json.as_deref())
+    print_report(&header, &figures, common.json.as_deref())
 }
 
 // ---------------------------------------------------------------------------
@@ -157,13 +245,33 @@ struct BenchDb {
     owner: PgPool,
 }
 
-/// Creates `bench_<uuid>`, runs the benchmarks in it and drops it again, also when
-/// a benchmark fails.
-async fn run_in_fresh_database(server: &Server, args: &StoreArgs) -> anyhow::Result<(Vec<String>, Vec<Figure>)> {
+impl BenchDb {
+    /// Migrates the database, opens both pools and creates `raw_events`.
+    async fn open(options: PgConnectOptions, connections: u32) -> anyhow::Result<BenchDb> {
+        let owner = postgres::owner_pool(options.clone(), connections).await?;
+        postgres::migrate(&owner).await.context("migrating the bench database")?;
+        let runtime = postgres::runtime_pool(options, connections).await?;
+        create_raw_table(&owner).await?;
+        Ok(BenchDb { runtime, owner })
+    }
+
+    async fn close(self) {
+        self.runtime.close().await;
+        self.owner.close().await;
+    }
+}
+
+/// Creates `bench_<uuid>`, runs `bench` in it and drops it again, also when the
+/// benchmark fails.
+async fn run_in_fresh_database<F, Fut>(server: &Server, bench: F) -> anyhow::Result<Report>
+where
+    F: FnOnce(PgConnectOptions) -> Fut,
+    Fut: Future<Output = anyhow::Result<Report>>,
+{
     let name = format!("bench_{}", Uuid::new_v4().simple());
     let admin = postgres::owner_pool(server.options.clone(), 1).await.context("connecting to the server")?;
     postgres::ensure_database(&admin, &name).await.context("creating the bench database")?;
-    let result = run_in(server.options.clone().database(&name), args).await;
+    let result = bench(server.options.clone().database(&name)).await;
     let drop_sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
     if let Err(e) = admin.execute(sqlx::AssertSqlSafe(drop_sql)).await {
         eprintln!("warning: could not drop database {name}: {e}");
@@ -172,18 +280,13 @@ async fn run_in_fresh_database(server: &Server, args: &StoreArgs) -> anyhow::Res
     result
 }
 
-async fn run_in(options: PgConnectOptions, args: &StoreArgs) -> anyhow::Result<(Vec<String>, Vec<Figure>)> {
-    let connections = u32::from(args.writers) + 2;
-    let owner = postgres::owner_pool(options.clone(), connections).await?;
-    postgres::migrate(&owner).await.context("migrating the bench database")?;
-    let runtime = postgres::runtime_pool(options, connections).await?;
-    create_raw_table(&owner).await?;
-    let db = BenchDb { runtime, owner };
+/// `bench store`: appends and a replay, on shiplog and on `raw_events`.
+async fn store_benchmarks(options: PgConnectOptions, args: &StoreArgs) -> anyhow::Result<Report> {
+    let db = BenchDb::open(options, u32::from(args.writers) + 2).await?;
     let header = describe_server(&db.owner).await?;
     let mut figures = append_benchmarks(&db, args).await?;
     figures.extend(replay_benchmark(&db, args.events).await?);
-    db.runtime.close().await;
-    db.owner.close().await;
+    db.close().await;
     Ok((header, figures))
 }
 
@@ -490,6 +593,23 @@ impl Stats {
     }
 }
 
+/// Mean, p50 and p99 of a set of latencies, in milliseconds.
+#[derive(Clone, Copy)]
+struct Latency {
+    mean_ms: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl Latency {
+    fn of(latencies: &[Duration]) -> Latency {
+        let mut sorted = latencies.to_vec();
+        sorted.sort_unstable();
+        let mean_ms = sorted.iter().sum::<Duration>().as_secs_f64() * 1000.0 / sorted.len() as f64;
+        Latency { mean_ms, p50_ms: percentile(&sorted, 0.50), p99_ms: percentile(&sorted, 0.99) }
+    }
+}
+
 /// Nearest-rank percentile of sorted latencies, in milliseconds.
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -711,6 +831,399 @@ fn peak_rss_mib() -> f64 {
 }
 
 // ---------------------------------------------------------------------------
+// The engine benchmark
+// ---------------------------------------------------------------------------
+
+/// Connections per pool: the worker's claim and run, its lease watcher, its log
+/// writer, and the bench's own queries.
+const ENGINE_CONNECTIONS: u32 = 6;
+/// The issue's target for the p50 of a patch run, reported beside the result.
+const PATCH_P50_TARGET_MS: f64 = 20.0;
+
+/// The bench application: one service running a prebuilt image without ports or
+/// health check, and a `test` stage whose one job does nothing.
+fn engine_template(image: &Path) -> String {
+    format!(
+        r#"services:
+  app:
+    image: "{}"
+    command: ["sh", "-c", "exec sleep 100000"]
+stages: [test]
+jobs:
+  - name: unit
+    stage: test
+    command: ["true"]
+"#,
+        image.display()
+    )
+}
+
+/// `bench engine`; see [`Command::Engine`].
+async fn engine_benchmark(options: PgConnectOptions, args: &EngineArgs) -> anyhow::Result<Report> {
+    let runs = args.runs as usize;
+    let db = BenchDb::open(options, ENGINE_CONNECTIONS).await?;
+    let mut header = describe_server(&db.owner).await?;
+    let fixture = EngineFixture::create(&db).await?;
+    // Once the setup has started the service, the teardown must run whatever happens.
+    let measured = async {
+        let service = fixture.set_up().await?;
+        let patches = measure_patches(&fixture, &db, runs).await?;
+        let now = fixture.service_processes();
+        ensure!(now == service, "the service was restarted during the patches (pids {service:?}, now {now:?}): the roll-outs were not no-ops");
+        Ok(patches)
+    }
+    .await;
+    let torn_down = fixture.tear_down().await;
+    let patches = measured?;
+    torn_down?;
+    db.close().await;
+
+    eprintln!("spawning `true` {runs} times ...");
+    let spawns = tokio::task::spawn_blocking(move || spawn_true(runs)).await??;
+    eprintln!("checking the commit out {runs} times ...");
+    let checkouts = fixture.time_checkouts(runs).await?;
+
+    let p50 = Latency::of(&patches.shiplog.total).p50_ms;
+    let verdict = if p50 <= PATCH_P50_TARGET_MS { "met" } else { "not met" };
+    header.push(format!(
+        "{runs} patch runs after a setup and {WARMUP_CALLS} warm-up patches: process runtime, \
+         no-op roll-out of a prebuilt image, one `true` job"
+    ));
+    header.push(format!("target (issue): patch run p50 <= {PATCH_P50_TARGET_MS} ms; measured {p50:.1} ms: {verdict}"));
+    Ok((header, patches.figures(&spawns, &checkouts)))
+}
+
+/// An application with an environment on the process runtime, and the worker that
+/// drives its runs. Lives in a scratch directory removed on drop.
+struct EngineFixture {
+    lifecycle: Lifecycle,
+    runtime: Arc<ProcessRuntime>,
+    worker: Worker<ProcessRuntime>,
+    app: Name,
+    env: Name,
+    /// The application's repository and the commit every run deploys.
+    repository: String,
+    commit: CommitId,
+    metadata: Metadata,
+    /// The service's image: the process runtime runs the service in it.
+    image: PathBuf,
+    scratch: Scratch,
+}
+
+impl EngineFixture {
+    /// The repository, the image, the application with its template and the
+    /// environment. Starts nothing.
+    async fn create(db: &BenchDb) -> anyhow::Result<EngineFixture> {
+        let scratch = Scratch::new("shiplog-bench-engine");
+        let repo = scratch.path().join("repo");
+        std::fs::create_dir_all(&repo)?;
+        git(&repo, &["init", "--quiet", "--initial-branch=main"]);
+        git(&repo, &["commit", "--quiet", "--allow-empty", "-m", "bench"]);
+        let commit = head_commit(&repo)?;
+        // Canonical, so it compares equal to the working directories of processes.
+        let image = scratch.path().join("image");
+        std::fs::create_dir_all(&image)?;
+        let image = image.canonicalize()?;
+
+        let lifecycle = Lifecycle::new(EventStore::new(db.runtime.clone()));
+        let (app, env): (Name, Name) = ("bench".parse()?, "patches".parse()?);
+        let metadata = Metadata { actor: Some("bench".into()), ..Metadata::default() };
+        let now = Utc::now();
+        let repository = repo.to_str().context("the scratch path is not UTF-8")?.to_owned();
+        lifecycle.create_application(&app, &repository, &metadata, now).await?;
+        lifecycle.update_template(&app, &engine_template(&image), &metadata, now).await?;
+        lifecycle
+            .create_environment(&app, &env, EnvironmentKind::Preview, Tracking::Branch("main".into()), None, &metadata, now)
+            .await?;
+        let runtime = Arc::new(ProcessRuntime::new(scratch.path().join("process")));
+        let worker = Worker::new(lifecycle.clone(), runtime.clone(), "bench-worker", scratch.path().join("work"));
+        Ok(EngineFixture { lifecycle, runtime, worker, app, env, repository, commit, metadata, image, scratch })
+    }
+
+    /// Sets the environment up, so patches are allowed; returns the service's pids.
+    async fn set_up(&self) -> anyhow::Result<Vec<u32>> {
+        let requested = self
+            .lifecycle
+            .request_setup(&self.app, &self.env, Some(self.commit.clone()), "bench set-up", &self.metadata, Utc::now())
+            .await?;
+        self.drive(requested.run_id).await?;
+        let service = self.service_processes();
+        ensure!(!service.is_empty(), "the setup succeeded but no service process runs in {}", self.image.display());
+        Ok(service)
+    }
+
+    /// One patch: its request, then one worker tick that must finish it. Returns the
+    /// run and the time each took.
+    async fn patch(&self) -> anyhow::Result<(Uuid, Duration, Duration)> {
+        let started = Instant::now();
+        let requested = self
+            .lifecycle
+            .request_patch(&self.app, &self.env, Some(self.commit.clone()), "bench", &self.metadata, Utc::now())
+            .await?;
+        let request = started.elapsed();
+        self.drive(requested.run_id).await?;
+        Ok((requested.run_id, request, started.elapsed() - request))
+    }
+
+    /// One worker tick, which must run `run_id` to success.
+    async fn drive(&self, run_id: Uuid) -> anyhow::Result<()> {
+        match self.worker.tick().await? {
+            Tick::Finished { run_id: done, status: RunStatus::Succeeded } if done == run_id => Ok(()),
+            other => {
+                let log = logs::read(self.lifecycle.store().pool(), run_id, 0, 200).await.unwrap_or_default();
+                let log: String = log.iter().map(|l| format!("\n  {}: {}", l.job, l.line)).collect();
+                bail!("run {run_id} did not succeed: the worker's tick returned {other:?}; its log:{log}")
+            }
+        }
+    }
+
+    /// Tears the environment down with a teardown run, or straight through the
+    /// runtime when that fails, and checks that no service process is left.
+    async fn tear_down(&self) -> anyhow::Result<()> {
+        eprintln!("tearing the environment down ...");
+        let through_engine = async {
+            let requested = self.lifecycle.request_teardown(&self.app, &self.env, "bench done", &self.metadata, Utc::now()).await?;
+            self.drive(requested.run_id).await
+        };
+        if let Err(e) = through_engine.await {
+            eprintln!("warning: the teardown run failed ({e:#}); removing the environment through the runtime");
+            let env = EnvironmentRef { application: self.app.to_string(), environment: self.env.to_string() };
+            self.runtime.teardown(&env).await.context("tearing the environment down through the runtime")?;
+        }
+        let left = self.service_processes();
+        ensure!(left.is_empty(), "service processes {left:?} still run in {} after the teardown", self.image.display());
+        Ok(())
+    }
+
+    /// Checks the commit out as the worker does for a run's jobs, into a fresh
+    /// directory each time: `WARMUP_CALLS` times untimed, then `runs` times timed.
+    async fn time_checkouts(&self, runs: usize) -> anyhow::Result<Vec<Duration>> {
+        let dir = self.scratch.path().join("checkouts");
+        let mut times = Vec::with_capacity(runs);
+        for i in 0..WARMUP_CALLS + runs {
+            let started = Instant::now();
+            engine_git::checkout(&self.repository, &self.commit, &dir.join(i.to_string())).await?;
+            if i >= WARMUP_CALLS {
+                times.push(started.elapsed());
+            }
+        }
+        Ok(times)
+    }
+
+    /// Pids of the processes working in the image directory: the service (the
+    /// process runtime starts services there), and nothing else, since the directory
+    /// is this run's own.
+    fn service_processes(&self) -> Vec<u32> {
+        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+        let mut pids: Vec<u32> = entries
+            .filter_map(|entry| {
+                let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+                let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+                (cwd == self.image).then_some(pid)
+            })
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+}
+
+fn head_commit(repo: &Path) -> anyhow::Result<CommitId> {
+    let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).current_dir(repo).output()?;
+    ensure!(out.status.success(), "git rev-parse HEAD: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+}
+
+/// Latencies of one side, one entry per patch: the request, the worker, both.
+#[derive(Default)]
+struct Phases {
+    request: Vec<Duration>,
+    worker: Vec<Duration>,
+    total: Vec<Duration>,
+}
+
+impl Phases {
+    fn push(&mut self, request: Duration, worker: Duration) {
+        self.request.push(request);
+        self.worker.push(worker);
+        self.total.push(request + worker);
+    }
+}
+
+/// What the timed patches measured, on shiplog and on the raw baseline; counts are
+/// summed over the patches.
+#[derive(Default)]
+struct PatchRuns {
+    shiplog: Phases,
+    raw: Phases,
+    events: u64,
+    transactions: u64,
+    shiplog_xids: u64,
+    raw_xids: u64,
+}
+
+impl PatchRuns {
+    fn figures(&self, spawns: &[Duration], checkouts: &[Duration]) -> Vec<Figure> {
+        let patches = self.shiplog.total.len() as f64;
+        let per_patch = |shiplog: u64, baseline: u64| Pair::new(shiplog as f64 / patches, baseline as f64 / patches);
+        vec![
+            Figure::latency("patch run vs its event writes", &self.shiplog.total, &self.raw.total),
+            Figure::latency("request_patch vs its transaction", &self.shiplog.request, &self.raw.request),
+            Figure::latency("worker tick vs its transactions", &self.shiplog.worker, &self.raw.worker),
+            Figure::latency("patch run vs `true` spawn+wait", &self.shiplog.total, spawns),
+            Figure::latency("patch run vs git checkout", &self.shiplog.total, checkouts),
+            Figure::plain("event rows per patch".into(), "rows", per_patch(self.events, self.events)),
+            Figure::plain("event transactions per patch".into(), "commits", per_patch(self.transactions, self.transactions)),
+            Figure::plain("write transactions per patch".into(), "xids", per_patch(self.shiplog_xids, self.raw_xids)),
+        ]
+    }
+}
+
+/// Runs `WARMUP_CALLS` untimed patches, then `runs` timed ones, each followed by its
+/// raw baseline.
+async fn measure_patches(fixture: &EngineFixture, db: &BenchDb, runs: usize) -> anyhow::Result<PatchRuns> {
+    eprintln!("{WARMUP_CALLS} warm-up patches, then {runs} timed patches, each beside its raw baseline ...");
+    let env_stream = Environment::stream_id(&fixture.app, &fixture.env);
+    let mut measured = PatchRuns::default();
+    for patch in 0..WARMUP_CALLS + runs {
+        let before = next_xid(&db.owner).await?;
+        let (run_id, request, worker) = fixture.patch().await?;
+        let after_shiplog = next_xid(&db.owner).await?;
+        let transactions = events_of_run(&db.owner, &env_stream, run_id).await?;
+        let (raw_request, raw_worker) = insert_raw_transactions(&db.owner, &transactions).await?;
+        let after_raw = next_xid(&db.owner).await?;
+        if patch < WARMUP_CALLS {
+            continue;
+        }
+        measured.shiplog.push(request, worker);
+        measured.raw.push(raw_request, raw_worker);
+        measured.events += transactions.iter().map(|tx| tx.streams.len() as u64).sum::<u64>();
+        measured.transactions += transactions.len() as u64;
+        measured.shiplog_xids += after_shiplog - before;
+        measured.raw_xids += after_raw - after_shiplog;
+    }
+    Ok(measured)
+}
+
+/// The next transaction id the server will assign. Only writing transactions are
+/// assigned one, and reading this assigns none, so the difference between two
+/// readings counts the write transactions in between (on a private cluster, only
+/// the bench's).
+async fn next_xid(owner: &PgPool) -> anyhow::Result<u64> {
+    let xid: i64 = sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetch_one(owner).await?;
+    Ok(xid as u64)
+}
+
+/// The events of one transaction, column by column (the shape UNNEST takes).
+#[derive(Default)]
+struct TxRows {
+    streams: Vec<String>,
+    versions: Vec<i64>,
+    ids: Vec<Uuid>,
+    types: Vec<String>,
+    schemas: Vec<i32>,
+    payloads: Vec<String>,
+    metadata: Vec<String>,
+    recorded_at: Vec<DateTime<Utc>>,
+    prev_hashes: Vec<Vec<u8>>,
+    hashes: Vec<Vec<u8>>,
+}
+
+/// The events a run wrote, on its own stream and on its environment's, grouped by
+/// the transaction that wrote them, in the order they were written. The first is
+/// the request's.
+async fn events_of_run(owner: &PgPool, env_stream: &str, run_id: Uuid) -> anyhow::Result<Vec<TxRows>> {
+    type Row = (String, String, i64, Uuid, String, i32, String, String, DateTime<Utc>, Vec<u8>, Vec<u8>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT tx_id::text, stream_id, version, event_id, event_type, schema_version, payload, metadata, \
+                recorded_at, prev_hash, hash \
+         FROM events \
+         WHERE stream_id = $1 OR (stream_id = $2 AND payload::jsonb ->> 'run_id' = $3) \
+         ORDER BY global_position",
+    )
+    .bind(Run::stream_id(run_id))
+    .bind(env_stream)
+    .bind(run_id.to_string())
+    .fetch_all(owner)
+    .await?;
+    let mut transactions: Vec<(String, TxRows)> = Vec::new();
+    for (tx_id, stream, version, id, event_type, schema, payload, metadata, recorded_at, prev_hash, hash) in rows {
+        let index = match transactions.iter().position(|(seen, _)| *seen == tx_id) {
+            Some(index) => index,
+            None => {
+                transactions.push((tx_id, TxRows::default()));
+                transactions.len() - 1
+            }
+        };
+        let tx = &mut transactions[index].1;
+        tx.streams.push(stream);
+        tx.versions.push(version);
+        tx.ids.push(id);
+        tx.types.push(event_type);
+        tx.schemas.push(schema);
+        tx.payloads.push(payload);
+        tx.metadata.push(metadata);
+        tx.recorded_at.push(recorded_at);
+        tx.prev_hashes.push(prev_hash);
+        tx.hashes.push(hash);
+    }
+    ensure!(
+        transactions.first().is_some_and(|(_, tx)| tx.types.iter().any(|t| t == "RunQueued")),
+        "run {run_id}: the first transaction of its events is not its request"
+    );
+    Ok(transactions.into_iter().map(|(_, tx)| tx).collect())
+}
+
+/// Inserts a run's events into `raw_events`, one autocommit statement per
+/// transaction. Returns the time of the first (the request's) and of the rest.
+async fn insert_raw_transactions(owner: &PgPool, transactions: &[TxRows]) -> anyhow::Result<(Duration, Duration)> {
+    let mut times = Vec::with_capacity(transactions.len());
+    for tx in transactions {
+        let started = Instant::now();
+        sqlx::query(
+            "INSERT INTO raw_events (stream_id, version, event_id, event_type, schema_version, payload, \
+                                     metadata, recorded_at, prev_hash, hash) \
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::int[], $6::text[], \
+                                  $7::text[], $8::timestamptz[], $9::bytea[], $10::bytea[])",
+        )
+        .bind(&tx.streams)
+        .bind(&tx.versions)
+        .bind(&tx.ids)
+        .bind(&tx.types)
+        .bind(&tx.schemas)
+        .bind(&tx.payloads)
+        .bind(&tx.metadata)
+        .bind(&tx.recorded_at)
+        .bind(&tx.prev_hashes)
+        .bind(&tx.hashes)
+        .execute(owner)
+        .await?;
+        times.push(started.elapsed());
+    }
+    Ok((times[0], times[1..].iter().sum()))
+}
+
+/// Spawns `true` and waits for it, `WARMUP_CALLS` times untimed, then `runs` times
+/// timed. Blocking: call it off the async runtime's threads.
+fn spawn_true(runs: usize) -> anyhow::Result<Vec<Duration>> {
+    let spawn = || -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let status = std::process::Command::new("true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("spawning `true`")?;
+        let elapsed = started.elapsed();
+        ensure!(status.success(), "`true` failed: {status}");
+        Ok(elapsed)
+    };
+    for _ in 0..WARMUP_CALLS {
+        spawn()?;
+    }
+    (0..runs).map(|_| spawn()).collect()
+}
+
+// ---------------------------------------------------------------------------
 // Results
 // ---------------------------------------------------------------------------
 
@@ -757,6 +1270,16 @@ impl Figure {
         }
     }
 
+    /// Latencies of one operation: the mean as the figure's value, then p50 and p99.
+    fn latency(name: &str, shiplog: &[Duration], baseline: &[Duration]) -> Figure {
+        let (shiplog, baseline) = (Latency::of(shiplog), Latency::of(baseline));
+        Figure {
+            p50_ms: Some(Pair::new(shiplog.p50_ms, baseline.p50_ms)),
+            p99_ms: Some(Pair::new(shiplog.p99_ms, baseline.p99_ms)),
+            ..Figure::plain(format!("{name}, mean"), "ms", Pair::new(shiplog.mean_ms, baseline.mean_ms))
+        }
+    }
+
     fn replay(total: u64, shiplog: &Replay, raw: &Replay) -> Vec<Figure> {
         let rate = |r: &Replay| r.events as f64 / r.wall.as_secs_f64();
         vec![
@@ -787,7 +1310,12 @@ impl Figure {
 }
 
 fn decimals(unit: &str) -> usize {
-    if unit == "MiB" { 1 } else { 0 }
+    match unit {
+        "ms" => 3,
+        // Rates are large; sizes and per-patch counts (means over many patches) are small.
+        "MiB" | "rows" | "commits" | "xids" => 1,
+        _ => 0,
+    }
 }
 
 fn print_report(header: &[String], figures: &[Figure], json_path: Option<&std::path::Path>) -> anyhow::Result<()> {
