@@ -4,6 +4,9 @@
 //! when another writer got there first. Requests for runs write the environment's
 //! events, the run's `RunQueued` and its work-queue row in one transaction.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -58,9 +61,14 @@ pub struct Loaded<E> {
 
 /// Reads a whole stream and decodes each payload as `E`.
 pub async fn load<E: DeserializeOwned>(store: &EventStore, stream: &str) -> Result<Loaded<E>, LifecycleError> {
+    load_after(store, stream, 0).await
+}
+
+/// Reads the events of a stream after version `after` and decodes each payload as `E`.
+async fn load_after<E: DeserializeOwned>(store: &EventStore, stream: &str, after: u64) -> Result<Loaded<E>, LifecycleError> {
     let id: StreamId = stream.parse().map_err(|e| LifecycleError::Corrupt(format!("{e}")))?;
     let mut events = Vec::new();
-    let mut version = 0;
+    let mut version = after;
     loop {
         let page = store.read_stream(&id, version + 1, 1000).await?;
         let Some(last) = page.last() else { break };
@@ -91,6 +99,11 @@ fn stream(id: &str) -> StreamId {
 #[derive(Clone)]
 pub struct Lifecycle {
     store: EventStore,
+    /// Environments as last folded, with the version they were folded at. Events
+    /// never change, so a cached state is always a true prefix: loading reads only
+    /// the events after it. Environment streams grow with every run; without this
+    /// each request would fold the whole history again.
+    environments: Arc<Mutex<HashMap<String, (Environment, u64)>>>,
 }
 
 /// A run request that was accepted.
@@ -103,7 +116,7 @@ pub struct Requested {
 
 impl Lifecycle {
     pub fn new(store: EventStore) -> Self {
-        Lifecycle { store }
+        Lifecycle { store, environments: Arc::default() }
     }
 
     pub fn store(&self) -> &EventStore {
@@ -116,8 +129,20 @@ impl Lifecycle {
     }
 
     pub async fn environment(&self, app: &Name, env: &Name) -> Result<(Environment, u64), LifecycleError> {
-        let loaded: Loaded<EnvironmentEvent> = load(&self.store, &Environment::stream_id(app, env)).await?;
-        Ok((loaded.events.iter().fold(Environment::default(), environment::evolve), loaded.version))
+        let stream = Environment::stream_id(app, env);
+        let cached = self.environments.lock().expect("not poisoned").get(&stream).cloned();
+        let (state, version) = cached.unwrap_or_default();
+        let loaded: Loaded<EnvironmentEvent> = load_after(&self.store, &stream, version).await?;
+        if loaded.events.is_empty() {
+            return Ok((state, version));
+        }
+        let state = loaded.events.iter().fold(state, environment::evolve);
+        let mut cache = self.environments.lock().expect("not poisoned");
+        // Another task may have cached a newer state meanwhile; keep the newest.
+        if cache.get(&stream).is_none_or(|(_, v)| *v < loaded.version) {
+            cache.insert(stream, (state.clone(), loaded.version));
+        }
+        Ok((state, loaded.version))
     }
 
     pub async fn run(&self, run_id: Uuid) -> Result<Option<(Run, u64)>, LifecycleError> {

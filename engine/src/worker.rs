@@ -294,7 +294,7 @@ impl<R: Runtime> Worker<R> {
             Action::Job { job: name } => {
                 let spec = t.jobs.iter().find(|j| &j.name == name).ok_or_else(|| format!("job {name} is not in the template"))?;
                 // Jobs work on the source at the run's commit, like a CI job.
-                let source_dir = Some(self.checkout(run).await?);
+                let source_dir = Some(self.working_copy(run).await?);
                 let request = TaskRequest { env, name: job.name.clone(), image: None, source_dir, command: spec.command.clone(), env_vars: ctx.variables.clone(), timeout: spec.timeout() };
                 self.task(&request, &log, cancel).await
             }
@@ -342,17 +342,19 @@ impl<R: Runtime> Worker<R> {
         }
     }
 
-    /// The run's repository at its commit, checked out once per run.
+    /// The repository at the run's commit, checked out once per commit and shared
+    /// read-only: builds copy what they need out of it.
     async fn checkout(&self, run: &Run) -> Result<PathBuf, String> {
         let commit = run.commit.as_ref().ok_or("the run has no commit")?;
-        let dir = self.work_dir.join("checkouts").join(run.run_id.to_string());
+        let commits = self.work_dir.join("checkouts");
+        let dir = commits.join(commit.as_str());
         if dir.join(".git").exists() {
             return Ok(dir);
         }
         // Check out beside the final place and rename, so a worker killed halfway
         // leaves no half checkout for the next one to trust.
-        let partial = self.work_dir.join("checkouts").join(format!("{}.partial-{}", run.run_id, Uuid::new_v4().simple()));
-        tokio::fs::create_dir_all(self.work_dir.join("checkouts")).await.map_err(|e| format!("creating the checkout directory: {e}"))?;
+        let partial = commits.join(format!("{commit}.partial-{}", Uuid::new_v4().simple()));
+        tokio::fs::create_dir_all(&commits).await.map_err(|e| format!("creating the checkout directory: {e}"))?;
         git::checkout(&run.repository, commit, &partial).await.map_err(|e| e.to_string())?;
         match tokio::fs::rename(&partial, &dir).await {
             Ok(()) => Ok(dir),
@@ -363,6 +365,27 @@ impl<R: Runtime> Worker<R> {
             }
             Err(e) => Err(format!("placing the checkout: {e}")),
         }
+    }
+
+    /// A working copy of the checkout that belongs to this run alone: jobs may
+    /// write into it (test output, caches) without touching other runs.
+    async fn working_copy(&self, run: &Run) -> Result<PathBuf, String> {
+        let checkout = self.checkout(run).await?;
+        let dir = self.work_dir.join("runs").join(run.run_id.to_string());
+        if dir.exists() {
+            return Ok(dir);
+        }
+        let partial = self.work_dir.join("runs").join(format!("{}.partial-{}", run.run_id, Uuid::new_v4().simple()));
+        let copy = {
+            let (from, to, target, runs) = (checkout, partial, dir.clone(), self.work_dir.join("runs"));
+            tokio::task::spawn_blocking(move || {
+                std::fs::create_dir_all(&runs)?;
+                crate::runtime::copy_tree(&from, &to, None)?;
+                std::fs::rename(&to, &target)
+            })
+        };
+        copy.await.map_err(|e| e.to_string())?.map_err(|e| format!("copying the checkout for the run: {e}"))?;
+        Ok(dir)
     }
 }
 

@@ -10,7 +10,7 @@ pub mod process;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -171,3 +171,36 @@ pub trait Runtime: Send + Sync + 'static {
     /// What really runs for the environment, for drift detection.
     fn observe(&self, env: &EnvironmentRef) -> impl Future<Output = Result<Vec<ObservedService>, RuntimeError>> + Send;
 }
+
+/// Copies a directory tree (a build context into an image, a checkout into a
+/// run's own working copy) without `.git` entries (at any depth: submodules have a
+/// `.git` file), keeping symlinks as symlinks and permissions; skips special files.
+/// Returns the number of files and symlinks copied.
+pub(crate) fn copy_tree(source: &Path, target: &Path, skip: Option<&Path>) -> std::io::Result<u64> {
+    std::fs::create_dir(target)?;
+    let mut files = 0;
+    for entry in std::fs::read_dir(source)? {
+        let entry = entry?;
+        if entry.file_name() == ".git" || skip.is_some_and(|skip| entry.path() == skip) {
+            continue;
+        }
+        let from = entry.path();
+        let to = target.join(entry.file_name());
+        let file_type = entry.file_type()?;
+        if file_type.is_dir() {
+            files += copy_tree(&from, &to, skip)?;
+        } else if file_type.is_file() {
+            std::fs::copy(&from, &to)?;
+            files += 1;
+        } else if file_type.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
+            files += 1;
+        } else {
+            tracing::debug!(path = %from.display(), "not copying a special file");
+        }
+    }
+    // Last, in case the directory is read-only.
+    std::fs::set_permissions(target, std::fs::metadata(source)?.permissions())?;
+    Ok(files)
+}
+

@@ -78,7 +78,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     BuildRequest, EnvironmentRef, HealthCheck, Image, LogSink, LogStream, ObservedService, Runtime, RuntimeError,
-    ServiceRequest, TaskOutcome, TaskRequest,
+    ServiceRequest, TaskOutcome, TaskRequest, copy_tree,
 };
 
 /// How long a process group may take to exit after SIGTERM before it gets SIGKILL.
@@ -1285,37 +1285,6 @@ fn remove_abandoned_copies(images: &Path) {
             let _ = fs::remove_dir_all(entry.path());
         }
     }
-}
-
-/// Copies a directory tree without `.git` entries (at any depth: submodules have a
-/// `.git` file), keeping symlinks as symlinks and permissions; skips special files.
-/// Returns the number of files and symlinks copied.
-fn copy_tree(source: &Path, target: &Path, skip: Option<&Path>) -> io::Result<u64> {
-    fs::create_dir(target)?;
-    let mut files = 0;
-    for entry in fs::read_dir(source)? {
-        let entry = entry?;
-        if entry.file_name() == ".git" || skip.is_some_and(|skip| entry.path() == skip) {
-            continue;
-        }
-        let from = entry.path();
-        let to = target.join(entry.file_name());
-        let file_type = entry.file_type()?;
-        if file_type.is_dir() {
-            files += copy_tree(&from, &to, skip)?;
-        } else if file_type.is_file() {
-            fs::copy(&from, &to)?;
-            files += 1;
-        } else if file_type.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
-            files += 1;
-        } else {
-            tracing::debug!(path = %from.display(), "not copying a special file into the image");
-        }
-    }
-    // Last, in case the directory is read-only.
-    fs::set_permissions(target, fs::metadata(source)?.permissions())?;
-    Ok(files)
 }
 
 /// The context as a relative path inside the repository, `.` for all of it.
