@@ -14,7 +14,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::application::{self, Application, ApplicationCommand, ApplicationEvent};
-use crate::domain::environment::{self, Environment, EnvironmentCommand, EnvironmentEvent, EnvironmentKind, Tracking};
+use crate::domain::environment::{self, Created, Environment, EnvironmentCommand, EnvironmentEvent, Tracking};
 use crate::domain::run::{self, PlanInput, Run, RunCommand, RunEvent};
 use crate::domain::{CommitId, DomainError, Name, RunKind};
 use crate::git::{self, GitError};
@@ -226,16 +226,9 @@ impl Lifecycle {
         .await
     }
 
-    pub async fn create_environment(
-        &self,
-        app: &Name,
-        name: &Name,
-        kind: EnvironmentKind,
-        tracking: Tracking,
-        ttl_seconds: Option<u64>,
-        metadata: &Metadata,
-        now: DateTime<Utc>,
-    ) -> Result<(), LifecycleError> {
+    /// Creates an environment of an existing application.
+    pub async fn create_environment(&self, spec: &Created, metadata: &Metadata, now: DateTime<Utc>) -> Result<(), LifecycleError> {
+        let (app, name) = (&spec.application, &spec.name);
         let (application, _) = self.application(app).await?;
         if application.name.is_none() {
             return Err(DomainError::NotFound(format!("application {app}")).into());
@@ -245,9 +238,9 @@ impl Lifecycle {
             let command = EnvironmentCommand::Create {
                 application: app.clone(),
                 name: name.clone(),
-                kind,
-                tracking: tracking.clone(),
-                ttl_seconds,
+                kind: spec.kind,
+                tracking: spec.tracking.clone(),
+                ttl_seconds: spec.ttl_seconds,
                 now,
             };
             let events = environment::decide(&env, command)?;

@@ -160,12 +160,15 @@ async fn insert(pool: &PgPool, run_id: Uuid, after: i64, lines: &[(Arc<str>, Log
     let texts: Vec<&str> = lines.iter().map(|l| l.2.as_str()).collect();
     let ats: Vec<DateTime<Utc>> = lines.iter().map(|l| l.3).collect();
     // Followers in any shiplog process hear of new lines through NOTIFY, delivered
-    // when this statement commits.
+    // when this statement commits. Log lines are not the source of truth, so their
+    // commit does not wait for the disk (`synchronous_commit` off for this one
+    // transaction): a crash may lose the last lines, never an event.
     sqlx::query(
-        "WITH stored AS ( \
+        "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)), \
+         stored AS ( \
            INSERT INTO run_logs (run_id, seq, job, stream, line, at) \
            SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) \
-         ) SELECT pg_notify('shiplog_run_logs', $1::text)",
+         ) SELECT pg_notify('shiplog_run_logs', $1::text) FROM relaxed",
     )
     .bind(run_id)
     .bind(&seqs)

@@ -463,8 +463,11 @@ impl RunContext {
 /// into a cancelled token so the running job is killed.
 async fn watch_run(lifecycle: Lifecycle, run_id: Uuid, worker: String, lease: Duration, lost: CancellationToken, cancelled: CancellationToken) {
     let pool = lifecycle.store().pool().clone();
-    let mut renew = tokio::time::interval(lease / 3);
-    let mut poll = tokio::time::interval(CANCEL_POLL);
+    // The claim just set the lease and nobody has cancelled yet: the first renewal
+    // and the first look for a cancel are one period away.
+    let start = tokio::time::Instant::now();
+    let mut renew = tokio::time::interval_at(start + lease / 3, lease / 3);
+    let mut poll = tokio::time::interval_at(start + CANCEL_POLL, CANCEL_POLL);
     let stream = Run::stream_id(run_id);
     loop {
         tokio::select! {

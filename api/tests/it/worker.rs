@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use shiplog_engine::domain::environment::{EnvironmentKind, Tracking};
+use shiplog_engine::domain::environment::{Created, EnvironmentKind, Tracking};
 use shiplog_engine::domain::run::RunStatus;
 use shiplog_engine::domain::Name;
 use shiplog_engine::lifecycle::Lifecycle;
@@ -52,7 +52,8 @@ async fn a_killed_worker_is_replaced_and_no_finished_job_runs_twice() {
     lifecycle.create_application(&app, repo.dir.to_str().unwrap(), &meta, Utc::now()).await.unwrap();
     lifecycle.update_template(&app, &repo.template(), &meta, Utc::now()).await.unwrap();
     lifecycle.update_variables(&app, &format!("MARKS: \"{}\"\n", marks.display()), &meta, Utc::now()).await.unwrap();
-    lifecycle.create_environment(&app, &env, EnvironmentKind::Staging, Tracking::Branch("main".into()), None, &meta, Utc::now()).await.unwrap();
+    let spec = Created { application: app.clone(), name: env.clone(), kind: EnvironmentKind::Staging, tracking: Tracking::Branch("main".into()), ttl_seconds: None };
+    lifecycle.create_environment(&spec, &meta, Utc::now()).await.unwrap();
 
     let mut first = start_worker(&db, &scratch, "first");
     let setup = lifecycle.request_setup(&app, &env, None, "created", &meta, Utc::now()).await.unwrap();

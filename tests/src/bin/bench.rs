@@ -51,7 +51,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use serde_json::{Value, json};
 use shiplog_engine::canonical;
-use shiplog_engine::domain::environment::{Environment, EnvironmentKind, Tracking};
+use shiplog_engine::domain::environment::{Created, Environment, EnvironmentKind, Tracking};
 use shiplog_engine::domain::run::{Run, RunStatus};
 use shiplog_engine::domain::{CommitId, Name};
 use shiplog_engine::lifecycle::Lifecycle;
@@ -933,7 +933,11 @@ impl EngineFixture {
         lifecycle.create_application(&app, &repository, &metadata, now).await?;
         lifecycle.update_template(&app, &engine_template(&image), &metadata, now).await?;
         lifecycle
-            .create_environment(&app, &env, EnvironmentKind::Preview, Tracking::Branch("main".into()), None, &metadata, now)
+            .create_environment(
+                &Created { application: app.clone(), name: env.clone(), kind: EnvironmentKind::Preview, tracking: Tracking::Branch("main".into()), ttl_seconds: None },
+                &metadata,
+                now,
+            )
             .await?;
         let runtime = Arc::new(ProcessRuntime::new(scratch.path().join("process")));
         let worker = Worker::new(lifecycle.clone(), runtime.clone(), "bench-worker", scratch.path().join("work"));

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use shiplog_engine::domain::environment::{EnvironmentKind, Status, Tracking};
+use shiplog_engine::domain::environment::{Created, EnvironmentKind, Status, Tracking};
 use shiplog_engine::domain::run::RunStatus;
 use shiplog_engine::domain::{DomainError, Name};
 use shiplog_engine::lifecycle::{Lifecycle, LifecycleError};
@@ -32,6 +32,11 @@ struct Example {
     repo: ExampleRepo,
     app: Name,
     env: Name,
+}
+
+/// An environment of `app` tracking `main`.
+fn environment(app: &Name, name: &Name, kind: EnvironmentKind, ttl_seconds: Option<u64>) -> Created {
+    Created { application: app.clone(), name: name.clone(), kind, tracking: Tracking::Branch("main".into()), ttl_seconds }
 }
 
 fn metadata() -> Metadata {
@@ -63,7 +68,7 @@ impl Example {
         lifecycle.update_template(&app, &template, &metadata(), now).await.unwrap();
         lifecycle.update_variables(&app, &variables, &metadata(), now).await.unwrap();
         lifecycle
-            .create_environment(&app, &env, EnvironmentKind::Staging, Tracking::Branch("main".into()), None, &metadata(), now)
+            .create_environment(&environment(&app, &env, EnvironmentKind::Staging, None), &metadata(), now)
             .await
             .unwrap();
         let runtime = Arc::new(ProcessRuntime::new(scratch.path().join("process")));
@@ -246,7 +251,7 @@ async fn an_environment_past_its_ttl_is_torn_down_once() {
     let ex = Example::new().await;
     let preview: Name = "preview-1".parse().unwrap();
     ex.lifecycle
-        .create_environment(&ex.app, &preview, EnvironmentKind::Preview, Tracking::Branch("main".into()), Some(3600), &metadata(), Utc::now())
+        .create_environment(&environment(&ex.app, &preview, EnvironmentKind::Preview, Some(3600)), &metadata(), Utc::now())
         .await
         .unwrap();
     let setup = ex.lifecycle.request_setup(&ex.app, &preview, None, "created", &metadata(), Utc::now()).await.unwrap();
