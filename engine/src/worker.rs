@@ -146,12 +146,16 @@ impl<R: Runtime> Worker<R> {
         let run_stream: StreamId = Run::stream_id(run_id).parse().expect("valid stream id");
         let metadata = Metadata { actor: Some(format!("worker:{}", self.id)), ..Metadata::default() };
         let mut context: Option<RunContext> = None;
+        // The run as this worker last appended to it. It is read from the log again
+        // whenever someone else may have written (start, cancel, a conflict).
+        let mut known: Option<(Run, u64)> = None;
         loop {
             if lost.is_cancelled() {
                 return Ok(Tick::LostLease { run_id });
             }
-            let Some((run, version)) = self.lifecycle.run(run_id).await? else {
-                return Err(LifecycleError::Corrupt(format!("queued run {run_id} has no events")).into());
+            let (run, version) = match known.take() {
+                Some(known) => known,
+                None => self.lifecycle.run(run_id).await?.ok_or_else(|| LifecycleError::Corrupt(format!("queued run {run_id} has no events")))?,
             };
             let events = match run.status {
                 RunStatus::Queued => {
@@ -190,6 +194,8 @@ impl<R: Runtime> Worker<R> {
                 Err(AppendError::Conflict { .. }) => continue,
                 other => {
                     other?;
+                    let appended = events.len() as u64;
+                    known = Some((events.iter().fold(run, run::evolve), version + appended));
                 }
             }
         }
