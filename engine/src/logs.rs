@@ -4,6 +4,7 @@
 //! through a [`LogHub`]: one `LISTEN` per process, fanned out in memory, so any
 //! process can serve any run's log wherever the run executes.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -234,42 +235,64 @@ impl LogHub {
     /// ended and every line is delivered. A slow follower reads from the database,
     /// so it never loses lines.
     pub fn follow(&self, run_id: Uuid, after: i64) -> impl Stream<Item = sqlx::Result<LogLine>> + Send + 'static {
-        let (pool, mut news) = (self.pool.clone(), self.news.subscribe());
-        async_stream(move |yield_line| async move {
-            let mut cursor = after;
-            // A failed send means the follower went away; the error only ends this task.
-            loop {
-                let lines = read(&pool, run_id, cursor, FOLLOW_PAGE).await?;
-                for line in lines.iter().cloned() {
-                    cursor = line.seq;
-                    yield_line.send(Ok(line)).await.map_err(|_| sqlx::Error::PoolClosed)?;
-                }
-                if !lines.is_empty() {
-                    continue;
-                }
-                // Every line is stored before the event that ends the run, so once
-                // the end is visible one more read gets the last of them.
-                if run_ended(&pool, run_id).await? {
-                    let rest = read(&pool, run_id, cursor, i64::MAX).await?;
-                    for line in rest {
-                        yield_line.send(Ok(line)).await.map_err(|_| sqlx::Error::PoolClosed)?;
-                    }
-                    return Ok(());
-                }
-                let wait_for_news = async {
-                    loop {
-                        match news.recv().await {
-                            Ok(id) if id == run_id => return,
-                            Ok(_) => {}
-                            // Missed some notifications: read anyway.
-                            Err(broadcast::error::RecvError::Lagged(_)) => return,
-                            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(FOLLOW_FALLBACK, wait_for_news).await;
-            }
+        let follow = Follow { pool: self.pool.clone(), news: self.news.subscribe(), run_id, cursor: after, pending: VecDeque::new(), ended: false };
+        futures::stream::try_unfold(follow, |mut f| async move {
+            let line = f.next_line().await?;
+            Ok(line.map(|line| (line, f)))
         })
+    }
+}
+
+/// Where one follower is in a run's log.
+struct Follow {
+    pool: PgPool,
+    news: broadcast::Receiver<Uuid>,
+    run_id: Uuid,
+    /// The sequence number of the last line handed out.
+    cursor: i64,
+    /// Lines read and not yet handed out.
+    pending: VecDeque<LogLine>,
+    /// The run has ended and every line is in `pending`.
+    ended: bool,
+}
+
+impl Follow {
+    async fn next_line(&mut self) -> sqlx::Result<Option<LogLine>> {
+        loop {
+            if let Some(line) = self.pending.pop_front() {
+                self.cursor = line.seq;
+                return Ok(Some(line));
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            let lines = read(&self.pool, self.run_id, self.cursor, FOLLOW_PAGE).await?;
+            if !lines.is_empty() {
+                self.pending.extend(lines);
+                continue;
+            }
+            // Every line is stored before the event that ends the run, so once the
+            // end is visible one more read gets the last of them.
+            if run_ended(&self.pool, self.run_id).await? {
+                self.pending.extend(read(&self.pool, self.run_id, self.cursor, i64::MAX).await?);
+                self.ended = true;
+                continue;
+            }
+            let _ = tokio::time::timeout(FOLLOW_FALLBACK, self.wait_for_news()).await;
+        }
+    }
+
+    /// Returns when this run may have new lines.
+    async fn wait_for_news(&mut self) {
+        loop {
+            match self.news.recv().await {
+                Ok(id) if id == self.run_id => return,
+                Ok(_) => {}
+                // Missed some notifications: read anyway.
+                Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+            }
+        }
     }
 }
 
@@ -280,22 +303,4 @@ async fn run_ended(pool: &PgPool, run_id: Uuid) -> sqlx::Result<bool> {
         .fetch_optional(pool)
         .await?;
     Ok(matches!(last.as_deref(), Some("RunSucceeded" | "RunFailed" | "RunCancelled" | "RunSkipped")))
-}
-
-/// A stream fed by a task: `body` sends items through the sender it is given; an
-/// error it returns becomes the stream's last item.
-fn async_stream<T, F, Fut>(body: F) -> impl Stream<Item = sqlx::Result<T>> + Send + 'static
-where
-    T: Send + 'static,
-    F: FnOnce(mpsc::Sender<sqlx::Result<T>>) -> Fut,
-    Fut: Future<Output = sqlx::Result<()>> + Send + 'static,
-{
-    let (sender, mut receiver) = mpsc::channel(64);
-    let task = body(sender.clone());
-    tokio::spawn(async move {
-        if let Err(e) = task.await {
-            let _ = sender.send(Err(e)).await;
-        }
-    });
-    futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }

@@ -3,29 +3,13 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-/// A directory the cluster's unprivileged user can reach (tempfile's are 0700).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        let dir = std::env::temp_dir().join(format!("shiplog-serve-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use shiplog_tests::example::Scratch;
 
 fn shiplog(data_dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_shiplog"));
@@ -54,8 +38,8 @@ fn wait_for_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStat
 
 #[test]
 fn serve_runs_a_private_postgres_and_stops_it_on_sigterm() {
-    let scratch = Scratch::new();
-    let data_dir = scratch.0.join("pg");
+    let scratch = Scratch::new("shiplog-serve");
+    let data_dir = scratch.path().join("pg");
     let mut server = shiplog(&data_dir)
         .args(["serve", "--listen", "127.0.0.1:0", "--seal-interval", "50ms"])
         .stdout(Stdio::piped())
