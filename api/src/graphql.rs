@@ -1,7 +1,10 @@
 //! The GraphQL schema. Its types are the API's own, converted from engine types
 //! here, so the wire format never leaks into the domain.
 
-use async_graphql::{EmptyMutation, EmptySubscription, Enum, ErrorExtensions, InputValueError, InputValueResult, Object, Scalar, ScalarType, SimpleObject, Value};
+use async_graphql::{
+    EmptyMutation, EmptySubscription, Enum, ErrorExtensions, InputValueError, InputValueResult, Object, Scalar,
+    ScalarType, SimpleObject, Value,
+};
 use shiplog_engine::store::{self, EventStore};
 
 pub type ShiplogSchema = async_graphql::Schema<Query, EmptyMutation, EmptySubscription>;

@@ -18,8 +18,8 @@ use tokio::sync::watch;
 use std::sync::Arc;
 
 use shiplog_engine::lifecycle::Lifecycle;
-use shiplog_engine::store::Metadata;
 use shiplog_engine::runtime::process::ProcessRuntime;
+use shiplog_engine::store::Metadata;
 use shiplog_engine::worker::Worker;
 use tokio_util::sync::CancellationToken;
 
@@ -123,7 +123,12 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::V
 /// Serves the API and runs a worker until Ctrl-C or SIGTERM, sealing new events
 /// every `seal_interval`. On shutdown it stops taking requests and runs, finishes
 /// those in flight, and returns.
-pub async fn serve(database: &Database, worker: &WorkerArgs, listen: SocketAddr, seal_interval: Duration) -> anyhow::Result<()> {
+pub async fn serve(
+    database: &Database,
+    worker: &WorkerArgs,
+    listen: SocketAddr,
+    seal_interval: Duration,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
     // Printed on stdout so scripts (and tests) can find a port chosen with :0.

@@ -19,8 +19,7 @@ pub enum CanonicalError {
 
 /// Parses JSON text and returns its canonical form.
 pub fn canonicalize_str(text: &str) -> Result<String, CanonicalError> {
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| CanonicalError::Invalid(e.to_string()))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| CanonicalError::Invalid(e.to_string()))?;
     canonicalize(&value)
 }
 
@@ -127,18 +126,14 @@ mod tests {
     #[test]
     fn formats_numbers_as_ecmascript_does() {
         assert_eq!(
-            canonicalize_str("[1.0, -0, 1e21, 1e-7, 0.1, 333333333.33333329, 4.50, 2e-3, 9007199254740992]")
-                .unwrap(),
+            canonicalize_str("[1.0, -0, 1e21, 1e-7, 0.1, 333333333.33333329, 4.50, 2e-3, 9007199254740992]").unwrap(),
             "[1,0,1e+21,1e-7,0.1,333333333.3333333,4.5,0.002,9007199254740992]"
         );
     }
 
     #[test]
     fn escapes_only_what_json_requires() {
-        assert_eq!(
-            canonicalize_str(r#""a\u0001\/é\"\\\n""#).unwrap(),
-            "\"a\\u0001/é\\\"\\\\\\n\""
-        );
+        assert_eq!(canonicalize_str(r#""a\u0001\/é\"\\\n""#).unwrap(), "\"a\\u0001/é\\\"\\\\\\n\"");
     }
 
     #[test]

@@ -46,7 +46,8 @@ pub async fn resolve(repository: &str, reference: &str) -> Result<CommitId, GitE
         action: "ls-remote".into(),
         detail: format!("{repository} has no branch or tag {reference:?}"),
     })?;
-    sha.parse().map_err(|_| GitError::Failed { action: "ls-remote".into(), detail: format!("unexpected commit id {sha:?}") })
+    sha.parse()
+        .map_err(|_| GitError::Failed { action: "ls-remote".into(), detail: format!("unexpected commit id {sha:?}") })
 }
 
 /// Checks `repository` out at `commit` into `dest` (which must not exist).

@@ -65,7 +65,11 @@ pub async fn load<E: DeserializeOwned>(store: &EventStore, stream: &str) -> Resu
 }
 
 /// Reads the events of a stream after version `after` and decodes each payload as `E`.
-async fn load_after<E: DeserializeOwned>(store: &EventStore, stream: &str, after: u64) -> Result<Loaded<E>, LifecycleError> {
+async fn load_after<E: DeserializeOwned>(
+    store: &EventStore,
+    stream: &str,
+    after: u64,
+) -> Result<Loaded<E>, LifecycleError> {
     let id: StreamId = stream.parse().map_err(|e| LifecycleError::Corrupt(format!("{e}")))?;
     let mut events = Vec::new();
     let mut version = after;
@@ -74,14 +78,21 @@ async fn load_after<E: DeserializeOwned>(store: &EventStore, stream: &str, after
         let Some(last) = page.last() else { break };
         version = last.version;
         for e in &page {
-            events.push(serde_json::from_str(&e.payload).map_err(|err| LifecycleError::Corrupt(format!("{stream} v{}: {err}", e.version)))?);
+            events.push(
+                serde_json::from_str(&e.payload)
+                    .map_err(|err| LifecycleError::Corrupt(format!("{stream} v{}: {err}", e.version)))?,
+            );
         }
     }
     Ok(Loaded { events, version })
 }
 
 /// Encodes domain events for the store.
-pub fn encode<E: Serialize>(events: &[E], event_type: impl Fn(&E) -> &'static str, metadata: &Metadata) -> Vec<NewEvent> {
+pub fn encode<E: Serialize>(
+    events: &[E],
+    event_type: impl Fn(&E) -> &'static str,
+    metadata: &Metadata,
+) -> Vec<NewEvent> {
     events
         .iter()
         .map(|e| {
@@ -165,27 +176,46 @@ impl Lifecycle {
         Err(LifecycleError::Contended)
     }
 
-    async fn apply_to_application(&self, name: &Name, command: impl Fn() -> ApplicationCommand, metadata: &Metadata) -> Result<Vec<ApplicationEvent>, LifecycleError> {
+    async fn apply_to_application(
+        &self,
+        name: &Name,
+        command: impl Fn() -> ApplicationCommand,
+        metadata: &Metadata,
+    ) -> Result<Vec<ApplicationEvent>, LifecycleError> {
         self.with_retries(|| async {
             let (app, version) = self.application(name).await?;
             let events = application::decide(&app, command())?;
             if !events.is_empty() {
                 let new = encode(&events, ApplicationEvent::event_type, metadata);
-                self.store.append(&stream(&Application::stream_id(name)), ExpectedVersion::Exact(version), &new).await?;
+                self.store
+                    .append(&stream(&Application::stream_id(name)), ExpectedVersion::Exact(version), &new)
+                    .await?;
             }
             Ok(events)
         })
         .await
     }
 
-    pub async fn create_application(&self, name: &Name, repository: &str, metadata: &Metadata, now: DateTime<Utc>) -> Result<(), LifecycleError> {
+    pub async fn create_application(
+        &self,
+        name: &Name,
+        repository: &str,
+        metadata: &Metadata,
+        now: DateTime<Utc>,
+    ) -> Result<(), LifecycleError> {
         let command = || ApplicationCommand::Create { name: name.clone(), repository: repository.to_owned(), now };
         self.apply_to_application(name, command, metadata).await.map(drop)
     }
 
     /// Validates and stores a new application template; returns its version, or
     /// `None` when it equals the current one.
-    pub async fn update_template(&self, name: &Name, yaml: &str, metadata: &Metadata, now: DateTime<Utc>) -> Result<Option<u64>, LifecycleError> {
+    pub async fn update_template(
+        &self,
+        name: &Name,
+        yaml: &str,
+        metadata: &Metadata,
+        now: DateTime<Utc>,
+    ) -> Result<Option<u64>, LifecycleError> {
         let parsed = template::parse_application_template(yaml)?;
         let digest = parsed.digest();
         let template = serde_json::to_value(&parsed).expect("templates serialise");
@@ -200,20 +230,30 @@ impl Lifecycle {
     /// Validates and stores a new environment-variable template. The values go to
     /// `variable_sets` in the same transaction as the event, which carries only the
     /// redacted form.
-    pub async fn update_variables(&self, name: &Name, yaml: &str, metadata: &Metadata, now: DateTime<Utc>) -> Result<Option<u64>, LifecycleError> {
+    pub async fn update_variables(
+        &self,
+        name: &Name,
+        yaml: &str,
+        metadata: &Metadata,
+        now: DateTime<Utc>,
+    ) -> Result<Option<u64>, LifecycleError> {
         let parsed = template::parse_variables(yaml)?;
         let digest = parsed.digest();
         let redacted = serde_json::to_value(parsed.redacted()).expect("variables serialise");
         self.with_retries(|| async {
             let (app, version) = self.application(name).await?;
-            let command = ApplicationCommand::UpdateVariables { digest: digest.clone(), redacted: redacted.clone(), now };
+            let command =
+                ApplicationCommand::UpdateVariables { digest: digest.clone(), redacted: redacted.clone(), now };
             let events = application::decide(&app, command)?;
-            let Some(ApplicationEvent::EnvironmentVariablesUpdated { version: new_version, .. }) = events.first() else {
+            let Some(ApplicationEvent::EnvironmentVariablesUpdated { version: new_version, .. }) = events.first()
+            else {
                 return Ok(None);
             };
             let mut tx = self.store.pool().begin().await?;
             let new = encode(&events, ApplicationEvent::event_type, metadata);
-            self.store.append_in(&mut tx, &stream(&Application::stream_id(name)), ExpectedVersion::Exact(version), &new).await?;
+            self.store
+                .append_in(&mut tx, &stream(&Application::stream_id(name)), ExpectedVersion::Exact(version), &new)
+                .await?;
             sqlx::query("INSERT INTO variable_sets (application, version, yaml) VALUES ($1, $2, $3)")
                 .bind(name.as_str())
                 .bind(*new_version as i64)
@@ -227,7 +267,12 @@ impl Lifecycle {
     }
 
     /// Creates an environment of an existing application.
-    pub async fn create_environment(&self, spec: &Created, metadata: &Metadata, now: DateTime<Utc>) -> Result<(), LifecycleError> {
+    pub async fn create_environment(
+        &self,
+        spec: &Created,
+        metadata: &Metadata,
+        now: DateTime<Utc>,
+    ) -> Result<(), LifecycleError> {
         let (app, name) = (&spec.application, &spec.name);
         let (application, _) = self.application(app).await?;
         if application.name.is_none() {
@@ -245,7 +290,9 @@ impl Lifecycle {
             };
             let events = environment::decide(&env, command)?;
             let new = encode(&events, EnvironmentEvent::event_type, metadata);
-            self.store.append(&stream(&Environment::stream_id(app, name)), ExpectedVersion::Exact(version), &new).await?;
+            self.store
+                .append(&stream(&Environment::stream_id(app, name)), ExpectedVersion::Exact(version), &new)
+                .await?;
             Ok(())
         })
         .await
@@ -253,7 +300,12 @@ impl Lifecycle {
 
     /// The commit to deploy: the one asked for, or the head of what the
     /// environment tracks.
-    async fn commit_for(&self, application: &Application, env: &Environment, commit: Option<CommitId>) -> Result<CommitId, LifecycleError> {
+    async fn commit_for(
+        &self,
+        application: &Application,
+        env: &Environment,
+        commit: Option<CommitId>,
+    ) -> Result<CommitId, LifecycleError> {
         if let Some(c) = commit {
             return Ok(c);
         }
@@ -265,16 +317,39 @@ impl Lifecycle {
     }
 
     /// Requests a setup (infrastructure, then deploy) of the environment.
-    pub async fn request_setup(&self, app: &Name, env: &Name, commit: Option<CommitId>, reason: &str, metadata: &Metadata, now: DateTime<Utc>) -> Result<Requested, LifecycleError> {
+    pub async fn request_setup(
+        &self,
+        app: &Name,
+        env: &Name,
+        commit: Option<CommitId>,
+        reason: &str,
+        metadata: &Metadata,
+        now: DateTime<Utc>,
+    ) -> Result<Requested, LifecycleError> {
         self.request(app, env, RunKind::Setup, commit, reason, metadata, now).await
     }
 
     /// Requests a patch: new code onto the existing infrastructure.
-    pub async fn request_patch(&self, app: &Name, env: &Name, commit: Option<CommitId>, reason: &str, metadata: &Metadata, now: DateTime<Utc>) -> Result<Requested, LifecycleError> {
+    pub async fn request_patch(
+        &self,
+        app: &Name,
+        env: &Name,
+        commit: Option<CommitId>,
+        reason: &str,
+        metadata: &Metadata,
+        now: DateTime<Utc>,
+    ) -> Result<Requested, LifecycleError> {
         self.request(app, env, RunKind::Patch, commit, reason, metadata, now).await
     }
 
-    pub async fn request_teardown(&self, app: &Name, env: &Name, reason: &str, metadata: &Metadata, now: DateTime<Utc>) -> Result<Requested, LifecycleError> {
+    pub async fn request_teardown(
+        &self,
+        app: &Name,
+        env: &Name,
+        reason: &str,
+        metadata: &Metadata,
+        now: DateTime<Utc>,
+    ) -> Result<Requested, LifecycleError> {
         self.request(app, env, RunKind::Teardown, None, reason, metadata, now).await
     }
 
@@ -282,9 +357,10 @@ impl Lifecycle {
     /// the teardowns requested. Environments already torn down or being torn down
     /// are left alone, so calling this again changes nothing.
     pub async fn expire_due(&self, metadata: &Metadata, now: DateTime<Utc>) -> Result<Vec<Requested>, LifecycleError> {
-        let streams: Vec<String> = sqlx::query_scalar("SELECT stream_id FROM streams WHERE stream_type = 'environment' ORDER BY stream_id")
-            .fetch_all(self.store.pool())
-            .await?;
+        let streams: Vec<String> =
+            sqlx::query_scalar("SELECT stream_id FROM streams WHERE stream_type = 'environment' ORDER BY stream_id")
+                .fetch_all(self.store.pool())
+                .await?;
         let mut requested = Vec::new();
         for stream_id in streams {
             let names = stream_id.strip_prefix("environment-").and_then(|rest| rest.split_once('.'));
@@ -303,7 +379,16 @@ impl Lifecycle {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn request(&self, app: &Name, env_name: &Name, kind: RunKind, commit: Option<CommitId>, reason: &str, metadata: &Metadata, now: DateTime<Utc>) -> Result<Requested, LifecycleError> {
+    async fn request(
+        &self,
+        app: &Name,
+        env_name: &Name,
+        kind: RunKind,
+        commit: Option<CommitId>,
+        reason: &str,
+        metadata: &Metadata,
+        now: DateTime<Utc>,
+    ) -> Result<Requested, LifecycleError> {
         let run_id = Uuid::new_v4();
         self.with_retries(|| {
             let commit_asked = commit.clone();
@@ -319,13 +404,26 @@ impl Lifecycle {
                     _ => Some(self.commit_for(&application, &env, commit_asked).await?),
                 };
                 let command = match kind {
-                    RunKind::Setup => EnvironmentCommand::RequestSetup { run_id, commit: commit.clone().expect("resolved"), templates: current.clone(), reason: reason.to_owned(), now },
-                    RunKind::Patch => EnvironmentCommand::RequestPatch { run_id, commit: commit.clone().expect("resolved"), current: current.clone(), reason: reason.to_owned(), now },
+                    RunKind::Setup => EnvironmentCommand::RequestSetup {
+                        run_id,
+                        commit: commit.clone().expect("resolved"),
+                        templates: current.clone(),
+                        reason: reason.to_owned(),
+                        now,
+                    },
+                    RunKind::Patch => EnvironmentCommand::RequestPatch {
+                        run_id,
+                        commit: commit.clone().expect("resolved"),
+                        current: current.clone(),
+                        reason: reason.to_owned(),
+                        now,
+                    },
                     RunKind::Teardown => EnvironmentCommand::RequestTeardown { run_id, reason: reason.to_owned(), now },
                 };
                 let events = environment::decide(&env, command)?;
                 let (_, _, template) = application.template.clone().ok_or(DomainError::NoTemplate)?;
-                let parsed: ApplicationTemplate = serde_json::from_value(template.clone()).map_err(|e| LifecycleError::Corrupt(e.to_string()))?;
+                let parsed: ApplicationTemplate =
+                    serde_json::from_value(template.clone()).map_err(|e| LifecycleError::Corrupt(e.to_string()))?;
                 let queued = RunEvent::RunQueued {
                     run_id,
                     application: app.clone(),
@@ -349,12 +447,30 @@ impl Lifecycle {
 
                 let mut tx = self.store.pool().begin().await?;
                 let env_stream = stream(&Environment::stream_id(app, env_name));
-                self.store.append_in(&mut tx, &env_stream, ExpectedVersion::Exact(env_version), &encode(&events, EnvironmentEvent::event_type, metadata)).await?;
+                self.store
+                    .append_in(
+                        &mut tx,
+                        &env_stream,
+                        ExpectedVersion::Exact(env_version),
+                        &encode(&events, EnvironmentEvent::event_type, metadata),
+                    )
+                    .await?;
                 for old in &superseded {
-                    let why = if kind == RunKind::Teardown { "cancelled: the environment is being torn down" } else { "outdated: a newer deploy was requested" };
+                    let why = if kind == RunKind::Teardown {
+                        "cancelled: the environment is being torn down"
+                    } else {
+                        "outdated: a newer deploy was requested"
+                    };
                     self.skip_in(&mut tx, *old, why, metadata, now).await?;
                 }
-                self.store.append_in(&mut tx, &stream(&Run::stream_id(run_id)), ExpectedVersion::NoStream, &encode(&[queued], RunEvent::event_type, metadata)).await?;
+                self.store
+                    .append_in(
+                        &mut tx,
+                        &stream(&Run::stream_id(run_id)),
+                        ExpectedVersion::NoStream,
+                        &encode(&[queued], RunEvent::event_type, metadata),
+                    )
+                    .await?;
                 sqlx::query("INSERT INTO run_queue (run_id, environment, state) VALUES ($1, $2, 'queued')")
                     .bind(run_id)
                     .bind(env_stream.as_str())
@@ -368,21 +484,48 @@ impl Lifecycle {
     }
 
     /// Ends a queued run that will never start, in the caller's transaction.
-    async fn skip_in(&self, tx: &mut PgConnection, run_id: Uuid, reason: &str, metadata: &Metadata, now: DateTime<Utc>) -> Result<(), LifecycleError> {
+    async fn skip_in(
+        &self,
+        tx: &mut PgConnection,
+        run_id: Uuid,
+        reason: &str,
+        metadata: &Metadata,
+        now: DateTime<Utc>,
+    ) -> Result<(), LifecycleError> {
         let Some((run, version)) = self.run(run_id).await? else { return Ok(()) };
         let events = run::decide(&run, RunCommand::Skip { reason: reason.to_owned(), now })?;
-        self.store.append_in(tx, &stream(&Run::stream_id(run_id)), ExpectedVersion::Exact(version), &encode(&events, RunEvent::event_type, metadata)).await?;
+        self.store
+            .append_in(
+                tx,
+                &stream(&Run::stream_id(run_id)),
+                ExpectedVersion::Exact(version),
+                &encode(&events, RunEvent::event_type, metadata),
+            )
+            .await?;
         sqlx::query("UPDATE run_queue SET state = 'done' WHERE run_id = $1").bind(run_id).execute(&mut *tx).await?;
         Ok(())
     }
 
     /// Cancels a queued or running run. A running job is killed by its worker,
     /// which watches the run's stream.
-    pub async fn cancel_run(&self, run_id: Uuid, reason: &str, metadata: &Metadata, now: DateTime<Utc>) -> Result<(), LifecycleError> {
+    pub async fn cancel_run(
+        &self,
+        run_id: Uuid,
+        reason: &str,
+        metadata: &Metadata,
+        now: DateTime<Utc>,
+    ) -> Result<(), LifecycleError> {
         self.with_retries(|| async {
-            let (run, version) = self.run(run_id).await?.ok_or_else(|| DomainError::NotFound(format!("run {run_id}")))?;
+            let (run, version) =
+                self.run(run_id).await?.ok_or_else(|| DomainError::NotFound(format!("run {run_id}")))?;
             let events = run::decide(&run, RunCommand::Cancel { reason: reason.to_owned(), now })?;
-            self.store.append(&stream(&Run::stream_id(run_id)), ExpectedVersion::Exact(version), &encode(&events, RunEvent::event_type, metadata)).await?;
+            self.store
+                .append(
+                    &stream(&Run::stream_id(run_id)),
+                    ExpectedVersion::Exact(version),
+                    &encode(&events, RunEvent::event_type, metadata),
+                )
+                .await?;
             Ok(())
         })
         .await
@@ -421,7 +564,12 @@ pub fn plan_input(t: &ApplicationTemplate) -> PlanInput {
             .iter()
             .map(|stage| (stage.clone(), t.jobs.iter().filter(|j| &j.stage == stage).map(|j| j.name.clone()).collect()))
             .collect(),
-        built_services: t.services.iter().filter(|(_, s)| matches!(s.source, Source::Build(_))).map(|(name, _)| name.clone()).collect(),
+        built_services: t
+            .services
+            .iter()
+            .filter(|(_, s)| matches!(s.source, Source::Build(_)))
+            .map(|(name, _)| name.clone())
+            .collect(),
         services: t.services.keys().cloned().collect(),
         release_commands: t.release.iter().map(|r| r.name.clone()).collect(),
         teardown_hooks: t.hooks.teardown.iter().map(|h| h.name.clone()).collect(),

@@ -42,12 +42,14 @@ fn stream_name(s: LogStream) -> &'static str {
 
 /// Reads up to `limit` lines of a run after sequence number `after` (0: from the start).
 pub async fn read(pool: &PgPool, run_id: Uuid, after: i64, limit: i64) -> sqlx::Result<Vec<LogLine>> {
-    let rows = sqlx::query("SELECT seq, job, at, stream, line FROM run_logs WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
-        .bind(run_id)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(pool)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT seq, job, at, stream, line FROM run_logs WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+    )
+    .bind(run_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
     rows.iter()
         .map(|r| {
             let stream = match r.try_get::<&str, _>("stream")? {
@@ -55,7 +57,13 @@ pub async fn read(pool: &PgPool, run_id: Uuid, after: i64, limit: i64) -> sqlx::
                 "stderr" => LogStream::Stderr,
                 _ => LogStream::System,
             };
-            Ok(LogLine { seq: r.try_get("seq")?, job: r.try_get("job")?, at: r.try_get("at")?, stream, line: r.try_get("line")? })
+            Ok(LogLine {
+                seq: r.try_get("seq")?,
+                job: r.try_get("job")?,
+                at: r.try_get("at")?,
+                stream,
+                line: r.try_get("line")?,
+            })
         })
         .collect()
 }
@@ -78,7 +86,8 @@ impl RunLog {
     /// Starts the writer; numbering continues after the lines already stored, so a
     /// worker resuming a run appends after its predecessor's lines.
     pub async fn open(pool: PgPool, run_id: Uuid, secrets: Vec<String>) -> sqlx::Result<RunLog> {
-        let last: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM run_logs WHERE run_id = $1").bind(run_id).fetch_one(&pool).await?;
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT max(seq) FROM run_logs WHERE run_id = $1").bind(run_id).fetch_one(&pool).await?;
         let (sender, receiver) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(pool, run_id, last.unwrap_or(0), receiver));
         Ok(RunLog { sender, secrets: Arc::new(secrets.into_iter().filter(|s| !s.is_empty()).collect()) })
@@ -154,7 +163,12 @@ async fn write_loop(pool: PgPool, run_id: Uuid, mut seq: i64, mut receiver: mpsc
     }
 }
 
-async fn insert(pool: &PgPool, run_id: Uuid, after: i64, lines: &[(Arc<str>, LogStream, String, DateTime<Utc>)]) -> sqlx::Result<()> {
+async fn insert(
+    pool: &PgPool,
+    run_id: Uuid,
+    after: i64,
+    lines: &[(Arc<str>, LogStream, String, DateTime<Utc>)],
+) -> sqlx::Result<()> {
     let seqs: Vec<i64> = (1..=lines.len() as i64).map(|n| after + n).collect();
     let jobs: Vec<&str> = lines.iter().map(|l| &*l.0).collect();
     let streams: Vec<&str> = lines.iter().map(|l| stream_name(l.1)).collect();
@@ -235,7 +249,14 @@ impl LogHub {
     /// ended and every line is delivered. A slow follower reads from the database,
     /// so it never loses lines.
     pub fn follow(&self, run_id: Uuid, after: i64) -> impl Stream<Item = sqlx::Result<LogLine>> + Send + 'static {
-        let follow = Follow { pool: self.pool.clone(), news: self.news.subscribe(), run_id, cursor: after, pending: VecDeque::new(), ended: false };
+        let follow = Follow {
+            pool: self.pool.clone(),
+            news: self.news.subscribe(),
+            run_id,
+            cursor: after,
+            pending: VecDeque::new(),
+            ended: false,
+        };
         futures::stream::try_unfold(follow, |mut f| async move {
             let line = f.next_line().await?;
             Ok(line.map(|line| (line, f)))
@@ -298,9 +319,10 @@ impl Follow {
 
 /// Whether the run's last event ends it.
 async fn run_ended(pool: &PgPool, run_id: Uuid) -> sqlx::Result<bool> {
-    let last: Option<String> = sqlx::query_scalar("SELECT event_type FROM events WHERE stream_id = $1 ORDER BY version DESC LIMIT 1")
-        .bind(format!("run-{run_id}"))
-        .fetch_optional(pool)
-        .await?;
+    let last: Option<String> =
+        sqlx::query_scalar("SELECT event_type FROM events WHERE stream_id = $1 ORDER BY version DESC LIMIT 1")
+            .bind(format!("run-{run_id}"))
+            .fetch_optional(pool)
+            .await?;
     Ok(matches!(last.as_deref(), Some("RunSucceeded" | "RunFailed" | "RunCancelled" | "RunSkipped")))
 }

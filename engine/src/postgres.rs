@@ -107,10 +107,7 @@ impl Cluster {
 
         if !data_dir.join("PG_VERSION").exists() {
             let mut initdb = account.command(bin_dir.join("initdb"));
-            initdb
-                .arg("-D")
-                .arg(&data_dir)
-                .args(["-U", SUPERUSER, "--auth=trust", "--encoding=UTF8", "--locale=C"]);
+            initdb.arg("-D").arg(&data_dir).args(["-U", SUPERUSER, "--auth=trust", "--encoding=UTF8", "--locale=C"]);
             if options.ephemeral {
                 initdb.arg("--no-sync");
             }
@@ -131,7 +128,8 @@ impl Cluster {
         };
 
         let log_file = data_dir.join("postgres.log");
-        let log = File::create(&log_file).map_err(|e| ClusterError::Io(format!("creating {}", log_file.display()), e))?;
+        let log =
+            File::create(&log_file).map_err(|e| ClusterError::Io(format!("creating {}", log_file.display()), e))?;
         account.own(&log_file)?;
         let mut supervisor = account.command("sh");
         supervisor
@@ -158,8 +156,9 @@ impl Cluster {
             let remove = if socket_dir == data_dir { data_dir.clone() } else { socket_dir.clone() };
             supervisor.env("SHIPLOG_PG_REMOVE", remove);
         }
-        let supervisor =
-            supervisor.spawn().map_err(|e| ClusterError::Command { what: "starting postgres", detail: e.to_string() })?;
+        let supervisor = supervisor
+            .spawn()
+            .map_err(|e| ClusterError::Command { what: "starting postgres", detail: e.to_string() })?;
         let mut cluster = Cluster { supervisor, socket_dir, data_dir, log_file };
         cluster.wait_ready()?;
         Ok(cluster)
@@ -216,7 +215,10 @@ impl Cluster {
                 Ok(Some(_)) => break,
                 Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
                 Ok(None) => {
-                    return Err(ClusterError::Command { what: "stopping postgres", detail: "it did not exit in 30s".into() });
+                    return Err(ClusterError::Command {
+                        what: "stopping postgres",
+                        detail: "it did not exit in 30s".into(),
+                    });
                 }
                 Err(e) => return Err(ClusterError::Io("waiting for postgres".into(), e)),
             }
@@ -330,10 +332,7 @@ pub fn options_from_url(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
 
 /// A pool connected as the database owner: for migrations and administration.
 pub async fn owner_pool(options: PgConnectOptions, max_connections: u32) -> sqlx::Result<PgPool> {
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .connect_with(session_defaults(options))
-        .await
+    PgPoolOptions::new().max_connections(max_connections).connect_with(session_defaults(options)).await
 }
 
 /// A pool whose sessions act as [`RUNTIME_ROLE`], which may read and append events
@@ -382,6 +381,5 @@ pub fn running_cluster(data_dir: &Path) -> Option<PgConnectOptions> {
     let socket_dir = lines.get(4)?.trim();
     let ready = lines.get(7).is_some_and(|status| status.trim() == "ready");
     let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-    (ready && alive && !socket_dir.is_empty())
-        .then(|| PgConnectOptions::new().socket(socket_dir).username(SUPERUSER))
+    (ready && alive && !socket_dir.is_empty()).then(|| PgConnectOptions::new().socket(socket_dir).username(SUPERUSER))
 }

@@ -69,11 +69,7 @@ pub struct TemplateErrors(pub Vec<TemplateProblem>);
 
 impl fmt::Display for TemplateProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
+        if self.path.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.path, self.message) }
     }
 }
 
@@ -97,18 +93,11 @@ struct Problems(Vec<TemplateProblem>);
 
 impl Problems {
     fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(TemplateProblem {
-            path: path.into(),
-            message: message.into(),
-        });
+        self.0.push(TemplateProblem { path: path.into(), message: message.into() });
     }
 
     fn into_result<T>(self, value: T) -> Result<T, TemplateErrors> {
-        if self.0.is_empty() {
-            Ok(value)
-        } else {
-            Err(TemplateErrors(self.0))
-        }
+        if self.0.is_empty() { Ok(value) } else { Err(TemplateErrors(self.0)) }
     }
 }
 
@@ -129,11 +118,7 @@ fn yaml_problem(error: &serde_norway::Error) -> TemplateErrors {
     if let Some(location) = error.location()
         && !message.contains(" line ")
     {
-        message.push_str(&format!(
-            " at line {} column {}",
-            location.line(),
-            location.column()
-        ));
+        message.push_str(&format!(" at line {} column {}", location.line(), location.column()));
     }
     TemplateErrors(vec![TemplateProblem { path, message }])
 }
@@ -258,19 +243,14 @@ impl ApplicationTemplate {
     /// (RFC 8785). Equal for templates that mean the same, whatever their YAML
     /// layout; different as soon as anything that would run differently changes.
     pub fn digest(&self) -> String {
-        let json = serde_json::to_value(self)
-            .expect("an application template always serialises: string keys only");
+        let json = serde_json::to_value(self).expect("an application template always serialises: string keys only");
         sha256_digest(b"", &json)
     }
 
     /// Every volume name used by any service, sorted and without repeats: what the
     /// runtime's `ensure_infrastructure` must create.
     pub fn volume_names(&self) -> Vec<String> {
-        let names: BTreeSet<&String> = self
-            .services
-            .values()
-            .flat_map(|s| s.volumes.iter().map(|v| &v.name))
-            .collect();
+        let names: BTreeSet<&String> = self.services.values().flat_map(|s| s.volumes.iter().map(|v| &v.name)).collect();
         names.into_iter().cloned().collect()
     }
 }
@@ -278,16 +258,12 @@ impl ApplicationTemplate {
 impl Service {
     /// The health check in the runtime's terms; `None` when the service has none.
     pub fn health_check(&self) -> Option<HealthCheck> {
-        self.health_check
-            .as_ref()
-            .map(ServiceHealthCheck::to_runtime)
+        self.health_check.as_ref().map(ServiceHealthCheck::to_runtime)
     }
 
     /// How long a new version may take to become healthy.
     pub fn health_timeout(&self) -> Duration {
-        self.health_check
-            .as_ref()
-            .map_or(DEFAULT_HEALTH_TIMEOUT, |check| check.timeout())
+        self.health_check.as_ref().map_or(DEFAULT_HEALTH_TIMEOUT, |check| check.timeout())
     }
 
     /// The variables the service runs with: `variables` (the environment's resolved
@@ -313,12 +289,8 @@ impl Service {
                             Piece::Text(text) => value.push_str(text),
                             Piece::Reference(reference) => match variables.get(reference) {
                                 Some(resolved) => value.push_str(resolved),
-                                None => problems.add(
-                                    &path,
-                                    format!(
-                                        "`${{{reference}}}` is not a variable of this environment"
-                                    ),
-                                ),
+                                None => problems
+                                    .add(&path, format!("`${{{reference}}}` is not a variable of this environment")),
                             },
                         }
                     }
@@ -339,10 +311,7 @@ impl ServiceHealthCheck {
     /// [`crate::runtime::ServiceRequest::health_timeout`]).
     pub fn to_runtime(&self) -> HealthCheck {
         match &self.probe {
-            Probe::Http { path, port } => HealthCheck::Http {
-                path: path.clone(),
-                port: *port,
-            },
+            Probe::Http { path, port } => HealthCheck::Http { path: path.clone(), port: *port },
             Probe::Command(command) => HealthCheck::Command(command.clone()),
         }
     }
@@ -391,10 +360,7 @@ pub fn parse_application_template(yaml: &str) -> Result<ApplicationTemplate, Tem
     for (i, stage) in raw_stages.iter().enumerate() {
         let path = format!("stages[{i}]");
         if BUILTIN_STAGES.contains(&stage.as_str()) {
-            problems.add(
-                path,
-                format!("`{stage}` is a built-in stage; give your stage another name"),
-            );
+            problems.add(path, format!("`{stage}` is a built-in stage; give your stage another name"));
         } else if !seen.insert(stage.as_str()) {
             problems.add(path, format!("`{stage}` is listed twice"));
         } else {
@@ -419,40 +385,21 @@ pub fn parse_application_template(yaml: &str) -> Result<ApplicationTemplate, Tem
                     } else {
                         format!("listed: {}", raw_stages.join(", "))
                     };
-                    problems.add(
-                        format!("{path}.stage"),
-                        format!("`{stage}` is not one of `stages` ({listed})"),
-                    );
+                    problems.add(format!("{path}.stage"), format!("`{stage}` is not one of `stages` ({listed})"));
                 }
                 stage
             }
         };
         let command = required_command(&mut problems, &path, job.command);
         let timeout_ms = timeout(&mut problems, &path, job.timeout, DEFAULT_TASK_TIMEOUT);
-        jobs.push(Job {
-            name,
-            stage,
-            command,
-            timeout_ms,
-        });
+        jobs.push(Job { name, stage, command, timeout_ms });
     }
 
     let raw_hooks = raw.hooks.unwrap_or_default();
-    let hooks = Hooks {
-        teardown: check_tasks(
-            &mut problems,
-            "hooks.teardown",
-            raw_hooks.teardown.unwrap_or_default(),
-        ),
-    };
+    let hooks =
+        Hooks { teardown: check_tasks(&mut problems, "hooks.teardown", raw_hooks.teardown.unwrap_or_default()) };
 
-    problems.into_result(ApplicationTemplate {
-        services,
-        release,
-        stages: raw_stages,
-        jobs,
-        hooks,
-    })
+    problems.into_result(ApplicationTemplate { services, release, stages: raw_stages, jobs, hooks })
 }
 
 fn check_service(problems: &mut Problems, path: &str, raw: RawService) -> Service {
@@ -462,18 +409,12 @@ fn check_service(problems: &mut Problems, path: &str, raw: RawService) -> Servic
             Source::Image(image)
         }
         (None, None) => {
-            problems.add(
-                path,
-                "set `build` (build from the repository) or `image` (a prebuilt image)",
-            );
+            problems.add(path, "set `build` (build from the repository) or `image` (a prebuilt image)");
             Source::Image(String::new())
         }
         (None, Some(image)) => {
             if image.is_empty() || image.contains(char::is_whitespace) {
-                problems.add(
-                    format!("{path}.image"),
-                    "must be an image reference such as `busybox:latest`",
-                );
+                problems.add(format!("{path}.image"), "must be an image reference such as `busybox:latest`");
             }
             Source::Image(image)
         }
@@ -487,24 +428,17 @@ fn check_service(problems: &mut Problems, path: &str, raw: RawService) -> Servic
             {
                 problems.add(format!("{path}.build.dockerfile"), message);
             }
-            Source::Build(Build {
-                context,
-                dockerfile: build.dockerfile,
-            })
+            Source::Build(Build { context, dockerfile: build.dockerfile })
         }
     };
 
-    let command = raw
-        .command
-        .map(|command| check_command(problems, &format!("{path}.command"), &command));
+    let command = raw.command.map(|command| check_command(problems, &format!("{path}.command"), &command));
 
     let mut ports = Vec::new();
     for (i, value) in raw.ports.unwrap_or_default().iter().enumerate() {
         let port_path = format!("{path}.ports[{i}]");
         match port(value) {
-            Ok(port) if ports.contains(&port) => {
-                problems.add(port_path, format!("{port} is listed twice"))
-            }
+            Ok(port) if ports.contains(&port) => problems.add(port_path, format!("{port} is listed twice")),
             Ok(port) => ports.push(port),
             Err(message) => problems.add(port_path, message),
         }
@@ -532,49 +466,31 @@ fn check_service(problems: &mut Problems, path: &str, raw: RawService) -> Servic
         Some(value) => match value.as_u64() {
             Some(n) if (1..=u64::from(MAX_REPLICAS)).contains(&n) => n as u32,
             _ => {
-                problems.add(
-                    format!("{path}.replicas"),
-                    format!("must be a whole number from 1 to {MAX_REPLICAS}"),
-                );
+                problems.add(format!("{path}.replicas"), format!("must be a whole number from 1 to {MAX_REPLICAS}"));
                 1
             }
         },
     };
 
-    let health_check = raw
-        .health_check
-        .map(|check| check_health(problems, &format!("{path}.health_check"), check, &ports));
+    let health_check =
+        raw.health_check.map(|check| check_health(problems, &format!("{path}.health_check"), check, &ports));
 
     let mut volumes: Vec<Volume> = Vec::new();
     for (i, spec) in raw.volumes.unwrap_or_default().iter().enumerate() {
         let volume_path = format!("{path}.volumes[{i}]");
         match volume(spec) {
-            Ok(v) if volumes.iter().any(|other| other.path == v.path) => problems.add(
-                volume_path,
-                format!("another volume is already mounted at `{}`", v.path),
-            ),
+            Ok(v) if volumes.iter().any(|other| other.path == v.path) => {
+                problems.add(volume_path, format!("another volume is already mounted at `{}`", v.path))
+            }
             Ok(v) => volumes.push(v),
             Err(message) => problems.add(volume_path, message),
         }
     }
 
-    Service {
-        source,
-        command,
-        ports,
-        env,
-        replicas,
-        health_check,
-        volumes,
-    }
+    Service { source, command, ports, env, replicas, health_check, volumes }
 }
 
-fn check_health(
-    problems: &mut Problems,
-    path: &str,
-    raw: RawHealthCheck,
-    ports: &[u16],
-) -> ServiceHealthCheck {
+fn check_health(problems: &mut Problems, path: &str, raw: RawHealthCheck, ports: &[u16]) -> ServiceHealthCheck {
     let probe = match (raw.http, raw.command) {
         (Some(_), Some(_)) => {
             problems.add(path, "set either `http` or `command`, not both");
@@ -588,18 +504,11 @@ fn check_health(
             if raw.port.is_some() {
                 problems.add(format!("{path}.port"), "only used with `http`");
             }
-            Probe::Command(check_command(
-                problems,
-                &format!("{path}.command"),
-                &command,
-            ))
+            Probe::Command(check_command(problems, &format!("{path}.command"), &command))
         }
         (Some(http), None) => {
             if !http.starts_with('/') || http.contains(char::is_whitespace) {
-                problems.add(
-                    format!("{path}.http"),
-                    "must be a URL path starting with `/`, e.g. `/healthz`",
-                );
+                problems.add(format!("{path}.http"), "must be a URL path starting with `/`, e.g. `/healthz`");
             }
             let port = match raw.port {
                 None => {
@@ -616,8 +525,7 @@ fn check_health(
                             let listed = if ports.is_empty() {
                                 "the service lists no `ports`".to_owned()
                             } else {
-                                let listed: Vec<String> =
-                                    ports.iter().map(u16::to_string).collect();
+                                let listed: Vec<String> = ports.iter().map(u16::to_string).collect();
                                 format!("listed: {}", listed.join(", "))
                             };
                             problems.add(
@@ -644,11 +552,7 @@ fn check_tasks(problems: &mut Problems, list_path: &str, raw: Vec<RawTask>) -> V
         let name = check_task_name(problems, &path, &mut names, task.name);
         let command = required_command(problems, &path, task.command);
         let timeout_ms = timeout(problems, &path, task.timeout, DEFAULT_TASK_TIMEOUT);
-        tasks.push(Task {
-            name,
-            command,
-            timeout_ms,
-        });
+        tasks.push(Task { name, command, timeout_ms });
     }
     tasks
 }
@@ -667,10 +571,7 @@ fn check_task_name(
         return String::new();
     };
     if let Some(first) = seen.get(&name) {
-        problems.add(
-            name_path,
-            format!("`{name}` is already the name of {first}"),
-        );
+        problems.add(name_path, format!("`{name}` is already the name of {first}"));
     } else {
         check_name(problems, &name_path, &name);
         seen.insert(name.clone(), path.to_owned());
@@ -717,10 +618,7 @@ fn check_command(problems: &mut Problems, path: &str, value: &Yaml) -> Vec<Strin
         other => {
             problems.add(
                 path,
-                format!(
-                    "expected a list of arguments or a string (run with `sh -c`), found {}",
-                    kind(other)
-                ),
+                format!("expected a list of arguments or a string (run with `sh -c`), found {}", kind(other)),
             );
             Vec::new()
         }
@@ -735,18 +633,11 @@ fn timeout(problems: &mut Problems, path: &str, value: Option<Yaml>, default: Du
     let parsed = match &value {
         Yaml::String(text) => parse_duration(text),
         Yaml::Number(n) => Err(format!("`{n}` needs a unit: write e.g. `{n}s` or `{n}m`")),
-        other => Err(format!(
-            "expected a duration such as `90s`, found {}",
-            kind(other)
-        )),
+        other => Err(format!("expected a duration such as `90s`, found {}", kind(other))),
     };
     match parsed {
-        Ok(duration) if duration.is_zero() => {
-            problems.add(format!("{path}.timeout"), "must be greater than 0")
-        }
-        Ok(duration) if duration > MAX_TIMEOUT => {
-            problems.add(format!("{path}.timeout"), "must be at most 24h")
-        }
+        Ok(duration) if duration.is_zero() => problems.add(format!("{path}.timeout"), "must be greater than 0"),
+        Ok(duration) if duration > MAX_TIMEOUT => problems.add(format!("{path}.timeout"), "must be at most 24h"),
         // At most 24 h, so the milliseconds fit in a u32.
         Ok(duration) => return duration.as_millis() as u32,
         Err(message) => problems.add(format!("{path}.timeout"), message),
@@ -756,17 +647,14 @@ fn timeout(problems: &mut Problems, path: &str, value: Option<Yaml>, default: Du
 
 /// Parses `500ms`, `90s`, `10m`, `1h` or a sum of them written together (`1h30m`).
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let invalid =
-        || format!("`{text}` is not a duration: write e.g. `500ms`, `90s`, `10m`, `1h` or `1h30m`");
+    let invalid = || format!("`{text}` is not a duration: write e.g. `500ms`, `90s`, `10m`, `1h` or `1h30m`");
     let mut rest = text.trim();
     if rest.is_empty() {
         return Err(invalid());
     }
     let mut total_ms: u64 = 0;
     while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
         if digits == 0 {
             return Err(invalid());
         }
@@ -799,13 +687,10 @@ fn port(value: &Yaml) -> Result<u16, String> {
             Some(port @ 1..=65535) => Ok(port as u16),
             _ => Err(format!("{n} is not a port number (1 to 65535)")),
         },
-        Yaml::String(text) if text.contains(':') => Err(format!(
-            "`{text}`: list the port the service listens on, e.g. `8080`; host mappings are not supported"
-        )),
-        other => Err(format!(
-            "expected a port number (1 to 65535), found {}",
-            kind(other)
-        )),
+        Yaml::String(text) if text.contains(':') => {
+            Err(format!("`{text}`: list the port the service listens on, e.g. `8080`; host mappings are not supported"))
+        }
+        other => Err(format!("expected a port number (1 to 65535), found {}", kind(other))),
     }
 }
 
@@ -815,25 +700,18 @@ fn volume(spec: &str) -> Result<Volume, String> {
         return Err(format!("`{spec}` is not `name:/absolute/path`"));
     };
     if name.starts_with(['.', '/', '~']) {
-        return Err(format!(
-            "`{name}`: only named volumes are supported, not host directories"
-        ));
+        return Err(format!("`{name}`: only named volumes are supported, not host directories"));
     }
     if !is_name(name) {
         return Err(format!("`{name}` is not a valid volume name: {NAME_RULE}"));
     }
     if path.contains(':') {
-        return Err(format!(
-            "`{spec}`: volume options are not supported, write `name:/absolute/path`"
-        ));
+        return Err(format!("`{spec}`: volume options are not supported, write `name:/absolute/path`"));
     }
     if !path.starts_with('/') || path.split('/').any(|part| part == "..") {
         return Err(format!("`{path}` must be an absolute path without `..`"));
     }
-    Ok(Volume {
-        name: name.to_owned(),
-        path: path.to_owned(),
-    })
+    Ok(Volume { name: name.to_owned(), path: path.to_owned() })
 }
 
 /// Why `path` is not a safe path relative to `base`, if it is not: an absolute path or
@@ -857,9 +735,7 @@ const NAME_RULE: &str = "use 1 to 40 lowercase letters, digits and `-`, starting
 fn is_name(name: &str) -> bool {
     (1..=40).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 fn check_name(problems: &mut Problems, path: &str, name: &str) {
@@ -877,9 +753,7 @@ fn scalar_text(value: &Yaml) -> Result<String, String> {
         Yaml::String(text) => Ok(text.clone()),
         Yaml::Bool(b) => Ok(b.to_string()),
         Yaml::Number(n) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
-        Yaml::Number(_) => {
-            Err("quote decimal numbers (e.g. \"1.10\") so their exact text is kept".to_owned())
-        }
+        Yaml::Number(_) => Err("quote decimal numbers (e.g. \"1.10\") so their exact text is kept".to_owned()),
         Yaml::Null => Err("a value is required (write \"\" for an empty string)".to_owned()),
         other => Err(format!("expected a string, found {}", kind(other))),
     }
@@ -902,10 +776,7 @@ fn kind(value: &Yaml) -> &'static str {
 // are `Option` for the same reason.
 
 #[derive(Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a map with `services`, `release`, `stages`, `jobs` and `hooks`"
-)]
+#[serde(deny_unknown_fields, expecting = "a map with `services`, `release`, `stages`, `jobs` and `hooks`")]
 struct RawTemplate {
     services: Option<UniqueMap<RawService>>,
     release: Option<Vec<RawTask>>,
@@ -915,10 +786,7 @@ struct RawTemplate {
 }
 
 #[derive(Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a service: a map with `build` or `image`, `command`, `ports`, …"
-)]
+#[serde(deny_unknown_fields, expecting = "a service: a map with `build` or `image`, `command`, `ports`, …")]
 struct RawService {
     build: Option<RawBuild>,
     image: Option<String>,
@@ -931,20 +799,14 @@ struct RawService {
 }
 
 #[derive(Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a map such as `{ context: \".\", dockerfile: Dockerfile }`"
-)]
+#[serde(deny_unknown_fields, expecting = "a map such as `{ context: \".\", dockerfile: Dockerfile }`")]
 struct RawBuild {
     context: Option<String>,
     dockerfile: Option<String>,
 }
 
 #[derive(Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a map such as `{ http: /, port: 8080, timeout: 60s }`"
-)]
+#[serde(deny_unknown_fields, expecting = "a map such as `{ http: /, port: 8080, timeout: 60s }`")]
 struct RawHealthCheck {
     http: Option<String>,
     port: Option<Yaml>,
@@ -953,10 +815,7 @@ struct RawHealthCheck {
 }
 
 #[derive(Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a map with `name`, `command` and `timeout`"
-)]
+#[serde(deny_unknown_fields, expecting = "a map with `name`, `command` and `timeout`")]
 struct RawTask {
     name: Option<String>,
     command: Option<Yaml>,
@@ -964,10 +823,7 @@ struct RawTask {
 }
 
 #[derive(Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a map with `name`, `stage`, `command` and `timeout`"
-)]
+#[serde(deny_unknown_fields, expecting = "a map with `name`, `stage`, `command` and `timeout`")]
 struct RawJob {
     name: Option<String>,
     stage: Option<String>,
@@ -1092,8 +948,7 @@ impl<'de> Deserialize<'de> for SecretMarker {
 /// is taken to be a built-in and only checked by [`Variables::resolve`], because the
 /// built-ins are only known when a run starts.
 pub fn parse_variables(yaml: &str) -> Result<Variables, TemplateErrors> {
-    let raw: Option<UniqueMap<Yaml>> =
-        serde_norway::from_str(yaml).map_err(|e| yaml_problem(&e))?;
+    let raw: Option<UniqueMap<Yaml>> = serde_norway::from_str(yaml).map_err(|e| yaml_problem(&e))?;
     let mut problems = Problems::default();
     let mut values = BTreeMap::new();
     for (name, value) in raw.map(|m| m.0).unwrap_or_default() {
@@ -1115,10 +970,7 @@ pub fn parse_variables(yaml: &str) -> Result<Variables, TemplateErrors> {
 
     let variables = Variables { values };
     for cycle in variables.cycles() {
-        problems.add(
-            cycle[0],
-            format!("refers to itself: {}", cycle.join(" -> ")),
-        );
+        problems.add(cycle[0], format!("refers to itself: {}", cycle.join(" -> ")));
     }
     problems.into_result(variables)
 }
@@ -1149,34 +1001,20 @@ impl Variables {
     /// variable with its references resolved and secrets in clear. Fails with every
     /// reference to a name that is neither a template variable nor a built-in, and
     /// every template variable that redefines a built-in.
-    pub fn resolve(
-        &self,
-        builtins: &BTreeMap<String, String>,
-    ) -> Result<BTreeMap<String, String>, TemplateErrors> {
+    pub fn resolve(&self, builtins: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, TemplateErrors> {
         let mut problems = Problems::default();
         for name in self.values.keys() {
             if builtins.contains_key(name) {
-                problems.add(
-                    name,
-                    format!("`{name}` is provided by shiplog; choose another name"),
-                );
+                problems.add(name, format!("`{name}` is provided by shiplog; choose another name"));
             }
         }
-        let mut resolver = Resolver {
-            variables: self,
-            builtins,
-            done: BTreeMap::new(),
-            problems,
-        };
+        let mut resolver = Resolver { variables: self, builtins, done: BTreeMap::new(), problems };
         for name in self.values.keys() {
             resolver.resolve(name, &mut Vec::new());
         }
         let Resolver { done, problems, .. } = resolver;
         let mut env = builtins.clone();
-        env.extend(
-            done.into_iter()
-                .filter_map(|(name, value)| Some((name.to_owned(), value?))),
-        );
+        env.extend(done.into_iter().filter_map(|(name, value)| Some((name.to_owned(), value?))));
         problems.into_result(env)
     }
 
@@ -1200,9 +1038,7 @@ impl Variables {
                 .map(|(name, value)| {
                     let value = match value {
                         VariableValue::Plain(text) => RedactedValue::Plain(text.clone()),
-                        VariableValue::Secret(_) => RedactedValue::Secret {
-                            secret: SecretMarker,
-                        },
+                        VariableValue::Secret(_) => RedactedValue::Secret { secret: SecretMarker },
                     };
                     (name.clone(), value)
                 })
@@ -1277,10 +1113,7 @@ impl Variables {
             .unwrap_or_default()
             .into_iter()
             .filter_map(|piece| match piece {
-                Piece::Reference(reference) => self
-                    .values
-                    .get_key_value(reference)
-                    .map(|(key, _)| key.as_str()),
+                Piece::Reference(reference) => self.values.get_key_value(reference).map(|(key, _)| key.as_str()),
                 Piece::Text(_) => None,
             })
             .collect()
@@ -1322,12 +1155,7 @@ impl<'a> Resolver<'a> {
         resolved
     }
 
-    fn interpolate(
-        &mut self,
-        name: &'a str,
-        text: &'a str,
-        stack: &mut Vec<&'a str>,
-    ) -> Option<String> {
+    fn interpolate(&mut self, name: &'a str, text: &'a str, stack: &mut Vec<&'a str>) -> Option<String> {
         let pieces = match split_references(text) {
             Ok(pieces) => pieces,
             Err(message) => {
@@ -1346,23 +1174,24 @@ impl<'a> Resolver<'a> {
                         None => complete = false,
                     }
                 }
-                Piece::Reference(reference) => match self.builtins.get(reference) {
-                    Some(value) => out.push_str(value),
-                    None => {
-                        let builtins: Vec<&str> =
-                            self.builtins.keys().map(String::as_str).collect();
-                        let builtins = if builtins.is_empty() {
-                            "this run has none".to_owned()
-                        } else {
-                            format!("this run has {}", builtins.join(", "))
-                        };
-                        self.problems.add(
+                Piece::Reference(reference) => {
+                    match self.builtins.get(reference) {
+                        Some(value) => out.push_str(value),
+                        None => {
+                            let builtins: Vec<&str> = self.builtins.keys().map(String::as_str).collect();
+                            let builtins = if builtins.is_empty() {
+                                "this run has none".to_owned()
+                            } else {
+                                format!("this run has {}", builtins.join(", "))
+                            };
+                            self.problems.add(
                             name,
                             format!("`${{{reference}}}` is neither a variable of this template nor a built-in ({builtins})"),
                         );
-                        complete = false;
+                            complete = false;
+                        }
                     }
-                },
+                }
             }
         }
         complete.then_some(out)
@@ -1371,15 +1200,11 @@ impl<'a> Resolver<'a> {
 
 fn is_variable_name(name: &str) -> bool {
     name.starts_with(|c: char| c.is_ascii_uppercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }
 
 fn variable_name_message(name: &str) -> String {
-    format!(
-        "`{name}` is not a valid variable name: use A-Z, 0-9 and `_`, not starting with a digit"
-    )
+    format!("`{name}` is not a valid variable name: use A-Z, 0-9 and `_`, not starting with a digit")
 }
 
 /// A piece of a value with references: literal text, or the name inside `${…}`.
@@ -1401,9 +1226,7 @@ fn split_references(text: &str) -> Result<Vec<Piece<'_>>, String> {
             pieces.push(Piece::Text("${"));
             rest = escaped;
         } else if let Some(inner) = after.strip_prefix('{') {
-            let end = inner
-                .find('}')
-                .ok_or("`${` is not closed by `}` (write `$${` for a literal `${`)")?;
+            let end = inner.find('}').ok_or("`${` is not closed by `}` (write `$${` for a literal `${`)")?;
             let name = &inner[..end];
             if !is_variable_name(name) {
                 return Err(format!(
@@ -1477,11 +1300,7 @@ hooks:
     }
 
     fn problems(errors: &TemplateErrors) -> Vec<(&str, &str)> {
-        errors
-            .0
-            .iter()
-            .map(|p| (p.path.as_str(), p.message.as_str()))
-            .collect()
+        errors.0.iter().map(|p| (p.path.as_str(), p.message.as_str())).collect()
     }
 
     fn parse_err(yaml: &str) -> TemplateErrors {
@@ -1506,10 +1325,7 @@ hooks:
                 (
                     "web".to_string(),
                     Service {
-                        source: Source::Build(Build {
-                            context: ".".into(),
-                            dockerfile: Some("Dockerfile".into()),
-                        }),
+                        source: Source::Build(Build { context: ".".into(), dockerfile: Some("Dockerfile".into()) }),
                         command: Some(strings(&["sh", "-c", "exec httpd -f -p $PORT"])),
                         ports: vec![8080],
                         env: BTreeMap::from([
@@ -1518,16 +1334,10 @@ hooks:
                         ]),
                         replicas: 1,
                         health_check: Some(ServiceHealthCheck {
-                            probe: Probe::Http {
-                                path: "/".into(),
-                                port: 8080,
-                            },
+                            probe: Probe::Http { path: "/".into(), port: 8080 },
                             timeout_ms: 90_000,
                         }),
-                        volumes: vec![Volume {
-                            name: "data".into(),
-                            path: "/var/lib/data".into(),
-                        }],
+                        volumes: vec![Volume { name: "data".into(), path: "/var/lib/data".into() }],
                     },
                 ),
                 (
@@ -1543,14 +1353,8 @@ hooks:
                             timeout_ms: 60_000,
                         }),
                         volumes: vec![
-                            Volume {
-                                name: "data".into(),
-                                path: "/data".into(),
-                            },
-                            Volume {
-                                name: "cache".into(),
-                                path: "/cache".into(),
-                            },
+                            Volume { name: "data".into(), path: "/data".into() },
+                            Volume { name: "cache".into(), path: "/cache".into() },
                         ],
                     },
                 ),
@@ -1561,11 +1365,7 @@ hooks:
                     command: strings(&["sh", "-c", "./migrate.sh"]),
                     timeout_ms: 30 * 60_000,
                 },
-                Task {
-                    name: "notify".into(),
-                    command: strings(&["sh", "-c", "./notify.sh"]),
-                    timeout_ms: 30 * 60_000,
-                },
+                Task { name: "notify".into(), command: strings(&["sh", "-c", "./notify.sh"]), timeout_ms: 30 * 60_000 },
             ],
             stages: strings(&["test"]),
             jobs: vec![Job {
@@ -1585,27 +1385,15 @@ hooks:
         assert_eq!(template, expected);
 
         let web = &template.services["web"];
-        assert_eq!(
-            web.health_check(),
-            Some(HealthCheck::Http {
-                path: "/".into(),
-                port: 8080
-            })
-        );
+        assert_eq!(web.health_check(), Some(HealthCheck::Http { path: "/".into(), port: 8080 }));
         assert_eq!(web.health_timeout(), Duration::from_secs(90));
         assert_eq!(template.release[1].timeout(), DEFAULT_TASK_TIMEOUT);
         assert_eq!(template.volume_names(), strings(&["cache", "data"]));
 
         // What events carry reads back to the same template.
         let json = serde_json::to_value(&template).unwrap();
-        assert_eq!(
-            json["services"]["web"]["health_check"]["timeout_ms"],
-            90_000
-        );
-        assert_eq!(
-            serde_json::from_value::<ApplicationTemplate>(json).unwrap(),
-            template
-        );
+        assert_eq!(json["services"]["web"]["health_check"]["timeout_ms"], 90_000);
+        assert_eq!(serde_json::from_value::<ApplicationTemplate>(json).unwrap(), template);
     }
 
     #[test]
@@ -1659,57 +1447,27 @@ hooks:
                 "`Worker` is not a valid name: use 1 to 40 lowercase letters, digits and `-`, starting with a letter",
             ),
             ("services.Worker.command", "must not be empty"),
-            (
-                "services.Worker.env.RATIO",
-                "quote decimal numbers (e.g. \"1.10\") so their exact text is kept",
-            ),
+            ("services.Worker.env.RATIO", "quote decimal numbers (e.g. \"1.10\") so their exact text is kept"),
             (
                 "services.Worker.env.lower",
                 "`lower` is not a valid variable name: use A-Z, 0-9 and `_`, not starting with a digit",
             ),
             ("services.web", "set either `build` or `image`, not both"),
-            (
-                "services.web.ports[1]",
-                "0 is not a port number (1 to 65535)",
-            ),
+            ("services.web.ports[1]", "0 is not a port number (1 to 65535)"),
             (
                 "services.web.ports[2]",
                 "`8081:80`: list the port the service listens on, e.g. `8080`; host mappings are not supported",
             ),
-            (
-                "services.web.replicas",
-                "must be a whole number from 1 to 20",
-            ),
-            (
-                "services.web.health_check.port",
-                "9090 is not one of the service's ports (listed: 8080)",
-            ),
-            (
-                "services.web.health_check.timeout",
-                "`60` needs a unit: write e.g. `60s` or `60m`",
-            ),
-            (
-                "services.web.volumes[0]",
-                "`data` is not `name:/absolute/path`",
-            ),
-            (
-                "services.web.volumes[1]",
-                "`./host`: only named volumes are supported, not host directories",
-            ),
+            ("services.web.replicas", "must be a whole number from 1 to 20"),
+            ("services.web.health_check.port", "9090 is not one of the service's ports (listed: 8080)"),
+            ("services.web.health_check.timeout", "`60` needs a unit: write e.g. `60s` or `60m`"),
+            ("services.web.volumes[0]", "`data` is not `name:/absolute/path`"),
+            ("services.web.volumes[1]", "`./host`: only named volumes are supported, not host directories"),
             ("release[0].timeout", "must be greater than 0"),
-            (
-                "release[1].name",
-                "`migrate` is already the name of release[0]",
-            ),
+            ("release[1].name", "`migrate` is already the name of release[0]"),
             ("release[1].timeout", "must be at most 24h"),
-            (
-                "stages[1]",
-                "`build` is a built-in stage; give your stage another name",
-            ),
-            (
-                "jobs[0].stage",
-                "`lint` is not one of `stages` (listed: test, build)",
-            ),
+            ("stages[1]", "`build` is a built-in stage; give your stage another name"),
+            ("jobs[0].stage", "`lint` is not one of `stages` (listed: test, build)"),
             ("jobs[0].command[0]", "the program name is empty"),
             ("hooks.teardown[0].name", "required"),
             (
@@ -1741,27 +1499,12 @@ services:
         assert_eq!(
             problems(&errors),
             [
-                (
-                    "services.a.health_check",
-                    "set either `http` or `command`, not both"
-                ),
-                (
-                    "services.b.health_check",
-                    "set `http` (a path to GET) or `command`"
-                ),
-                (
-                    "services.c.health_check.http",
-                    "must be a URL path starting with `/`, e.g. `/healthz`"
-                ),
-                (
-                    "services.c.health_check",
-                    "`http` needs `port`, one of the service's ports"
-                ),
+                ("services.a.health_check", "set either `http` or `command`, not both"),
+                ("services.b.health_check", "set `http` (a path to GET) or `command`"),
+                ("services.c.health_check.http", "must be a URL path starting with `/`, e.g. `/healthz`"),
+                ("services.c.health_check", "`http` needs `port`, one of the service's ports"),
                 ("services.d.health_check.port", "only used with `http`"),
-                (
-                    "services.e.build.dockerfile",
-                    "must be relative to the build context"
-                ),
+                ("services.e.build.dockerfile", "must be relative to the build context"),
             ]
         );
     }
@@ -1769,11 +1512,7 @@ services:
     #[test]
     fn a_template_needs_a_service() {
         for yaml in ["", "services: {}", "release: []"] {
-            assert_eq!(
-                problems(&parse_err(yaml)),
-                [("services", "at least one service is required")],
-                "{yaml:?}"
-            );
+            assert_eq!(problems(&parse_err(yaml)), [("services", "at least one service is required")], "{yaml:?}");
         }
     }
 
@@ -1782,19 +1521,13 @@ services:
         let errors = parse_err("services:\n  web: {\n    image: nginx\n");
         assert_eq!(errors.0.len(), 1);
         assert_eq!(errors.0[0].path, "");
-        assert!(
-            errors.0[0].message.contains("line 4 column 1"),
-            "{}",
-            errors.0[0].message
-        );
+        assert!(errors.0[0].message.contains("line 4 column 1"), "{}", errors.0[0].message);
 
         let errors = parse_err("services:\n  web:\n    image: nginx\n    prots: [80]\n");
         assert_eq!(errors.0.len(), 1);
         assert_eq!(errors.0[0].path, "services.web");
         assert!(
-            errors.0[0]
-                .message
-                .starts_with("unknown field `prots`, expected one of `build`")
+            errors.0[0].message.starts_with("unknown field `prots`, expected one of `build`")
                 && errors.0[0].message.ends_with("at line 4 column 5"),
             "{}",
             errors.0[0].message
@@ -1803,25 +1536,14 @@ services:
         let errors = parse_err("services:\n  web: { image: a }\n  web: { image: b }\n");
         assert_eq!(errors.0.len(), 1);
         assert_eq!(errors.0[0].path, "services");
-        assert!(
-            errors.0[0]
-                .message
-                .starts_with("`web` is defined twice at line"),
-            "{}",
-            errors.0[0].message
-        );
+        assert!(errors.0[0].message.starts_with("`web` is defined twice at line"), "{}", errors.0[0].message);
 
         let errors = parse_err("services: { web: { image: a } }\nservices: {}\n");
-        assert_eq!(
-            problems(&errors),
-            [("", "duplicate field `services` at line 1 column 1")]
-        );
+        assert_eq!(problems(&errors), [("", "duplicate field `services` at line 1 column 1")]);
 
         let errors = parse_err("- web\n");
         assert!(
-            errors.0[0]
-                .message
-                .starts_with("invalid type: sequence, expected a map with `services`"),
+            errors.0[0].message.starts_with("invalid type: sequence, expected a map with `services`"),
             "{}",
             errors.0[0].message
         );
@@ -1832,11 +1554,7 @@ services:
         let digest = parse_application_template(EXAMPLE).unwrap().digest();
         assert!(digest.starts_with("sha256:"));
         assert_eq!(digest.len(), "sha256:".len() + 64);
-        assert!(
-            digest[7..]
-                .chars()
-                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-        );
+        assert!(digest[7..].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
 
         // The same template: keys reordered, flow and block styles swapped, comments,
         // the shell-form command spelled out, defaults written explicitly.
@@ -1876,19 +1594,13 @@ services:
       dockerfile: Dockerfile
       context: .
 "#;
-        assert_eq!(
-            parse_application_template(reformatted).unwrap().digest(),
-            digest
-        );
+        assert_eq!(parse_application_template(reformatted).unwrap().digest(), digest);
 
         for (from, to) in [
             ("replicas: 3", "replicas: 2"),
             ("timeout: 10m", "timeout: 11m"),
             ("GREETING: hello", "GREETING: hullo"),
-            (
-                "stages: [test]",
-                "stages: [test]\n# no change above, one below",
-            ),
+            ("stages: [test]", "stages: [test]\n# no change above, one below"),
         ] {
             assert_eq!(EXAMPLE.matches(from).count(), 1, "{from}");
             let changed = parse_application_template(&EXAMPLE.replace(from, to)).unwrap();
@@ -1906,10 +1618,7 @@ services:
     fn the_digest_is_sha256_over_the_canonical_json() {
         let template = parse_application_template("services: { a: { image: x } }").unwrap();
         let canonical = r#"{"hooks":{"teardown":[]},"jobs":[],"release":[],"services":{"a":{"command":null,"env":{},"health_check":null,"ports":[],"replicas":1,"source":{"image":"x"},"volumes":[]}},"stages":[]}"#;
-        assert_eq!(
-            canonicalize(&serde_json::to_value(&template).unwrap()).unwrap(),
-            canonical
-        );
+        assert_eq!(canonicalize(&serde_json::to_value(&template).unwrap()).unwrap(), canonical);
         let expected = format!("sha256:{}", hex::encode(Sha256::digest(canonical)));
         assert_eq!(template.digest(), expected);
     }
@@ -1924,22 +1633,9 @@ services:
             ("1h30m", 5_400_000),
             ("2m15s", 135_000),
         ] {
-            assert_eq!(
-                parse_duration(text),
-                Ok(Duration::from_millis(ms)),
-                "{text}"
-            );
+            assert_eq!(parse_duration(text), Ok(Duration::from_millis(ms)), "{text}");
         }
-        for text in [
-            "",
-            "10",
-            "1d",
-            "m",
-            "1.5h",
-            "-1s",
-            "1 h",
-            "99999999999999999999h",
-        ] {
+        for text in ["", "10", "1d", "m", "1.5h", "-1s", "1 h", "99999999999999999999h"] {
             assert!(parse_duration(text).is_err(), "{text:?}");
         }
     }
@@ -1956,17 +1652,12 @@ services:
         )
         .unwrap();
         let web = &template.services["web"];
-        let variables = BTreeMap::from([
-            ("ENVIRONMENT".to_string(), "pr-7".to_string()),
-            ("HOST".to_string(), "db".to_string()),
-        ]);
+        let variables =
+            BTreeMap::from([("ENVIRONMENT".to_string(), "pr-7".to_string()), ("HOST".to_string(), "db".to_string())]);
         let errors = web.env_vars("web", &variables).unwrap_err();
         assert_eq!(
             problems(&errors),
-            [(
-                "services.web.env.MISSING",
-                "`${NOPE}` is not a variable of this environment"
-            )]
+            [("services.web.env.MISSING", "`${NOPE}` is not a variable of this environment")]
         );
 
         let mut fixed = web.clone();
@@ -1980,10 +1671,7 @@ services:
         let errors = parse_err("services: { web: { image: x, env: { A: \"${oops\" } } }");
         assert_eq!(
             problems(&errors),
-            [(
-                "services.web.env.A",
-                "`${` is not closed by `}` (write `$${` for a literal `${`)"
-            )]
+            [("services.web.env.A", "`${` is not closed by `}` (write `$${` for a literal `${`)")]
         );
     }
 
@@ -1997,18 +1685,12 @@ services:
         for block in docs.split("```yaml\n").skip(1) {
             let yaml = block.split("```").next().unwrap();
             if yaml.starts_with("services:") {
-                let template =
-                    parse_application_template(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-                assert_eq!(
-                    template.jobs[0].command,
-                    strings(&["sh", "-c", "./test.sh --quick"])
-                );
+                let template = parse_application_template(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+                assert_eq!(template.jobs[0].command, strings(&["sh", "-c", "./test.sh --quick"]));
                 checked.0 += 1;
             } else if yaml.starts_with(|c: char| c.is_ascii_uppercase()) {
                 let variables = parse_variables(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-                let resolved = variables
-                    .resolve(&builtins())
-                    .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+                let resolved = variables.resolve(&builtins()).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
                 if let Some(note) = resolved.get("PRICE_NOTE") {
                     assert_eq!(note, "costs $5, see ${NOT_A_REFERENCE}");
                 }
@@ -2050,23 +1732,14 @@ PRICE: "costs $5, $$ and $${{NOT_A_REFERENCE}}"
     #[test]
     fn variables_resolve_chains_builtins_escapes_and_secrets() {
         let variables = parse_variables(&variables_yaml()).unwrap();
-        assert_eq!(
-            variables.get("WORKERS"),
-            Some(&VariableValue::Plain("4".into()))
-        );
-        assert_eq!(
-            variables.get("VERBOSE"),
-            Some(&VariableValue::Plain("true".into()))
-        );
+        assert_eq!(variables.get("WORKERS"), Some(&VariableValue::Plain("4".into())));
+        assert_eq!(variables.get("VERBOSE"), Some(&VariableValue::Plain("true".into())));
         let env = variables.resolve(&builtins()).unwrap();
         let expected: BTreeMap<String, String> = [
             ("APPLICATION", "shop"),
             ("COMMIT", "abc123"),
             ("ENVIRONMENT", "staging"),
-            (
-                "DATABASE_URL",
-                "postgres://app:hunter2-very-secret@db/staging",
-            ),
+            ("DATABASE_URL", "postgres://app:hunter2-very-secret@db/staging"),
             ("DB_PASSWORD", SECRET),
             ("LOG_LEVEL", "info"),
             ("WORKERS", "4"),
@@ -2086,10 +1759,7 @@ PRICE: "costs $5, $$ and $${{NOT_A_REFERENCE}}"
     #[test]
     fn secrets_are_taken_literally() {
         let variables = parse_variables("TOKEN: { secret: \"a${B}c$${d\" }").unwrap();
-        assert_eq!(
-            variables.resolve(&BTreeMap::new()).unwrap()["TOKEN"],
-            "a${B}c$${d"
-        );
+        assert_eq!(variables.resolve(&BTreeMap::new()).unwrap()["TOKEN"], "a${B}c$${d");
     }
 
     #[test]
@@ -2106,10 +1776,7 @@ FINE: "${ENVIRONMENT}"
         );
         assert_eq!(
             problems(&errors),
-            [
-                ("A", "refers to itself: A -> B -> C -> A"),
-                ("SELF", "refers to itself: SELF -> SELF"),
-            ]
+            [("A", "refers to itself: A -> B -> C -> A"), ("SELF", "refers to itself: SELF -> SELF"),]
         );
     }
 
@@ -2128,10 +1795,7 @@ COMMIT: "mine"
         assert_eq!(
             problems(&errors),
             [
-                (
-                    "COMMIT",
-                    "`COMMIT` is provided by shiplog; choose another name"
-                ),
+                ("COMMIT", "`COMMIT` is provided by shiplog; choose another name"),
                 (
                     "HOST",
                     "`${REGION}` is neither a variable of this template nor a built-in (this run has APPLICATION, COMMIT, ENVIRONMENT)"
@@ -2162,29 +1826,17 @@ OTHER_MAP: { secret: x, note: y }
         assert_eq!(
             problems(&errors),
             [
-                (
-                    "1ST",
-                    "`1ST` is not a valid variable name: use A-Z, 0-9 and `_`, not starting with a digit"
-                ),
+                ("1ST", "`1ST` is not a valid variable name: use A-Z, 0-9 and `_`, not starting with a digit"),
                 (
                     "BAD_REF",
                     "`${lower}`: `lower` is not a variable name (A-Z, 0-9 and `_`; write `$${` for a literal `${`)"
                 ),
-                (
-                    "EMPTY",
-                    "a value is required (write \"\" for an empty string)"
-                ),
+                ("EMPTY", "a value is required (write \"\" for an empty string)"),
                 ("EMPTY_SECRET", "a secret must not be empty"),
                 ("LIST", "expected a string, found a list"),
-                (
-                    "OPEN",
-                    "`${` is not closed by `}` (write `$${` for a literal `${`)"
-                ),
+                ("OPEN", "`${` is not closed by `}` (write `$${` for a literal `${`)"),
                 ("OTHER_MAP", "a map value must be `{ secret: \"…\" }`"),
-                (
-                    "RATIO",
-                    "quote decimal numbers (e.g. \"1.10\") so their exact text is kept"
-                ),
+                ("RATIO", "quote decimal numbers (e.g. \"1.10\") so their exact text is kept"),
                 (
                     "lower_case",
                     "`lower_case` is not a valid variable name: use A-Z, 0-9 and `_`, not starting with a digit"
@@ -2193,10 +1845,7 @@ OTHER_MAP: { secret: x, note: y }
         );
 
         let errors = variables_err("A: 1\nA: 2\n");
-        assert_eq!(
-            problems(&errors),
-            [("", "`A` is defined twice at line 1 column 1")]
-        );
+        assert_eq!(problems(&errors), [("", "`A` is defined twice at line 1 column 1")]);
         assert!(parse_variables("").unwrap().resolve(&builtins()).unwrap() == builtins());
     }
 
@@ -2211,15 +1860,9 @@ OTHER_MAP: { secret: x, note: y }
         let value = serde_json::to_value(&redacted).unwrap();
         assert_eq!(value["DB_PASSWORD"], serde_json::json!({ "secret": true }));
         // Plain values stay as written, references unresolved.
-        assert_eq!(
-            value["DATABASE_URL"],
-            "postgres://app:${DB_PASSWORD}@db/${ENVIRONMENT}"
-        );
+        assert_eq!(value["DATABASE_URL"], "postgres://app:${DB_PASSWORD}@db/${ENVIRONMENT}");
         assert_eq!(value["WORKERS"], "4");
-        assert_eq!(
-            serde_json::from_value::<RedactedVariables>(value).unwrap(),
-            redacted
-        );
+        assert_eq!(serde_json::from_value::<RedactedVariables>(value).unwrap(), redacted);
         assert!(serde_json::from_str::<RedactedVariables>(r#"{"A":{"secret":false}}"#).is_err());
     }
 
@@ -2236,29 +1879,15 @@ OTHER_MAP: { secret: x, note: y }
 
     #[test]
     fn the_variables_digest_covers_secrets_and_ignores_layout() {
-        let digest = parse_variables("A: one\nK: { secret: s }\n")
-            .unwrap()
-            .digest();
+        let digest = parse_variables("A: one\nK: { secret: s }\n").unwrap().digest();
         let canonical = r#"{"A":"one","K":{"secret":"s"}}"#;
-        let expected = Sha256::new()
-            .chain_update(b"shiplog-variables-v1\n")
-            .chain_update(canonical)
-            .finalize();
+        let expected = Sha256::new().chain_update(b"shiplog-variables-v1\n").chain_update(canonical).finalize();
         assert_eq!(digest, format!("sha256:{}", hex::encode(expected)));
 
         let same = parse_variables("# reordered\nK:\n  secret: \"s\"\nA: 'one'\n").unwrap();
         assert_eq!(same.digest(), digest);
-        for changed in [
-            "A: one\nK: { secret: t }\n",
-            "A: one\nK: s\n",
-            "A: two\nK: { secret: s }\n",
-            "A: one\n",
-        ] {
-            assert_ne!(
-                parse_variables(changed).unwrap().digest(),
-                digest,
-                "{changed}"
-            );
+        for changed in ["A: one\nK: { secret: t }\n", "A: one\nK: s\n", "A: two\nK: { secret: s }\n", "A: one\n"] {
+            assert_ne!(parse_variables(changed).unwrap().digest(), digest, "{changed}");
         }
     }
 }

@@ -20,9 +20,12 @@ use uuid::Uuid;
 use crate::domain::environment::{self, EnvironmentCommand, EnvironmentEvent, RunOutcome};
 use crate::domain::run::{self, Action, PlannedJob, Run, RunCommand, RunEvent, RunStatus};
 use crate::git;
-use crate::lifecycle::{LifecycleError, Lifecycle, encode};
+use crate::lifecycle::{Lifecycle, LifecycleError, encode};
 use crate::logs::RunLog;
-use crate::runtime::{BuildRequest, EnvironmentRef, Image, LogSink, LogStream, Runtime, RuntimeError, ServiceRequest, TaskOutcome, TaskRequest};
+use crate::runtime::{
+    BuildRequest, EnvironmentRef, Image, LogSink, LogStream, Runtime, RuntimeError, ServiceRequest, TaskOutcome,
+    TaskRequest,
+};
 use crate::store::{AppendError, ExpectedVersion, Metadata, StreamId};
 use crate::template::{self, ApplicationTemplate, Source};
 
@@ -135,13 +138,25 @@ impl<R: Runtime> Worker<R> {
     async fn drive(&self, run_id: Uuid) -> Result<Tick, WorkerError> {
         let lost = CancellationToken::new();
         let cancelled = CancellationToken::new();
-        let watch = tokio::spawn(watch_run(self.lifecycle.clone(), run_id, self.id.clone(), self.lease, lost.clone(), cancelled.clone()));
+        let watch = tokio::spawn(watch_run(
+            self.lifecycle.clone(),
+            run_id,
+            self.id.clone(),
+            self.lease,
+            lost.clone(),
+            cancelled.clone(),
+        ));
         let result = self.drive_watched(run_id, &lost, &cancelled).await;
         watch.abort();
         result
     }
 
-    async fn drive_watched(&self, run_id: Uuid, lost: &CancellationToken, cancelled: &CancellationToken) -> Result<Tick, WorkerError> {
+    async fn drive_watched(
+        &self,
+        run_id: Uuid,
+        lost: &CancellationToken,
+        cancelled: &CancellationToken,
+    ) -> Result<Tick, WorkerError> {
         let store = self.lifecycle.store();
         let run_stream: StreamId = Run::stream_id(run_id).parse().expect("valid stream id");
         let metadata = Metadata { actor: Some(format!("worker:{}", self.id)), ..Metadata::default() };
@@ -155,7 +170,11 @@ impl<R: Runtime> Worker<R> {
             }
             let (run, version) = match known.take() {
                 Some(known) => known,
-                None => self.lifecycle.run(run_id).await?.ok_or_else(|| LifecycleError::Corrupt(format!("queued run {run_id} has no events")))?,
+                None => self
+                    .lifecycle
+                    .run(run_id)
+                    .await?
+                    .ok_or_else(|| LifecycleError::Corrupt(format!("queued run {run_id} has no events")))?,
             };
             let events = match run.status {
                 RunStatus::Queued => {
@@ -171,7 +190,9 @@ impl<R: Runtime> Worker<R> {
                 }
                 _ => {
                     let Some((_, job)) = run::current_job(&run) else {
-                        return Err(LifecycleError::Corrupt(format!("run {run_id} is running but has no current job")).into());
+                        return Err(
+                            LifecycleError::Corrupt(format!("run {run_id} is running but has no current job")).into()
+                        );
                     };
                     if context.is_none() {
                         context = Some(RunContext::load(&self.lifecycle, &run).await?);
@@ -186,10 +207,14 @@ impl<R: Runtime> Worker<R> {
                         // RunCancelled is in the log; the next turn finishes the run.
                         continue;
                     }
-                    run::decide(&run, RunCommand::JobFinished { result, now: Utc::now() }).map_err(LifecycleError::from)?
+                    run::decide(&run, RunCommand::JobFinished { result, now: Utc::now() })
+                        .map_err(LifecycleError::from)?
                 }
             };
-            match store.append(&run_stream, ExpectedVersion::Exact(version), &encode(&events, RunEvent::event_type, &metadata)).await {
+            match store
+                .append(&run_stream, ExpectedVersion::Exact(version), &encode(&events, RunEvent::event_type, &metadata))
+                .await
+            {
                 // Someone else wrote to the run (a cancel): read it again.
                 Err(AppendError::Conflict { .. }) => continue,
                 other => {
@@ -203,13 +228,24 @@ impl<R: Runtime> Worker<R> {
 
     /// Records the start on the run and on its environment, in one transaction.
     async fn start(&self, run: &Run, version: u64, metadata: &Metadata) -> Result<(), WorkerError> {
-        let events = run::decide(run, RunCommand::Start { worker: self.id.clone(), now: Utc::now() }).map_err(LifecycleError::from)?;
+        let events = run::decide(run, RunCommand::Start { worker: self.id.clone(), now: Utc::now() })
+            .map_err(LifecycleError::from)?;
         let (env, env_version) = self.lifecycle.environment(&run.application, &run.environment).await?;
-        let env_events = environment::decide(&env, EnvironmentCommand::MarkStarted { run_id: run.run_id, now: Utc::now() }).unwrap_or_default();
+        let env_events =
+            environment::decide(&env, EnvironmentCommand::MarkStarted { run_id: run.run_id, now: Utc::now() })
+                .unwrap_or_default();
         let store = self.lifecycle.store();
         let mut tx = store.pool().begin().await?;
         let run_stream: StreamId = Run::stream_id(run.run_id).parse().expect("valid stream id");
-        match store.append_in(&mut tx, &run_stream, ExpectedVersion::Exact(version), &encode(&events, RunEvent::event_type, metadata)).await {
+        match store
+            .append_in(
+                &mut tx,
+                &run_stream,
+                ExpectedVersion::Exact(version),
+                &encode(&events, RunEvent::event_type, metadata),
+            )
+            .await
+        {
             // The run changed since it was read (say, cancelled): the caller reads it again.
             Err(AppendError::Conflict { .. }) => return Ok(()),
             other => {
@@ -217,8 +253,16 @@ impl<R: Runtime> Worker<R> {
             }
         }
         if !env_events.is_empty() {
-            let env_stream: StreamId = environment::Environment::stream_id(&run.application, &run.environment).parse().expect("valid");
-            store.append_in(&mut tx, &env_stream, ExpectedVersion::Exact(env_version), &encode(&env_events, EnvironmentEvent::event_type, metadata)).await?;
+            let env_stream: StreamId =
+                environment::Environment::stream_id(&run.application, &run.environment).parse().expect("valid");
+            store
+                .append_in(
+                    &mut tx,
+                    &env_stream,
+                    ExpectedVersion::Exact(env_version),
+                    &encode(&env_events, EnvironmentEvent::event_type, metadata),
+                )
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -241,17 +285,34 @@ impl<R: Runtime> Worker<R> {
             let in_queue = env.queue.iter().any(|q| q.run_id == run.run_id);
             let mut tx = store.pool().begin().await?;
             if in_queue && run.status != RunStatus::Skipped {
-                let command = EnvironmentCommand::MarkFinished { run_id: run.run_id, outcome, images: images.clone(), now: Utc::now() };
+                let command = EnvironmentCommand::MarkFinished {
+                    run_id: run.run_id,
+                    outcome,
+                    images: images.clone(),
+                    now: Utc::now(),
+                };
                 let events = environment::decide(&env, command).map_err(LifecycleError::from)?;
-                let env_stream: StreamId = environment::Environment::stream_id(&run.application, &run.environment).parse().expect("valid");
-                match store.append_in(&mut tx, &env_stream, ExpectedVersion::Exact(env_version), &encode(&events, EnvironmentEvent::event_type, metadata)).await {
+                let env_stream: StreamId =
+                    environment::Environment::stream_id(&run.application, &run.environment).parse().expect("valid");
+                match store
+                    .append_in(
+                        &mut tx,
+                        &env_stream,
+                        ExpectedVersion::Exact(env_version),
+                        &encode(&events, EnvironmentEvent::event_type, metadata),
+                    )
+                    .await
+                {
                     Err(AppendError::Conflict { .. }) => continue,
                     other => {
                         other?;
                     }
                 }
             }
-            sqlx::query("UPDATE run_queue SET state = 'done', lease_until = NULL WHERE run_id = $1").bind(run.run_id).execute(&mut *tx).await?;
+            sqlx::query("UPDATE run_queue SET state = 'done', lease_until = NULL WHERE run_id = $1")
+                .bind(run.run_id)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             return Ok(());
         }
@@ -259,14 +320,21 @@ impl<R: Runtime> Worker<R> {
 
     /// Does one job's work. `Ok(output)`: the job succeeded (output: an image);
     /// `Err(message)`: it failed, and the message says why.
-    async fn execute(&self, run: &Run, job: &PlannedJob, ctx: &RunContext, cancel: &CancellationToken) -> Result<Option<String>, String> {
+    async fn execute(
+        &self,
+        run: &Run,
+        job: &PlannedJob,
+        ctx: &RunContext,
+        cancel: &CancellationToken,
+    ) -> Result<Option<String>, String> {
         let log = ctx.log.job(&job.name);
         log.line(LogStream::System, &format!("{} started on worker {}", job.name, self.id));
         let env = ctx.env.clone();
         let t = &ctx.template;
         let result = match &job.action {
             Action::Build { service } => {
-                let spec = t.services.get(service).ok_or_else(|| format!("service {service} is not in the template"))?;
+                let spec =
+                    t.services.get(service).ok_or_else(|| format!("service {service} is not in the template"))?;
                 let Source::Build(build) = &spec.source else {
                     return Err(format!("service {service} uses a prebuilt image"));
                 };
@@ -285,7 +353,11 @@ impl<R: Runtime> Worker<R> {
                 self.runtime.ensure_infrastructure(&env, &t.volume_names()).await.map(|()| None).map_err(failure)
             }
             Action::Release { command } => {
-                let spec = t.release.iter().find(|r| &r.name == command).ok_or_else(|| format!("release command {command} is not in the template"))?;
+                let spec = t
+                    .release
+                    .iter()
+                    .find(|r| &r.name == command)
+                    .ok_or_else(|| format!("release command {command} is not in the template"))?;
                 let request = TaskRequest {
                     env,
                     name: job.name.clone(),
@@ -298,21 +370,51 @@ impl<R: Runtime> Worker<R> {
                 self.task(&request, &log, cancel).await
             }
             Action::Job { job: name } => {
-                let spec = t.jobs.iter().find(|j| &j.name == name).ok_or_else(|| format!("job {name} is not in the template"))?;
+                let spec = t
+                    .jobs
+                    .iter()
+                    .find(|j| &j.name == name)
+                    .ok_or_else(|| format!("job {name} is not in the template"))?;
                 // Jobs work on the source at the run's commit, like a CI job.
                 let source_dir = Some(self.working_copy(run).await?);
-                let request = TaskRequest { env, name: job.name.clone(), image: None, source_dir, command: spec.command.clone(), env_vars: ctx.variables.clone(), timeout: spec.timeout() };
+                let request = TaskRequest {
+                    env,
+                    name: job.name.clone(),
+                    image: None,
+                    source_dir,
+                    command: spec.command.clone(),
+                    env_vars: ctx.variables.clone(),
+                    timeout: spec.timeout(),
+                };
                 self.task(&request, &log, cancel).await
             }
             Action::Hook { hook } => {
-                let spec = t.hooks.teardown.iter().find(|h| &h.name == hook).ok_or_else(|| format!("hook {hook} is not in the template"))?;
+                let spec = t
+                    .hooks
+                    .teardown
+                    .iter()
+                    .find(|h| &h.name == hook)
+                    .ok_or_else(|| format!("hook {hook} is not in the template"))?;
                 // Hooks run from what is deployed now: its code holds the scripts.
-                let image = t.services.keys().find_map(|s| ctx.deployed.iter().find(|(d, _)| d == s)).map(|(_, i)| Image(i.clone()));
-                let request = TaskRequest { env, name: job.name.clone(), image, source_dir: None, command: spec.command.clone(), env_vars: ctx.variables.clone(), timeout: spec.timeout() };
+                let image = t
+                    .services
+                    .keys()
+                    .find_map(|s| ctx.deployed.iter().find(|(d, _)| d == s))
+                    .map(|(_, i)| Image(i.clone()));
+                let request = TaskRequest {
+                    env,
+                    name: job.name.clone(),
+                    image,
+                    source_dir: None,
+                    command: spec.command.clone(),
+                    env_vars: ctx.variables.clone(),
+                    timeout: spec.timeout(),
+                };
                 self.task(&request, &log, cancel).await
             }
             Action::Deploy { service } => {
-                let spec = t.services.get(service).ok_or_else(|| format!("service {service} is not in the template"))?;
+                let spec =
+                    t.services.get(service).ok_or_else(|| format!("service {service} is not in the template"))?;
                 let image = service_image(run, t, service)?;
                 let env_vars = spec.env_vars(service, &ctx.variables).map_err(|e| e.to_string())?;
                 let request = ServiceRequest {
@@ -338,7 +440,12 @@ impl<R: Runtime> Worker<R> {
         result
     }
 
-    async fn task(&self, request: &TaskRequest, log: &dyn LogSink, cancel: &CancellationToken) -> Result<Option<String>, String> {
+    async fn task(
+        &self,
+        request: &TaskRequest,
+        log: &dyn LogSink,
+        cancel: &CancellationToken,
+    ) -> Result<Option<String>, String> {
         match self.runtime.run_task(request, log, cancel).await.map_err(failure)? {
             TaskOutcome::Exited(0) => Ok(None),
             TaskOutcome::Exited(code) => Err(format!("{} exited with status {code}", request.name)),
@@ -434,13 +541,15 @@ struct RunContext {
 
 impl RunContext {
     async fn load(lifecycle: &Lifecycle, run: &Run) -> Result<RunContext, WorkerError> {
-        let template: ApplicationTemplate = serde_json::from_value(run.template.clone()).map_err(|e| LifecycleError::Corrupt(format!("run template: {e}")))?;
+        let template: ApplicationTemplate = serde_json::from_value(run.template.clone())
+            .map_err(|e| LifecycleError::Corrupt(format!("run template: {e}")))?;
         let pool = lifecycle.store().pool();
-        let yaml: Option<String> = sqlx::query_scalar("SELECT yaml FROM variable_sets WHERE application = $1 AND version = $2")
-            .bind(run.application.as_str())
-            .bind(run.templates.variables_version as i64)
-            .fetch_optional(pool)
-            .await?;
+        let yaml: Option<String> =
+            sqlx::query_scalar("SELECT yaml FROM variable_sets WHERE application = $1 AND version = $2")
+                .bind(run.application.as_str())
+                .bind(run.templates.variables_version as i64)
+                .fetch_optional(pool)
+                .await?;
         let builtins = BTreeMap::from([
             ("APPLICATION".to_owned(), run.application.to_string()),
             ("ENVIRONMENT".to_owned(), run.environment.to_string()),
@@ -467,7 +576,14 @@ impl RunContext {
 
 /// Renews the lease while the run is driven, and turns a `RunCancelled` in the log
 /// into a cancelled token so the running job is killed.
-async fn watch_run(lifecycle: Lifecycle, run_id: Uuid, worker: String, lease: Duration, lost: CancellationToken, cancelled: CancellationToken) {
+async fn watch_run(
+    lifecycle: Lifecycle,
+    run_id: Uuid,
+    worker: String,
+    lease: Duration,
+    lost: CancellationToken,
+    cancelled: CancellationToken,
+) {
     let pool = lifecycle.store().pool().clone();
     // The claim just set the lease and nobody has cancelled yet: the first renewal
     // and the first look for a cancel are one period away.

@@ -49,12 +49,15 @@ impl ExampleRepo {
 
     /// The application template, listening on this repository's port.
     pub fn template(&self) -> String {
-        std::fs::read_to_string(self.dir.join("shiplog.yaml")).expect("reading shiplog.yaml").replace("18080", &self.port.to_string())
+        std::fs::read_to_string(self.dir.join("shiplog.yaml"))
+            .expect("reading shiplog.yaml")
+            .replace("18080", &self.port.to_string())
     }
 
     /// Commits a new version of the page.
     pub fn commit_version(&self, version: u32) {
-        std::fs::write(self.dir.join("public/index.html"), format!("<h1>hello from shiplog v{version}</h1>\n")).unwrap();
+        std::fs::write(self.dir.join("public/index.html"), format!("<h1>hello from shiplog v{version}</h1>\n"))
+            .unwrap();
         git(&self.dir, &["commit", "--quiet", "-am", &format!("v{version}")]);
     }
 

@@ -34,7 +34,8 @@ fn server() -> &'static Server {
         Ok(url) => {
             let options = postgres::options_from_url(&url).expect("DATABASE_URL is not a valid PostgreSQL URL");
             // Swap the database name (the URL's path) for the placeholder, keeping any query.
-            let (base, query) = url.split_once('?').map_or((url.as_str(), String::new()), |(b, q)| (b, format!("?{q}")));
+            let (base, query) =
+                url.split_once('?').map_or((url.as_str(), String::new()), |(b, q)| (b, format!("?{q}")));
             let (scheme, rest) = base.split_once("://").expect("checked by options_from_url");
             let authority = rest.split('/').next().unwrap_or_default();
             let url = format!("{scheme}://{authority}/{{db}}{query}");

@@ -47,19 +47,29 @@ fn serve_runs_a_private_postgres_and_stops_it_on_sigterm() {
         .unwrap();
     let mut first_line = String::new();
     BufReader::new(server.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
-    let address = first_line.trim().strip_prefix("shiplog listening on http://").unwrap_or_else(|| panic!("{first_line:?}")).to_owned();
+    let address = first_line
+        .trim()
+        .strip_prefix("shiplog listening on http://")
+        .unwrap_or_else(|| panic!("{first_line:?}"))
+        .to_owned();
 
-    assert!(http(&address, "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").starts_with("HTTP/1.1 200"));
+    assert!(
+        http(&address, "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").starts_with("HTTP/1.1 200")
+    );
     let ready = http(&address, "GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     assert!(ready.starts_with("HTTP/1.1 200") && ready.contains("\"ready\""), "{ready}");
     let body = r#"{"query":"{ auditVerification { intact eventsChecked } }"}"#;
     let answer = http(
         &address,
-        &format!("POST /graphql HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()),
+        &format!(
+            "POST /graphql HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
     );
     assert!(answer.contains(r#"{"data":{"auditVerification":{"intact":true,"eventsChecked":"0"}}}"#), "{answer}");
 
-    let postmaster_pid: i32 = std::fs::read_to_string(data_dir.join("postmaster.pid")).unwrap().lines().next().unwrap().parse().unwrap();
+    let postmaster_pid: i32 =
+        std::fs::read_to_string(data_dir.join("postmaster.pid")).unwrap().lines().next().unwrap().parse().unwrap();
     kill(Pid::from_raw(server.id() as i32), Signal::SIGTERM).unwrap();
     assert!(wait_for_exit(&mut server, Duration::from_secs(30)).success());
     // PostgreSQL shut down cleanly: its lock file is gone and its process with it.

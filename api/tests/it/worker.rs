@@ -8,9 +8,9 @@ use std::time::Duration;
 use chrono::Utc;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use shiplog_engine::domain::Name;
 use shiplog_engine::domain::environment::{Created, EnvironmentKind, Tracking};
 use shiplog_engine::domain::run::RunStatus;
-use shiplog_engine::domain::Name;
 use shiplog_engine::lifecycle::Lifecycle;
 use shiplog_engine::store::Metadata;
 use shiplog_tests::example::{ExampleRepo, Scratch};
@@ -52,7 +52,13 @@ async fn a_killed_worker_is_replaced_and_no_finished_job_runs_twice() {
     lifecycle.create_application(&app, repo.dir.to_str().unwrap(), &meta, Utc::now()).await.unwrap();
     lifecycle.update_template(&app, &repo.template(), &meta, Utc::now()).await.unwrap();
     lifecycle.update_variables(&app, &format!("MARKS: \"{}\"\n", marks.display()), &meta, Utc::now()).await.unwrap();
-    let spec = Created { application: app.clone(), name: env.clone(), kind: EnvironmentKind::Staging, tracking: Tracking::Branch("main".into()), ttl_seconds: None };
+    let spec = Created {
+        application: app.clone(),
+        name: env.clone(),
+        kind: EnvironmentKind::Staging,
+        tracking: Tracking::Branch("main".into()),
+        ttl_seconds: None,
+    };
     lifecycle.create_environment(&spec, &meta, Utc::now()).await.unwrap();
 
     let mut first = start_worker(&db, &scratch, "first");

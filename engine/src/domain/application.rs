@@ -10,10 +10,24 @@ use super::{DomainError, Name, TemplateVersions};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum ApplicationEvent {
-    ApplicationCreated { name: Name, repository: String, created_at: DateTime<Utc> },
-    ApplicationTemplateUpdated { version: u64, digest: String, template: serde_json::Value, updated_at: DateTime<Utc> },
+    ApplicationCreated {
+        name: Name,
+        repository: String,
+        created_at: DateTime<Utc>,
+    },
+    ApplicationTemplateUpdated {
+        version: u64,
+        digest: String,
+        template: serde_json::Value,
+        updated_at: DateTime<Utc>,
+    },
     /// Secret values are not in the event: `variables` is the redacted form.
-    EnvironmentVariablesUpdated { version: u64, digest: String, variables: serde_json::Value, updated_at: DateTime<Utc> },
+    EnvironmentVariablesUpdated {
+        version: u64,
+        digest: String,
+        variables: serde_json::Value,
+        updated_at: DateTime<Utc>,
+    },
 }
 
 impl ApplicationEvent {
@@ -72,14 +86,24 @@ pub fn decide(app: &Application, command: ApplicationCommand) -> Result<Vec<Appl
             if current == digest {
                 return Ok(vec![]);
             }
-            Ok(vec![ApplicationEvent::ApplicationTemplateUpdated { version: version + 1, digest, template, updated_at: now }])
+            Ok(vec![ApplicationEvent::ApplicationTemplateUpdated {
+                version: version + 1,
+                digest,
+                template,
+                updated_at: now,
+            }])
         }
         ApplicationCommand::UpdateVariables { digest, redacted, now } => {
             let (version, current) = app.variables.as_ref().map_or((0, ""), |(v, d)| (*v, d.as_str()));
             if current == digest {
                 return Ok(vec![]);
             }
-            Ok(vec![ApplicationEvent::EnvironmentVariablesUpdated { version: version + 1, digest, variables: redacted, updated_at: now }])
+            Ok(vec![ApplicationEvent::EnvironmentVariablesUpdated {
+                version: version + 1,
+                digest,
+                variables: redacted,
+                updated_at: now,
+            }])
         }
     }
 }
@@ -114,12 +138,17 @@ mod tests {
     }
 
     fn created() -> ApplicationEvent {
-        ApplicationEvent::ApplicationCreated { name: "shop".parse().unwrap(), repository: "/srv/shop.git".into(), created_at: t() }
+        ApplicationEvent::ApplicationCreated {
+            name: "shop".parse().unwrap(),
+            repository: "/srv/shop.git".into(),
+            created_at: t(),
+        }
     }
 
     #[test]
     fn template_updates_are_versioned_and_repeats_change_nothing() {
-        let update = |d: &str| ApplicationCommand::UpdateTemplate { digest: d.into(), template: json!({ "d": d }), now: t() };
+        let update =
+            |d: &str| ApplicationCommand::UpdateTemplate { digest: d.into(), template: json!({ "d": d }), now: t() };
         let mut events = vec![created()];
         let first = decide(&given(&events), update("sha256:a")).unwrap();
         assert!(matches!(first[..], [ApplicationEvent::ApplicationTemplateUpdated { version: 1, .. }]));

@@ -57,8 +57,15 @@ pub enum EnvironmentEvent {
         requested_at: DateTime<Utc>,
     },
     /// A queued run will never start: a newer request made it pointless.
-    RunSuperseded { run_id: Uuid, by: Uuid, reason: String },
-    RunStarted { run_id: Uuid, started_at: DateTime<Utc> },
+    RunSuperseded {
+        run_id: Uuid,
+        by: Uuid,
+        reason: String,
+    },
+    RunStarted {
+        run_id: Uuid,
+        started_at: DateTime<Utc>,
+    },
     RunFinished {
         run_id: Uuid,
         outcome: RunOutcome,
@@ -127,21 +134,62 @@ pub struct Created {
 }
 
 pub enum EnvironmentCommand {
-    Create { application: Name, name: Name, kind: EnvironmentKind, tracking: Tracking, ttl_seconds: Option<u64>, now: DateTime<Utc> },
+    Create {
+        application: Name,
+        name: Name,
+        kind: EnvironmentKind,
+        tracking: Tracking,
+        ttl_seconds: Option<u64>,
+        now: DateTime<Utc>,
+    },
     /// Set up (again): infrastructure, then deploy `commit` with `templates`.
-    RequestSetup { run_id: Uuid, commit: CommitId, templates: TemplateVersions, reason: String, now: DateTime<Utc> },
+    RequestSetup {
+        run_id: Uuid,
+        commit: CommitId,
+        templates: TemplateVersions,
+        reason: String,
+        now: DateTime<Utc>,
+    },
     /// Deploy `commit` onto the existing infrastructure. `current` are the
     /// application's templates now: a patch is refused while they differ from
     /// what the last setup applied.
-    RequestPatch { run_id: Uuid, commit: CommitId, current: TemplateVersions, reason: String, now: DateTime<Utc> },
-    RequestTeardown { run_id: Uuid, reason: String, now: DateTime<Utc> },
+    RequestPatch {
+        run_id: Uuid,
+        commit: CommitId,
+        current: TemplateVersions,
+        reason: String,
+        now: DateTime<Utc>,
+    },
+    RequestTeardown {
+        run_id: Uuid,
+        reason: String,
+        now: DateTime<Utc>,
+    },
     /// A worker claimed the run.
-    MarkStarted { run_id: Uuid, now: DateTime<Utc> },
-    MarkFinished { run_id: Uuid, outcome: RunOutcome, images: Vec<(String, String)>, now: DateTime<Utc> },
+    MarkStarted {
+        run_id: Uuid,
+        now: DateTime<Utc>,
+    },
+    MarkFinished {
+        run_id: Uuid,
+        outcome: RunOutcome,
+        images: Vec<(String, String)>,
+        now: DateTime<Utc>,
+    },
     /// Tear down if the environment's time is up.
-    Expire { run_id: Uuid, now: DateTime<Utc> },
+    Expire {
+        run_id: Uuid,
+        now: DateTime<Utc>,
+    },
     /// Queue a failed run again for its retry.
-    Requeue { run_id: Uuid, kind: RunKind, commit: Option<CommitId>, templates: Option<TemplateVersions>, reason: String, now: DateTime<Utc> },
+    Requeue {
+        run_id: Uuid,
+        kind: RunKind,
+        commit: Option<CommitId>,
+        templates: Option<TemplateVersions>,
+        reason: String,
+        now: DateTime<Utc>,
+    },
 }
 
 impl Environment {
@@ -150,7 +198,9 @@ impl Environment {
     }
 
     fn label(&self) -> String {
-        self.created.as_ref().map_or_else(|| "environment".into(), |c| format!("environment {}/{}", c.application, c.name))
+        self.created
+            .as_ref()
+            .map_or_else(|| "environment".into(), |c| format!("environment {}/{}", c.application, c.name))
     }
 
     /// Why the environment needs a setup before it can be patched, if it does.
@@ -193,7 +243,15 @@ impl Environment {
             .collect()
     }
 
-    fn request(&self, run_id: Uuid, kind: RunKind, commit: Option<CommitId>, templates: Option<TemplateVersions>, reason: String, now: DateTime<Utc>) -> Vec<EnvironmentEvent> {
+    fn request(
+        &self,
+        run_id: Uuid,
+        kind: RunKind,
+        commit: Option<CommitId>,
+        templates: Option<TemplateVersions>,
+        reason: String,
+        now: DateTime<Utc>,
+    ) -> Vec<EnvironmentEvent> {
         let superseded = self.superseded_by(kind).into_iter().map(|old| EnvironmentEvent::RunSuperseded {
             run_id: old,
             by: run_id,
@@ -221,7 +279,14 @@ pub fn decide(env: &Environment, command: EnvironmentCommand) -> Result<Vec<Envi
         if env.created.is_some() {
             return Err(DomainError::AlreadyExists(env.label()));
         }
-        return Ok(vec![EnvironmentEvent::EnvironmentCreated { application, name, kind, tracking, ttl_seconds, created_at: now }]);
+        return Ok(vec![EnvironmentEvent::EnvironmentCreated {
+            application,
+            name,
+            kind,
+            tracking,
+            ttl_seconds,
+            created_at: now,
+        }]);
     }
     if env.created.is_none() {
         return Err(DomainError::NotFound(env.label()));
@@ -248,7 +313,10 @@ pub fn decide(env: &Environment, command: EnvironmentCommand) -> Result<Vec<Envi
             // A setup still queued will apply the current templates first; the
             // patch may queue behind it.
             let setup_queued = env.queue.iter().any(|q| {
-                q.kind == RunKind::Setup && q.templates.as_ref().is_some_and(|t| t.template_digest == current.template_digest && t.variables_digest == current.variables_digest)
+                q.kind == RunKind::Setup
+                    && q.templates.as_ref().is_some_and(|t| {
+                        t.template_digest == current.template_digest && t.variables_digest == current.variables_digest
+                    })
             });
             let reasons = env.setup_reasons(&current);
             if !reasons.is_empty() && !setup_queued {
@@ -309,7 +377,13 @@ pub fn evolve(mut env: Environment, event: &EnvironmentEvent) -> Environment {
             env.expires_at = ttl_seconds.map(|ttl| *created_at + Duration::seconds(ttl as i64));
         }
         EnvironmentEvent::RunRequested { run_id, kind, commit, templates, .. } => {
-            env.queue.push(QueuedRun { run_id: *run_id, kind: *kind, commit: commit.clone(), templates: templates.clone(), started: false });
+            env.queue.push(QueuedRun {
+                run_id: *run_id,
+                kind: *kind,
+                commit: commit.clone(),
+                templates: templates.clone(),
+                started: false,
+            });
         }
         EnvironmentEvent::RunSuperseded { run_id, .. } => env.queue.retain(|q| q.run_id != *run_id),
         EnvironmentEvent::RunStarted { run_id, .. } => {
@@ -380,12 +454,30 @@ mod tests {
         }
     }
 
-    fn requested(n: u128, kind: RunKind, c: Option<CommitId>, templates: Option<TemplateVersions>, at: i64) -> EnvironmentEvent {
-        EnvironmentEvent::RunRequested { run_id: run(n), kind, commit: c, reason: "asked".into(), templates, requested_at: t(at) }
+    fn requested(
+        n: u128,
+        kind: RunKind,
+        c: Option<CommitId>,
+        templates: Option<TemplateVersions>,
+        at: i64,
+    ) -> EnvironmentEvent {
+        EnvironmentEvent::RunRequested {
+            run_id: run(n),
+            kind,
+            commit: c,
+            reason: "asked".into(),
+            templates,
+            requested_at: t(at),
+        }
     }
 
     fn finished(n: u128, outcome: RunOutcome, at: i64) -> EnvironmentEvent {
-        EnvironmentEvent::RunFinished { run_id: run(n), outcome, images: vec![("web".into(), format!("img-{n}"))], finished_at: t(at) }
+        EnvironmentEvent::RunFinished {
+            run_id: run(n),
+            outcome,
+            images: vec![("web".into(), format!("img-{n}"))],
+            finished_at: t(at),
+        }
     }
 
     /// given(events).when(command) → the events decided, or the refusal.
@@ -404,7 +496,13 @@ mod tests {
     }
 
     fn patch(n: u128, c: char, current: TemplateVersions) -> EnvironmentCommand {
-        EnvironmentCommand::RequestPatch { run_id: run(n), commit: commit(c), current, reason: "asked".into(), now: t(20) }
+        EnvironmentCommand::RequestPatch {
+            run_id: run(n),
+            commit: commit(c),
+            current,
+            reason: "asked".into(),
+            now: t(20),
+        }
     }
 
     #[test]
@@ -454,7 +552,11 @@ mod tests {
         let decided = decide(&given(&events), patch(3, 'c', versions(1, 1))).unwrap();
         assert_eq!(
             decided[0],
-            EnvironmentEvent::RunSuperseded { run_id: run(2), by: run(3), reason: "outdated: a newer deploy was requested".into() }
+            EnvironmentEvent::RunSuperseded {
+                run_id: run(2),
+                by: run(3),
+                reason: "outdated: a newer deploy was requested".into()
+            }
         );
         assert_eq!(decided[1], requested(3, RunKind::Patch, Some(commit('c')), None, 20));
 
@@ -468,10 +570,16 @@ mod tests {
         let mut events = set_up();
         events.push(requested(2, RunKind::Patch, Some(commit('b')), None, 11));
         let env = given(&events);
-        let decided = decide(&env, EnvironmentCommand::RequestTeardown { run_id: run(3), reason: "deleted".into(), now: t(20) }).unwrap();
+        let decided =
+            decide(&env, EnvironmentCommand::RequestTeardown { run_id: run(3), reason: "deleted".into(), now: t(20) })
+                .unwrap();
         assert_eq!(
             decided[0],
-            EnvironmentEvent::RunSuperseded { run_id: run(2), by: run(3), reason: "the environment is being torn down".into() }
+            EnvironmentEvent::RunSuperseded {
+                run_id: run(2),
+                by: run(3),
+                reason: "the environment is being torn down".into()
+            }
         );
         events.extend(decided);
         let env = given(&events);
@@ -492,9 +600,17 @@ mod tests {
         let expire = |now| EnvironmentCommand::Expire { run_id: run(9), now: t(now) };
         assert_eq!(decide(&env, expire(3609)).unwrap(), vec![]);
         let decided = decide(&env, expire(3610)).unwrap();
-        assert_eq!(decided, vec![EnvironmentEvent::RunRequested {
-            run_id: run(9), kind: RunKind::Teardown, commit: None, reason: "expired".into(), templates: None, requested_at: t(3610)
-        }]);
+        assert_eq!(
+            decided,
+            vec![EnvironmentEvent::RunRequested {
+                run_id: run(9),
+                kind: RunKind::Teardown,
+                commit: None,
+                reason: "expired".into(),
+                templates: None,
+                requested_at: t(3610)
+            }]
+        );
         let mut events = set_up();
         events.extend(decided);
         assert_eq!(decide(&given(&events), expire(4000)).unwrap(), vec![]);

@@ -136,7 +136,9 @@ pub struct TemplateVersions {
 /// A command the domain refused. The message is for the user who sent it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainError {
-    #[error("{0:?} is not a valid name: use lowercase letters, digits and `-`, start with a letter, at most 40 characters")]
+    #[error(
+        "{0:?} is not a valid name: use lowercase letters, digits and `-`, start with a letter, at most 40 characters"
+    )]
     InvalidName(String),
     #[error("{0:?} is not a full commit id (40 lowercase hex digits)")]
     InvalidCommit(String),

@@ -80,15 +80,25 @@ pub fn plan(kind: RunKind, input: &PlanInput) -> Vec<PlannedStage> {
     for (name, jobs) in &input.extra_stages {
         stage(name, jobs.iter().map(|j| job(j.clone(), Action::Job { job: j.clone() })).collect());
     }
-    stage("build", input.built_services.iter().map(|s| job(format!("build-{s}"), Action::Build { service: s.clone() })).collect());
+    stage(
+        "build",
+        input.built_services.iter().map(|s| job(format!("build-{s}"), Action::Build { service: s.clone() })).collect(),
+    );
     if kind == RunKind::Setup {
         stage("setup", vec![job("infrastructure".into(), Action::Infrastructure)]);
     }
     stage(
         "release",
-        input.release_commands.iter().map(|c| job(format!("release-{c}"), Action::Release { command: c.clone() })).collect(),
+        input
+            .release_commands
+            .iter()
+            .map(|c| job(format!("release-{c}"), Action::Release { command: c.clone() }))
+            .collect(),
     );
-    stage("deploy", input.services.iter().map(|s| job(format!("deploy-{s}"), Action::Deploy { service: s.clone() })).collect());
+    stage(
+        "deploy",
+        input.services.iter().map(|s| job(format!("deploy-{s}"), Action::Deploy { service: s.clone() })).collect(),
+    );
     stages
 }
 
@@ -110,18 +120,69 @@ pub enum RunEvent {
         plan: Vec<PlannedStage>,
         queued_at: DateTime<Utc>,
     },
-    RunStarted { attempt: u32, worker: String, at: DateTime<Utc> },
-    StageStarted { stage: String, attempt: u32, at: DateTime<Utc> },
-    JobStarted { stage: String, job: String, attempt: u32, at: DateTime<Utc> },
-    JobSucceeded { stage: String, job: String, attempt: u32, output: Option<String>, at: DateTime<Utc> },
-    JobFailed { stage: String, job: String, attempt: u32, error: String, at: DateTime<Utc> },
-    StageSucceeded { stage: String, attempt: u32, at: DateTime<Utc> },
-    StageFailed { stage: String, attempt: u32, at: DateTime<Utc> },
-    RunSucceeded { attempt: u32, at: DateTime<Utc> },
-    RunFailed { attempt: u32, stage: String, error: String, at: DateTime<Utc> },
-    RunCancelled { reason: String, at: DateTime<Utc> },
-    RunSkipped { reason: String, at: DateTime<Utc> },
-    RunRetried { attempt: u32, from_stage: String, at: DateTime<Utc> },
+    RunStarted {
+        attempt: u32,
+        worker: String,
+        at: DateTime<Utc>,
+    },
+    StageStarted {
+        stage: String,
+        attempt: u32,
+        at: DateTime<Utc>,
+    },
+    JobStarted {
+        stage: String,
+        job: String,
+        attempt: u32,
+        at: DateTime<Utc>,
+    },
+    JobSucceeded {
+        stage: String,
+        job: String,
+        attempt: u32,
+        output: Option<String>,
+        at: DateTime<Utc>,
+    },
+    JobFailed {
+        stage: String,
+        job: String,
+        attempt: u32,
+        error: String,
+        at: DateTime<Utc>,
+    },
+    StageSucceeded {
+        stage: String,
+        attempt: u32,
+        at: DateTime<Utc>,
+    },
+    StageFailed {
+        stage: String,
+        attempt: u32,
+        at: DateTime<Utc>,
+    },
+    RunSucceeded {
+        attempt: u32,
+        at: DateTime<Utc>,
+    },
+    RunFailed {
+        attempt: u32,
+        stage: String,
+        error: String,
+        at: DateTime<Utc>,
+    },
+    RunCancelled {
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    RunSkipped {
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    RunRetried {
+        attempt: u32,
+        from_stage: String,
+        at: DateTime<Utc>,
+    },
 }
 
 impl RunEvent {
@@ -225,12 +286,26 @@ pub fn current_job(run: &Run) -> Option<(&str, &PlannedJob)> {
 }
 
 pub enum RunCommand {
-    Start { worker: String, now: DateTime<Utc> },
+    Start {
+        worker: String,
+        now: DateTime<Utc>,
+    },
     /// The current job ended: `Ok(output)` or `Err(what went wrong)`.
-    JobFinished { result: Result<Option<String>, String>, now: DateTime<Utc> },
-    Cancel { reason: String, now: DateTime<Utc> },
-    Skip { reason: String, now: DateTime<Utc> },
-    Retry { now: DateTime<Utc> },
+    JobFinished {
+        result: Result<Option<String>, String>,
+        now: DateTime<Utc>,
+    },
+    Cancel {
+        reason: String,
+        now: DateTime<Utc>,
+    },
+    Skip {
+        reason: String,
+        now: DateTime<Utc>,
+    },
+    Retry {
+        now: DateTime<Utc>,
+    },
 }
 
 fn refuse(run: &Run, action: &'static str) -> DomainError {
@@ -270,7 +345,8 @@ pub fn decide(run: &Run, command: RunCommand) -> Result<Vec<RunEvent>, DomainErr
             if run.status != RunStatus::Failed {
                 return Err(refuse(run, "retrying it"));
             }
-            let from_stage = run.stages.iter().find(|s| s.status == StepStatus::Failed).map_or_else(String::new, |s| s.name.clone());
+            let from_stage =
+                run.stages.iter().find(|s| s.status == StepStatus::Failed).map_or_else(String::new, |s| s.name.clone());
             Ok(vec![RunEvent::RunRetried { attempt: run.attempt + 1, from_stage, at: now }])
         }
     }
@@ -379,7 +455,16 @@ pub fn evolve(mut run: Run, event: &RunEvent) -> Run {
 pub fn fold(events: &[RunEvent]) -> Option<Run> {
     let (first, rest) = events.split_first()?;
     let RunEvent::RunQueued {
-        run_id, application, environment, kind, commit, repository, template, templates, plan, ..
+        run_id,
+        application,
+        environment,
+        kind,
+        commit,
+        repository,
+        template,
+        templates,
+        plan,
+        ..
     } = first
     else {
         return None;
@@ -400,7 +485,11 @@ pub fn fold(events: &[RunEvent]) -> Option<Run> {
             .map(|s| StageState {
                 name: s.name.clone(),
                 status: StepStatus::Pending,
-                jobs: s.jobs.iter().map(|j| JobState { job: j.clone(), status: StepStatus::Pending, output: None, error: None }).collect(),
+                jobs: s
+                    .jobs
+                    .iter()
+                    .map(|j| JobState { job: j.clone(), status: StepStatus::Pending, output: None, error: None })
+                    .collect(),
             })
             .collect(),
         error: None,
@@ -473,16 +562,27 @@ pub(crate) mod tests {
 
     #[test]
     fn plans_follow_the_lifecycle() {
-        let names = |kind| plan(kind, &input()).iter().map(|s| (s.name.clone(), s.jobs.iter().map(|j| j.name.clone()).collect::<Vec<_>>())).collect::<Vec<_>>();
+        let names = |kind| {
+            plan(kind, &input())
+                .iter()
+                .map(|s| (s.name.clone(), s.jobs.iter().map(|j| j.name.clone()).collect::<Vec<_>>()))
+                .collect::<Vec<_>>()
+        };
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert_eq!(names(RunKind::Setup), vec![
-            ("test".into(), s(&["unit"])),
-            ("build".into(), s(&["build-web"])),
-            ("setup".into(), s(&["infrastructure"])),
-            ("release".into(), s(&["release-migrate", "release-notify"])),
-            ("deploy".into(), s(&["deploy-web", "deploy-cache"])),
-        ]);
-        assert_eq!(names(RunKind::Patch).iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["test", "build", "release", "deploy"]);
+        assert_eq!(
+            names(RunKind::Setup),
+            vec![
+                ("test".into(), s(&["unit"])),
+                ("build".into(), s(&["build-web"])),
+                ("setup".into(), s(&["infrastructure"])),
+                ("release".into(), s(&["release-migrate", "release-notify"])),
+                ("deploy".into(), s(&["deploy-web", "deploy-cache"])),
+            ]
+        );
+        assert_eq!(
+            names(RunKind::Patch).iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["test", "build", "release", "deploy"]
+        );
         assert_eq!(names(RunKind::Teardown), vec![("teardown".into(), s(&["hook-destroy", "remove"]))]);
         let bare = PlanInput { services: vec!["web".into()], ..PlanInput::default() };
         assert_eq!(plan(RunKind::Patch, &bare).len(), 1, "stages without jobs are left out");
@@ -491,7 +591,10 @@ pub(crate) mod tests {
     #[test]
     fn a_run_walks_its_stages_and_jobs_in_order() {
         let mut run = Given(vec![queued(RunKind::Patch)]);
-        assert_eq!(run.when(RunCommand::Start { worker: "w1".into(), now: t(1) }), ["RunStarted", "StageStarted", "JobStarted"]);
+        assert_eq!(
+            run.when(RunCommand::Start { worker: "w1".into(), now: t(1) }),
+            ["RunStarted", "StageStarted", "JobStarted"]
+        );
         assert_eq!(current_job(&run.run()).unwrap().1.name, "unit");
         assert_eq!(run.when(ok(None)), ["JobSucceeded", "StageSucceeded", "StageStarted", "JobStarted"]);
         assert_eq!(run.when(ok(Some("img-1"))), ["JobSucceeded", "StageSucceeded", "StageStarted", "JobStarted"]);
@@ -531,7 +634,10 @@ pub(crate) mod tests {
         let retried = run.run();
         assert_eq!((retried.status, retried.attempt), (RunStatus::Queued, 2));
         assert_eq!(retried.output_of("build", "build-web"), Some("img-1"));
-        assert_eq!(run.when(RunCommand::Start { worker: "w2".into(), now: t(5) }), ["RunStarted", "StageStarted", "JobStarted"]);
+        assert_eq!(
+            run.when(RunCommand::Start { worker: "w2".into(), now: t(5) }),
+            ["RunStarted", "StageStarted", "JobStarted"]
+        );
         assert_eq!(current_job(&run.run()).unwrap().1.name, "release-migrate");
     }
 

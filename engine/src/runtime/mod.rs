@@ -140,7 +140,8 @@ pub enum RuntimeError {
 /// An execution backend. See the module docs for the contract.
 pub trait Runtime: Send + Sync + 'static {
     /// Builds (or reuses, for the same commit and context) the service's image.
-    fn build(&self, req: &BuildRequest, logs: &dyn LogSink) -> impl Future<Output = Result<Image, RuntimeError>> + Send;
+    fn build(&self, req: &BuildRequest, logs: &dyn LogSink)
+    -> impl Future<Output = Result<Image, RuntimeError>> + Send;
 
     /// Ensures the environment's infrastructure exists: its network or working
     /// directory, and the named volumes. Running it twice changes nothing.
@@ -163,7 +164,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// is healthy, switch to it, stop the old one. If the new version never becomes
     /// healthy it is removed and the old one keeps (or is put back to) serving, and
     /// the call fails. Rolling out the image already running changes nothing.
-    fn roll_out(&self, req: &ServiceRequest, logs: &dyn LogSink) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn roll_out(
+        &self,
+        req: &ServiceRequest,
+        logs: &dyn LogSink,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// Stops and removes every service, task, volume and network of the environment.
     fn teardown(&self, env: &EnvironmentRef) -> impl Future<Output = Result<(), RuntimeError>> + Send;
@@ -203,4 +208,3 @@ pub(crate) fn copy_tree(source: &Path, target: &Path, skip: Option<&Path>) -> st
     std::fs::set_permissions(target, std::fs::metadata(source)?.permissions())?;
     Ok(files)
 }
-

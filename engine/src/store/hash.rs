@@ -108,10 +108,7 @@ mod tests {
     fn the_hash_is_the_documented_encoding() {
         // docs/audit.md walks through this exact example; its Python snippet prints the same.
         let hash = event_hash(&fields(&GENESIS, "{\"name\":\"web\"}"));
-        assert_eq!(
-            hex::encode(hash),
-            "1c792eb09578b6aba49d7da6e5919d551b2100018c60063346d26a018b947671"
-        );
+        assert_eq!(hex::encode(hash), "1c792eb09578b6aba49d7da6e5919d551b2100018c60063346d26a018b947671");
     }
 
     #[test]

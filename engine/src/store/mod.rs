@@ -51,8 +51,7 @@ impl FromStr for StreamId {
         let (kind, id) = s.split_once('-').ok_or_else(bad)?;
         let kind_ok = kind.starts_with(|c: char| c.is_ascii_lowercase())
             && kind.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        let id_ok = !id.is_empty()
-            && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+        let id_ok = !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
         if kind_ok && id_ok && s.len() <= MAX_NAME_LEN { Ok(StreamId(s.to_owned())) } else { Err(bad()) }
     }
 }
@@ -232,7 +231,9 @@ pub struct Appended {
 /// Input that can never be appended, whatever the log holds.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidInput {
-    #[error("stream id {0:?} is not `<type>-<id>` (type: lowercase letters, digits, `_`; id: letters, digits, `-_.:`; at most 200 bytes)")]
+    #[error(
+        "stream id {0:?} is not `<type>-<id>` (type: lowercase letters, digits, `_`; id: letters, digits, `-_.:`; at most 200 bytes)"
+    )]
     StreamId(String),
     #[error("expected version {0:?} is not `any`, `no-stream` or a version number")]
     ExpectedVersion(String),
@@ -309,7 +310,8 @@ fn encode(events: &[NewEvent]) -> Result<Vec<Encoded>, InvalidInput> {
             if !seen.insert(e.event_id) {
                 return Err(InvalidInput::RepeatedEventId(e.event_id));
             }
-            let payload = canonical::canonicalize(&e.payload).map_err(|reason| InvalidInput::Payload { index, reason })?;
+            let payload =
+                canonical::canonicalize(&e.payload).map_err(|reason| InvalidInput::Payload { index, reason })?;
             if payload.len() > MAX_PAYLOAD_BYTES {
                 return Err(InvalidInput::PayloadTooLarge { index, size: payload.len(), max: MAX_PAYLOAD_BYTES });
             }
@@ -456,16 +458,21 @@ impl EventStore {
              AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
              ORDER BY tx_id, global_position LIMIT $3"
         ))
-            .bind(after.tx_id)
-            .bind(after.position)
-            .bind(limit.min(i64::MAX as usize) as i64)
-            .fetch_all(&self.pool)
-            .await?;
+        .bind(after.tx_id)
+        .bind(after.position)
+        .bind(limit.min(i64::MAX as usize) as i64)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(RecordedEvent::from_row).collect()
     }
 
     /// Reads one stream's events from `from_version` on, in version order.
-    pub async fn read_stream(&self, stream: &StreamId, from_version: u64, limit: usize) -> sqlx::Result<Vec<RecordedEvent>> {
+    pub async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> sqlx::Result<Vec<RecordedEvent>> {
         let rows = sqlx::query(select_events!("WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3"))
             .bind(stream.as_str())
             .bind(from_version.min(i64::MAX as u64) as i64)

@@ -15,7 +15,11 @@ const SEALER_LOCK: i64 = 0x5348_4950_5345_414c; // "SHIPSEAL"
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SealOutcome {
-    Sealed { seal_id: u64, to: Cursor, event_count: u64 },
+    Sealed {
+        seal_id: u64,
+        to: Cursor,
+        event_count: u64,
+    },
     /// No event has become readable since the last seal.
     NothingToSeal,
 }
@@ -96,9 +100,7 @@ impl EventStore {
     }
 
     /// Streams `(cursor, hash)` of every event in cursor order; used by verification.
-    pub(super) fn event_hashes_in_order(
-        &self,
-    ) -> impl futures::Stream<Item = sqlx::Result<(Cursor, hash::Hash)>> + '_ {
+    pub(super) fn event_hashes_in_order(&self) -> impl futures::Stream<Item = sqlx::Result<(Cursor, hash::Hash)>> + '_ {
         sqlx::query("SELECT tx_id::text::bigint AS tx_number, global_position, hash FROM events ORDER BY tx_id, global_position")
             .fetch(&self.pool)
             .map_ok(|row| {

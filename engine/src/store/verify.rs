@@ -79,10 +79,9 @@ impl fmt::Display for Problem {
                 write!(f, "version {expected} is missing (deleted or moved)")
             }
             ProblemKind::BrokenLink => f.write_str("prev_hash does not match the previous event (chain broken)"),
-            ProblemKind::StreamHeadMismatch { recorded_version, found_version } => write!(
-                f,
-                "stream row records version {recorded_version} but its events end at {found_version}"
-            ),
+            ProblemKind::StreamHeadMismatch { recorded_version, found_version } => {
+                write!(f, "stream row records version {recorded_version} but its events end at {found_version}")
+            }
             ProblemKind::MissingStreamRow => f.write_str("events exist but the stream row is missing"),
             ProblemKind::SealMismatch { seal_id, from, to, sealed_events, found_events } => write!(
                 f,
@@ -192,7 +191,13 @@ impl EventStore {
         for row in orphans {
             let stream_id: String = row.try_get("stream_id")?;
             let recorded_version = row.try_get::<i64, _>("version")? as u64;
-            push(report, None, &stream_id, None, ProblemKind::StreamHeadMismatch { recorded_version, found_version: 0 });
+            push(
+                report,
+                None,
+                &stream_id,
+                None,
+                ProblemKind::StreamHeadMismatch { recorded_version, found_version: 0 },
+            );
         }
         Ok(())
     }

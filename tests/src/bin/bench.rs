@@ -217,7 +217,9 @@ impl Server {
     fn start(no_fsync: bool) -> anyhow::Result<Server> {
         if let Ok(url) = std::env::var("DATABASE_URL") {
             if no_fsync {
-                eprintln!("warning: --no-fsync only applies to a private cluster; DATABASE_URL's server keeps its settings");
+                eprintln!(
+                    "warning: --no-fsync only applies to a private cluster; DATABASE_URL's server keeps its settings"
+                );
             }
             let options = postgres::options_from_url(&url).context("DATABASE_URL is not a valid PostgreSQL URL")?;
             return Ok(Server { options, cluster: None });
@@ -347,7 +349,8 @@ struct Content {
 
 impl Content {
     fn new() -> Content {
-        let metadata = Metadata { actor: Some("bench".into()), correlation_id: Some(Uuid::new_v4()), ..Metadata::default() };
+        let metadata =
+            Metadata { actor: Some("bench".into()), correlation_id: Some(Uuid::new_v4()), ..Metadata::default() };
         Content { run_id: Uuid::new_v4(), metadata }
     }
 
@@ -438,8 +441,9 @@ impl Writer for RawWriter {
     type Call = RawRows;
 
     fn prepare(&mut self) -> RawRows {
-        let metadata = canonical::canonicalize(&serde_json::to_value(&self.content.metadata).expect("metadata is JSON"))
-            .expect("metadata is canonical");
+        let metadata =
+            canonical::canonicalize(&serde_json::to_value(&self.content.metadata).expect("metadata is JSON"))
+                .expect("metadata is canonical");
         let recorded_at = Utc::now();
         let mut rows = RawRows {
             versions: Vec::with_capacity(self.batch),
@@ -934,7 +938,13 @@ impl EngineFixture {
         lifecycle.update_template(&app, &engine_template(&image), &metadata, now).await?;
         lifecycle
             .create_environment(
-                &Created { application: app.clone(), name: env.clone(), kind: EnvironmentKind::Preview, tracking: Tracking::Branch("main".into()), ttl_seconds: None },
+                &Created {
+                    application: app.clone(),
+                    name: env.clone(),
+                    kind: EnvironmentKind::Preview,
+                    tracking: Tracking::Branch("main".into()),
+                    ttl_seconds: None,
+                },
                 &metadata,
                 now,
             )
@@ -986,7 +996,8 @@ impl EngineFixture {
     async fn tear_down(&self) -> anyhow::Result<()> {
         eprintln!("tearing the environment down ...");
         let through_engine = async {
-            let requested = self.lifecycle.request_teardown(&self.app, &self.env, "bench done", &self.metadata, Utc::now()).await?;
+            let requested =
+                self.lifecycle.request_teardown(&self.app, &self.env, "bench done", &self.metadata, Utc::now()).await?;
             self.drive(requested.run_id).await
         };
         if let Err(e) = through_engine.await {
@@ -1076,7 +1087,11 @@ impl PatchRuns {
             Figure::latency("patch run vs `true` spawn+wait", &self.shiplog.total, spawns),
             Figure::latency("patch run vs git checkout", &self.shiplog.total, checkouts),
             Figure::plain("event rows per patch".into(), "rows", per_patch(self.events, self.events)),
-            Figure::plain("event transactions per patch".into(), "commits", per_patch(self.transactions, self.transactions)),
+            Figure::plain(
+                "event transactions per patch".into(),
+                "commits",
+                per_patch(self.transactions, self.transactions),
+            ),
             Figure::plain("write transactions per patch".into(), "xids", per_patch(self.shiplog_xids, self.raw_xids)),
         ]
     }
@@ -1113,7 +1128,8 @@ async fn measure_patches(fixture: &EngineFixture, db: &BenchDb, runs: usize) -> 
 /// readings counts the write transactions in between (on a private cluster, only
 /// the bench's).
 async fn next_xid(owner: &PgPool) -> anyhow::Result<u64> {
-    let xid: i64 = sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetch_one(owner).await?;
+    let xid: i64 =
+        sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").fetch_one(owner).await?;
     Ok(xid as u64)
 }
 
@@ -1331,10 +1347,7 @@ fn print_report(header: &[String], figures: &[Figure], json_path: Option<&std::p
     println!("{}", "-".repeat(79));
     for figure in figures {
         for (label, pair, decimals) in figure.rows() {
-            println!(
-                "{label:<44} {:>12.decimals$} {:>12.decimals$} {:>8.2}",
-                pair.shiplog, pair.baseline, pair.ratio
-            );
+            println!("{label:<44} {:>12.decimals$} {:>12.decimals$} {:>8.2}", pair.shiplog, pair.baseline, pair.ratio);
         }
     }
     println!();

@@ -94,10 +94,11 @@ async fn racing_writers_on_one_stream_get_versions_without_duplicates_and_losers
     }
     assert_eq!(versions, (2..=41).collect::<BTreeSet<u64>>());
     assert!(conflicts > 0, "8 writers on one stream never collided; the race was not exercised");
-    let stored: Vec<i64> = sqlx::query_scalar("SELECT version FROM events WHERE stream_id = 'run-race' ORDER BY version")
-        .fetch_all(&db.owner)
-        .await
-        .unwrap();
+    let stored: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM events WHERE stream_id = 'run-race' ORDER BY version")
+            .fetch_all(&db.owner)
+            .await
+            .unwrap();
     assert_eq!(stored, (1..=41).collect::<Vec<i64>>());
     assert!(store.verify().await.unwrap().is_intact());
 }
@@ -112,7 +113,9 @@ async fn racing_to_create_one_stream_lets_exactly_one_writer_win() {
     });
     let results: Vec<_> = futures::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
-    assert!(results.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(e, AppendError::Conflict { actual: 1, .. })));
+    assert!(
+        results.iter().filter_map(|r| r.as_ref().err()).all(|e| matches!(e, AppendError::Conflict { actual: 1, .. }))
+    );
 }
 
 #[tokio::test]
@@ -154,7 +157,10 @@ async fn appending_the_same_event_ids_again_returns_the_original_result() {
 
     // The same id in another stream is not a retry: refused, nothing written.
     let err = store.append(&stream("environment-b"), ExpectedVersion::Any, &batch[..1]).await.unwrap_err();
-    assert!(matches!(err, AppendError::EventIdTaken { ref stored_in, stored_version: 1, .. } if stored_in == "environment-a"), "{err:?}");
+    assert!(
+        matches!(err, AppendError::EventIdTaken { ref stored_in, stored_version: 1, .. } if stored_in == "environment-a"),
+        "{err:?}"
+    );
     // Half a batch stored before is not a retry either.
     let mixed = [batch[1].clone(), event(3)];
     let err = store.append(&s, ExpectedVersion::Any, &mixed).await.unwrap_err();
@@ -189,7 +195,10 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
              IEEE-754 doubles); send it as a string"
                 .into(),
         ),
-        (vec![repeated.clone(), repeated.clone()], format!("event id {} appears twice in one append", repeated.event_id)),
+        (
+            vec![repeated.clone(), repeated.clone()],
+            format!("event id {} appears twice in one append", repeated.event_id),
+        ),
     ];
     for (events, message) in cases {
         let err = store.append(&s, ExpectedVersion::Any, &events).await.unwrap_err();
@@ -200,9 +209,16 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let invalid_json = NewEvent::from_json("Counted", "{\"n\": 1,").unwrap_err();
     assert!(matches!(invalid_json, InvalidInput::Payload { .. }));
     assert!(invalid_json.to_string().starts_with("event 0: payload invalid JSON: EOF while parsing"), "{invalid_json}");
-    assert_eq!("later".parse::<ExpectedVersion>().unwrap_err().to_string(), "expected version \"later\" is not `any`, `no-stream` or a version number");
+    assert_eq!(
+        "later".parse::<ExpectedVersion>().unwrap_err().to_string(),
+        "expected version \"later\" is not `any`, `no-stream` or a version number"
+    );
     assert_eq!("-3".parse::<ExpectedVersion>().unwrap_err(), InvalidInput::ExpectedVersion("-3".into()));
-    assert!("Run-1".parse::<StreamId>().is_err() && "run".parse::<StreamId>().is_err() && "run-a b".parse::<StreamId>().is_err());
+    assert!(
+        "Run-1".parse::<StreamId>().is_err()
+            && "run".parse::<StreamId>().is_err()
+            && "run-a b".parse::<StreamId>().is_err()
+    );
 
     assert_eq!(row_counts(&db).await, before);
 }

@@ -17,8 +17,8 @@ use shiplog_engine::worker::{Tick, Worker};
 use shiplog_engine::{logs, runtime::EnvironmentRef};
 use std::time::Duration;
 
-use shiplog_tests::{TestDb, eventually};
 use shiplog_tests::example::{ExampleRepo, Scratch, copy_dir, installed};
+use shiplog_tests::{TestDb, eventually};
 use uuid::Uuid;
 
 const SECRET: &str = "s3cret-token-value";
@@ -36,7 +36,13 @@ struct Example {
 
 /// An environment of `app` tracking `main`.
 fn environment(app: &Name, name: &Name, kind: EnvironmentKind, ttl_seconds: Option<u64>) -> Created {
-    Created { application: app.clone(), name: name.clone(), kind, tracking: Tracking::Branch("main".into()), ttl_seconds }
+    Created {
+        application: app.clone(),
+        name: name.clone(),
+        kind,
+        tracking: Tracking::Branch("main".into()),
+        ttl_seconds,
+    }
 }
 
 fn metadata() -> Metadata {
@@ -96,14 +102,19 @@ impl Example {
             "SELECT rtrim(event_type || ' ' || coalesce(payload::jsonb->>'job', payload::jsonb->>'stage', '')) \
              FROM events WHERE stream_id = $1 ORDER BY version",
         )
-            .bind(format!("run-{run_id}"))
-            .fetch_all(&self.db.owner)
-            .await
-            .unwrap()
+        .bind(format!("run-{run_id}"))
+        .fetch_all(&self.db.owner)
+        .await
+        .unwrap()
     }
 
     async fn log_text(&self, run_id: Uuid) -> String {
-        logs::read(&self.db.runtime, run_id, 0, 10_000).await.unwrap().iter().map(|l| format!("{}: {}\n", l.job, l.line)).collect()
+        logs::read(&self.db.runtime, run_id, 0, 10_000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|l| format!("{}: {}\n", l.job, l.line))
+            .collect()
     }
 }
 
@@ -162,7 +173,12 @@ async fn the_example_goes_through_its_whole_lifecycle_on_the_process_runtime() {
     }
 
     let mut runs = String::new();
-    for (name, run) in [("setup", setup.run_id), ("patch v2", patch2.run_id), ("patch v3, failed then retried", patch3.run_id), ("teardown", teardown.run_id)] {
+    for (name, run) in [
+        ("setup", setup.run_id),
+        ("patch v2", patch2.run_id),
+        ("patch v3, failed then retried", patch3.run_id),
+        ("teardown", teardown.run_id),
+    ] {
         runs.push_str(&format!("{name}:\n  {}\n", ex.event_types(run).await.join("\n  ")));
     }
     insta::assert_snapshot!(runs);
@@ -205,7 +221,10 @@ async fn cancelling_a_running_run_kills_its_job_and_the_old_version_keeps_servin
     let patch = ex.lifecycle.request_patch(&ex.app, &ex.env, None, "push", &metadata(), Utc::now()).await.unwrap();
     let started = ex.scratch.path().join("marks/started");
     let (worked, cancelled) = tokio::join!(ex.work(), async {
-        eventually("the release command to start", Duration::from_secs(60), || async { started.exists().then_some(()) }).await;
+        eventually("the release command to start", Duration::from_secs(60), || async {
+            started.exists().then_some(())
+        })
+        .await;
         ex.lifecycle.cancel_run(patch.run_id, "wrong commit", &metadata(), Utc::now()).await
     });
     cancelled.unwrap();
@@ -231,7 +250,8 @@ async fn a_follower_gets_every_log_line_live_and_a_resumed_one_the_rest() {
     // Follow from the start while the worker runs; the stream ends with the run.
     let live = tokio::spawn(hub.follow(setup.run_id, 0).try_collect::<Vec<_>>());
     assert_eq!(ex.work().await.1, RunStatus::Succeeded);
-    let followed = tokio::time::timeout(Duration::from_secs(30), live).await.expect("the follow ended").unwrap().unwrap();
+    let followed =
+        tokio::time::timeout(Duration::from_secs(30), live).await.expect("the follow ended").unwrap().unwrap();
     let stored = logs::read(&ex.db.runtime, setup.run_id, 0, 10_000).await.unwrap();
     assert!(stored.len() > 10, "{stored:?}");
     assert_eq!(followed, stored);
@@ -251,7 +271,11 @@ async fn an_environment_past_its_ttl_is_torn_down_once() {
     let ex = Example::new().await;
     let preview: Name = "preview-1".parse().unwrap();
     ex.lifecycle
-        .create_environment(&environment(&ex.app, &preview, EnvironmentKind::Preview, Some(3600)), &metadata(), Utc::now())
+        .create_environment(
+            &environment(&ex.app, &preview, EnvironmentKind::Preview, Some(3600)),
+            &metadata(),
+            Utc::now(),
+        )
         .await
         .unwrap();
     let setup = ex.lifecycle.request_setup(&ex.app, &preview, None, "created", &metadata(), Utc::now()).await.unwrap();
@@ -275,7 +299,10 @@ async fn an_environment_past_its_ttl_is_torn_down_once() {
 async fn a_test_stage_runs_on_the_source_before_build_and_fails_fast() {
     let ex = Example::new().await;
     // A `test` stage whose job checks the page in the checkout mentions "v1".
-    let template = format!("{}stages: [test]\njobs:\n  - name: unit\n    stage: test\n    command: [\"grep\", \"-q\", \"v1\", \"public/index.html\"]\n", ex.repo.template());
+    let template = format!(
+        "{}stages: [test]\njobs:\n  - name: unit\n    stage: test\n    command: [\"grep\", \"-q\", \"v1\", \"public/index.html\"]\n",
+        ex.repo.template()
+    );
     ex.lifecycle.update_template(&ex.app, &template, &metadata(), Utc::now()).await.unwrap();
     let setup = ex.lifecycle.request_setup(&ex.app, &ex.env, None, "created", &metadata(), Utc::now()).await.unwrap();
     assert_eq!(ex.work().await, (setup.run_id, RunStatus::Succeeded));

@@ -2,7 +2,7 @@
 //! fresh database of a real PostgreSQL (see `shiplog_tests::TestDb`).
 
 mod append;
-mod lifecycle;
 mod immutability;
+mod lifecycle;
 mod reading;
 mod tamper;

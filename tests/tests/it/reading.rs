@@ -27,7 +27,8 @@ async fn writer(store: EventStore, id: u64, commits: Arc<AtomicU64>) -> Written 
     let mut written = Written::default();
     let stream: StreamId = format!("run-writer{id}").parse().unwrap();
     for n in 0..APPENDS_PER_WRITER {
-        let events = [NewEvent::new("Step", json!({ "writer": id, "n": n })), NewEvent::new("Step", json!({ "more": n }))];
+        let events =
+            [NewEvent::new("Step", json!({ "writer": id, "n": n })), NewEvent::new("Step", json!({ "more": n }))];
         let ids = events.iter().map(|e| e.event_id);
         let mut tx = store.pool().begin().await.unwrap();
         store.append_in(&mut tx, &stream, ExpectedVersion::Any, &events).await.unwrap();
@@ -85,8 +86,7 @@ async fn a_tailing_reader_sees_every_committed_event_once_in_order() {
         })
     };
 
-    let writers: Vec<_> =
-        (0..WRITERS).map(|id| tokio::spawn(writer(store.clone(), id, commits.clone()))).collect();
+    let writers: Vec<_> = (0..WRITERS).map(|id| tokio::spawn(writer(store.clone(), id, commits.clone()))).collect();
     let mut written = Written::default();
     for w in futures::future::join_all(writers).await {
         let w = w.unwrap();
@@ -122,7 +122,8 @@ async fn an_open_transaction_holds_back_readers_until_it_ends() {
     assert!(store.read_all(Cursor::START, 10).await.unwrap().is_empty());
     open.commit().await.unwrap();
     wait_readable(&store, 2).await;
-    let types: Vec<String> = store.read_all(Cursor::START, 10).await.unwrap().into_iter().map(|e| e.event_type).collect();
+    let types: Vec<String> =
+        store.read_all(Cursor::START, 10).await.unwrap().into_iter().map(|e| e.event_type).collect();
     assert_eq!(types, ["Early", "Late"]);
 }
 

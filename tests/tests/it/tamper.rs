@@ -53,12 +53,21 @@ async fn an_edited_payload_is_reported_at_its_position() {
     let db = TestDb::new().await;
     let store = sealed_log(&db).await;
     let target = position_of(&db, "environment-b", 2).await;
-    tamper(&db, &format!("UPDATE events SET payload = '{{\"stream\":\"environment-b\",\"v\":99}}' WHERE global_position = {target}")).await;
+    tamper(
+        &db,
+        &format!(
+            "UPDATE events SET payload = '{{\"stream\":\"environment-b\",\"v\":99}}' WHERE global_position = {target}"
+        ),
+    )
+    .await;
 
     let report = store.verify().await.unwrap();
     assert_eq!(report.first_broken_position(), Some(target));
     assert_eq!(kinds(&report)[0], &ProblemKind::ContentChanged);
-    assert_eq!(report.problems[0].to_string(), format!("position {target}: environment-b v2: stored content does not match its hash (edited)"));
+    assert_eq!(
+        report.problems[0].to_string(),
+        format!("position {target}: environment-b v2: stored content does not match its hash (edited)")
+    );
     // The edit did not change any hash, so the seals still match; one problem, not a cascade.
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
 }
@@ -89,7 +98,10 @@ async fn a_deleted_event_is_reported_where_its_stream_skips_a_version() {
     let report = store.verify().await.unwrap();
     assert_eq!(report.first_broken_position(), Some(next));
     assert_eq!(report.problems[0].kind, ProblemKind::VersionGap { expected: 2 });
-    assert_eq!(report.problems[0].to_string(), format!("position {next}: environment-a v3: version 2 is missing (deleted or moved)"));
+    assert_eq!(
+        report.problems[0].to_string(),
+        format!("position {next}: environment-a v3: version 2 is missing (deleted or moved)")
+    );
     let sealed = kinds(&report).into_iter().find_map(|k| match k {
         ProblemKind::SealMismatch { sealed_events, found_events, .. } => Some((*sealed_events, *found_events)),
         _ => None,
@@ -117,7 +129,8 @@ async fn the_last_event_of_a_stream_deleted_is_caught_by_the_stream_row_and_the_
     tamper(&db, "DELETE FROM events WHERE stream_id = 'environment-b' AND version = 4").await;
 
     let report = store.verify().await.unwrap();
-    let head = report.problems.iter().find(|p| p.stream_id.as_deref() == Some("environment-b")).expect("the stream is named");
+    let head =
+        report.problems.iter().find(|p| p.stream_id.as_deref() == Some("environment-b")).expect("the stream is named");
     assert_eq!(head.kind, ProblemKind::StreamHeadMismatch { recorded_version: 4, found_version: 3 });
     assert!(kinds(&report).iter().any(|k| matches!(k, ProblemKind::SealMismatch { .. })));
 }
@@ -176,7 +189,10 @@ async fn events_reordered_in_the_global_log_are_caught_by_the_seals() {
 
     let report = store.verify().await.unwrap();
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
-    assert!(matches!(report.problems[0].kind, ProblemKind::SealMismatch { seal_id: 1, sealed_events: 5, found_events: 5, .. }));
+    assert!(matches!(
+        report.problems[0].kind,
+        ProblemKind::SealMismatch { seal_id: 1, sealed_events: 5, found_events: 5, .. }
+    ));
 }
 
 #[tokio::test]
