@@ -10,6 +10,7 @@
 
 pub mod canonical;
 pub mod domain;
+pub mod drift;
 pub mod git;
 pub mod lifecycle;
 pub mod logs;

@@ -14,7 +14,9 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::application::{self, Application, ApplicationCommand, ApplicationEvent};
-use crate::domain::environment::{self, Created, Environment, EnvironmentCommand, EnvironmentEvent, Tracking};
+use crate::domain::environment::{
+    self, Created, DriftMode, Environment, EnvironmentCommand, EnvironmentEvent, Observation, Tracking,
+};
 use crate::domain::run::{self, PlanInput, Run, RunCommand, RunEvent};
 use crate::domain::{CommitId, DomainError, Name, RunKind};
 use crate::git::{self, GitError};
@@ -280,14 +282,7 @@ impl Lifecycle {
         }
         self.with_retries(|| async {
             let (env, version) = self.environment(app, name).await?;
-            let command = EnvironmentCommand::Create {
-                application: app.clone(),
-                name: name.clone(),
-                kind: spec.kind,
-                tracking: spec.tracking.clone(),
-                ttl_seconds: spec.ttl_seconds,
-                now,
-            };
+            let command = EnvironmentCommand::Create { created: spec.clone(), now };
             let events = environment::decide(&env, command)?;
             let new = encode(&events, EnvironmentEvent::event_type, metadata);
             self.store
@@ -326,7 +321,7 @@ impl Lifecycle {
         metadata: &Metadata,
         now: DateTime<Utc>,
     ) -> Result<Requested, LifecycleError> {
-        self.request(app, env, RunKind::Setup, commit, reason, metadata, now).await
+        self.request(app, env, Ask::Setup, commit, reason, metadata, now).await.map(decided)
     }
 
     /// Requests a patch: new code onto the existing infrastructure.
@@ -339,7 +334,7 @@ impl Lifecycle {
         metadata: &Metadata,
         now: DateTime<Utc>,
     ) -> Result<Requested, LifecycleError> {
-        self.request(app, env, RunKind::Patch, commit, reason, metadata, now).await
+        self.request(app, env, Ask::Patch, commit, reason, metadata, now).await.map(decided)
     }
 
     pub async fn request_teardown(
@@ -350,25 +345,96 @@ impl Lifecycle {
         metadata: &Metadata,
         now: DateTime<Utc>,
     ) -> Result<Requested, LifecycleError> {
-        self.request(app, env, RunKind::Teardown, None, reason, metadata, now).await
+        self.request(app, env, Ask::Teardown, None, reason, metadata, now).await.map(decided)
+    }
+
+    /// In `auto` drift mode, requests a setup that redeploys what the environment
+    /// runs now, once per desired-state `digest` (see
+    /// [`EnvironmentCommand::RequestAutoSetup`]); `None` when the domain declines.
+    pub async fn request_auto_setup(
+        &self,
+        app: &Name,
+        env: &Name,
+        digest: &str,
+        metadata: &Metadata,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Requested>, LifecycleError> {
+        self.request(app, env, Ask::AutoSetup { digest: digest.to_owned() }, None, "drift (auto)", metadata, now).await
+    }
+
+    /// Records the reconciler's verdict; returns the events appended (none when
+    /// the verdict and its reasons are unchanged).
+    pub async fn record_observation(
+        &self,
+        app: &Name,
+        env: &Name,
+        observation: Observation,
+        metadata: &Metadata,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<EnvironmentEvent>, LifecycleError> {
+        let command = || EnvironmentCommand::RecordObservation { observation: observation.clone(), now };
+        self.apply_to_environment(app, env, command, metadata).await
+    }
+
+    /// Sets what the reconciler does about drift: record it (`warn`) or repair it (`auto`).
+    pub async fn set_drift_mode(
+        &self,
+        app: &Name,
+        env: &Name,
+        mode: DriftMode,
+        metadata: &Metadata,
+        now: DateTime<Utc>,
+    ) -> Result<(), LifecycleError> {
+        let command = || EnvironmentCommand::SetDriftMode { mode, now };
+        self.apply_to_environment(app, env, command, metadata).await.map(drop)
+    }
+
+    async fn apply_to_environment(
+        &self,
+        app: &Name,
+        name: &Name,
+        command: impl Fn() -> EnvironmentCommand,
+        metadata: &Metadata,
+    ) -> Result<Vec<EnvironmentEvent>, LifecycleError> {
+        self.with_retries(|| async {
+            let (env, version) = self.environment(app, name).await?;
+            let events = environment::decide(&env, command())?;
+            if !events.is_empty() {
+                let new = encode(&events, EnvironmentEvent::event_type, metadata);
+                self.store
+                    .append(&stream(&Environment::stream_id(app, name)), ExpectedVersion::Exact(version), &new)
+                    .await?;
+            }
+            Ok(events)
+        })
+        .await
+    }
+
+    /// Every environment ever created, as (application, environment), in name order.
+    pub async fn environment_names(&self) -> Result<Vec<(Name, Name)>, LifecycleError> {
+        let streams: Vec<String> =
+            sqlx::query_scalar("SELECT stream_id FROM streams WHERE stream_type = 'environment' ORDER BY stream_id")
+                .fetch_all(self.store.pool())
+                .await?;
+        Ok(streams
+            .iter()
+            .filter_map(|id| {
+                let (app, env) = id.strip_prefix("environment-")?.split_once('.')?;
+                Some((app.parse().ok()?, env.parse().ok()?))
+            })
+            .collect())
     }
 
     /// Requests a teardown of every environment whose time is up at `now`; returns
     /// the teardowns requested. Environments already torn down or being torn down
     /// are left alone, so calling this again changes nothing.
     pub async fn expire_due(&self, metadata: &Metadata, now: DateTime<Utc>) -> Result<Vec<Requested>, LifecycleError> {
-        let streams: Vec<String> =
-            sqlx::query_scalar("SELECT stream_id FROM streams WHERE stream_type = 'environment' ORDER BY stream_id")
-                .fetch_all(self.store.pool())
-                .await?;
         let mut requested = Vec::new();
-        for stream_id in streams {
-            let names = stream_id.strip_prefix("environment-").and_then(|rest| rest.split_once('.'));
-            let Some((Ok(app), Ok(env))) = names.map(|(a, e)| (a.parse::<Name>(), e.parse::<Name>())) else { continue };
+        for (app, env) in self.environment_names().await? {
             let (environment, _) = self.environment(&app, &env).await?;
             if environment.expires_at.is_some_and(|at| at <= now) {
-                match self.request(&app, &env, RunKind::Teardown, None, "expired", metadata, now).await {
-                    Ok(done) => requested.push(done),
+                match self.request(&app, &env, Ask::Teardown, None, "expired", metadata, now).await {
+                    Ok(done) => requested.extend(done),
                     // Torn down or tearing down meanwhile: nothing to do.
                     Err(LifecycleError::Domain(DomainError::TornDown(_) | DomainError::TeardownPending(_))) => {}
                     Err(e) => return Err(e),
@@ -378,20 +444,26 @@ impl Lifecycle {
         Ok(requested)
     }
 
+    /// Queues a run: the environment's events, the run's `RunQueued` and its queue
+    /// row in one transaction. `None` when the domain decided nothing.
     #[allow(clippy::too_many_arguments)]
     async fn request(
         &self,
         app: &Name,
         env_name: &Name,
-        kind: RunKind,
+        ask: Ask,
         commit: Option<CommitId>,
         reason: &str,
         metadata: &Metadata,
         now: DateTime<Utc>,
-    ) -> Result<Requested, LifecycleError> {
+    ) -> Result<Option<Requested>, LifecycleError> {
         let run_id = Uuid::new_v4();
+        let kind = ask.kind();
         self.with_retries(|| {
+            // An automatic repair redeploys what runs now; others deploy the
+            // commit asked for or the head of what the environment tracks.
             let commit_asked = commit.clone();
+            let ask = &ask;
             async move {
                 let (application, _) = self.application(app).await?;
                 let (env, env_version) = self.environment(app, env_name).await?;
@@ -399,28 +471,45 @@ impl Lifecycle {
                     return Err(DomainError::NotFound(format!("application {app}")).into());
                 }
                 let current = application.current()?;
-                let commit = match kind {
-                    RunKind::Teardown => None,
+                let commit = match ask {
+                    Ask::Teardown => None,
+                    Ask::AutoSetup { .. } => match &env.commit {
+                        Some(deployed) => Some(deployed.clone()),
+                        None => return Ok(None),
+                    },
                     _ => Some(self.commit_for(&application, &env, commit_asked).await?),
                 };
-                let command = match kind {
-                    RunKind::Setup => EnvironmentCommand::RequestSetup {
+                let command = match ask {
+                    Ask::AutoSetup { digest } => EnvironmentCommand::RequestAutoSetup {
+                        run_id,
+                        commit: commit.clone().expect("resolved"),
+                        templates: current.clone(),
+                        digest: digest.clone(),
+                        now,
+                    },
+                    Ask::Setup => EnvironmentCommand::RequestSetup {
                         run_id,
                         commit: commit.clone().expect("resolved"),
                         templates: current.clone(),
                         reason: reason.to_owned(),
                         now,
                     },
-                    RunKind::Patch => EnvironmentCommand::RequestPatch {
+                    Ask::Patch => EnvironmentCommand::RequestPatch {
                         run_id,
                         commit: commit.clone().expect("resolved"),
                         current: current.clone(),
                         reason: reason.to_owned(),
                         now,
                     },
-                    RunKind::Teardown => EnvironmentCommand::RequestTeardown { run_id, reason: reason.to_owned(), now },
+                    Ask::Teardown => EnvironmentCommand::RequestTeardown { run_id, reason: reason.to_owned(), now },
                 };
                 let events = environment::decide(&env, command)?;
+                let Some(reason) = events.iter().find_map(|e| match e {
+                    EnvironmentEvent::RunRequested { reason, .. } => Some(reason.clone()),
+                    _ => None,
+                }) else {
+                    return Ok(None);
+                };
                 let (_, _, template) = application.template.clone().ok_or(DomainError::NoTemplate)?;
                 let parsed: ApplicationTemplate =
                     serde_json::from_value(template.clone()).map_err(|e| LifecycleError::Corrupt(e.to_string()))?;
@@ -431,7 +520,7 @@ impl Lifecycle {
                     kind,
                     commit,
                     repository: application.repository.clone(),
-                    reason: reason.to_owned(),
+                    reason,
                     template,
                     templates: current.clone(),
                     plan: run::plan(kind, &plan_input(&parsed)),
@@ -477,7 +566,7 @@ impl Lifecycle {
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
-                Ok(Requested { run_id, superseded })
+                Ok(Some(Requested { run_id, superseded }))
             }
         })
         .await
@@ -554,6 +643,30 @@ impl Lifecycle {
         })
         .await
     }
+}
+
+/// The run a request asks for.
+enum Ask {
+    Setup,
+    Patch,
+    Teardown,
+    /// A setup the reconciler asks for in `auto` drift mode.
+    AutoSetup { digest: String },
+}
+
+impl Ask {
+    fn kind(&self) -> RunKind {
+        match self {
+            Ask::Setup | Ask::AutoSetup { .. } => RunKind::Setup,
+            Ask::Patch => RunKind::Patch,
+            Ask::Teardown => RunKind::Teardown,
+        }
+    }
+}
+
+/// Requests made by a person always decide a run (or are refused).
+fn decided(requested: Option<Requested>) -> Requested {
+    requested.expect("a requested setup, patch or teardown decides a run or is refused")
 }
 
 /// What a template contributes to run plans.

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::domain::environment::{self, EnvironmentCommand, EnvironmentEvent, RunOutcome};
-use crate::domain::run::{self, Action, PlannedJob, Run, RunCommand, RunEvent, RunStatus};
+use crate::domain::run::{self, Action, JobFailure, PlannedJob, Run, RunCommand, RunEvent, RunStatus};
 use crate::git;
 use crate::lifecycle::{Lifecycle, LifecycleError, encode};
 use crate::logs::RunLog;
@@ -326,7 +326,7 @@ impl<R: Runtime> Worker<R> {
         job: &PlannedJob,
         ctx: &RunContext,
         cancel: &CancellationToken,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, JobFailure> {
         let log = ctx.log.job(&job.name);
         log.line(LogStream::System, &format!("{} started on worker {}", job.name, self.id));
         let env = ctx.env.clone();
@@ -336,7 +336,7 @@ impl<R: Runtime> Worker<R> {
                 let spec =
                     t.services.get(service).ok_or_else(|| format!("service {service} is not in the template"))?;
                 let Source::Build(build) = &spec.source else {
-                    return Err(format!("service {service} uses a prebuilt image"));
+                    return Err(format!("service {service} uses a prebuilt image").into());
                 };
                 let source_dir = self.checkout(run).await?;
                 let request = BuildRequest {
@@ -445,13 +445,15 @@ impl<R: Runtime> Worker<R> {
         request: &TaskRequest,
         log: &dyn LogSink,
         cancel: &CancellationToken,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, JobFailure> {
         match self.runtime.run_task(request, log, cancel).await.map_err(failure)? {
             TaskOutcome::Exited(0) => Ok(None),
-            TaskOutcome::Exited(code) => Err(format!("{} exited with status {code}", request.name)),
-            TaskOutcome::Signalled(signal) => Err(format!("{} was killed by signal {signal}", request.name)),
-            TaskOutcome::TimedOut => Err(format!("{} timed out after {:?}", request.name, request.timeout)),
-            TaskOutcome::Cancelled => Err(format!("{} was cancelled", request.name)),
+            TaskOutcome::Exited(code) => {
+                Err(JobFailure { error: format!("{} exited with status {code}", request.name), exit_code: Some(code) })
+            }
+            TaskOutcome::Signalled(signal) => Err(format!("{} was killed by signal {signal}", request.name).into()),
+            TaskOutcome::TimedOut => Err(format!("{} timed out after {:?}", request.name, request.timeout).into()),
+            TaskOutcome::Cancelled => Err(format!("{} was cancelled", request.name).into()),
         }
     }
 
@@ -502,8 +504,8 @@ impl<R: Runtime> Worker<R> {
     }
 }
 
-fn failure(e: RuntimeError) -> String {
-    e.to_string()
+fn failure(e: RuntimeError) -> JobFailure {
+    e.to_string().into()
 }
 
 /// The image each service runs after this run: built by it, or prebuilt.

@@ -58,6 +58,7 @@ async fn a_killed_worker_is_replaced_and_no_finished_job_runs_twice() {
         kind: EnvironmentKind::Staging,
         tracking: Tracking::Branch("main".into()),
         ttl_seconds: None,
+        drift_mode: Default::default(),
     };
     lifecycle.create_environment(&spec, &meta, Utc::now()).await.unwrap();
 

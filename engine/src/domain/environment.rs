@@ -32,6 +32,44 @@ pub enum RunOutcome {
     Cancelled,
 }
 
+/// What the drift reconciler does when it finds the environment drifted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftMode {
+    /// Record the drift and leave the repair (a setup) to a person.
+    #[default]
+    Warn,
+    /// Request one setup per desired state (templates and commit); never retried
+    /// automatically while the drift lasts.
+    Auto,
+}
+
+/// The reconciler's verdict when it is not "in sync".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftVerdict {
+    /// What runs, or the templates it was set up with, differ from what should be.
+    Drifted,
+    /// The runtime could not be observed; never taken for "in sync".
+    Unknown,
+}
+
+/// Drift as last recorded: the verdict, why, and since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drift {
+    pub verdict: DriftVerdict,
+    pub reasons: Vec<String>,
+    pub since: DateTime<Utc>,
+}
+
+/// What one observation of the environment found, as judged by the reconciler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    InSync,
+    Drifted(Vec<String>),
+    Unknown(String),
+}
+
 /// Lifecycle facts of one environment. Log lines and job details live in the
 /// run's own stream; this stream stays small.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +82,8 @@ pub enum EnvironmentEvent {
         tracking: Tracking,
         /// Seconds the environment lives after creation and after each deploy.
         ttl_seconds: Option<u64>,
+        #[serde(default)]
+        drift_mode: DriftMode,
         created_at: DateTime<Utc>,
     },
     RunRequested {
@@ -55,6 +95,10 @@ pub enum EnvironmentEvent {
         /// For setup: the templates it applies.
         templates: Option<TemplateVersions>,
         requested_at: DateTime<Utc>,
+        /// For a setup the reconciler requested in `auto` drift mode: the digest of
+        /// the desired state it repairs towards (one automatic setup per digest).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        auto_for: Option<String>,
     },
     /// A queued run will never start: a newer request made it pointless.
     RunSuperseded {
@@ -73,6 +117,21 @@ pub enum EnvironmentEvent {
         images: Vec<(String, String)>,
         finished_at: DateTime<Utc>,
     },
+    /// The reconciler found the environment drifted (or could not observe it), or
+    /// found different reasons than last recorded.
+    DriftDetected {
+        verdict: DriftVerdict,
+        reasons: Vec<String>,
+        observed_at: DateTime<Utc>,
+    },
+    /// The reconciler found the environment in sync again.
+    DriftResolved {
+        observed_at: DateTime<Utc>,
+    },
+    DriftModeChanged {
+        mode: DriftMode,
+        changed_at: DateTime<Utc>,
+    },
 }
 
 impl EnvironmentEvent {
@@ -83,6 +142,9 @@ impl EnvironmentEvent {
             EnvironmentEvent::RunSuperseded { .. } => "RunSuperseded",
             EnvironmentEvent::RunStarted { .. } => "RunStarted",
             EnvironmentEvent::RunFinished { .. } => "RunFinished",
+            EnvironmentEvent::DriftDetected { .. } => "DriftDetected",
+            EnvironmentEvent::DriftResolved { .. } => "DriftResolved",
+            EnvironmentEvent::DriftModeChanged { .. } => "DriftModeChanged",
         }
     }
 }
@@ -122,6 +184,11 @@ pub struct Environment {
     pub expires_at: Option<DateTime<Utc>>,
     /// Runs requested and not yet finished or superseded, oldest first.
     pub queue: Vec<QueuedRun>,
+    /// The drift last recorded; `None` while in sync (or never observed).
+    pub drift: Option<Drift>,
+    /// The desired-state digest an automatic setup was requested for during the
+    /// current drift; cleared when the drift is resolved.
+    pub auto_setup_for: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,15 +198,12 @@ pub struct Created {
     pub kind: EnvironmentKind,
     pub tracking: Tracking,
     pub ttl_seconds: Option<u64>,
+    pub drift_mode: DriftMode,
 }
 
 pub enum EnvironmentCommand {
     Create {
-        application: Name,
-        name: Name,
-        kind: EnvironmentKind,
-        tracking: Tracking,
-        ttl_seconds: Option<u64>,
+        created: Created,
         now: DateTime<Utc>,
     },
     /// Set up (again): infrastructure, then deploy `commit` with `templates`.
@@ -179,6 +243,25 @@ pub enum EnvironmentCommand {
     /// Tear down if the environment's time is up.
     Expire {
         run_id: Uuid,
+        now: DateTime<Utc>,
+    },
+    /// Record what the reconciler judged; decides events only when the verdict or
+    /// its reasons changed.
+    RecordObservation {
+        observation: Observation,
+        now: DateTime<Utc>,
+    },
+    /// In `auto` drift mode, repair a drifted environment with a setup of
+    /// `commit`, once per desired-state `digest`.
+    RequestAutoSetup {
+        run_id: Uuid,
+        commit: CommitId,
+        templates: TemplateVersions,
+        digest: String,
+        now: DateTime<Utc>,
+    },
+    SetDriftMode {
+        mode: DriftMode,
         now: DateTime<Utc>,
     },
     /// Queue a failed run again for its retry.
@@ -243,6 +326,7 @@ impl Environment {
             .collect()
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn request(
         &self,
         run_id: Uuid,
@@ -251,6 +335,7 @@ impl Environment {
         templates: Option<TemplateVersions>,
         reason: String,
         now: DateTime<Utc>,
+        auto_for: Option<String>,
     ) -> Vec<EnvironmentEvent> {
         let superseded = self.superseded_by(kind).into_iter().map(|old| EnvironmentEvent::RunSuperseded {
             run_id: old,
@@ -260,7 +345,8 @@ impl Environment {
                 _ => "outdated: a newer deploy was requested".into(),
             },
         });
-        let requested = EnvironmentEvent::RunRequested { run_id, kind, commit, reason, templates, requested_at: now };
+        let requested =
+            EnvironmentEvent::RunRequested { run_id, kind, commit, reason, templates, requested_at: now, auto_for };
         superseded.chain(std::iter::once(requested)).collect()
     }
 
@@ -275,16 +361,18 @@ impl Environment {
 
 pub fn decide(env: &Environment, command: EnvironmentCommand) -> Result<Vec<EnvironmentEvent>, DomainError> {
     use EnvironmentCommand as C;
-    if let C::Create { application, name, kind, tracking, ttl_seconds, now } = command {
+    if let C::Create { created, now } = command {
         if env.created.is_some() {
             return Err(DomainError::AlreadyExists(env.label()));
         }
+        let Created { application, name, kind, tracking, ttl_seconds, drift_mode } = created;
         return Ok(vec![EnvironmentEvent::EnvironmentCreated {
             application,
             name,
             kind,
             tracking,
             ttl_seconds,
+            drift_mode,
             created_at: now,
         }]);
     }
@@ -301,7 +389,7 @@ pub fn decide(env: &Environment, command: EnvironmentCommand) -> Result<Vec<Envi
             if env.teardown_pending() {
                 return Err(DomainError::TeardownPending(env.label()));
             }
-            Ok(env.request(run_id, RunKind::Setup, Some(commit), Some(templates), reason, now))
+            Ok(env.request(run_id, RunKind::Setup, Some(commit), Some(templates), reason, now, None))
         }
         C::RequestPatch { run_id, commit, current, reason, now } => {
             if torn_down {
@@ -322,7 +410,7 @@ pub fn decide(env: &Environment, command: EnvironmentCommand) -> Result<Vec<Envi
             if !reasons.is_empty() && !setup_queued {
                 return Err(DomainError::SetupRequired(reasons));
             }
-            Ok(env.request(run_id, RunKind::Patch, Some(commit), None, reason, now))
+            Ok(env.request(run_id, RunKind::Patch, Some(commit), None, reason, now, None))
         }
         C::RequestTeardown { run_id, reason, now } => {
             if torn_down {
@@ -331,7 +419,7 @@ pub fn decide(env: &Environment, command: EnvironmentCommand) -> Result<Vec<Envi
             if env.teardown_pending() {
                 return Err(DomainError::TeardownPending(env.label()));
             }
-            Ok(env.request(run_id, RunKind::Teardown, None, None, reason, now))
+            Ok(env.request(run_id, RunKind::Teardown, None, None, reason, now, None))
         }
         C::MarkStarted { run_id, now } => {
             let queued = env.queued(run_id)?;
@@ -351,32 +439,90 @@ pub fn decide(env: &Environment, command: EnvironmentCommand) -> Result<Vec<Envi
             if env.teardown_pending() && kind != RunKind::Teardown {
                 return Err(DomainError::TeardownPending(env.label()));
             }
-            Ok(vec![EnvironmentEvent::RunRequested { run_id, kind, commit, reason, templates, requested_at: now }])
+            Ok(vec![EnvironmentEvent::RunRequested {
+                run_id,
+                kind,
+                commit,
+                reason,
+                templates,
+                requested_at: now,
+                auto_for: None,
+            }])
+        }
+        C::RecordObservation { observation, now } => {
+            let (verdict, reasons) = match observation {
+                Observation::InSync if env.drift.is_none() => return Ok(vec![]),
+                Observation::InSync => return Ok(vec![EnvironmentEvent::DriftResolved { observed_at: now }]),
+                Observation::Drifted(reasons) => (DriftVerdict::Drifted, reasons),
+                Observation::Unknown(reason) => (DriftVerdict::Unknown, vec![reason]),
+            };
+            if env.drift.as_ref().is_some_and(|d| d.verdict == verdict && d.reasons == reasons) {
+                return Ok(vec![]);
+            }
+            Ok(vec![EnvironmentEvent::DriftDetected { verdict, reasons, observed_at: now }])
+        }
+        C::RequestAutoSetup { run_id, commit, templates, digest, now } => {
+            let drifted = env.drift.as_ref().is_some_and(|d| d.verdict == DriftVerdict::Drifted);
+            let mode = env.created.as_ref().map(|c| c.drift_mode);
+            // One automatic setup per desired state: a failed repair is not retried
+            // automatically, and nothing is queued over a person's own runs.
+            if torn_down
+                || !drifted
+                || mode != Some(DriftMode::Auto)
+                || env.auto_setup_for.as_deref() == Some(digest.as_str())
+                || !env.queue.is_empty()
+            {
+                return Ok(vec![]);
+            }
+            let reasons = env.drift.as_ref().map(|d| d.reasons.join("; ")).unwrap_or_default();
+            let reason = format!("drift (auto): {reasons}");
+            Ok(env.request(run_id, RunKind::Setup, Some(commit), Some(templates), reason, now, Some(digest)))
+        }
+        C::SetDriftMode { mode, now } => {
+            if torn_down {
+                return Err(DomainError::TornDown(env.label()));
+            }
+            if env.created.as_ref().is_some_and(|c| c.drift_mode == mode) {
+                return Ok(vec![]);
+            }
+            Ok(vec![EnvironmentEvent::DriftModeChanged { mode, changed_at: now }])
         }
         C::Expire { run_id, now } => {
             let expired = env.expires_at.is_some_and(|at| at <= now);
             if torn_down || env.teardown_pending() || !expired {
                 return Ok(vec![]);
             }
-            Ok(env.request(run_id, RunKind::Teardown, None, None, "expired".into(), now))
+            Ok(env.request(run_id, RunKind::Teardown, None, None, "expired".into(), now, None))
         }
     }
 }
 
 pub fn evolve(mut env: Environment, event: &EnvironmentEvent) -> Environment {
     match event {
-        EnvironmentEvent::EnvironmentCreated { application, name, kind, tracking, ttl_seconds, created_at } => {
+        EnvironmentEvent::EnvironmentCreated {
+            application,
+            name,
+            kind,
+            tracking,
+            ttl_seconds,
+            drift_mode,
+            created_at,
+        } => {
             env.created = Some(Created {
                 application: application.clone(),
                 name: name.clone(),
                 kind: *kind,
                 tracking: tracking.clone(),
                 ttl_seconds: *ttl_seconds,
+                drift_mode: *drift_mode,
             });
             env.status = Some(Status::Pending);
             env.expires_at = ttl_seconds.map(|ttl| *created_at + Duration::seconds(ttl as i64));
         }
-        EnvironmentEvent::RunRequested { run_id, kind, commit, templates, .. } => {
+        EnvironmentEvent::RunRequested { run_id, kind, commit, templates, auto_for, .. } => {
+            if auto_for.is_some() {
+                env.auto_setup_for = auto_for.clone();
+            }
             env.queue.push(QueuedRun {
                 run_id: *run_id,
                 kind: *kind,
@@ -417,6 +563,20 @@ pub fn evolve(mut env: Environment, event: &EnvironmentEvent) -> Environment {
                 (_, RunOutcome::Cancelled) => {}
             }
         }
+        EnvironmentEvent::DriftDetected { verdict, reasons, observed_at } => {
+            // A drift whose reasons change is the same drift: it keeps its `since`.
+            let since = env.drift.as_ref().map_or(*observed_at, |d| d.since);
+            env.drift = Some(Drift { verdict: *verdict, reasons: reasons.clone(), since });
+        }
+        EnvironmentEvent::DriftResolved { .. } => {
+            env.drift = None;
+            env.auto_setup_for = None;
+        }
+        EnvironmentEvent::DriftModeChanged { mode, .. } => {
+            if let Some(created) = env.created.as_mut() {
+                created.drift_mode = *mode;
+            }
+        }
     }
     env
 }
@@ -450,6 +610,7 @@ mod tests {
             kind: EnvironmentKind::Staging,
             tracking: Tracking::Branch("main".into()),
             ttl_seconds: ttl,
+            drift_mode: DriftMode::Warn,
             created_at: t(0),
         }
     }
@@ -468,6 +629,7 @@ mod tests {
             reason: "asked".into(),
             templates,
             requested_at: t(at),
+            auto_for: None,
         }
     }
 
@@ -608,7 +770,8 @@ mod tests {
                 commit: None,
                 reason: "expired".into(),
                 templates: None,
-                requested_at: t(3610)
+                requested_at: t(3610),
+                auto_for: None,
             }]
         );
         let mut events = set_up();
@@ -632,13 +795,95 @@ mod tests {
     fn creating_twice_is_refused() {
         let env = given(&[created(None)]);
         let again = EnvironmentCommand::Create {
-            application: "shop".parse().unwrap(),
-            name: "staging".parse().unwrap(),
-            kind: EnvironmentKind::Staging,
-            tracking: Tracking::Branch("main".into()),
-            ttl_seconds: None,
+            created: Created {
+                application: "shop".parse().unwrap(),
+                name: "staging".parse().unwrap(),
+                kind: EnvironmentKind::Staging,
+                tracking: Tracking::Branch("main".into()),
+                ttl_seconds: None,
+                drift_mode: DriftMode::Warn,
+            },
             now: t(1),
         };
         assert_eq!(decide(&env, again), Err(DomainError::AlreadyExists("environment shop/staging".into())));
+    }
+
+    fn observe(observation: Observation, at: i64) -> EnvironmentCommand {
+        EnvironmentCommand::RecordObservation { observation, now: t(at) }
+    }
+
+    #[test]
+    fn drift_is_recorded_only_when_the_verdict_or_its_reasons_change() {
+        let mut events = set_up();
+        assert_eq!(decide(&given(&events), observe(Observation::InSync, 11)).unwrap(), vec![]);
+
+        let stopped = || Observation::Drifted(vec!["service web is not running".into()]);
+        let detected = decide(&given(&events), observe(stopped(), 12)).unwrap();
+        assert_eq!(
+            detected,
+            vec![EnvironmentEvent::DriftDetected {
+                verdict: DriftVerdict::Drifted,
+                reasons: vec!["service web is not running".into()],
+                observed_at: t(12)
+            }]
+        );
+        events.extend(detected);
+        assert_eq!(decide(&given(&events), observe(stopped(), 13)).unwrap(), vec![], "the same drift again");
+
+        // Observation failing is its own verdict; the drift keeps its start.
+        let unknown = decide(&given(&events), observe(Observation::Unknown("no answer".into()), 14)).unwrap();
+        assert_eq!(unknown.len(), 1);
+        events.extend(unknown);
+        let env = given(&events);
+        let drift = env.drift.as_ref().unwrap();
+        assert_eq!((drift.verdict, drift.since), (DriftVerdict::Unknown, t(12)));
+
+        let resolved = decide(&env, observe(Observation::InSync, 15)).unwrap();
+        assert_eq!(resolved, vec![EnvironmentEvent::DriftResolved { observed_at: t(15) }]);
+        events.extend(resolved);
+        assert_eq!(given(&events).drift, None);
+    }
+
+    #[test]
+    fn auto_mode_repairs_once_per_desired_state_and_warn_mode_never() {
+        let auto_setup = |n: u128, digest: &str| EnvironmentCommand::RequestAutoSetup {
+            run_id: run(n),
+            commit: commit('a'),
+            templates: versions(1, 1),
+            digest: digest.into(),
+            now: t(30),
+        };
+        let mut events = set_up();
+        events.push(EnvironmentEvent::DriftDetected {
+            verdict: DriftVerdict::Drifted,
+            reasons: vec!["service web is not running".into()],
+            observed_at: t(20),
+        });
+        assert_eq!(decide(&given(&events), auto_setup(2, "d1")).unwrap(), vec![], "warn mode");
+
+        events.push(EnvironmentEvent::DriftModeChanged { mode: DriftMode::Auto, changed_at: t(21) });
+        let requested = decide(&given(&events), auto_setup(2, "d1")).unwrap();
+        let [EnvironmentEvent::RunRequested { kind: RunKind::Setup, auto_for: Some(digest), reason, .. }] =
+            &requested[..]
+        else {
+            panic!("{requested:?}")
+        };
+        assert_eq!((digest.as_str(), reason.as_str()), ("d1", "drift (auto): service web is not running"));
+        events.extend(requested);
+        events.push(finished(2, RunOutcome::Failed, 40));
+
+        // The repair failed and the drift lasts: not retried for the same digest,
+        // but a new desired state (a template change) gets its one attempt.
+        assert_eq!(decide(&given(&events), auto_setup(3, "d1")).unwrap(), vec![]);
+        assert_eq!(decide(&given(&events), auto_setup(3, "d2")).unwrap().len(), 1);
+
+        // Once resolved, a later drift towards the same state is repaired again.
+        events.push(EnvironmentEvent::DriftResolved { observed_at: t(50) });
+        events.push(EnvironmentEvent::DriftDetected {
+            verdict: DriftVerdict::Drifted,
+            reasons: vec!["service web is not running".into()],
+            observed_at: t(60),
+        });
+        assert_eq!(decide(&given(&events), auto_setup(4, "d1")).unwrap().len(), 1);
     }
 }

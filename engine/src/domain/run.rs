@@ -148,6 +148,9 @@ pub enum RunEvent {
         job: String,
         attempt: u32,
         error: String,
+        /// For a task that exited non-zero.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
         at: DateTime<Utc>,
     },
     StageSucceeded {
@@ -285,6 +288,31 @@ pub fn current_job(run: &Run) -> Option<(&str, &PlannedJob)> {
     Some((&stage.name, &job.job))
 }
 
+/// Why a job failed: what went wrong and, for a task that exited, its exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFailure {
+    pub error: String,
+    pub exit_code: Option<i32>,
+}
+
+impl From<String> for JobFailure {
+    fn from(error: String) -> Self {
+        JobFailure { error, exit_code: None }
+    }
+}
+
+impl From<&str> for JobFailure {
+    fn from(error: &str) -> Self {
+        error.to_owned().into()
+    }
+}
+
+impl std::fmt::Display for JobFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.error)
+    }
+}
+
 pub enum RunCommand {
     Start {
         worker: String,
@@ -292,7 +320,7 @@ pub enum RunCommand {
     },
     /// The current job ended: `Ok(output)` or `Err(what went wrong)`.
     JobFinished {
-        result: Result<Option<String>, String>,
+        result: Result<Option<String>, JobFailure>,
         now: DateTime<Utc>,
     },
     Cancel {
@@ -325,7 +353,9 @@ pub fn decide(run: &Run, command: RunCommand) -> Result<Vec<RunEvent>, DomainErr
             let (stage, job, attempt) = (stage.to_owned(), job.name.clone(), run.attempt);
             let outcome = match result {
                 Ok(output) => RunEvent::JobSucceeded { stage, job, attempt, output, at: now },
-                Err(error) => RunEvent::JobFailed { stage, job, attempt, error, at: now },
+                Err(JobFailure { error, exit_code }) => {
+                    RunEvent::JobFailed { stage, job, attempt, error, exit_code, at: now }
+                }
             };
             Ok(advance(run, vec![outcome], now))
         }
@@ -614,7 +644,10 @@ pub(crate) mod tests {
         run.when(RunCommand::Start { worker: "w1".into(), now: t(1) });
         run.when(ok(None));
         run.when(ok(Some("img-1")));
-        let failed = RunCommand::JobFinished { result: Err("release-migrate exited with 3".into()), now: t(3) };
+        let failed = RunCommand::JobFinished {
+            result: Err(JobFailure { error: "release-migrate exited with 3".into(), exit_code: Some(3) }),
+            now: t(3),
+        };
         assert_eq!(run.when(failed), ["JobFailed", "StageFailed", "RunFailed"]);
         let state = run.run();
         assert_eq!(state.status, RunStatus::Failed);

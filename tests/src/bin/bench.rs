@@ -944,6 +944,7 @@ impl EngineFixture {
                     kind: EnvironmentKind::Preview,
                     tracking: Tracking::Branch("main".into()),
                     ttl_seconds: None,
+                    drift_mode: Default::default(),
                 },
                 &metadata,
                 now,

@@ -42,6 +42,7 @@ fn environment(app: &Name, name: &Name, kind: EnvironmentKind, ttl_seconds: Opti
         kind,
         tracking: Tracking::Branch("main".into()),
         ttl_seconds,
+        drift_mode: Default::default(),
     }
 }
 
