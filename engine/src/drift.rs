@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::environment::{Environment, EnvironmentEvent, Observation, Status};
+use crate::domain::environment::{Environment, EnvironmentEvent, Health, Observation, Status};
 use crate::domain::{Name, TemplateVersions};
 use crate::lifecycle::{Lifecycle, LifecycleError, Requested};
 use crate::runtime::{EnvironmentRef, ObservedService, Runtime, RuntimeError};
@@ -36,6 +36,7 @@ pub fn judge(
         Err(e) => return Some(Observation::Unknown(format!("the runtime could not be observed: {e}"))),
     };
     let mut reasons = env.setup_reasons(current);
+    let config_reasons = reasons.len();
     for (service, image) in &env.images {
         match observed.iter().find(|o| &o.service == service) {
             None => reasons.push(format!("service {service} is missing")),
@@ -49,7 +50,14 @@ pub fn judge(
     for o in observed.iter().filter(|o| !env.images.iter().any(|(s, _)| s == &o.service)) {
         reasons.push(format!("service {} runs but is not deployed", o.service));
     }
-    Some(if reasons.is_empty() { Observation::InSync } else { Observation::Drifted(reasons) })
+    let serving =
+        env.images.iter().filter(|(s, i)| observed.iter().any(|o| &o.service == s && o.running && &o.image.0 == i));
+    let health = match serving.count() {
+        _ if reasons.len() == config_reasons => Health::Healthy,
+        0 => Health::Missing,
+        _ => Health::Degraded,
+    };
+    Some(if reasons.is_empty() { Observation::InSync } else { Observation::Drifted { reasons, health } })
 }
 
 /// The digest of what a setup would make the environment run: the templates now
@@ -82,7 +90,11 @@ pub struct Reconciler<R> {
 
 impl<R: Runtime> Reconciler<R> {
     pub fn new(lifecycle: Lifecycle, runtime: Arc<R>) -> Self {
-        Reconciler { lifecycle, runtime, metadata: Metadata { actor: Some("reconciler".into()), ..Metadata::default() } }
+        Reconciler {
+            lifecycle,
+            runtime,
+            metadata: Metadata { actor: Some("reconciler".into()), ..Metadata::default() },
+        }
     }
 
     /// Observes one environment now and records the verdict (on demand).
@@ -101,8 +113,9 @@ impl<R: Runtime> Reconciler<R> {
         let env_ref = EnvironmentRef { application: app.to_string(), environment: env.to_string() };
         let observed = self.runtime.observe(&env_ref).await;
         let Some(observation) = judge(&state, &current, observed.as_deref()) else { return Ok(checked) };
-        checked.recorded = self.lifecycle.record_observation(app, env, observation.clone(), &self.metadata, now).await?;
-        if matches!(observation, Observation::Drifted(_)) {
+        checked.recorded =
+            self.lifecycle.record_observation(app, env, observation.clone(), &self.metadata, now).await?;
+        if matches!(observation, Observation::Drifted { .. }) {
             let digest = desired_digest(&state, &current);
             checked.auto_setup = self.lifecycle.request_auto_setup(app, env, &digest, &self.metadata, now).await?;
         }
@@ -188,17 +201,31 @@ mod tests {
         let observed = [stopped, running("worker", "img-x")];
         assert_eq!(
             judge(&deployed(), &versions(4), Ok(&observed)),
-            Some(Observation::Drifted(vec![
-                "application template changed: v3 → v4".into(),
-                "service api is missing".into(),
-                "service web is not running".into(),
-                "service worker runs but is not deployed".into(),
-            ]))
+            Some(Observation::Drifted {
+                reasons: vec![
+                    "application template changed: v3 → v4".into(),
+                    "service api is missing".into(),
+                    "service web is not running".into(),
+                    "service worker runs but is not deployed".into(),
+                ],
+                health: Health::Missing,
+            })
         );
         let other = [running("api", "img-old"), running("web", "img-web")];
         assert_eq!(
             judge(&deployed(), &versions(3), Ok(&other)),
-            Some(Observation::Drifted(vec!["service api runs image img-old, expected img-api".into()]))
+            Some(Observation::Drifted {
+                reasons: vec!["service api runs image img-old, expected img-api".into()],
+                health: Health::Degraded,
+            })
+        );
+        let running_as_deployed = [running("api", "img-api"), running("web", "img-web")];
+        assert_eq!(
+            judge(&deployed(), &versions(4), Ok(&running_as_deployed)),
+            Some(Observation::Drifted {
+                reasons: vec!["application template changed: v3 → v4".into()],
+                health: Health::Healthy,
+            })
         );
     }
 

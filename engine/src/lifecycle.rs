@@ -651,7 +651,9 @@ enum Ask {
     Patch,
     Teardown,
     /// A setup the reconciler asks for in `auto` drift mode.
-    AutoSetup { digest: String },
+    AutoSetup {
+        digest: String,
+    },
 }
 
 impl Ask {

@@ -54,11 +54,26 @@ pub enum DriftVerdict {
     Unknown,
 }
 
+/// How the environment's services are, as last observed (Argo CD's terms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Every deployed service runs the deployed image.
+    Healthy,
+    /// Some services are stopped, missing or run another image.
+    Degraded,
+    /// None of the deployed services runs.
+    Missing,
+    /// The runtime could not be observed.
+    Unknown,
+}
+
 /// Drift as last recorded: the verdict, why, and since when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Drift {
     pub verdict: DriftVerdict,
     pub reasons: Vec<String>,
+    pub health: Health,
     pub since: DateTime<Utc>,
 }
 
@@ -66,7 +81,12 @@ pub struct Drift {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observation {
     InSync,
-    Drifted(Vec<String>),
+    /// Config drift (templates changed since the setup) and runtime drift, with
+    /// the health of what runs (`Healthy` when only the config drifted).
+    Drifted {
+        reasons: Vec<String>,
+        health: Health,
+    },
     Unknown(String),
 }
 
@@ -122,6 +142,7 @@ pub enum EnvironmentEvent {
     DriftDetected {
         verdict: DriftVerdict,
         reasons: Vec<String>,
+        health: Health,
         observed_at: DateTime<Utc>,
     },
     /// The reconciler found the environment in sync again.
@@ -450,16 +471,16 @@ pub fn decide(env: &Environment, command: EnvironmentCommand) -> Result<Vec<Envi
             }])
         }
         C::RecordObservation { observation, now } => {
-            let (verdict, reasons) = match observation {
+            let (verdict, reasons, health) = match observation {
                 Observation::InSync if env.drift.is_none() => return Ok(vec![]),
                 Observation::InSync => return Ok(vec![EnvironmentEvent::DriftResolved { observed_at: now }]),
-                Observation::Drifted(reasons) => (DriftVerdict::Drifted, reasons),
-                Observation::Unknown(reason) => (DriftVerdict::Unknown, vec![reason]),
+                Observation::Drifted { reasons, health } => (DriftVerdict::Drifted, reasons, health),
+                Observation::Unknown(reason) => (DriftVerdict::Unknown, vec![reason], Health::Unknown),
             };
-            if env.drift.as_ref().is_some_and(|d| d.verdict == verdict && d.reasons == reasons) {
+            if env.drift.as_ref().is_some_and(|d| d.verdict == verdict && d.reasons == reasons && d.health == health) {
                 return Ok(vec![]);
             }
-            Ok(vec![EnvironmentEvent::DriftDetected { verdict, reasons, observed_at: now }])
+            Ok(vec![EnvironmentEvent::DriftDetected { verdict, reasons, health, observed_at: now }])
         }
         C::RequestAutoSetup { run_id, commit, templates, digest, now } => {
             let drifted = env.drift.as_ref().is_some_and(|d| d.verdict == DriftVerdict::Drifted);
@@ -563,10 +584,10 @@ pub fn evolve(mut env: Environment, event: &EnvironmentEvent) -> Environment {
                 (_, RunOutcome::Cancelled) => {}
             }
         }
-        EnvironmentEvent::DriftDetected { verdict, reasons, observed_at } => {
+        EnvironmentEvent::DriftDetected { verdict, reasons, health, observed_at } => {
             // A drift whose reasons change is the same drift: it keeps its `since`.
             let since = env.drift.as_ref().map_or(*observed_at, |d| d.since);
-            env.drift = Some(Drift { verdict: *verdict, reasons: reasons.clone(), since });
+            env.drift = Some(Drift { verdict: *verdict, reasons: reasons.clone(), health: *health, since });
         }
         EnvironmentEvent::DriftResolved { .. } => {
             env.drift = None;
@@ -817,13 +838,15 @@ mod tests {
         let mut events = set_up();
         assert_eq!(decide(&given(&events), observe(Observation::InSync, 11)).unwrap(), vec![]);
 
-        let stopped = || Observation::Drifted(vec!["service web is not running".into()]);
+        let stopped =
+            || Observation::Drifted { reasons: vec!["service web is not running".into()], health: Health::Degraded };
         let detected = decide(&given(&events), observe(stopped(), 12)).unwrap();
         assert_eq!(
             detected,
             vec![EnvironmentEvent::DriftDetected {
                 verdict: DriftVerdict::Drifted,
                 reasons: vec!["service web is not running".into()],
+                health: Health::Degraded,
                 observed_at: t(12)
             }]
         );
@@ -857,6 +880,7 @@ mod tests {
         events.push(EnvironmentEvent::DriftDetected {
             verdict: DriftVerdict::Drifted,
             reasons: vec!["service web is not running".into()],
+            health: Health::Degraded,
             observed_at: t(20),
         });
         assert_eq!(decide(&given(&events), auto_setup(2, "d1")).unwrap(), vec![], "warn mode");
@@ -882,6 +906,7 @@ mod tests {
         events.push(EnvironmentEvent::DriftDetected {
             verdict: DriftVerdict::Drifted,
             reasons: vec!["service web is not running".into()],
+            health: Health::Degraded,
             observed_at: t(60),
         });
         assert_eq!(decide(&given(&events), auto_setup(4, "d1")).unwrap().len(), 1);
