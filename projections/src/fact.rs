@@ -1,0 +1,71 @@
+//! Events as projections see them: the stored envelope with the payload decoded
+//! into the engine's domain types, chosen by the stream's type.
+
+use chrono::{DateTime, Utc};
+use shiplog_engine::domain::Name;
+use shiplog_engine::domain::application::ApplicationEvent;
+use shiplog_engine::domain::environment::EnvironmentEvent;
+use shiplog_engine::domain::run::RunEvent;
+use shiplog_engine::store::{Cursor, Metadata, RecordedEvent};
+use uuid::Uuid;
+
+use crate::ProjectionError;
+
+/// One event, decoded.
+#[derive(Debug, Clone)]
+pub struct Fact {
+    pub cursor: Cursor,
+    pub stream_id: String,
+    pub version: u64,
+    pub event_type: String,
+    pub recorded_at: DateTime<Utc>,
+    /// Who caused it, from the metadata.
+    pub actor: Option<String>,
+    pub payload: Payload,
+}
+
+#[derive(Debug, Clone)]
+pub enum Payload {
+    Application { application: Name, event: ApplicationEvent },
+    Environment { application: Name, environment: Name, event: EnvironmentEvent },
+    Run { run_id: Uuid, event: RunEvent },
+    /// A stream no read model folds (e.g. one written by a benchmark).
+    Other,
+}
+
+impl Fact {
+    /// Decodes a stored event. An event of a known stream type that does not
+    /// decode is an error: a read model must not silently skip history.
+    pub fn decode(e: &RecordedEvent) -> Result<Fact, ProjectionError> {
+        let corrupt = |why: String| ProjectionError::Corrupt { cursor: e.cursor, why };
+        let payload = match e.stream_id.split_once('-') {
+            Some(("application", name)) => Payload::Application {
+                application: name.parse().map_err(|err| corrupt(format!("{err}")))?,
+                event: serde_json::from_str(&e.payload).map_err(|err| corrupt(err.to_string()))?,
+            },
+            Some(("environment", names)) => {
+                let (app, env) = names.split_once('.').ok_or_else(|| corrupt("stream id without '.'".into()))?;
+                Payload::Environment {
+                    application: app.parse().map_err(|err| corrupt(format!("{err}")))?,
+                    environment: env.parse().map_err(|err| corrupt(format!("{err}")))?,
+                    event: serde_json::from_str(&e.payload).map_err(|err| corrupt(err.to_string()))?,
+                }
+            }
+            Some(("run", id)) => Payload::Run {
+                run_id: id.parse().map_err(|err: uuid::Error| corrupt(err.to_string()))?,
+                event: serde_json::from_str(&e.payload).map_err(|err| corrupt(err.to_string()))?,
+            },
+            _ => Payload::Other,
+        };
+        let metadata: Metadata = serde_json::from_str(&e.metadata).map_err(|err| corrupt(err.to_string()))?;
+        Ok(Fact {
+            cursor: e.cursor,
+            stream_id: e.stream_id.clone(),
+            version: e.version,
+            event_type: e.event_type.clone(),
+            recorded_at: e.recorded_at,
+            actor: metadata.actor,
+            payload,
+        })
+    }
+}

@@ -1,0 +1,323 @@
+//! Running projections: catch up from the gap-free reader, then follow live; the
+//! checkpoint `(tx_id, position)` moves in the same transaction as the read-model
+//! writes, so a runner killed mid-batch leaves nothing half-applied and its
+//! successor continues exactly where the last commit left off.
+//!
+//! Rebuild fills a fresh generation from the beginning while the live one keeps
+//! serving, then, holding the live checkpoint's lock (which stops the live
+//! runners), folds the last events and swaps the views in one transaction.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use shiplog_engine::store::{Cursor, EventStore};
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool, Row};
+use tokio_util::sync::CancellationToken;
+
+use crate::ProjectionError;
+use crate::fact::Fact;
+use crate::projection::{Audit, Lifecycle, Projection, Runs};
+use crate::table;
+
+/// Events folded per transaction.
+pub const DEFAULT_BATCH: usize = 2000;
+/// How long a following runner waits for a notification before reading anyway.
+const FOLLOW_FALLBACK: Duration = Duration::from_secs(1);
+
+/// Every projection's name.
+pub const NAMES: [&str; 3] = [Lifecycle::NAME, Runs::NAME, Audit::NAME];
+
+/// Where one generation of a projection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Checkpoint {
+    generation: i32,
+    version: i32,
+    cursor: Cursor,
+}
+
+async fn live_checkpoint(
+    conn: &mut PgConnection,
+    name: &str,
+    lock: bool,
+) -> Result<Option<Checkpoint>, ProjectionError> {
+    let sql = if lock {
+        "SELECT generation, version, tx_id, position FROM read.checkpoints WHERE projection = $1 AND live FOR UPDATE"
+    } else {
+        "SELECT generation, version, tx_id, position FROM read.checkpoints WHERE projection = $1 AND live"
+    };
+    let row = sqlx::query(sql).bind(name).fetch_optional(&mut *conn).await?;
+    row.map(|row| {
+        Ok(Checkpoint {
+            generation: row.try_get("generation")?,
+            version: row.try_get("version")?,
+            cursor: Cursor { tx_id: row.try_get("tx_id")?, position: row.try_get("position")? },
+        })
+    })
+    .transpose()
+}
+
+/// Folds projection `P` into its live generation.
+pub struct Runner<P> {
+    store: EventStore,
+    batch: usize,
+    /// Batches left before the injected crash, if one is armed.
+    crash_after: Option<Arc<AtomicUsize>>,
+    projection: PhantomData<P>,
+}
+
+impl<P: Projection> Runner<P> {
+    pub fn new(store: EventStore) -> Self {
+        Runner { store, batch: DEFAULT_BATCH, crash_after: None, projection: PhantomData }
+    }
+
+    pub fn with_batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// Failure injection for tests: the batch after `batches` successful ones
+    /// fails after writing its read-model rows and before saving the checkpoint,
+    /// as a process killed there would. Its transaction rolls back.
+    pub fn crash_before_checkpoint(mut self, batches: usize) -> Self {
+        self.crash_after = Some(Arc::new(AtomicUsize::new(batches)));
+        self
+    }
+
+    fn pool(&self) -> &PgPool {
+        self.store.pool()
+    }
+
+    /// Makes sure a live generation of this code's version exists: builds the
+    /// first one, or rebuilds when the version changed.
+    pub async fn ensure(&self) -> Result<(), ProjectionError> {
+        let mut conn = self.pool().acquire().await?;
+        match live_checkpoint(&mut conn, P::NAME, false).await? {
+            Some(live) if live.version == P::VERSION => Ok(()),
+            _ => rebuild::<P>(&self.store, self.batch).await.map(drop),
+        }
+    }
+
+    /// Folds the next batch into the live generation; returns how many events it
+    /// folded (0 when caught up or when no generation is live yet).
+    pub async fn step(&self) -> Result<usize, ProjectionError> {
+        let mut tx = self.pool().begin().await?;
+        let Some(live) = live_checkpoint(&mut tx, P::NAME, true).await? else { return Ok(0) };
+        let folded = self.fold_batch(&mut tx, &live).await?;
+        tx.commit().await?;
+        Ok(folded.0)
+    }
+
+    /// Folds batches until no event is left; returns how many were folded.
+    pub async fn catch_up(&self) -> Result<u64, ProjectionError> {
+        let mut total = 0;
+        loop {
+            match self.step().await? {
+                0 => return Ok(total),
+                n => total += n as u64,
+            }
+        }
+    }
+
+    /// Folds one batch after `at` into `at.generation` on `conn` (inside a
+    /// transaction) and moves that generation's checkpoint; returns how many
+    /// events and the new position.
+    async fn fold_batch(
+        &self,
+        conn: &mut PgConnection,
+        at: &Checkpoint,
+    ) -> Result<(usize, Checkpoint), ProjectionError> {
+        let events = self.store.read_all(at.cursor, self.batch).await?;
+        let Some(last) = events.last() else { return Ok((0, *at)) };
+        let facts = events.iter().map(Fact::decode).collect::<Result<Vec<_>, _>>()?;
+        P::apply(conn, at.generation, &facts).await?;
+        if let Some(left) = &self.crash_after
+            && left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err()
+        {
+            return Err(ProjectionError::Injected("before saving the checkpoint"));
+        }
+        sqlx::query(
+            "UPDATE read.checkpoints SET tx_id = $3, position = $4, events = events + $5, updated_at = now() \
+             WHERE projection = $1 AND generation = $2",
+        )
+        .bind(P::NAME)
+        .bind(at.generation)
+        .bind(last.cursor.tx_id)
+        .bind(last.cursor.position)
+        .bind(events.len() as i64)
+        .execute(&mut *conn)
+        .await?;
+        Ok((events.len(), Checkpoint { cursor: last.cursor, ..*at }))
+    }
+
+    /// Ensures, catches up, then follows new events until `shutdown`. Failures
+    /// are logged and retried; a following runner is woken by the `events`
+    /// trigger's notifications and reads at least every second anyway.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut listener = None;
+        while !shutdown.is_cancelled() {
+            if listener.is_none() {
+                listener = self.listen().await.inspect_err(|e| tracing::warn!(error = %e, "cannot listen")).ok();
+            }
+            let result = match self.ensure().await {
+                Ok(()) => self.catch_up().await.map(drop),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::warn!(projection = P::NAME, error = %e, "projection failed; retrying");
+            }
+            let notified = async {
+                match listener.as_mut() {
+                    Some(l) => drop(l.try_recv().await),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = notified => {}
+                () = tokio::time::sleep(FOLLOW_FALLBACK) => {}
+            }
+        }
+    }
+
+    async fn listen(&self) -> Result<PgListener, ProjectionError> {
+        let mut listener = PgListener::connect_with(self.pool()).await?;
+        listener.listen("shiplog_events").await?;
+        Ok(listener)
+    }
+}
+
+/// What a rebuild produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rebuilt {
+    pub generation: i32,
+    pub events: u64,
+}
+
+/// Replays the whole log into a fresh generation of `P`'s tables and swaps it
+/// in atomically; the previous generation keeps serving until then and is
+/// dropped with the swap.
+pub async fn rebuild<P: Projection>(store: &EventStore, batch: usize) -> Result<Rebuilt, ProjectionError> {
+    let runner = Runner::<P>::new(store.clone()).with_batch(batch);
+    let pool = store.pool();
+    let mut tx = pool.begin().await?;
+    let generation: i32 = sqlx::query_scalar(
+        "INSERT INTO read.checkpoints (projection, generation, version) \
+         SELECT $1, coalesce(max(generation), 0) + 1, $2 FROM read.checkpoints WHERE projection = $1 \
+         RETURNING generation",
+    )
+    .bind(P::NAME)
+    .bind(P::VERSION)
+    .fetch_one(&mut *tx)
+    .await?;
+    for def in P::TABLES {
+        table::drop(&mut tx, def, generation).await?;
+        table::create(&mut tx, def, generation).await?;
+    }
+    tx.commit().await?;
+    tracing::info!(projection = P::NAME, generation, "rebuilding");
+
+    // The bulk of the log, a batch per transaction, without stopping anyone.
+    let mut at = Checkpoint { generation, version: P::VERSION, cursor: Cursor::START };
+    let mut events = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        let (n, next) = runner.fold_batch(&mut tx, &at).await?;
+        tx.commit().await?;
+        (at, events) = (next, events + n as u64);
+        if n == 0 {
+            break;
+        }
+    }
+
+    // The rest under the live checkpoint's lock, then the swap, atomically.
+    let mut tx = pool.begin().await?;
+    live_checkpoint(&mut tx, P::NAME, true).await?;
+    loop {
+        let (n, next) = runner.fold_batch(&mut tx, &at).await?;
+        (at, events) = (next, events + n as u64);
+        if n == 0 {
+            break;
+        }
+    }
+    let old: Vec<i32> =
+        sqlx::query_scalar("DELETE FROM read.checkpoints WHERE projection = $1 AND generation <> $2 RETURNING generation")
+            .bind(P::NAME)
+            .bind(generation)
+            .fetch_all(&mut *tx)
+            .await?;
+    sqlx::query("UPDATE read.checkpoints SET live = true WHERE projection = $1 AND generation = $2")
+        .bind(P::NAME)
+        .bind(generation)
+        .execute(&mut *tx)
+        .await?;
+    for def in P::TABLES {
+        table::serve(&mut tx, def, generation).await?;
+        for old in &old {
+            table::drop(&mut tx, def, *old).await?;
+        }
+    }
+    tx.commit().await?;
+    tracing::info!(projection = P::NAME, generation, events, "rebuilt");
+    Ok(Rebuilt { generation, events })
+}
+
+/// Rebuilds the projection called `name`.
+pub async fn rebuild_named(store: &EventStore, name: &str) -> Result<Rebuilt, ProjectionError> {
+    match name {
+        Lifecycle::NAME => rebuild::<Lifecycle>(store, DEFAULT_BATCH).await,
+        Runs::NAME => rebuild::<Runs>(store, DEFAULT_BATCH).await,
+        Audit::NAME => rebuild::<Audit>(store, DEFAULT_BATCH).await,
+        other => Err(ProjectionError::Unknown(other.to_owned())),
+    }
+}
+
+/// Runs every projection until `shutdown`; returns when all have stopped.
+pub async fn run_all(store: EventStore, shutdown: CancellationToken) {
+    let (lifecycle, runs, audit) =
+        (Runner::<Lifecycle>::new(store.clone()), Runner::<Runs>::new(store.clone()), Runner::<Audit>::new(store));
+    tokio::join!(lifecycle.run(shutdown.clone()), runs.run(shutdown.clone()), audit.run(shutdown));
+}
+
+/// Where a projection stands, for metrics and the API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub name: String,
+    pub version: i32,
+    pub generation: i32,
+    pub cursor: Cursor,
+    pub events: i64,
+    /// Events committed after the checkpoint.
+    pub lag_events: i64,
+    /// Age of the oldest event not folded yet; 0 when caught up.
+    pub lag_seconds: f64,
+}
+
+/// The live generation of every projection and how far behind it is.
+pub async fn status(pool: &PgPool) -> Result<Vec<Status>, ProjectionError> {
+    let rows = sqlx::query(
+        "SELECT c.projection, c.version, c.generation, c.tx_id, c.position, c.events, \
+                lag.events AS lag_events, coalesce(extract(epoch FROM now() - lag.oldest), 0)::float8 AS lag_seconds \
+         FROM read.checkpoints c, LATERAL ( \
+             SELECT count(*) AS events, min(recorded_at) AS oldest FROM events e \
+             WHERE (e.tx_id, e.global_position) > (c.tx_id::text::xid8, c.position)) lag \
+         WHERE c.live ORDER BY c.projection",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Status {
+                name: row.try_get("projection")?,
+                version: row.try_get("version")?,
+                generation: row.try_get("generation")?,
+                cursor: Cursor { tx_id: row.try_get("tx_id")?, position: row.try_get("position")? },
+                events: row.try_get("events")?,
+                lag_events: row.try_get("lag_events")?,
+                lag_seconds: row.try_get::<f64, _>("lag_seconds")?.max(0.0),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,56 @@
+//! Time travel: an environment as it was at a cursor or a moment, computed by
+//! folding its application's and its own events up to there with the same fold
+//! the `lifecycle` projection uses.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use shiplog_engine::domain::Name;
+use shiplog_engine::domain::application::Application;
+use shiplog_engine::domain::environment::Environment;
+use shiplog_engine::store::{Cursor, EventFilter, EventStore};
+
+use crate::ProjectionError;
+use crate::fact::Fact;
+use crate::lifecycle::{EnvironmentView, LifecycleState};
+
+/// A point in the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// Right after the event at this cursor.
+    Cursor(Cursor),
+    /// After every event recorded at or before this moment.
+    Time(DateTime<Utc>),
+}
+
+/// Events read per page while folding.
+const PAGE: usize = 1000;
+
+/// The environment as of `as_of`; `None` if it did not exist yet.
+pub async fn environment_at(
+    store: &EventStore,
+    application: &Name,
+    environment: &Name,
+    as_of: AsOf,
+) -> Result<Option<EnvironmentView>, ProjectionError> {
+    let mut filter = EventFilter {
+        streams: vec![Application::stream_id(application), Environment::stream_id(application, environment)],
+        ..EventFilter::default()
+    };
+    match as_of {
+        AsOf::Cursor(cursor) => filter.to = Some(cursor),
+        // `until` is exclusive; timestamps are stored to the microsecond.
+        AsOf::Time(at) => filter.until = Some(at + TimeDelta::microseconds(1)),
+    }
+    let mut state = LifecycleState::default();
+    let mut after = Cursor::START;
+    loop {
+        let page = store.read_filtered(after, &filter, PAGE).await?;
+        for event in &page {
+            state.apply(&Fact::decode(event)?);
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE => after = last.cursor,
+            _ => break,
+        }
+    }
+    Ok(state.environments.remove(&EnvironmentView::key(application.as_str(), environment.as_str())))
+}
