@@ -173,7 +173,8 @@ struct ExportedEvent<'a> {
 pub async fn export(store: &EventStore, filter: &EventFilter, out: &mut impl Write) -> Result<u64, ProjectionError> {
     for_each_event(store, filter, |e| {
         fn raw<'a>(e: &RecordedEvent, text: &'a str) -> Result<&'a RawValue, ProjectionError> {
-            serde_json::from_str(text).map_err(|err| ProjectionError::Corrupt { cursor: e.cursor, why: err.to_string() })
+            serde_json::from_str(text)
+                .map_err(|err| ProjectionError::Corrupt { cursor: e.cursor, why: err.to_string() })
         }
         let line = ExportedEvent {
             position: e.cursor.position,
@@ -199,20 +200,17 @@ pub async fn export(store: &EventStore, filter: &EventFilter, out: &mut impl Wri
 /// One line of a replay: an environment's state in a few words.
 fn describe(view: &EnvironmentView) -> String {
     let commit = view.state.commit.as_ref().map_or("-".to_owned(), |c| c.short().to_owned());
-    let mut line = format!(
-        "status {} · commit {commit} · sync {} · health {} · drift {}",
+    let why =
+        |reasons: &[String]| if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join("; ")) };
+    format!(
+        "status {} · commit {commit} · sync {}{} · health {} · drift {}{}",
         serde_label(&view.status),
         serde_label(&view.sync_status),
+        why(&view.sync_reasons),
         serde_label(&view.health),
         serde_label(&view.drift.verdict),
-    );
-    if !view.sync_reasons.is_empty() {
-        line.push_str(&format!(" ({})", view.sync_reasons.join("; ")));
-    }
-    if !view.drift.reasons.is_empty() {
-        line.push_str(&format!(" [{}]", view.drift.reasons.join("; ")));
-    }
-    line
+        why(&view.drift.reasons),
+    )
 }
 
 /// Prints, in the order of the log, every change of every environment's state
@@ -234,9 +232,10 @@ pub async fn replay(
             return Ok(());
         }
         state.apply(&fact);
-        let chosen = state.environments.iter().filter(|(_, v)| {
-            application.is_none_or(|a| v.application == a) && environment.is_none_or(|e| v.name == e)
-        });
+        let chosen = state
+            .environments
+            .iter()
+            .filter(|(_, v)| application.is_none_or(|a| v.application == a) && environment.is_none_or(|e| v.name == e));
         for (key, view) in chosen.filter(|(_, v)| v.cursor == fact.cursor) {
             let now = describe(view);
             if last.get(key) != Some(&now) {

@@ -26,9 +26,19 @@ pub struct Fact {
 
 #[derive(Debug, Clone)]
 pub enum Payload {
-    Application { application: Name, event: ApplicationEvent },
-    Environment { application: Name, environment: Name, event: EnvironmentEvent },
-    Run { run_id: Uuid, event: RunEvent },
+    Application {
+        application: Name,
+        event: ApplicationEvent,
+    },
+    Environment {
+        application: Name,
+        environment: Name,
+        event: EnvironmentEvent,
+    },
+    Run {
+        run_id: Uuid,
+        event: RunEvent,
+    },
     /// A stream no read model folds (e.g. one written by a benchmark).
     Other,
 }

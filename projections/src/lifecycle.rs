@@ -195,7 +195,9 @@ impl EnvironmentView {
                     finished_at: None,
                 })
             }
-            EnvironmentEvent::RunStarted { run_id, .. } => status(run_id, LastRunStatus::Running, None, &mut self.last_run),
+            EnvironmentEvent::RunStarted { run_id, .. } => {
+                status(run_id, LastRunStatus::Running, None, &mut self.last_run)
+            }
             EnvironmentEvent::RunSuperseded { run_id, .. } => {
                 status(run_id, LastRunStatus::Skipped, None, &mut self.last_run)
             }

@@ -242,12 +242,13 @@ pub async fn rebuild<P: Projection>(store: &EventStore, batch: usize) -> Result<
             break;
         }
     }
-    let old: Vec<i32> =
-        sqlx::query_scalar("DELETE FROM read.checkpoints WHERE projection = $1 AND generation <> $2 RETURNING generation")
-            .bind(P::NAME)
-            .bind(generation)
-            .fetch_all(&mut *tx)
-            .await?;
+    let old: Vec<i32> = sqlx::query_scalar(
+        "DELETE FROM read.checkpoints WHERE projection = $1 AND generation <> $2 RETURNING generation",
+    )
+    .bind(P::NAME)
+    .bind(generation)
+    .fetch_all(&mut *tx)
+    .await?;
     sqlx::query("UPDATE read.checkpoints SET live = true WHERE projection = $1 AND generation = $2")
         .bind(P::NAME)
         .bind(generation)

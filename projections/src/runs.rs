@@ -137,60 +137,61 @@ impl RunView {
             return view;
         }
         let mut run = match (view, event) {
-            (None, RunEvent::RunQueued { run_id, application, environment, kind, commit, reason, plan, queued_at, .. }) => {
-                RunView {
-                    run_id: *run_id,
-                    application: application.to_string(),
-                    environment: environment.to_string(),
-                    kind: *kind,
-                    commit: commit.as_ref().map(|c| c.to_string()),
-                    reason: reason.clone(),
-                    triggered_by: fact.actor.clone(),
-                    status: RunState::Queued,
-                    attempt: 1,
-                    error: None,
-                    stages: plan
-                        .iter()
-                        .map(|s| StageView {
-                            name: s.name.clone(),
-                            status: StepState::Pending,
-                            attempt: 1,
-                            started_at: None,
-                            finished_at: None,
-                            duration_ms: None,
-                            jobs: s
-                                .jobs
-                                .iter()
-                                .map(|j| JobView {
-                                    name: j.name.clone(),
-                                    status: StepState::Pending,
-                                    attempt: 1,
-                                    started_at: None,
-                                    finished_at: None,
-                                    duration_ms: None,
-                                    exit_code: None,
-                                    error: None,
-                                    output: None,
-                                })
-                                .collect(),
-                        })
-                        .collect(),
-                    attempts: vec![AttemptView {
+            (
+                None,
+                RunEvent::RunQueued { run_id, application, environment, kind, commit, reason, plan, queued_at, .. },
+            ) => RunView {
+                run_id: *run_id,
+                application: application.to_string(),
+                environment: environment.to_string(),
+                kind: *kind,
+                commit: commit.as_ref().map(|c| c.to_string()),
+                reason: reason.clone(),
+                triggered_by: fact.actor.clone(),
+                status: RunState::Queued,
+                attempt: 1,
+                error: None,
+                stages: plan
+                    .iter()
+                    .map(|s| StageView {
+                        name: s.name.clone(),
+                        status: StepState::Pending,
                         attempt: 1,
-                        worker: None,
-                        from_stage: None,
-                        triggered_by: fact.actor.clone(),
                         started_at: None,
                         finished_at: None,
-                    }],
-                    queued_at: *queued_at,
+                        duration_ms: None,
+                        jobs: s
+                            .jobs
+                            .iter()
+                            .map(|j| JobView {
+                                name: j.name.clone(),
+                                status: StepState::Pending,
+                                attempt: 1,
+                                started_at: None,
+                                finished_at: None,
+                                duration_ms: None,
+                                exit_code: None,
+                                error: None,
+                                output: None,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+                attempts: vec![AttemptView {
+                    attempt: 1,
+                    worker: None,
+                    from_stage: None,
+                    triggered_by: fact.actor.clone(),
                     started_at: None,
                     finished_at: None,
-                    duration_ms: None,
-                    position: fact.cursor.position,
-                    cursor: fact.cursor,
-                }
-            }
+                }],
+                queued_at: *queued_at,
+                started_at: None,
+                finished_at: None,
+                duration_ms: None,
+                position: fact.cursor.position,
+                cursor: fact.cursor,
+            },
             (None, _) | (Some(_), RunEvent::RunQueued { .. }) => return None,
             (Some(mut run), event) => {
                 run.fold(event, fact.actor.as_deref());
@@ -227,19 +228,24 @@ impl RunView {
             }
             RunEvent::JobSucceeded { stage, job, output, at, .. } => {
                 if let Some(j) = self.job(stage, job) {
-                    (j.status, j.finished_at, j.duration_ms) = (StepState::Succeeded, Some(*at), millis(j.started_at, *at));
+                    (j.status, j.finished_at, j.duration_ms) =
+                        (StepState::Succeeded, Some(*at), millis(j.started_at, *at));
                     j.output = output.clone();
                 }
             }
             RunEvent::JobFailed { stage, job, error, exit_code, at, .. } => {
                 if let Some(j) = self.job(stage, job) {
-                    (j.status, j.finished_at, j.duration_ms) = (StepState::Failed, Some(*at), millis(j.started_at, *at));
+                    (j.status, j.finished_at, j.duration_ms) =
+                        (StepState::Failed, Some(*at), millis(j.started_at, *at));
                     (j.error, j.exit_code) = (Some(error.clone()), *exit_code);
                 }
             }
             RunEvent::StageSucceeded { stage, at, .. } | RunEvent::StageFailed { stage, at, .. } => {
-                let status =
-                    if matches!(event, RunEvent::StageSucceeded { .. }) { StepState::Succeeded } else { StepState::Failed };
+                let status = if matches!(event, RunEvent::StageSucceeded { .. }) {
+                    StepState::Succeeded
+                } else {
+                    StepState::Failed
+                };
                 if let Some(s) = self.stage(stage) {
                     (s.status, s.finished_at, s.duration_ms) = (status, Some(*at), millis(s.started_at, *at));
                 }

@@ -4,5 +4,6 @@
 mod append;
 mod immutability;
 mod lifecycle;
+mod projections;
 mod reading;
 mod tamper;
