@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::io::Write;
+
 use clap::{Args, Parser, Subcommand};
+use shiplog_engine::store::EventFilter;
+use shiplog_projections::{audit, runner};
 
 use crate::server::{self, Database};
 
@@ -28,12 +32,68 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Read models folded from the event log.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 enum AuditCommand {
     /// Recompute every hash chain and seal; exit 1 and name the first broken position.
     Verify(DatabaseArgs),
+    /// Write events as JSON Lines with their hashes (all, or those the filters select).
+    Export(ExportArgs),
+    /// Print every change of each environment's state with the event that caused it.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args, Debug)]
+struct ExportArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Only this stream, e.g. `environment-hello.staging` (repeatable).
+    #[arg(long = "stream")]
+    streams: Vec<String>,
+    /// Only this event type, e.g. `RunRequested` (repeatable).
+    #[arg(long = "type")]
+    types: Vec<String>,
+    /// Only events recorded at or after this moment (RFC 3339).
+    #[arg(long)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only events recorded before this moment (RFC 3339).
+    #[arg(long)]
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Write here instead of standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ReplayArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Only environments of this application.
+    #[arg(long)]
+    application: Option<String>,
+    /// Only environments with this name.
+    #[arg(long)]
+    environment: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum ProjectionsCommand {
+    /// Replay the whole log into fresh tables and swap them in atomically; the
+    /// server keeps serving the old ones meanwhile. All projections without NAME.
+    Rebuild {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// lifecycle, runs or audit.
+        name: Option<String>,
+    },
+    /// Show each projection's generation, checkpoint and lag.
+    Status(DatabaseArgs),
 }
 
 /// Where the database is.
@@ -77,6 +137,9 @@ struct ServeArgs {
     /// How often the sealer extends the seal chain over new events.
     #[arg(long, env = "SHIPLOG_SEAL_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     seal_interval: Duration,
+    /// How often every environment is observed for drift (±10% jitter).
+    #[arg(long, env = "SHIPLOG_DRIFT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    drift_interval: Duration,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -96,6 +159,12 @@ impl Cli {
             Command::Serve(args) => serve(args).await,
             Command::Worker(args) => worker(args).await,
             Command::Audit { command: AuditCommand::Verify(args) } => verify(args).await,
+            Command::Audit { command: AuditCommand::Export(args) } => export(args).await,
+            Command::Audit { command: AuditCommand::Replay(args) } => replay(args).await,
+            Command::Projections { command: ProjectionsCommand::Rebuild { database, name } } => {
+                rebuild(database, name).await
+            }
+            Command::Projections { command: ProjectionsCommand::Status(args) } => projection_status(args).await,
         };
         result.unwrap_or_else(|e| {
             eprintln!("error: {e:#}");
@@ -106,7 +175,7 @@ impl Cli {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let database = Database::open(&args.worker.database).await?;
-    let outcome = server::serve(&database, &args.worker, args.listen, args.seal_interval).await;
+    let outcome = server::serve(&database, &args.worker, args.listen, args.seal_interval, args.drift_interval).await;
     database.close().await?;
     outcome.map(|()| ExitCode::SUCCESS)
 }
@@ -139,4 +208,70 @@ async fn verify(args: DatabaseArgs) -> anyhow::Result<ExitCode> {
         println!("  {problem}");
     }
     Ok(ExitCode::from(1))
+}
+
+async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let filter =
+        EventFilter { streams: args.streams, types: args.types, since: args.since, until: args.until, to: None };
+    let database = Database::open(&args.database).await?;
+    let exported = match &args.output {
+        Some(path) => {
+            let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+            let exported = audit::export(&database.store(), &filter, &mut file).await;
+            file.flush()?;
+            exported
+        }
+        None => audit::export(&database.store(), &filter, &mut std::io::BufWriter::new(std::io::stdout().lock())).await,
+    };
+    database.close().await?;
+    eprintln!("exported {} events", exported?);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let database = Database::open(&args.database).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let replayed =
+        audit::replay(&database.store(), args.application.as_deref(), args.environment.as_deref(), &mut out).await;
+    out.flush()?;
+    drop(out);
+    database.close().await?;
+    replayed?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rebuild(args: DatabaseArgs, name: Option<String>) -> anyhow::Result<ExitCode> {
+    let names: Vec<String> = match name {
+        Some(name) => vec![name],
+        None => runner::NAMES.iter().map(|n| n.to_string()).collect(),
+    };
+    let database = Database::open(&args).await?;
+    let mut outcome = Ok(());
+    for name in &names {
+        match runner::rebuild_named(&database.store(), name).await {
+            Ok(rebuilt) => {
+                println!("{name}: generation {} from {} events", rebuilt.generation, rebuilt.events)
+            }
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        }
+    }
+    database.close().await?;
+    outcome?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn projection_status(args: DatabaseArgs) -> anyhow::Result<ExitCode> {
+    let database = Database::open(&args).await?;
+    let status = runner::status(database.store().pool()).await;
+    database.close().await?;
+    for s in status? {
+        println!(
+            "{}: version {} generation {} at {} ({} events), {} behind ({:.1}s)",
+            s.name, s.version, s.generation, s.cursor, s.events, s.lag_events, s.lag_seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

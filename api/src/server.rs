@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use std::sync::Arc;
 
+use shiplog_engine::drift::Reconciler;
 use shiplog_engine::lifecycle::Lifecycle;
 use shiplog_engine::runtime::process::ProcessRuntime;
 use shiplog_engine::store::Metadata;
@@ -128,6 +129,7 @@ pub async fn serve(
     worker: &WorkerArgs,
     listen: SocketAddr,
     seal_interval: Duration,
+    drift_interval: Duration,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
@@ -138,6 +140,8 @@ pub async fn serve(
     let sealer = tokio::spawn(seal_loop(database.store(), seal_interval, stopped.clone()));
     let expiry = tokio::spawn(expiry_loop(Lifecycle::new(database.store()), stopped.clone()));
     let shutdown = CancellationToken::new();
+    let projections = tokio::spawn(shiplog_projections::runner::run_all(database.store(), shutdown.clone()));
+    let reconciler = tokio::spawn(run_reconciler(database.store(), worker.clone(), drift_interval, shutdown.clone()));
     let worker = tokio::spawn(run_worker(database.store(), worker.clone(), shutdown.clone()));
     let served = axum::serve(listener, app(AppState::new(database.store())))
         .with_graceful_shutdown(async move {
@@ -150,6 +154,8 @@ pub async fn serve(
     sealer.await?;
     expiry.await?;
     worker.await?;
+    projections.await?;
+    reconciler.await?;
     served.context("serving HTTP")
 }
 
@@ -176,6 +182,13 @@ async fn run_worker(store: EventStore, args: WorkerArgs, shutdown: CancellationT
     let runtime = Arc::new(ProcessRuntime::new(args.process_root.clone()));
     let worker = Worker::new(Lifecycle::new(store), runtime, id, args.work_dir.clone()).with_lease(args.lease);
     worker.run(IDLE_POLL, shutdown).await;
+}
+
+/// Observes every environment for drift each `interval` (with jitter).
+async fn run_reconciler(store: EventStore, args: WorkerArgs, interval: Duration, shutdown: CancellationToken) {
+    let runtime = Arc::new(ProcessRuntime::new(args.process_root.clone()));
+    let reconciler = Reconciler::new(Lifecycle::new(store), runtime);
+    reconciler.run(interval, Arc::default(), shutdown).await;
 }
 
 /// How often the server looks for environments whose TTL has run out.

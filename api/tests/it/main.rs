@@ -2,6 +2,7 @@
 //! the `shiplog` binary as a newcomer runs it.
 
 mod audit;
+mod projections;
 mod schema;
 mod serve;
 mod worker;
