@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p shiplog-tests --bin bench -- store [--events N] [--json PATH] [--no-fsync]
 //! cargo run --release -p shiplog-tests --bin bench -- engine [--runs N] [--json PATH] [--no-fsync]
+//! cargo run --release -p shiplog-tests --bin bench -- projections [--events N] [--json PATH] [--no-fsync]
 //! ```
 //!
 //! `bench engine` times patch runs end to end; [`Command::Engine`] says what it
@@ -51,6 +52,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use serde_json::{Value, json};
 use shiplog_engine::canonical;
+use shiplog_engine::domain::application::Application;
 use shiplog_engine::domain::environment::{Created, Environment, EnvironmentKind, Tracking};
 use shiplog_engine::domain::run::{Run, RunStatus};
 use shiplog_engine::domain::{CommitId, Name};
@@ -133,6 +135,23 @@ enum Command {
     /// issue's target, a p50 of at most 20 ms, is printed beside the result, never
     /// asserted.
     Engine(EngineArgs),
+    /// Read models: a full rebuild of every projection, and an audit export, from
+    /// `--events` events, beside the raw scan of the same rows.
+    ///
+    /// Set-up, untimed: a history of one application with 500 environments, each
+    /// set up once and patched many times; every run's stream is what the engine
+    /// writes for a run of build, release and deploy (decided by the domain), and
+    /// each environment's stream holds its lifecycle facts. Then `raw_events` is
+    /// made a copy of `events`, both vacuumed.
+    ///
+    /// Timed: each projection rebuilt alone (`rebuild`: a fresh generation filled
+    /// from the whole log, then swapped in), all three rebuilt concurrently (what
+    /// `shiplog projections rebuild` costs when the server starts a new version),
+    /// and `audit export` of every event to a sink, with its peak RSS after a tenth
+    /// and at the end (equal figures: constant memory). Baseline: the keyset scan of
+    /// `raw_events` selecting and decoding the same columns, with its own RSS.
+    /// The issue's target, a full rebuild at ≥ 25% of the raw scan, is printed, never asserted.
+    Projections(ProjectionsArgs),
 }
 
 /// Options every benchmark takes.
@@ -176,6 +195,15 @@ struct EngineArgs {
     common: CommonArgs,
 }
 
+#[derive(clap::Args)]
+struct ProjectionsArgs {
+    /// Events in the history the read models are rebuilt from.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
 /// What a benchmark reports: lines printed above the table, and its figures.
 type Report = (Vec<String>, Vec<Figure>);
 
@@ -183,6 +211,9 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Store(args) => run_on_server(&args.common, |options| store_benchmarks(options, &args)),
         Command::Engine(args) => run_on_server(&args.common, |options| engine_benchmark(options, &args)),
+        Command::Projections(args) => {
+            run_on_server(&args.common, |options| projections_benchmark(options, &args))
+        }
     }
 }
 
@@ -695,8 +726,21 @@ async fn replay_benchmark(db: &BenchDb, target: u64) -> anyhow::Result<Vec<Figur
     })
     .await?;
 
+    let raw = raw_replay(db, total).await?;
+
+    for (who, replay) in [("shiplog", &shiplog), ("raw", &raw)] {
+        if replay.events != total {
+            bail!("the {who} replay read {} events, the store holds {total}", replay.events);
+        }
+    }
+    Ok(Figure::replay(total, &shiplog, &raw))
+}
+
+/// The baseline of every full read: `raw_events` by keyset paging, the same columns
+/// decoded into the same Rust types as `read_all`.
+async fn raw_replay(db: &BenchDb, total: u64) -> anyhow::Result<Replay> {
     eprintln!("replaying {total} rows of raw_events by keyset ...");
-    let raw = timed_replay(total, 0i64, |after| {
+    timed_replay(total, 0i64, |after| {
         let pool = db.owner.clone();
         async move {
             // The same columns as read_all, decoded into the same Rust types.
@@ -713,14 +757,7 @@ async fn replay_benchmark(db: &BenchDb, target: u64) -> anyhow::Result<Vec<Figur
             Ok(page.last().map(|last| (last.0, page.len())))
         }
     })
-    .await?;
-
-    for (who, replay) in [("shiplog", &shiplog), ("raw", &raw)] {
-        if replay.events != total {
-            bail!("the {who} replay read {} events, the store holds {total}", replay.events);
-        }
-    }
-    Ok(Figure::replay(total, &shiplog, &raw))
+    .await
 }
 
 /// Appends batches of `FILL_BATCH` events over `FILL_STREAMS` streams until the store
@@ -1361,4 +1398,229 @@ fn print_report(header: &[String], figures: &[Figure], json_path: Option<&std::p
         None => println!("{json}"),
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The projections benchmark
+// ---------------------------------------------------------------------------
+
+/// Environments in the history; runs are spread evenly over them.
+const HISTORY_ENVIRONMENTS: usize = 500;
+/// The issue's target for a full rebuild, as a share of the raw scan's rate.
+const REBUILD_TARGET: f64 = 0.25;
+
+async fn projections_benchmark(options: PgConnectOptions, args: &ProjectionsArgs) -> anyhow::Result<Report> {
+    use shiplog_projections::projection::{Audit, Lifecycle as LifecycleProjection, Runs};
+    use shiplog_projections::runner::{DEFAULT_BATCH, rebuild};
+
+    let db = BenchDb::open(options, 12).await?;
+    let mut header = describe_server(&db.owner).await?;
+    let store = EventStore::new(db.runtime.clone());
+    let started = Instant::now();
+    let written = fill_history(&store, args.events).await?;
+    eprintln!("wrote a history of {written} events in {:.1} s", started.elapsed().as_secs_f64());
+    let total = copy_to_raw(&db.owner).await?;
+    let raw = raw_replay(&db, total).await?;
+    let rate = |events: u64, wall: Duration| events as f64 / wall.as_secs_f64();
+    let raw_rate = rate(raw.events, raw.wall);
+
+    let mut figures = Vec::new();
+    let mut timed = |name: &str, wall: Duration| {
+        eprintln!("  {name}: {:.1} s", wall.as_secs_f64());
+        figures.push(Figure::plain(format!("{name}, {total} events"), "events/s", Pair::new(rate(total, wall), raw_rate)));
+    };
+    for name in shiplog_projections::runner::NAMES {
+        eprintln!("rebuilding {name} ...");
+        let started = Instant::now();
+        let rebuilt = shiplog_projections::runner::rebuild_named(&store, name).await?;
+        ensure!(rebuilt.events == total, "{name} folded {} events of {total}", rebuilt.events);
+        timed(&format!("rebuild {name}"), started.elapsed());
+    }
+    eprintln!("rebuilding all three concurrently ...");
+    let started = Instant::now();
+    let (l, r, a) = tokio::join!(
+        rebuild::<LifecycleProjection>(&store, DEFAULT_BATCH),
+        rebuild::<Runs>(&store, DEFAULT_BATCH),
+        rebuild::<Audit>(&store, DEFAULT_BATCH)
+    );
+    (l?, r?, a?);
+    let all = started.elapsed();
+    timed("rebuild all read models", all);
+    header.push(format!(
+        "full rebuild of all read models: {:.0}% of the raw scan (target ≥ {:.0}%)",
+        100.0 * rate(total, all) / raw_rate,
+        100.0 * REBUILD_TARGET
+    ));
+
+    eprintln!("exporting {total} events ...");
+    reset_peak_rss();
+    let mut sink = RssSampler { expected: total, lines: 0, tenth_mib: None };
+    let started = Instant::now();
+    let exported = shiplog_projections::audit::export(&store, &Default::default(), &mut sink).await?;
+    let wall = started.elapsed();
+    ensure!(exported == total, "exported {exported} events of {total}");
+    let whole = peak_rss_mib();
+    figures.push(Figure::plain(format!("audit export {total} events"), "events/s", Pair::new(rate(total, wall), raw_rate)));
+    figures.push(Figure::plain(
+        "export peak RSS, first 10%".into(),
+        "MiB",
+        Pair::new(sink.tenth_mib.unwrap_or(whole), raw.peak_rss_tenth_mib),
+    ));
+    figures.push(Figure::plain("export peak RSS, whole".into(), "MiB", Pair::new(whole, raw.peak_rss_mib)));
+    db.close().await;
+    Ok((header, figures))
+}
+
+/// Discards the export, noting the peak RSS once a tenth of the lines went by.
+struct RssSampler {
+    expected: u64,
+    lines: u64,
+    tenth_mib: Option<f64>,
+}
+
+impl std::io::Write for RssSampler {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.lines += buf.iter().filter(|b| **b == b'\n').count() as u64;
+        if self.tenth_mib.is_none() && self.lines * 10 >= self.expected {
+            self.tenth_mib = Some(peak_rss_mib());
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes a history of about `target` events: an application, environments each
+/// set up once then patched, every run's stream as the domain decides it.
+async fn fill_history(store: &EventStore, target: u64) -> anyhow::Result<u64> {
+    use shiplog_engine::domain::application::ApplicationEvent;
+    use shiplog_engine::domain::environment::{EnvironmentEvent, RunOutcome};
+    use shiplog_engine::domain::run::{self, PlanInput, RunCommand, RunEvent};
+    use shiplog_engine::domain::{RunKind, TemplateVersions};
+    use shiplog_engine::lifecycle::encode;
+
+    let metadata = Metadata { actor: Some("bench".into()), ..Metadata::default() };
+    let app: Name = "bench".parse()?;
+    let now = Utc::now();
+    let templates = TemplateVersions {
+        template_version: 1,
+        template_digest: "sha256:template".into(),
+        variables_version: 1,
+        variables_digest: "sha256:variables".into(),
+    };
+    let app_events = [
+        ApplicationEvent::ApplicationCreated { name: app.clone(), repository: "/bench".into(), created_at: now },
+        ApplicationEvent::ApplicationTemplateUpdated {
+            version: 1,
+            digest: templates.template_digest.clone(),
+            template: json!({ "services": { "web": { "build": { "context": "." } } } }),
+            updated_at: now,
+        },
+        ApplicationEvent::EnvironmentVariablesUpdated {
+            version: 1,
+            digest: templates.variables_digest.clone(),
+            variables: json!({ "GREETING": "hello" }),
+            updated_at: now,
+        },
+    ];
+    let app_stream: StreamId = Application::stream_id(&app).parse()?;
+    store.append(&app_stream, ExpectedVersion::NoStream, &encode(&app_events, ApplicationEvent::event_type, &metadata)).await?;
+
+    let input = PlanInput {
+        built_services: vec!["web".into()],
+        services: vec!["web".into()],
+        release_commands: vec!["migrate".into()],
+        ..PlanInput::default()
+    };
+    // Events per run: the run's own stream and three in its environment's.
+    let (run_app, run_templates) = (app.clone(), templates.clone());
+    let run_events = move |kind: RunKind| -> Vec<RunEvent> {
+        let (app, templates) = (&run_app, &run_templates);
+        let run_id = Uuid::new_v4();
+        let mut events = vec![RunEvent::RunQueued {
+            run_id,
+            application: app.clone(),
+            environment: "e".parse().expect("valid"),
+            kind,
+            commit: None,
+            repository: "/bench".into(),
+            reason: "bench".into(),
+            template: json!({}),
+            templates: templates.clone(),
+            plan: run::plan(kind, &input),
+            queued_at: now,
+        }];
+        let mut state = run::fold(&events).expect("queued");
+        let mut command = RunCommand::Start { worker: "bench".into(), now };
+        loop {
+            let decided = run::decide(&state, command).expect("a valid run");
+            events.extend(decided);
+            state = run::fold(&events).expect("a run");
+            if state.status.is_final() {
+                return events;
+            }
+            command = RunCommand::JobFinished { result: Ok(Some("image".into())), now };
+        }
+    };
+    let per_run = run_events(RunKind::Patch).len() as u64 + 3;
+    let runs_per_env = (target / per_run / HISTORY_ENVIRONMENTS as u64).max(1);
+    let writers = (0..FILL_WRITERS).map(|first| {
+        let (store, app, metadata, templates) = (store.clone(), app.clone(), metadata.clone(), templates.clone());
+        let run_events = run_events.clone();
+        tokio::spawn(async move {
+            let mut written = 0u64;
+            for e in (first..HISTORY_ENVIRONMENTS).step_by(FILL_WRITERS) {
+                let env: Name = format!("env-{e}").parse()?;
+                let mut env_events = vec![EnvironmentEvent::EnvironmentCreated {
+                    application: app.clone(),
+                    name: env.clone(),
+                    kind: EnvironmentKind::Staging,
+                    tracking: Tracking::Branch("main".into()),
+                    ttl_seconds: None,
+                    drift_mode: Default::default(),
+                    created_at: now,
+                }];
+                for r in 0..runs_per_env {
+                    let kind = if r == 0 { RunKind::Setup } else { RunKind::Patch };
+                    let mut events = run_events(kind);
+                    let RunEvent::RunQueued { run_id, environment, .. } = &mut events[0] else { unreachable!() };
+                    *environment = env.clone();
+                    let run_id = *run_id;
+                    let commit: CommitId = format!("{:040x}", r).parse()?;
+                    env_events.push(EnvironmentEvent::RunRequested {
+                        run_id,
+                        kind,
+                        commit: Some(commit),
+                        reason: "bench".into(),
+                        templates: (kind == RunKind::Setup).then(|| templates.clone()),
+                        requested_at: now,
+                        auto_for: None,
+                    });
+                    env_events.push(EnvironmentEvent::RunStarted { run_id, started_at: now });
+                    env_events.push(EnvironmentEvent::RunFinished {
+                        run_id,
+                        outcome: RunOutcome::Succeeded,
+                        images: vec![("web".into(), format!("image-{r}"))],
+                        finished_at: now,
+                    });
+                    let stream: StreamId = Run::stream_id(run_id).parse()?;
+                    store.append(&stream, ExpectedVersion::NoStream, &encode(&events, RunEvent::event_type, &metadata)).await?;
+                    written += events.len() as u64;
+                }
+                let stream: StreamId = Environment::stream_id(&app, &env).parse()?;
+                for chunk in env_events.chunks(MAX_BATCH_EVENTS) {
+                    store.append(&stream, ExpectedVersion::Any, &encode(chunk, EnvironmentEvent::event_type, &metadata)).await?;
+                }
+                written += env_events.len() as u64;
+            }
+            anyhow::Ok(written)
+        })
+    });
+    let mut written = app_events.len() as u64;
+    for writer in futures::future::join_all(writers).await {
+        written += writer??;
+    }
+    Ok(written)
 }
