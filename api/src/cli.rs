@@ -241,25 +241,17 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn rebuild(args: DatabaseArgs, name: Option<String>) -> anyhow::Result<ExitCode> {
-    let names: Vec<String> = match name {
-        Some(name) => vec![name],
-        None => runner::NAMES.iter().map(|n| n.to_string()).collect(),
+    // One pass over the log feeds every projection asked for.
+    let projections = match name {
+        Some(name) => vec![runner::Descriptor::named(&name)?],
+        None => runner::all().to_vec(),
     };
     let database = Database::open(&args).await?;
-    let mut outcome = Ok(());
-    for name in &names {
-        match runner::rebuild_named(&database.store(), name).await {
-            Ok(rebuilt) => {
-                println!("{name}: generation {} from {} events", rebuilt.generation, rebuilt.events)
-            }
-            Err(e) => {
-                outcome = Err(e);
-                break;
-            }
-        }
-    }
+    let rebuilt = runner::rebuild(&database.store(), &projections, runner::DEFAULT_BATCH).await;
     database.close().await?;
-    outcome?;
+    for r in rebuilt? {
+        println!("{}: generation {} from {} events", r.name, r.generation, r.events);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use shiplog_engine::store::{Cursor, EventStore};
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool, Row};
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ProjectionError;
 use crate::fact::Fact;
 use crate::projection::{Audit, Lifecycle, Projection, Runs};
-use crate::table;
+use crate::table::{self, TableDef};
 
 /// Events folded per transaction.
 pub const DEFAULT_BATCH: usize = 2000;
@@ -57,6 +58,75 @@ async fn live_checkpoint(
         })
     })
     .transpose()
+}
+
+/// A projection as the runner drives it: its constants and its batch fold, so
+/// one pass over the log can feed several projections.
+#[derive(Clone, Copy)]
+pub struct Descriptor {
+    pub name: &'static str,
+    pub version: i32,
+    tables: &'static [TableDef],
+    apply: for<'a> fn(&'a mut PgConnection, i32, &'a [Fact]) -> BoxFuture<'a, Result<(), ProjectionError>>,
+}
+
+impl Descriptor {
+    pub fn of<P: Projection>() -> Descriptor {
+        Descriptor {
+            name: P::NAME,
+            version: P::VERSION,
+            tables: P::TABLES,
+            apply: |conn, generation, facts| Box::pin(P::apply(conn, generation, facts)),
+        }
+    }
+
+    /// The projection called `name`.
+    pub fn named(name: &str) -> Result<Descriptor, ProjectionError> {
+        all().into_iter().find(|d| d.name == name).ok_or_else(|| ProjectionError::Unknown(name.to_owned()))
+    }
+}
+
+/// Every projection, in the order their locks are taken.
+pub fn all() -> [Descriptor; 3] {
+    [Descriptor::of::<Lifecycle>(), Descriptor::of::<Runs>(), Descriptor::of::<Audit>()]
+}
+
+/// Reads one batch after `after` and folds it into each target generation on
+/// `conn` (inside a transaction), moving their checkpoints; returns how many
+/// events and the cursor of the last. `crash` is the test's failure injection.
+async fn fold_batch(
+    store: &EventStore,
+    conn: &mut PgConnection,
+    targets: &[(Descriptor, i32)],
+    after: Cursor,
+    batch: usize,
+    crash: Option<&AtomicUsize>,
+) -> Result<(usize, Cursor), ProjectionError> {
+    let events = store.read_all(after, batch).await?;
+    let Some(last) = events.last() else { return Ok((0, after)) };
+    let facts = events.iter().map(Fact::decode).collect::<Result<Vec<_>, _>>()?;
+    for (projection, generation) in targets {
+        (projection.apply)(conn, *generation, &facts).await?;
+    }
+    if let Some(left) = crash
+        && left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err()
+    {
+        return Err(ProjectionError::Injected("before saving the checkpoint"));
+    }
+    for (projection, generation) in targets {
+        sqlx::query(
+            "UPDATE read.checkpoints SET tx_id = $3, position = $4, events = events + $5, updated_at = now() \
+             WHERE projection = $1 AND generation = $2",
+        )
+        .bind(projection.name)
+        .bind(generation)
+        .bind(last.cursor.tx_id)
+        .bind(last.cursor.position)
+        .bind(events.len() as i64)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok((events.len(), last.cursor))
 }
 
 /// Folds projection `P` into its live generation.
@@ -96,7 +166,7 @@ impl<P: Projection> Runner<P> {
         let mut conn = self.pool().acquire().await?;
         match live_checkpoint(&mut conn, P::NAME, false).await? {
             Some(live) if live.version == P::VERSION => Ok(()),
-            _ => rebuild::<P>(&self.store, self.batch).await.map(drop),
+            _ => rebuild(&self.store, &[Descriptor::of::<P>()], self.batch).await.map(drop),
         }
     }
 
@@ -105,9 +175,11 @@ impl<P: Projection> Runner<P> {
     pub async fn step(&self) -> Result<usize, ProjectionError> {
         let mut tx = self.pool().begin().await?;
         let Some(live) = live_checkpoint(&mut tx, P::NAME, true).await? else { return Ok(0) };
-        let folded = self.fold_batch(&mut tx, &live).await?;
+        let targets = [(Descriptor::of::<P>(), live.generation)];
+        let crash = self.crash_after.as_deref();
+        let (folded, _) = fold_batch(&self.store, &mut tx, &targets, live.cursor, self.batch, crash).await?;
         tx.commit().await?;
-        Ok(folded.0)
+        Ok(folded)
     }
 
     /// Folds batches until no event is left; returns how many were folded.
@@ -119,37 +191,6 @@ impl<P: Projection> Runner<P> {
                 n => total += n as u64,
             }
         }
-    }
-
-    /// Folds one batch after `at` into `at.generation` on `conn` (inside a
-    /// transaction) and moves that generation's checkpoint; returns how many
-    /// events and the new position.
-    async fn fold_batch(
-        &self,
-        conn: &mut PgConnection,
-        at: &Checkpoint,
-    ) -> Result<(usize, Checkpoint), ProjectionError> {
-        let events = self.store.read_all(at.cursor, self.batch).await?;
-        let Some(last) = events.last() else { return Ok((0, *at)) };
-        let facts = events.iter().map(Fact::decode).collect::<Result<Vec<_>, _>>()?;
-        P::apply(conn, at.generation, &facts).await?;
-        if let Some(left) = &self.crash_after
-            && left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err()
-        {
-            return Err(ProjectionError::Injected("before saving the checkpoint"));
-        }
-        sqlx::query(
-            "UPDATE read.checkpoints SET tx_id = $3, position = $4, events = events + $5, updated_at = now() \
-             WHERE projection = $1 AND generation = $2",
-        )
-        .bind(P::NAME)
-        .bind(at.generation)
-        .bind(last.cursor.tx_id)
-        .bind(last.cursor.position)
-        .bind(events.len() as i64)
-        .execute(&mut *conn)
-        .await?;
-        Ok((events.len(), Checkpoint { cursor: last.cursor, ..*at }))
     }
 
     /// Ensures, catches up, then follows new events until `shutdown`. Failures
@@ -189,90 +230,93 @@ impl<P: Projection> Runner<P> {
     }
 }
 
-/// What a rebuild produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a rebuild produced, per projection.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rebuilt {
+    pub name: &'static str,
     pub generation: i32,
     pub events: u64,
 }
 
-/// Replays the whole log into a fresh generation of `P`'s tables and swaps it
-/// in atomically; the previous generation keeps serving until then and is
-/// dropped with the swap.
-pub async fn rebuild<P: Projection>(store: &EventStore, batch: usize) -> Result<Rebuilt, ProjectionError> {
-    let runner = Runner::<P>::new(store.clone()).with_batch(batch);
+/// Replays the whole log, once, into a fresh generation of each projection's
+/// tables and swaps them in atomically; the previous generations keep serving
+/// until then and are dropped with the swap.
+pub async fn rebuild(
+    store: &EventStore,
+    projections: &[Descriptor],
+    batch: usize,
+) -> Result<Vec<Rebuilt>, ProjectionError> {
     let pool = store.pool();
     let mut tx = pool.begin().await?;
-    let generation: i32 = sqlx::query_scalar(
-        "INSERT INTO read.checkpoints (projection, generation, version) \
-         SELECT $1, coalesce(max(generation), 0) + 1, $2 FROM read.checkpoints WHERE projection = $1 \
-         RETURNING generation",
-    )
-    .bind(P::NAME)
-    .bind(P::VERSION)
-    .fetch_one(&mut *tx)
-    .await?;
-    for def in P::TABLES {
-        table::drop(&mut tx, def, generation).await?;
-        table::create(&mut tx, def, generation).await?;
+    let mut targets = Vec::new();
+    for projection in projections {
+        let generation: i32 = sqlx::query_scalar(
+            "INSERT INTO read.checkpoints (projection, generation, version) \
+             SELECT $1, coalesce(max(generation), 0) + 1, $2 FROM read.checkpoints WHERE projection = $1 \
+             RETURNING generation",
+        )
+        .bind(projection.name)
+        .bind(projection.version)
+        .fetch_one(&mut *tx)
+        .await?;
+        for def in projection.tables {
+            table::drop(&mut tx, def, generation).await?;
+            table::create(&mut tx, def, generation).await?;
+        }
+        tracing::info!(projection = projection.name, generation, "rebuilding");
+        targets.push((*projection, generation));
     }
     tx.commit().await?;
-    tracing::info!(projection = P::NAME, generation, "rebuilding");
 
     // The bulk of the log, a batch per transaction, without stopping anyone.
-    let mut at = Checkpoint { generation, version: P::VERSION, cursor: Cursor::START };
-    let mut events = 0;
+    let (mut after, mut events) = (Cursor::START, 0);
     loop {
         let mut tx = pool.begin().await?;
-        let (n, next) = runner.fold_batch(&mut tx, &at).await?;
+        let (n, next) = fold_batch(store, &mut tx, &targets, after, batch, None).await?;
         tx.commit().await?;
-        (at, events) = (next, events + n as u64);
+        (after, events) = (next, events + n as u64);
         if n == 0 {
             break;
         }
     }
 
-    // The rest under the live checkpoint's lock, then the swap, atomically.
+    // The rest under the live checkpoints' locks, then the swap, atomically.
     let mut tx = pool.begin().await?;
-    live_checkpoint(&mut tx, P::NAME, true).await?;
+    for name in NAMES.iter().filter(|n| projections.iter().any(|p| p.name == **n)) {
+        live_checkpoint(&mut tx, name, true).await?;
+    }
     loop {
-        let (n, next) = runner.fold_batch(&mut tx, &at).await?;
-        (at, events) = (next, events + n as u64);
+        let (n, next) = fold_batch(store, &mut tx, &targets, after, batch, None).await?;
+        (after, events) = (next, events + n as u64);
         if n == 0 {
             break;
         }
     }
-    let old: Vec<i32> = sqlx::query_scalar(
-        "DELETE FROM read.checkpoints WHERE projection = $1 AND generation <> $2 RETURNING generation",
-    )
-    .bind(P::NAME)
-    .bind(generation)
-    .fetch_all(&mut *tx)
-    .await?;
-    sqlx::query("UPDATE read.checkpoints SET live = true WHERE projection = $1 AND generation = $2")
-        .bind(P::NAME)
+    let mut rebuilt = Vec::new();
+    for (projection, generation) in &targets {
+        let old: Vec<i32> = sqlx::query_scalar(
+            "DELETE FROM read.checkpoints WHERE projection = $1 AND generation <> $2 RETURNING generation",
+        )
+        .bind(projection.name)
         .bind(generation)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
-    for def in P::TABLES {
-        table::serve(&mut tx, def, generation).await?;
-        for old in &old {
-            table::drop(&mut tx, def, *old).await?;
+        sqlx::query("UPDATE read.checkpoints SET live = true WHERE projection = $1 AND generation = $2")
+            .bind(projection.name)
+            .bind(generation)
+            .execute(&mut *tx)
+            .await?;
+        for def in projection.tables {
+            table::serve(&mut tx, def, *generation).await?;
+            for old in &old {
+                table::drop(&mut tx, def, *old).await?;
+            }
         }
+        tracing::info!(projection = projection.name, generation, events, "rebuilt");
+        rebuilt.push(Rebuilt { name: projection.name, generation: *generation, events });
     }
     tx.commit().await?;
-    tracing::info!(projection = P::NAME, generation, events, "rebuilt");
-    Ok(Rebuilt { generation, events })
-}
-
-/// Rebuilds the projection called `name`.
-pub async fn rebuild_named(store: &EventStore, name: &str) -> Result<Rebuilt, ProjectionError> {
-    match name {
-        Lifecycle::NAME => rebuild::<Lifecycle>(store, DEFAULT_BATCH).await,
-        Runs::NAME => rebuild::<Runs>(store, DEFAULT_BATCH).await,
-        Audit::NAME => rebuild::<Audit>(store, DEFAULT_BATCH).await,
-        other => Err(ProjectionError::Unknown(other.to_owned())),
-    }
+    Ok(rebuilt)
 }
 
 /// Runs every projection until `shutdown`; returns when all have stopped.

@@ -145,8 +145,8 @@ enum Command {
     /// made a copy of `events`, both vacuumed.
     ///
     /// Timed: each projection rebuilt alone (`rebuild`: a fresh generation filled
-    /// from the whole log, then swapped in), all three rebuilt concurrently (what
-    /// `shiplog projections rebuild` costs when the server starts a new version),
+    /// from the whole log, then swapped in), all three in one pass over the log (what
+    /// `shiplog projections rebuild` does),
     /// and `audit export` of every event to a sink, with its peak RSS after a tenth
     /// and at the end (equal figures: constant memory). Baseline: the keyset scan of
     /// `raw_events` selecting and decoding the same columns, with its own RSS.
@@ -211,9 +211,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Store(args) => run_on_server(&args.common, |options| store_benchmarks(options, &args)),
         Command::Engine(args) => run_on_server(&args.common, |options| engine_benchmark(options, &args)),
-        Command::Projections(args) => {
-            run_on_server(&args.common, |options| projections_benchmark(options, &args))
-        }
+        Command::Projections(args) => run_on_server(&args.common, |options| projections_benchmark(options, &args)),
     }
 }
 
@@ -1410,8 +1408,7 @@ const HISTORY_ENVIRONMENTS: usize = 500;
 const REBUILD_TARGET: f64 = 0.25;
 
 async fn projections_benchmark(options: PgConnectOptions, args: &ProjectionsArgs) -> anyhow::Result<Report> {
-    use shiplog_projections::projection::{Audit, Lifecycle as LifecycleProjection, Runs};
-    use shiplog_projections::runner::{DEFAULT_BATCH, rebuild};
+    use shiplog_projections::runner;
 
     let db = BenchDb::open(options, 12).await?;
     let mut header = describe_server(&db.owner).await?;
@@ -1427,23 +1424,23 @@ async fn projections_benchmark(options: PgConnectOptions, args: &ProjectionsArgs
     let mut figures = Vec::new();
     let mut timed = |name: &str, wall: Duration| {
         eprintln!("  {name}: {:.1} s", wall.as_secs_f64());
-        figures.push(Figure::plain(format!("{name}, {total} events"), "events/s", Pair::new(rate(total, wall), raw_rate)));
+        figures.push(Figure::plain(
+            format!("{name}, {total} events"),
+            "events/s",
+            Pair::new(rate(total, wall), raw_rate),
+        ));
     };
-    for name in shiplog_projections::runner::NAMES {
-        eprintln!("rebuilding {name} ...");
+    for projection in runner::all() {
+        eprintln!("rebuilding {} ...", projection.name);
         let started = Instant::now();
-        let rebuilt = shiplog_projections::runner::rebuild_named(&store, name).await?;
-        ensure!(rebuilt.events == total, "{name} folded {} events of {total}", rebuilt.events);
-        timed(&format!("rebuild {name}"), started.elapsed());
+        let rebuilt = runner::rebuild(&store, &[projection], runner::DEFAULT_BATCH).await?;
+        ensure!(rebuilt[0].events == total, "{} folded {} events of {total}", projection.name, rebuilt[0].events);
+        timed(&format!("rebuild {}", projection.name), started.elapsed());
     }
-    eprintln!("rebuilding all three concurrently ...");
+    eprintln!("rebuilding all three in one pass ...");
     let started = Instant::now();
-    let (l, r, a) = tokio::join!(
-        rebuild::<LifecycleProjection>(&store, DEFAULT_BATCH),
-        rebuild::<Runs>(&store, DEFAULT_BATCH),
-        rebuild::<Audit>(&store, DEFAULT_BATCH)
-    );
-    (l?, r?, a?);
+    let rebuilt = runner::rebuild(&store, &runner::all(), runner::DEFAULT_BATCH).await?;
+    ensure!(rebuilt.iter().all(|r| r.events == total), "a projection missed events: {rebuilt:?}");
     let all = started.elapsed();
     timed("rebuild all read models", all);
     header.push(format!(
@@ -1460,7 +1457,11 @@ async fn projections_benchmark(options: PgConnectOptions, args: &ProjectionsArgs
     let wall = started.elapsed();
     ensure!(exported == total, "exported {exported} events of {total}");
     let whole = peak_rss_mib();
-    figures.push(Figure::plain(format!("audit export {total} events"), "events/s", Pair::new(rate(total, wall), raw_rate)));
+    figures.push(Figure::plain(
+        format!("audit export {total} events"),
+        "events/s",
+        Pair::new(rate(total, wall), raw_rate),
+    ));
     figures.push(Figure::plain(
         "export peak RSS, first 10%".into(),
         "MiB",
@@ -1526,7 +1527,9 @@ async fn fill_history(store: &EventStore, target: u64) -> anyhow::Result<u64> {
         },
     ];
     let app_stream: StreamId = Application::stream_id(&app).parse()?;
-    store.append(&app_stream, ExpectedVersion::NoStream, &encode(&app_events, ApplicationEvent::event_type, &metadata)).await?;
+    store
+        .append(&app_stream, ExpectedVersion::NoStream, &encode(&app_events, ApplicationEvent::event_type, &metadata))
+        .await?;
 
     let input = PlanInput {
         built_services: vec!["web".into()],
@@ -1606,12 +1609,16 @@ async fn fill_history(store: &EventStore, target: u64) -> anyhow::Result<u64> {
                         finished_at: now,
                     });
                     let stream: StreamId = Run::stream_id(run_id).parse()?;
-                    store.append(&stream, ExpectedVersion::NoStream, &encode(&events, RunEvent::event_type, &metadata)).await?;
+                    store
+                        .append(&stream, ExpectedVersion::NoStream, &encode(&events, RunEvent::event_type, &metadata))
+                        .await?;
                     written += events.len() as u64;
                 }
                 let stream: StreamId = Environment::stream_id(&app, &env).parse()?;
                 for chunk in env_events.chunks(MAX_BATCH_EVENTS) {
-                    store.append(&stream, ExpectedVersion::Any, &encode(chunk, EnvironmentEvent::event_type, &metadata)).await?;
+                    store
+                        .append(&stream, ExpectedVersion::Any, &encode(chunk, EnvironmentEvent::event_type, &metadata))
+                        .await?;
                 }
                 written += env_events.len() as u64;
             }

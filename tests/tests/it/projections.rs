@@ -197,10 +197,11 @@ async fn read_models_show_the_history_and_rebuild_to_identical_rows() {
 
     // A rebuild while the live tables serve: a new generation, the same rows.
     let live = all_rows(&d.db.runtime).await;
-    for name in runner::NAMES {
-        let rebuilt = runner::rebuild_named(&d.db.store(), name).await.unwrap();
-        assert_eq!(rebuilt.generation, 2, "{name}");
-    }
+    let rebuilt = runner::rebuild(&d.db.store(), &runner::all(), 7).await.unwrap();
+    assert_eq!(
+        rebuilt.iter().map(|r| (r.name, r.generation)).collect::<Vec<_>>(),
+        [("lifecycle", 2), ("runs", 2), ("audit", 2)]
+    );
     assert_eq!(all_rows(&d.db.runtime).await, live);
 
     // Every read model dropped, then rebuilt from the log alone.
@@ -214,10 +215,7 @@ async fn read_models_show_the_history_and_rebuild_to_identical_rows() {
     .unwrap();
     d.catch_up_all().await;
     assert_eq!(all_rows(&d.db.runtime).await, live);
-    assert!(matches!(
-        runner::rebuild_named(&d.db.store(), "nope").await,
-        Err(ProjectionError::Unknown(name)) if name == "nope"
-    ));
+    assert!(matches!(runner::Descriptor::named("nope"), Err(ProjectionError::Unknown(name)) if name == "nope"));
     d.teardown().await;
 }
 
@@ -246,7 +244,7 @@ async fn crash_and_resume<P: Projection>(d: &Deployed, table: &str) {
     Runner::<P>::new(store.clone()).with_batch(5).catch_up().await.unwrap();
     let resumed = rows(&d.db.runtime, table).await;
     assert!(!resumed.is_empty());
-    runner::rebuild::<P>(&store, 1000).await.unwrap();
+    runner::rebuild(&store, &[runner::Descriptor::of::<P>()], 1000).await.unwrap();
     assert_eq!(rows(&d.db.runtime, table).await, resumed, "{}", P::NAME);
 }
 
@@ -254,9 +252,7 @@ async fn crash_and_resume<P: Projection>(d: &Deployed, table: &str) {
 async fn a_runner_killed_mid_batch_resumes_to_the_same_read_models() {
     let d = Deployed::new().await;
     // Live, empty generations first; then a history for them to follow.
-    for name in runner::NAMES {
-        runner::rebuild_named(&d.db.store(), name).await.unwrap();
-    }
+    runner::rebuild(&d.db.store(), &runner::all(), 100).await.unwrap();
     d.history().await;
     wait_readable(&d.db.store(), d.event_count().await).await;
     crash_and_resume::<LifecycleProjection>(&d, "environments").await;
