@@ -6,6 +6,7 @@ use async_graphql::{
     ScalarType, SimpleObject, Value,
 };
 use shiplog_engine::store::{self, EventStore};
+use shiplog_projections::runner;
 
 pub type ShiplogSchema = async_graphql::Schema<Query, EmptyMutation, EmptySubscription>;
 
@@ -31,6 +32,50 @@ impl Query {
             async_graphql::Error::new("internal error").extend_with(|_, ext| ext.set("code", "INTERNAL"))
         })?;
         Ok(report.into())
+    }
+
+    /// Every read model's projection: where it stands in the event log and how far
+    /// behind it is.
+    async fn projections(&self, ctx: &async_graphql::Context<'_>) -> async_graphql::Result<Vec<ProjectionStatus>> {
+        let store = ctx.data::<EventStore>()?;
+        let status = runner::status(store.pool()).await.map_err(|e| {
+            tracing::error!(error = %e, "reading projection status failed");
+            async_graphql::Error::new("internal error").extend_with(|_, ext| ext.set("code", "INTERNAL"))
+        })?;
+        Ok(status.into_iter().map(ProjectionStatus::from).collect())
+    }
+}
+
+/// A projection: the read models it keeps, folded from the event log.
+#[derive(SimpleObject)]
+pub struct ProjectionStatus {
+    /// `lifecycle` (applications, environments), `runs` or `audit`.
+    name: String,
+    /// The version of the code that built the live tables.
+    version: i32,
+    /// The live generation of its tables; a rebuild makes a new one.
+    generation: i32,
+    /// The cursor (`tx_id:position`) of the last event folded.
+    cursor: String,
+    /// Events folded into the live generation.
+    events: BigInt,
+    /// Events committed after the cursor, not folded yet.
+    lag_events: BigInt,
+    /// Age in seconds of the oldest event not folded yet; 0 when caught up.
+    lag_seconds: f64,
+}
+
+impl From<runner::Status> for ProjectionStatus {
+    fn from(s: runner::Status) -> Self {
+        ProjectionStatus {
+            name: s.name,
+            version: s.version,
+            generation: s.generation,
+            cursor: s.cursor.to_string(),
+            events: BigInt(s.events),
+            lag_events: BigInt(s.lag_events),
+            lag_seconds: s.lag_seconds,
+        }
     }
 }
 

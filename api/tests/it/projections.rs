@@ -18,6 +18,17 @@ fn shiplog(db: &TestDb, args: &[&str]) -> Output {
         .expect("running shiplog")
 }
 
+async fn db_graphql(db: &TestDb, query: &str) -> serde_json::Value {
+    use tower::ServiceExt;
+    let request = axum::http::Request::post("/graphql")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(serde_json::json!({ "query": query }).to_string()))
+        .unwrap();
+    let response = shiplog::server::app(shiplog::server::AppState::new(db.store())).oneshot(request).await.unwrap();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
 fn stdout(out: &Output) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout.clone()).unwrap()
@@ -52,6 +63,13 @@ async fn rebuild_export_and_replay_from_the_command_line() {
         .await
         .unwrap();
     assert_eq!(staging, "pending");
+
+    let query = "{ projections { name version generation events lagEvents } }";
+    let answer = db_graphql(&db, query).await;
+    assert_eq!(
+        answer["data"]["projections"][0],
+        serde_json::json!({ "name": "audit", "version": 1, "generation": 1, "events": "3", "lagEvents": "0" })
+    );
 
     let unknown = shiplog(&db, &["projections", "rebuild", "nope"]);
     assert_eq!(unknown.status.code(), Some(2));
