@@ -91,22 +91,30 @@ pub fn all() -> [Descriptor; 3] {
     [Descriptor::of::<Lifecycle>(), Descriptor::of::<Runs>(), Descriptor::of::<Audit>()]
 }
 
-/// Reads one batch after `after` and folds it into each target generation on
-/// `conn` (inside a transaction), moving their checkpoints; returns how many
-/// events and the cursor of the last. `crash` is the test's failure injection.
-async fn fold_batch(
-    store: &EventStore,
+/// One batch read from the log and decoded.
+struct Batch {
+    facts: Vec<Fact>,
+    last: Cursor,
+}
+
+/// Reads and decodes the batch after `after`; `None` when there is nothing new.
+async fn read_batch(store: &EventStore, after: Cursor, batch: usize) -> Result<Option<Batch>, ProjectionError> {
+    let events = store.read_all(after, batch).await?;
+    let Some(last) = events.last().map(|e| e.cursor) else { return Ok(None) };
+    let facts = events.iter().map(Fact::decode).collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(Batch { facts, last }))
+}
+
+/// Folds `batch` into each target generation on `conn` (inside a transaction)
+/// and moves their checkpoints. `crash` is the tests' failure injection.
+async fn apply_batch(
     conn: &mut PgConnection,
     targets: &[(Descriptor, i32)],
-    after: Cursor,
-    batch: usize,
+    batch: &Batch,
     crash: Option<&AtomicUsize>,
-) -> Result<(usize, Cursor), ProjectionError> {
-    let events = store.read_all(after, batch).await?;
-    let Some(last) = events.last() else { return Ok((0, after)) };
-    let facts = events.iter().map(Fact::decode).collect::<Result<Vec<_>, _>>()?;
+) -> Result<(), ProjectionError> {
     for (projection, generation) in targets {
-        (projection.apply)(conn, *generation, &facts).await?;
+        (projection.apply)(conn, *generation, &batch.facts).await?;
     }
     if let Some(left) = crash
         && left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err()
@@ -120,13 +128,30 @@ async fn fold_batch(
         )
         .bind(projection.name)
         .bind(generation)
-        .bind(last.cursor.tx_id)
-        .bind(last.cursor.position)
-        .bind(events.len() as i64)
+        .bind(batch.last.tx_id)
+        .bind(batch.last.position)
+        .bind(batch.facts.len() as i64)
         .execute(&mut *conn)
         .await?;
     }
-    Ok((events.len(), last.cursor))
+    Ok(())
+}
+
+/// Reads and folds the batches after `after` on `conn` until none is left;
+/// returns how many events and the last cursor.
+async fn fold_rest(
+    store: &EventStore,
+    conn: &mut PgConnection,
+    targets: &[(Descriptor, i32)],
+    mut after: Cursor,
+    batch: usize,
+) -> Result<(u64, Cursor), ProjectionError> {
+    let mut events = 0;
+    while let Some(read) = read_batch(store, after, batch).await? {
+        apply_batch(conn, targets, &read, None).await?;
+        (after, events) = (read.last, events + read.facts.len() as u64);
+    }
+    Ok((events, after))
 }
 
 /// Folds projection `P` into its live generation.
@@ -175,11 +200,11 @@ impl<P: Projection> Runner<P> {
     pub async fn step(&self) -> Result<usize, ProjectionError> {
         let mut tx = self.pool().begin().await?;
         let Some(live) = live_checkpoint(&mut tx, P::NAME, true).await? else { return Ok(0) };
+        let Some(batch) = read_batch(&self.store, live.cursor, self.batch).await? else { return Ok(0) };
         let targets = [(Descriptor::of::<P>(), live.generation)];
-        let crash = self.crash_after.as_deref();
-        let (folded, _) = fold_batch(&self.store, &mut tx, &targets, live.cursor, self.batch, crash).await?;
+        apply_batch(&mut tx, &targets, &batch, self.crash_after.as_deref()).await?;
         tx.commit().await?;
-        Ok(folded)
+        Ok(batch.facts.len())
     }
 
     /// Folds batches until no event is left; returns how many were folded.
@@ -268,30 +293,50 @@ pub async fn rebuild(
     }
     tx.commit().await?;
 
-    // The bulk of the log, a batch per transaction, without stopping anyone.
-    let (mut after, mut events) = (Cursor::START, 0);
-    loop {
-        let mut tx = pool.begin().await?;
-        let (n, next) = fold_batch(store, &mut tx, &targets, after, batch, None).await?;
-        tx.commit().await?;
-        (after, events) = (next, events + n as u64);
-        if n == 0 {
-            break;
+    // The bulk of the log, a batch per transaction, without stopping anyone. The
+    // next batch is read and decoded while the current one is folded.
+    let (batches, mut received) = tokio::sync::mpsc::channel(2);
+    let reader = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut after = Cursor::START;
+            loop {
+                match read_batch(&store, after, batch).await {
+                    Ok(Some(read)) => {
+                        after = read.last;
+                        if batches.send(Ok(read)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => return drop(batches.send(Err(e)).await),
+                }
+            }
         }
+    });
+    let (mut after, mut events) = (Cursor::START, 0);
+    while let Some(read) = received.recv().await {
+        let read = read?;
+        // Each projection has its own checkpoint, so each folds in its own
+        // transaction, concurrently, from the batch decoded once.
+        futures::future::try_join_all(targets.iter().map(|target| async {
+            let mut tx = pool.begin().await?;
+            apply_batch(&mut tx, std::slice::from_ref(target), &read, None).await?;
+            tx.commit().await?;
+            Ok::<_, ProjectionError>(())
+        }))
+        .await?;
+        (after, events) = (read.last, events + read.facts.len() as u64);
     }
+    reader.await.map_err(|e| ProjectionError::Io(std::io::Error::other(e)))?;
 
     // The rest under the live checkpoints' locks, then the swap, atomically.
     let mut tx = pool.begin().await?;
     for name in NAMES.iter().filter(|n| projections.iter().any(|p| p.name == **n)) {
         live_checkpoint(&mut tx, name, true).await?;
     }
-    loop {
-        let (n, next) = fold_batch(store, &mut tx, &targets, after, batch, None).await?;
-        (after, events) = (next, events + n as u64);
-        if n == 0 {
-            break;
-        }
-    }
+    let (rest, _) = fold_rest(store, &mut tx, &targets, after, batch).await?;
+    events += rest;
     let mut rebuilt = Vec::new();
     for (projection, generation) in &targets {
         let old: Vec<i32> = sqlx::query_scalar(

@@ -1422,6 +1422,25 @@ async fn projections_benchmark(options: PgConnectOptions, args: &ProjectionsArgs
     let raw_rate = rate(raw.events, raw.wall);
 
     let mut figures = Vec::new();
+    eprintln!("exporting {total} events ...");
+    reset_peak_rss();
+    let mut sink = RssSampler { expected: total, lines: 0, tenth_mib: None };
+    let started = Instant::now();
+    let exported = shiplog_projections::audit::export(&store, &Default::default(), &mut sink).await?;
+    let wall = started.elapsed();
+    ensure!(exported == total, "exported {exported} events of {total}");
+    let whole = peak_rss_mib();
+    figures.push(Figure::plain(
+        format!("audit export {total} events"),
+        "events/s",
+        Pair::new(rate(total, wall), raw_rate),
+    ));
+    figures.push(Figure::plain(
+        "export peak RSS, first 10%".into(),
+        "MiB",
+        Pair::new(sink.tenth_mib.unwrap_or(whole), raw.peak_rss_tenth_mib),
+    ));
+    figures.push(Figure::plain("export peak RSS, whole".into(), "MiB", Pair::new(whole, raw.peak_rss_mib)));
     let mut timed = |name: &str, wall: Duration| {
         eprintln!("  {name}: {:.1} s", wall.as_secs_f64());
         figures.push(Figure::plain(
@@ -1449,25 +1468,6 @@ async fn projections_benchmark(options: PgConnectOptions, args: &ProjectionsArgs
         100.0 * REBUILD_TARGET
     ));
 
-    eprintln!("exporting {total} events ...");
-    reset_peak_rss();
-    let mut sink = RssSampler { expected: total, lines: 0, tenth_mib: None };
-    let started = Instant::now();
-    let exported = shiplog_projections::audit::export(&store, &Default::default(), &mut sink).await?;
-    let wall = started.elapsed();
-    ensure!(exported == total, "exported {exported} events of {total}");
-    let whole = peak_rss_mib();
-    figures.push(Figure::plain(
-        format!("audit export {total} events"),
-        "events/s",
-        Pair::new(rate(total, wall), raw_rate),
-    ));
-    figures.push(Figure::plain(
-        "export peak RSS, first 10%".into(),
-        "MiB",
-        Pair::new(sink.tenth_mib.unwrap_or(whole), raw.peak_rss_tenth_mib),
-    ));
-    figures.push(Figure::plain("export peak RSS, whole".into(), "MiB", Pair::new(whole, raw.peak_rss_mib)));
     db.close().await;
     Ok((header, figures))
 }
