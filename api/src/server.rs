@@ -18,12 +18,14 @@ use tokio::sync::watch;
 use std::sync::Arc;
 
 use shiplog_engine::lifecycle::Lifecycle;
+use shiplog_engine::runtime::AnyRuntime;
+use shiplog_engine::runtime::docker::DockerRuntime;
 use shiplog_engine::runtime::process::ProcessRuntime;
 use shiplog_engine::store::Metadata;
 use shiplog_engine::worker::Worker;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{DatabaseArgs, WorkerArgs};
+use crate::cli::{DatabaseArgs, RuntimeKind, WorkerArgs};
 use crate::graphql::{self, ShiplogSchema};
 
 /// The database shiplog works on: its pools and, when shiplog started it, the
@@ -129,6 +131,7 @@ pub async fn serve(
     listen: SocketAddr,
     seal_interval: Duration,
 ) -> anyhow::Result<()> {
+    let runtime = runtime(worker).await?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
     // Printed on stdout so scripts (and tests) can find a port chosen with :0.
@@ -138,7 +141,7 @@ pub async fn serve(
     let sealer = tokio::spawn(seal_loop(database.store(), seal_interval, stopped.clone()));
     let expiry = tokio::spawn(expiry_loop(Lifecycle::new(database.store()), stopped.clone()));
     let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(run_worker(database.store(), worker.clone(), shutdown.clone()));
+    let worker = tokio::spawn(run_worker(database.store(), runtime, worker.clone(), shutdown.clone()));
     let served = axum::serve(listener, app(AppState::new(database.store())))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
@@ -155,8 +158,9 @@ pub async fn serve(
 
 /// Runs only a worker until Ctrl-C or SIGTERM.
 pub async fn work(database: &Database, args: &WorkerArgs) -> anyhow::Result<()> {
+    let runtime = runtime(args).await?;
     let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(run_worker(database.store(), args.clone(), shutdown.clone()));
+    let worker = tokio::spawn(run_worker(database.store(), runtime, args.clone(), shutdown.clone()));
     println!("shiplog worker started");
     shutdown_signal().await;
     tracing::info!("shutting down; the run in progress is finished first");
@@ -168,13 +172,23 @@ pub async fn work(database: &Database, args: &WorkerArgs) -> anyhow::Result<()> 
 /// How often an idle worker looks for queued runs.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 
-async fn run_worker(store: EventStore, args: WorkerArgs, shutdown: CancellationToken) {
+/// The runtime `--runtime` names; for docker, connected to the engine (an error
+/// when none answers, so a misconfigured server fails at once).
+async fn runtime(args: &WorkerArgs) -> anyhow::Result<AnyRuntime> {
+    Ok(match args.runtime {
+        RuntimeKind::Process => AnyRuntime::Process(ProcessRuntime::new(args.process_root.clone())),
+        RuntimeKind::Docker => {
+            AnyRuntime::Docker(DockerRuntime::connect().await?.with_job_image(args.docker_job_image.clone()))
+        }
+    })
+}
+
+async fn run_worker(store: EventStore, runtime: AnyRuntime, args: WorkerArgs, shutdown: CancellationToken) {
     let id = args.worker_id.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let runtime = Arc::new(ProcessRuntime::new(args.process_root.clone()));
-    let worker = Worker::new(Lifecycle::new(store), runtime, id, args.work_dir.clone()).with_lease(args.lease);
+    let worker = Worker::new(Lifecycle::new(store), Arc::new(runtime), id, args.work_dir.clone()).with_lease(args.lease);
     worker.run(IDLE_POLL, shutdown).await;
 }
 

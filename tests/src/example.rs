@@ -3,7 +3,10 @@
 //! versions and read the page it serves.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -67,13 +70,68 @@ impl ExampleRepo {
         git(&self.dir, &["commit", "--quiet", "-am", "new release script"]);
     }
 
-    /// The page the environment serves, or `None` when nothing answers.
+    /// The page the environment serves on 127.0.0.1 (the process runtime), or
+    /// `None` when nothing answers.
     pub fn page(&self) -> Option<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        self.page_at(IpAddr::from([127, 0, 0, 1]))
+    }
+
+    /// The page served on `ip` (a container's address), or `None` when nothing answers.
+    pub fn page_at(&self, ip: IpAddr) -> Option<String> {
+        let mut stream = TcpStream::connect_timeout(&SocketAddr::new(ip, self.port), Duration::from_secs(5)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         stream.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
         response.split("\r\n\r\n").nth(1).map(|body| body.trim().to_owned())
+    }
+}
+
+/// The example's release gate: `release.sh` refuses to migrate while a GET of
+/// `$RELEASE_GATE` succeeds. Served over HTTP on every address of this machine, so a
+/// release command reaches it as a local process (127.0.0.1) and from a container
+/// (`host.docker.internal`). Open until closed; stops when dropped.
+pub struct Gate {
+    pub port: u16,
+    closed: Arc<AtomicBool>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Gate {
+    pub async fn start() -> Gate {
+        let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.expect("binding the gate");
+        let port = listener.local_addr().unwrap().port();
+        let closed = Arc::new(AtomicBool::new(false));
+        let state = closed.clone();
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request).await;
+                let status = if state.load(Ordering::SeqCst) { "200 OK" } else { "404 Not Found" };
+                let _ = stream.write_all(format!("HTTP/1.0 {status}\r\n\r\n").as_bytes()).await;
+            }
+        });
+        Gate { port, closed, server }
+    }
+
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    pub fn open(&self) {
+        self.closed.store(false, Ordering::SeqCst);
+    }
+
+    /// The gate's URL for a release command that reaches this machine as `host`.
+    pub fn url(&self, host: &str) -> String {
+        format!("http://{host}:{}/gate", self.port)
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.server.abort();
     }
 }
 
