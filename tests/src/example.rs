@@ -87,9 +87,10 @@ impl ExampleRepo {
     }
 }
 
-/// The example's release gate: `release.sh` refuses to migrate while a GET of
-/// `$RELEASE_GATE` succeeds. Served over HTTP on every address of this machine, so a
-/// release command reaches it as a local process (127.0.0.1) and from a container
+/// The example's release gate: `release.sh` refuses to migrate while the gate at
+/// `$RELEASE_GATE` (`host:port`) says `closed`. A TCP server on every address of this
+/// machine that writes `open` or `closed` to each connection, so a release command
+/// reaches it as a local process (127.0.0.1) and from a container
 /// (`host.docker.internal`). Open until closed; stops when dropped.
 pub struct Gate {
     pub port: u16,
@@ -104,12 +105,10 @@ impl Gate {
         let closed = Arc::new(AtomicBool::new(false));
         let state = closed.clone();
         let server = tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            use tokio::io::AsyncWriteExt;
             while let Ok((mut stream, _)) = listener.accept().await {
-                let mut request = [0u8; 1024];
-                let _ = stream.read(&mut request).await;
-                let status = if state.load(Ordering::SeqCst) { "200 OK" } else { "404 Not Found" };
-                let _ = stream.write_all(format!("HTTP/1.0 {status}\r\n\r\n").as_bytes()).await;
+                let answer: &[u8] = if state.load(Ordering::SeqCst) { b"closed\n" } else { b"open\n" };
+                let _ = stream.write_all(answer).await;
             }
         });
         Gate { port, closed, server }
@@ -123,9 +122,9 @@ impl Gate {
         self.closed.store(false, Ordering::SeqCst);
     }
 
-    /// The gate's URL for a release command that reaches this machine as `host`.
-    pub fn url(&self, host: &str) -> String {
-        format!("http://{host}:{}/gate", self.port)
+    /// The gate's address for a release command that reaches this machine as `host`.
+    pub fn address(&self, host: &str) -> String {
+        format!("{host}:{}", self.port)
     }
 }
 

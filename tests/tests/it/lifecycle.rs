@@ -97,7 +97,7 @@ impl Example {
         let variables = format!(
             "GREETING: \"hello from ${{ENVIRONMENT}}\"\nAPI_TOKEN: {{ secret: \"{SECRET}\" }}\nRELEASE_GATE: \"{}\"\n\
              TF_STATE_DIR: \"{}\"\nMARKS: \"{}\"\n",
-            gate.url(gate_host),
+            gate.address(gate_host),
             tf_state.display(),
             marks.display()
         );
