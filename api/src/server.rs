@@ -188,7 +188,8 @@ async fn run_worker(store: EventStore, runtime: AnyRuntime, args: WorkerArgs, sh
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let worker = Worker::new(Lifecycle::new(store), Arc::new(runtime), id, args.work_dir.clone()).with_lease(args.lease);
+    let worker =
+        Worker::new(Lifecycle::new(store), Arc::new(runtime), id, args.work_dir.clone()).with_lease(args.lease);
     worker.run(IDLE_POLL, shutdown).await;
 }
 

@@ -4,11 +4,11 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// A scratch directory every user can enter (tempfile's are 0700, which the
 /// unprivileged PostgreSQL user and service processes could not use); removed on drop.
@@ -78,12 +78,7 @@ impl ExampleRepo {
 
     /// The page served on `ip` (a container's address), or `None` when nothing answers.
     pub fn page_at(&self, ip: IpAddr) -> Option<String> {
-        let mut stream = TcpStream::connect_timeout(&SocketAddr::new(ip, self.port), Duration::from_secs(5)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        stream.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        response.split("\r\n\r\n").nth(1).map(|body| body.trim().to_owned())
+        http_get(SocketAddr::new(ip, self.port))
     }
 }
 
@@ -132,6 +127,16 @@ impl Drop for Gate {
     fn drop(&mut self) {
         self.server.abort();
     }
+}
+
+/// The trimmed body of `GET /` on `address`, or `None` when nothing answers.
+pub fn http_get(address: SocketAddr) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split("\r\n\r\n").nth(1).map(|body| body.trim().to_owned())
 }
 
 pub fn git(repo: &Path, args: &[&str]) {

@@ -229,7 +229,7 @@ impl ServiceContainer {
         let serving = endpoint
             .as_ref()
             .and_then(|e| e.aliases.as_ref())
-            .is_some_and(|aliases| aliases.iter().any(|alias| *alias == service));
+            .is_some_and(|aliases| aliases.contains(&service));
         let address = endpoint.and_then(|e| e.ip_address).and_then(|ip| ip.parse().ok()).filter(|_| running);
         let health = state.health.and_then(|h| h.status).and_then(|status| {
             use bollard::models::HealthStatusEnum as S;
