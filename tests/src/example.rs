@@ -57,6 +57,16 @@ impl ExampleRepo {
             .replace("18080", &self.port.to_string())
     }
 
+    /// The application template for the docker runtime: the image is built `FROM`
+    /// the tests' base image ([`crate::docker::BASE_IMAGE`]).
+    pub fn docker_template(&self) -> String {
+        let template = self.template();
+        let build = "build: { context: \".\" }";
+        assert!(template.contains(build), "{template}");
+        let from_base = format!("build: {{ context: \".\", args: {{ BASE: \"{}\" }} }}", crate::docker::BASE_IMAGE);
+        template.replace(build, &from_base)
+    }
+
     /// Commits a new version of the page.
     pub fn commit_version(&self, version: u32) {
         std::fs::write(self.dir.join("public/index.html"), format!("<h1>hello from shiplog v{version}</h1>\n"))

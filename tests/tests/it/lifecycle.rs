@@ -82,13 +82,10 @@ impl Example {
         };
         let db = TestDb::new().await;
         let repo = ExampleRepo::create(&scratch);
-        let mut template = repo.template();
-        if backend == Backend::Docker {
-            let build = "build: { context: \".\" }";
-            assert!(template.contains(build), "{template}");
-            let from_base = format!("build: {{ context: \".\", args: {{ BASE: \"{}\" }} }}", docker::BASE_IMAGE);
-            template = template.replace(build, &from_base);
-        }
+        let template = match backend {
+            Backend::Process => repo.template(),
+            Backend::Docker => repo.docker_template(),
+        };
         let tf_state = scratch.path().join("infra");
         copy_dir(&repo.dir.join("infra"), &tf_state);
         let marks = scratch.path().join("marks");
