@@ -226,10 +226,8 @@ impl ServiceContainer {
         let state = inspect.state.unwrap_or_default();
         let running = state.running.unwrap_or(false);
         let endpoint = inspect.network_settings.and_then(|s| s.networks).and_then(|mut n| n.remove(names.network()));
-        let serving = endpoint
-            .as_ref()
-            .and_then(|e| e.aliases.as_ref())
-            .is_some_and(|aliases| aliases.contains(&service));
+        let serving =
+            endpoint.as_ref().and_then(|e| e.aliases.as_ref()).is_some_and(|aliases| aliases.contains(&service));
         let address = endpoint.and_then(|e| e.ip_address).and_then(|ip| ip.parse().ok()).filter(|_| running);
         let health = state.health.and_then(|h| h.status).and_then(|status| {
             use bollard::models::HealthStatusEnum as S;
