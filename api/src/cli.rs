@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use std::io::Write;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use shiplog_engine::store::EventFilter;
 use shiplog_projections::{audit, runner};
 
@@ -112,9 +112,16 @@ pub struct DatabaseArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// Where services, release commands and jobs run.
+    #[arg(long, env = "SHIPLOG_RUNTIME", value_enum, default_value_t = RuntimeKind::Process)]
+    pub runtime: RuntimeKind,
     /// Where the process runtime keeps images, services and their state.
     #[arg(long, env = "SHIPLOG_PROCESS_ROOT", default_value = ".shiplog/process")]
     pub process_root: PathBuf,
+    /// The image the docker runtime runs jobs and hooks from when they have none
+    /// of their own.
+    #[arg(long, env = "SHIPLOG_DOCKER_JOB_IMAGE", default_value = shiplog_engine::runtime::docker::DEFAULT_JOB_IMAGE)]
+    pub docker_job_image: String,
     /// Where repositories are checked out for builds.
     #[arg(long, env = "SHIPLOG_WORK_DIR", default_value = ".shiplog/work")]
     pub work_dir: PathBuf,
@@ -125,6 +132,15 @@ pub struct WorkerArgs {
     /// This worker's name in run events (default: host name and process id).
     #[arg(long, env = "SHIPLOG_WORKER_ID")]
     pub worker_id: Option<String>,
+}
+
+/// The runtimes `--runtime` offers.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// Local processes (the embedded default; no Docker needed).
+    Process,
+    /// Containers on the Docker engine of DOCKER_HOST, or of /var/run/docker.sock.
+    Docker,
 }
 
 #[derive(Args, Debug)]

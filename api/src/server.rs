@@ -19,12 +19,14 @@ use std::sync::Arc;
 
 use shiplog_engine::drift::Reconciler;
 use shiplog_engine::lifecycle::Lifecycle;
+use shiplog_engine::runtime::AnyRuntime;
+use shiplog_engine::runtime::docker::DockerRuntime;
 use shiplog_engine::runtime::process::ProcessRuntime;
 use shiplog_engine::store::Metadata;
 use shiplog_engine::worker::Worker;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{DatabaseArgs, WorkerArgs};
+use crate::cli::{DatabaseArgs, RuntimeKind, WorkerArgs};
 use crate::graphql::{self, ShiplogSchema};
 
 /// The database shiplog works on: its pools and, when shiplog started it, the
@@ -131,6 +133,7 @@ pub async fn serve(
     seal_interval: Duration,
     drift_interval: Duration,
 ) -> anyhow::Result<()> {
+    let runtime = Arc::new(runtime(worker).await?);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
     // Printed on stdout so scripts (and tests) can find a port chosen with :0.
@@ -141,8 +144,10 @@ pub async fn serve(
     let expiry = tokio::spawn(expiry_loop(Lifecycle::new(database.store()), stopped.clone()));
     let shutdown = CancellationToken::new();
     let projections = tokio::spawn(shiplog_projections::runner::run_all(database.store(), shutdown.clone()));
-    let reconciler = tokio::spawn(run_reconciler(database.store(), worker.clone(), drift_interval, shutdown.clone()));
-    let worker = tokio::spawn(run_worker(database.store(), worker.clone(), shutdown.clone()));
+    let reconciler = Reconciler::new(Lifecycle::new(database.store()), runtime.clone());
+    let stop_reconciler = shutdown.clone();
+    let reconciler = tokio::spawn(async move { reconciler.run(drift_interval, Arc::default(), stop_reconciler).await });
+    let worker = tokio::spawn(run_worker(database.store(), runtime, worker.clone(), shutdown.clone()));
     let served = axum::serve(listener, app(AppState::new(database.store())))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
@@ -161,8 +166,9 @@ pub async fn serve(
 
 /// Runs only a worker until Ctrl-C or SIGTERM.
 pub async fn work(database: &Database, args: &WorkerArgs) -> anyhow::Result<()> {
+    let runtime = Arc::new(runtime(args).await?);
     let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(run_worker(database.store(), args.clone(), shutdown.clone()));
+    let worker = tokio::spawn(run_worker(database.store(), runtime, args.clone(), shutdown.clone()));
     println!("shiplog worker started");
     shutdown_signal().await;
     tracing::info!("shutting down; the run in progress is finished first");
@@ -174,21 +180,24 @@ pub async fn work(database: &Database, args: &WorkerArgs) -> anyhow::Result<()> 
 /// How often an idle worker looks for queued runs.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 
-async fn run_worker(store: EventStore, args: WorkerArgs, shutdown: CancellationToken) {
+/// The runtime `--runtime` names; for docker, connected to the engine (an error
+/// when none answers, so a misconfigured server fails at once).
+async fn runtime(args: &WorkerArgs) -> anyhow::Result<AnyRuntime> {
+    Ok(match args.runtime {
+        RuntimeKind::Process => AnyRuntime::Process(ProcessRuntime::new(args.process_root.clone())),
+        RuntimeKind::Docker => {
+            AnyRuntime::Docker(DockerRuntime::connect().await?.with_job_image(args.docker_job_image.clone()))
+        }
+    })
+}
+
+async fn run_worker(store: EventStore, runtime: Arc<AnyRuntime>, args: WorkerArgs, shutdown: CancellationToken) {
     let id = args.worker_id.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let runtime = Arc::new(ProcessRuntime::new(args.process_root.clone()));
     let worker = Worker::new(Lifecycle::new(store), runtime, id, args.work_dir.clone()).with_lease(args.lease);
     worker.run(IDLE_POLL, shutdown).await;
-}
-
-/// Observes every environment for drift each `interval` (with jitter).
-async fn run_reconciler(store: EventStore, args: WorkerArgs, interval: Duration, shutdown: CancellationToken) {
-    let runtime = Arc::new(ProcessRuntime::new(args.process_root.clone()));
-    let reconciler = Reconciler::new(Lifecycle::new(store), runtime);
-    reconciler.run(interval, Arc::default(), shutdown).await;
 }
 
 /// How often the server looks for environments whose TTL has run out.

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::environment::{Environment, EnvironmentEvent, Health, Observation, Status};
 use crate::domain::{Name, TemplateVersions};
 use crate::lifecycle::{Lifecycle, LifecycleError, Requested};
-use crate::runtime::{EnvironmentRef, ObservedService, Runtime, RuntimeError};
+use crate::runtime::{self, EnvironmentRef, ObservedService, Runtime, RuntimeError};
 use crate::store::Metadata;
 
 /// Judges one observation of `env`. `None` when there is nothing to judge: no
@@ -41,6 +41,9 @@ pub fn judge(
         match observed.iter().find(|o| &o.service == service) {
             None => reasons.push(format!("service {service} is missing")),
             Some(o) if !o.running => reasons.push(format!("service {service} is not running")),
+            Some(o) if o.health == Some(runtime::Health::Unhealthy) => {
+                reasons.push(format!("service {service} fails its health check"))
+            }
             Some(o) if &o.image.0 != image => {
                 reasons.push(format!("service {service} runs image {}, expected {image}", o.image.0))
             }
@@ -185,7 +188,7 @@ mod tests {
     }
 
     fn running(service: &str, image: &str) -> ObservedService {
-        ObservedService { service: service.into(), image: Image(image.into()), running: true }
+        ObservedService { service: service.into(), image: Image(image.into()), running: true, health: None }
     }
 
     #[test]
@@ -209,6 +212,15 @@ mod tests {
                     "service worker runs but is not deployed".into(),
                 ],
                 health: Health::Missing,
+            })
+        );
+        let mut failing = running("web", "img-web");
+        failing.health = Some(runtime::Health::Unhealthy);
+        assert_eq!(
+            judge(&deployed(), &versions(3), Ok(&[running("api", "img-api"), failing])),
+            Some(Observation::Drifted {
+                reasons: vec!["service web fails its health check".into()],
+                health: Health::Degraded,
             })
         );
         let other = [running("api", "img-old"), running("web", "img-web")];

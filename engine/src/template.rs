@@ -179,6 +179,13 @@ pub struct Build {
     /// Relative to the context, without `..`; `None` leaves the runtime's default
     /// (`Dockerfile`).
     pub dockerfile: Option<String>,
+    /// Build arguments (the Dockerfile's `ARG`s), taken literally. Left out of the
+    /// stored template when empty, so templates written before it keep their digest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, String>,
+    /// The Dockerfile stage to build; the last one when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 /// How to tell that a new version of a service is ready, and how long to wait.
@@ -428,7 +435,25 @@ fn check_service(problems: &mut Problems, path: &str, raw: RawService) -> Servic
             {
                 problems.add(format!("{path}.build.dockerfile"), message);
             }
-            Source::Build(Build { context, dockerfile: build.dockerfile })
+            let mut args = BTreeMap::new();
+            for (name, value) in build.args.map(|a| a.0).unwrap_or_default() {
+                let arg_path = format!("{path}.build.args.{name}");
+                if !is_build_arg_name(&name) {
+                    problems.add(&arg_path, format!("`{name}` is not a valid build argument name: use letters, digits and `_`, not starting with a digit"));
+                }
+                match scalar_text(&value) {
+                    Ok(text) => {
+                        args.insert(name, text);
+                    }
+                    Err(message) => problems.add(arg_path, message),
+                }
+            }
+            if let Some(target) = &build.target
+                && (target.is_empty() || target.contains(char::is_whitespace))
+            {
+                problems.add(format!("{path}.build.target"), "must be the name of a stage of the Dockerfile");
+            }
+            Source::Build(Build { context, dockerfile: build.dockerfile, args, target: build.target })
         }
     };
 
@@ -803,6 +828,8 @@ struct RawService {
 struct RawBuild {
     context: Option<String>,
     dockerfile: Option<String>,
+    args: Option<UniqueMap<Yaml>>,
+    target: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1203,6 +1230,11 @@ fn is_variable_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }
 
+fn is_build_arg_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 fn variable_name_message(name: &str) -> String {
     format!("`{name}` is not a valid variable name: use A-Z, 0-9 and `_`, not starting with a digit")
 }
@@ -1325,7 +1357,12 @@ hooks:
                 (
                     "web".to_string(),
                     Service {
-                        source: Source::Build(Build { context: ".".into(), dockerfile: Some("Dockerfile".into()) }),
+                        source: Source::Build(Build {
+                            context: ".".into(),
+                            dockerfile: Some("Dockerfile".into()),
+                            args: BTreeMap::new(),
+                            target: None,
+                        }),
                         command: Some(strings(&["sh", "-c", "exec httpd -f -p $PORT"])),
                         ports: vec![8080],
                         env: BTreeMap::from([
@@ -1612,6 +1649,26 @@ services:
         let mut swapped = parse_application_template(EXAMPLE).unwrap();
         swapped.release.swap(0, 1);
         assert_ne!(swapped.digest(), digest);
+    }
+
+    #[test]
+    fn build_arguments_and_target_are_stored_only_when_given() {
+        let plain = parse_application_template("services: { a: { build: { context: . } } }").unwrap();
+        let json = serde_json::to_value(&plain).unwrap();
+        assert_eq!(json["services"]["a"]["source"]["build"], serde_json::json!({"context": ".", "dockerfile": null}));
+
+        let yaml = "services: { a: { build: { args: { BASE: \"busybox:1.36\", N: 3 }, target: runtime } } }";
+        let Source::Build(build) = &parse_application_template(yaml).unwrap().services["a"].source else {
+            panic!("not a build")
+        };
+        assert_eq!(build.args, BTreeMap::from([("BASE".into(), "busybox:1.36".into()), ("N".into(), "3".into())]));
+        assert_eq!(build.target.as_deref(), Some("runtime"));
+        assert_ne!(parse_application_template(yaml).unwrap().digest(), plain.digest());
+
+        let errors =
+            parse_application_template("services: { a: { build: { args: { 9X: a }, target: \"\" } } }").unwrap_err();
+        let paths: Vec<&str> = errors.0.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["services.a.build.args.9X", "services.a.build.target"], "{errors}");
     }
 
     #[test]

@@ -345,6 +345,8 @@ impl<R: Runtime> Worker<R> {
                     source_dir,
                     context: build.context.clone(),
                     dockerfile: build.dockerfile.clone(),
+                    args: build.args.clone(),
+                    target: build.target.clone(),
                     commit: run.commit.as_ref().map(|c| c.to_string()).unwrap_or_default(),
                 };
                 self.runtime.build(&request, &log).await.map(|image| Some(image.0)).map_err(failure)

@@ -67,8 +67,11 @@ pub struct Descriptor {
     pub name: &'static str,
     pub version: i32,
     tables: &'static [TableDef],
-    apply: for<'a> fn(&'a mut PgConnection, i32, &'a [Fact]) -> BoxFuture<'a, Result<(), ProjectionError>>,
+    apply: ApplyFn,
 }
+
+/// [`Projection::apply`] behind a function pointer.
+type ApplyFn = for<'a> fn(&'a mut PgConnection, i32, &'a [Fact]) -> BoxFuture<'a, Result<(), ProjectionError>>;
 
 impl Descriptor {
     pub fn of<P: Projection>() -> Descriptor {

@@ -3,9 +3,12 @@
 //! versions and read the page it serves.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// A scratch directory every user can enter (tempfile's are 0700, which the
 /// unprivileged PostgreSQL user and service processes could not use); removed on drop.
@@ -54,6 +57,16 @@ impl ExampleRepo {
             .replace("18080", &self.port.to_string())
     }
 
+    /// The application template for the docker runtime: the image is built `FROM`
+    /// the tests' base image ([`crate::docker::BASE_IMAGE`]).
+    pub fn docker_template(&self) -> String {
+        let template = self.template();
+        let build = "build: { context: \".\" }";
+        assert!(template.contains(build), "{template}");
+        let from_base = format!("build: {{ context: \".\", args: {{ BASE: \"{}\" }} }}", crate::docker::BASE_IMAGE);
+        template.replace(build, &from_base)
+    }
+
     /// Commits a new version of the page.
     pub fn commit_version(&self, version: u32) {
         std::fs::write(self.dir.join("public/index.html"), format!("<h1>hello from shiplog v{version}</h1>\n"))
@@ -67,14 +80,73 @@ impl ExampleRepo {
         git(&self.dir, &["commit", "--quiet", "-am", "new release script"]);
     }
 
-    /// The page the environment serves, or `None` when nothing answers.
+    /// The page the environment serves on 127.0.0.1 (the process runtime), or
+    /// `None` when nothing answers.
     pub fn page(&self) -> Option<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        response.split("\r\n\r\n").nth(1).map(|body| body.trim().to_owned())
+        self.page_at(IpAddr::from([127, 0, 0, 1]))
     }
+
+    /// The page served on `ip` (a container's address), or `None` when nothing answers.
+    pub fn page_at(&self, ip: IpAddr) -> Option<String> {
+        http_get(SocketAddr::new(ip, self.port))
+    }
+}
+
+/// The example's release gate: `release.sh` refuses to migrate while the gate at
+/// `$RELEASE_GATE` (`host:port`) says `closed`. A TCP server on every address of this
+/// machine that writes `open` or `closed` to each connection, so a release command
+/// reaches it as a local process (127.0.0.1) and from a container
+/// (`host.docker.internal`). Open until closed; stops when dropped.
+pub struct Gate {
+    pub port: u16,
+    closed: Arc<AtomicBool>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Gate {
+    pub async fn start() -> Gate {
+        let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.expect("binding the gate");
+        let port = listener.local_addr().unwrap().port();
+        let closed = Arc::new(AtomicBool::new(false));
+        let state = closed.clone();
+        let server = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let answer: &[u8] = if state.load(Ordering::SeqCst) { b"closed\n" } else { b"open\n" };
+                let _ = stream.write_all(answer).await;
+            }
+        });
+        Gate { port, closed, server }
+    }
+
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    pub fn open(&self) {
+        self.closed.store(false, Ordering::SeqCst);
+    }
+
+    /// The gate's address for a release command that reaches this machine as `host`.
+    pub fn address(&self, host: &str) -> String {
+        format!("{host}:{}", self.port)
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// The trimmed body of `GET /` on `address`, or `None` when nothing answers.
+pub fn http_get(address: SocketAddr) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split("\r\n\r\n").nth(1).map(|body| body.trim().to_owned())
 }
 
 pub fn git(repo: &Path, args: &[&str]) {

@@ -6,6 +6,7 @@
 //! migrations applied, dropped again when the test is done. No fixed ports: the
 //! private cluster listens on a Unix socket in its own temporary directory.
 
+pub mod docker;
 pub mod example;
 
 use std::sync::OnceLock;

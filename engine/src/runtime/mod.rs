@@ -1,16 +1,22 @@
 //! Runtimes: where an environment's services, release commands, jobs and hooks
 //! actually run. One trait, one implementation per backend (DESIGN.md §5):
-//! `process` (local processes, the embedded default), later `docker` and
-//! `kubernetes`. Only modules under `runtime/` may import bollard or kube.
+//! `process` (local processes, the embedded default), `docker` (containers on one
+//! Docker engine), later `kubernetes`. Only modules under `runtime/` may import
+//! bollard or kube. [`AnyRuntime`] picks one at run time.
 //!
 //! Every operation is idempotent ("ensure" semantics) or safe to repeat after a
 //! crash: a worker that resumes a run may call any of them again.
 
+mod any;
+pub mod docker;
+mod health;
 pub mod process;
+
+pub use any::AnyRuntime;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +46,10 @@ pub struct BuildRequest {
     pub context: String,
     /// Dockerfile path relative to the context, for runtimes that build images.
     pub dockerfile: Option<String>,
+    /// Build arguments (`ARG`s of the Dockerfile), for runtimes that build images.
+    pub args: BTreeMap<String, String>,
+    /// The Dockerfile stage to build; `None` builds the last one.
+    pub target: Option<String>,
     pub commit: String,
 }
 
@@ -108,8 +118,22 @@ pub struct ServiceRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObservedService {
     pub service: String,
+    /// The image as the roll-out was asked to run it.
     pub image: Image,
     pub running: bool,
+    /// What the backend's own health checking says, where it has any (a Docker
+    /// `HEALTHCHECK`); `None` when nothing checks the service continuously.
+    #[serde(default)]
+    pub health: Option<Health>,
+}
+
+/// The health a backend reports for a running service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Health {
+    /// Checked, but not passed yet.
+    Starting,
+    Healthy,
+    Unhealthy,
 }
 
 /// Which output a log line came from.
@@ -135,6 +159,10 @@ pub enum RuntimeError {
     Failed(String),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
+    /// The backend (e.g. the Docker engine) could not be reached or refused a
+    /// request for reasons of its own.
+    #[error("{context}: {source}")]
+    Backend { context: String, source: Box<dyn std::error::Error + Send + Sync> },
 }
 
 /// An execution backend. See the module docs for the contract.
@@ -175,6 +203,53 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// What really runs for the environment, for drift detection.
     fn observe(&self, env: &EnvironmentRef) -> impl Future<Output = Result<Vec<ObservedService>, RuntimeError>> + Send;
+}
+
+/// The context as a relative path inside the repository, `.` for all of it.
+pub(crate) fn normalize_context(context: &str) -> Result<String, RuntimeError> {
+    let mut parts = Vec::new();
+    for component in Path::new(context).components() {
+        match component {
+            Component::Normal(part) => parts.push(part.to_string_lossy().into_owned()),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(RuntimeError::Failed(format!(
+                    "the build context `{context}` must be a path inside the repository"
+                )));
+            }
+        }
+    }
+    Ok(if parts.is_empty() { ".".to_string() } else { parts.join("/") })
+}
+
+/// Checks a name that ends up in paths, container names or labels.
+pub(crate) fn check_name(kind: &str, name: &str) -> Result<(), RuntimeError> {
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(RuntimeError::Failed(format!("invalid {kind} name `{name}`: use letters, digits, `-` and `_`")))
+    }
+}
+
+/// Now plus `timeout`, or in a year for timeouts too large to add.
+pub(crate) fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
+/// `30s`, `1.5s`, `300ms`.
+pub(crate) fn fmt_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis < 1000 {
+        format!("{millis}ms")
+    } else if millis.is_multiple_of(1000) {
+        format!("{}s", millis / 1000)
+    } else {
+        format!("{:.1}s", duration.as_secs_f64())
+    }
 }
 
 /// Copies a directory tree (a build context into an image, a checkout into a

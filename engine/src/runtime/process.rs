@@ -58,9 +58,10 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -76,9 +77,10 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::health::http_probe;
 use super::{
     BuildRequest, EnvironmentRef, HealthCheck, Image, LogSink, LogStream, ObservedService, Runtime, RuntimeError,
-    ServiceRequest, TaskOutcome, TaskRequest, copy_tree,
+    ServiceRequest, TaskOutcome, TaskRequest, check_name, copy_tree, deadline_after, fmt_duration, normalize_context,
 };
 
 /// How long a process group may take to exit after SIGTERM before it gets SIGKILL.
@@ -93,6 +95,8 @@ const HEALTH_POLL: Duration = Duration::from_millis(250);
 const SETTLE: Duration = Duration::from_millis(300);
 /// The longest one HTTP health check may take.
 const HTTP_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Where health checks find local services.
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// The shortest time a command health check is given, even at the deadline.
 const MIN_COMMAND_PROBE: Duration = Duration::from_secs(1);
 /// How long a task's output is still read once the task has ended: a process that
@@ -272,6 +276,9 @@ impl Runtime for ProcessRuntime {
                     "the process runtime ignores the Dockerfile `{dockerfile}`: its image is a copy of the build context"
                 ),
             );
+        }
+        if !req.args.is_empty() || req.target.is_some() {
+            logs.line(LogStream::System, "the process runtime ignores build arguments and targets");
         }
         let images = self.root.join("images").join(&req.env.application).join(&req.service);
         let key = format!("{}-{}", commit_component(&req.commit), &sha256_hex(&context)[..12]);
@@ -521,6 +528,8 @@ impl Runtime for ProcessRuntime {
                     service: state.service,
                     image: state.spec.image,
                     running: state.process.alive(),
+                    // Nothing checks a local process continuously.
+                    health: None,
                 });
             }
         }
@@ -709,7 +718,7 @@ impl ProcessRuntime {
             let probe = async {
                 match check {
                     HealthCheck::Http { path, port } => {
-                        http_probe(*port, path, remaining.min(HTTP_PROBE_TIMEOUT)).await
+                        http_probe(LOCALHOST, *port, path, remaining.min(HTTP_PROBE_TIMEOUT)).await
                     }
                     HealthCheck::Command(command) => {
                         command_probe(command, launch.spec, dirs, remaining.max(MIN_COMMAND_PROBE)).await
@@ -766,50 +775,6 @@ pub fn volume_variable(volume: &str) -> String {
 
 // ---------------------------------------------------------------------------------
 // Health checks
-
-/// An HTTP/1.0 GET on 127.0.0.1:`port``path` that must answer 2xx or 3xx.
-async fn http_probe(port: u16, path: &str, timeout: Duration) -> Result<(), String> {
-    let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
-    let url = format!("http://127.0.0.1:{port}{path}");
-    let timeout = timeout.max(Duration::from_millis(100));
-    let probe_url = url.clone();
-    // std's TcpStream with timeouts on a blocking thread: the probe is rare and small.
-    let probe = tokio::task::spawn_blocking(move || -> Result<u16, String> {
-        use std::net::{SocketAddr, TcpStream};
-        let deadline = Instant::now() + timeout;
-        let address = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut stream = TcpStream::connect_timeout(&address, timeout).map_err(|e| e.to_string())?;
-        let left = || deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        stream.set_write_timeout(Some(left())).map_err(|e| e.to_string())?;
-        let request = format!(
-            "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: shiplog\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
-        let mut head = Vec::with_capacity(256);
-        let mut buf = [0u8; 512];
-        while !head.contains(&b'\n') && head.len() < 1024 {
-            stream.set_read_timeout(Some(left())).map_err(|e| e.to_string())?;
-            match stream.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        let head = String::from_utf8_lossy(&head);
-        let status_line = head.lines().next().unwrap_or_default();
-        let mut parts = status_line.split_whitespace();
-        match (parts.next(), parts.next().and_then(|code| code.parse::<u16>().ok())) {
-            (Some(version), Some(code)) if version.starts_with("HTTP/") => Ok(code),
-            _ => Err(format!("not an HTTP response: {:?}", status_line.chars().take(80).collect::<String>())),
-        }
-    });
-    match probe.await {
-        Ok(Ok(code)) if (200..400).contains(&code) => Ok(()),
-        Ok(Ok(code)) => Err(format!("GET {probe_url} answered {code}")),
-        Ok(Err(e)) => Err(format!("GET {url}: {e}")),
-        Err(e) => Err(format!("GET {url}: the probe panicked: {e}")),
-    }
-}
 
 /// Runs a command health check like a task: from the service's image, with the
 /// service's environment; it must exit 0.
@@ -1287,23 +1252,6 @@ fn remove_abandoned_copies(images: &Path) {
     }
 }
 
-/// The context as a relative path inside the repository, `.` for all of it.
-fn normalize_context(context: &str) -> Result<String, RuntimeError> {
-    let mut parts = Vec::new();
-    for component in Path::new(context).components() {
-        match component {
-            Component::Normal(part) => parts.push(part.to_string_lossy().into_owned()),
-            Component::CurDir => {}
-            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
-                return Err(RuntimeError::Failed(format!(
-                    "the build context `{context}` must be a path inside the repository"
-                )));
-            }
-        }
-    }
-    Ok(if parts.is_empty() { ".".to_string() } else { parts.join("/") })
-}
-
 /// The commit as a path component: itself if it is a plain revision id.
 fn commit_component(commit: &str) -> String {
     let plain =
@@ -1330,17 +1278,6 @@ fn image_dir(image: &Image) -> Result<PathBuf, RuntimeError> {
 
 // ---------------------------------------------------------------------------------
 // Files
-
-fn check_name(kind: &str, name: &str) -> Result<(), RuntimeError> {
-    let valid = !name.is_empty()
-        && name.len() <= 128
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if valid {
-        Ok(())
-    } else {
-        Err(RuntimeError::Failed(format!("invalid {kind} name `{name}`: use letters, digits, `-` and `_`")))
-    }
-}
 
 /// A file name for a free-form name (task names are only unique, not validated).
 fn file_name_for(name: &str) -> String {
@@ -1421,24 +1358,6 @@ fn io_error(context: String) -> impl FnOnce(io::Error) -> RuntimeError {
     move |source| RuntimeError::Io { context, source }
 }
 
-/// Now plus `timeout`, or in a year for timeouts too large to add.
-fn deadline_after(timeout: Duration) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
-    now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
-}
-
-/// `30s`, `1.5s`, `300ms`.
-fn fmt_duration(duration: Duration) -> String {
-    let millis = duration.as_millis();
-    if millis < 1000 {
-        format!("{millis}ms")
-    } else if millis.is_multiple_of(1000) {
-        format!("{}s", millis / 1000)
-    } else {
-        format!("{:.1}s", duration.as_secs_f64())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::process::CommandExt;
@@ -1504,6 +1423,8 @@ mod tests {
                 source_dir: self.source.path().to_path_buf(),
                 context: context.to_string(),
                 dockerfile: None,
+                args: BTreeMap::new(),
+                target: None,
                 commit: commit.to_string(),
             }
         }
@@ -1839,7 +1760,10 @@ mod tests {
         assert!(logs.has(LogStream::System, "web now runs"), "{}", logs.dump());
 
         let observed = fx.runtime.observe(&environment).await.unwrap();
-        assert_eq!(observed, [ObservedService { service: "web".to_string(), image: image.clone(), running: true }]);
+        assert_eq!(
+            observed,
+            [ObservedService { service: "web".to_string(), image: image.clone(), running: true, health: None }]
+        );
 
         let seen = fx.env_dir("review-1").join("volumes/data/seen");
         eventually("the service wrote to its volume", Duration::from_secs(5), || seen.exists()).await;
@@ -1886,7 +1810,7 @@ mod tests {
         assert!(!is_running(old.pid), "the old version still runs");
         assert!(is_running(new.pid));
         let observed = fx.runtime.observe(&env("review-1")).await.unwrap();
-        assert_eq!(observed, [ObservedService { service: "web".to_string(), image: v2, running: true }]);
+        assert_eq!(observed, [ObservedService { service: "web".to_string(), image: v2, running: true, health: None }]);
         assert!(logs.has(LogStream::System, "stopping web"), "{}", logs.dump());
 
         // A new environment variable is a new version too, even with the same image.
@@ -1913,7 +1837,7 @@ mod tests {
         let logs = Collect::default();
         fx.runtime.roll_out(&request, &logs).await.unwrap();
         assert!(logs.has(LogStream::System, "web is healthy"), "{}", logs.dump());
-        http_probe(port, "/version", Duration::from_secs(2)).await.unwrap();
+        http_probe(LOCALHOST, port, "/version", Duration::from_secs(2)).await.unwrap();
         let first = fx.state("review-1", "web").process;
 
         // v2 does not serve HTTP.
@@ -1933,14 +1857,17 @@ mod tests {
         // v1 runs (again) and serves; nothing of v2 is left.
         assert!(!is_running(first.pid));
         let observed = fx.runtime.observe(&env("review-1")).await.unwrap();
-        assert_eq!(observed, [ObservedService { service: "web".to_string(), image: v1.clone(), running: true }]);
-        http_probe(port, "/version", Duration::from_secs(2)).await.unwrap();
+        assert_eq!(
+            observed,
+            [ObservedService { service: "web".to_string(), image: v1.clone(), running: true, health: None }]
+        );
+        http_probe(LOCALHOST, port, "/version", Duration::from_secs(2)).await.unwrap();
         let state = fx.state("review-1", "web");
         assert_eq!(state.spec, ServiceSpec::of(&request));
         assert!(json_files(&fx.env_dir("review-1").join("candidates")).unwrap().is_empty());
 
         fx.runtime.teardown(&env("review-1")).await.unwrap();
-        assert!(http_probe(port, "/", Duration::from_secs(1)).await.is_err());
+        assert!(http_probe(LOCALHOST, port, "/", Duration::from_secs(1)).await.is_err());
     }
 
     #[tokio::test]
@@ -1961,7 +1888,7 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(logs.has(LogStream::Stdout, "boom"), "{}", logs.dump());
         let observed = fx.runtime.observe(&env("review-1")).await.unwrap();
-        assert_eq!(observed, [ObservedService { service: "web".to_string(), image: v1, running: true }]);
+        assert_eq!(observed, [ObservedService { service: "web".to_string(), image: v1, running: true, health: None }]);
         fx.runtime.teardown(&env("review-1")).await.unwrap();
     }
 
@@ -2117,7 +2044,7 @@ mod tests {
         let second = ProcessRuntime::new(fx.root.path().join("process"));
         let environment = env("review-1");
         let observed = second.observe(&environment).await.unwrap();
-        assert_eq!(observed, [ObservedService { service: "web".to_string(), image, running: true }]);
+        assert_eq!(observed, [ObservedService { service: "web".to_string(), image, running: true, health: None }]);
         let logs = Collect::default();
         second.roll_out(&request, &logs).await.unwrap();
         assert!(logs.has(LogStream::System, "nothing to do"), "{}", logs.dump());

@@ -5,7 +5,12 @@
 //! cargo run --release -p shiplog-tests --bin bench -- store [--events N] [--json PATH] [--no-fsync]
 //! cargo run --release -p shiplog-tests --bin bench -- engine [--runs N] [--json PATH] [--no-fsync]
 //! cargo run --release -p shiplog-tests --bin bench -- projections [--events N] [--json PATH] [--no-fsync]
+//! cargo run --release -p shiplog-tests --bin bench -- docker [--runs N] [--json PATH] [--no-fsync]
 //! ```
+//!
+//! `bench docker` times a setup and a patch of the example on the docker runtime
+//! beside the same steps as a shell script of `docker` commands; see
+//! [`Command::Docker`].
 //!
 //! `bench engine` times patch runs end to end; [`Command::Engine`] says what it
 //! measures. The rest of this comment is about `bench store`: what shiplog's event
@@ -59,12 +64,12 @@ use shiplog_engine::domain::{CommitId, Name};
 use shiplog_engine::lifecycle::Lifecycle;
 use shiplog_engine::postgres::{self, Cluster, ClusterOptions};
 use shiplog_engine::runtime::process::ProcessRuntime;
-use shiplog_engine::runtime::{EnvironmentRef, Runtime};
+use shiplog_engine::runtime::{AnyRuntime, EnvironmentRef, Runtime};
 use shiplog_engine::store::hash::{self, EventFields, GENESIS, Hash};
 use shiplog_engine::store::{Cursor, EventStore, ExpectedVersion, MAX_BATCH_EVENTS, Metadata, NewEvent, StreamId};
 use shiplog_engine::worker::{Tick, Worker};
 use shiplog_engine::{git as engine_git, logs};
-use shiplog_tests::example::{Scratch, git};
+use shiplog_tests::example::{ExampleRepo, Scratch, git};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Executor, PgPool};
 use tokio::sync::Barrier;
@@ -152,6 +157,26 @@ enum Command {
     /// `raw_events` selecting and decoding the same columns, with its own RSS.
     /// The issue's target, a full rebuild at ≥ 25% of the raw scan, is printed, never asserted.
     Projections(ProjectionsArgs),
+
+    /// The docker runtime: a setup and a patch of the example application through
+    /// the engine, beside the same steps done by a shell script of `docker`
+    /// commands (`bench-docker.sh`), in the same run on the same engine.
+    ///
+    /// Each of --runs rounds (after one untimed warm-up round, which fills the
+    /// engine's build cache for both sides) works on fresh environments: on the
+    /// engine side `request_setup` and one worker `tick` (build at the commit,
+    /// network and volume, the release command in a one-off container, roll-out with
+    /// its HTTP health check), then a new commit, `request_patch` and a `tick`
+    /// (build, release command, roll-out replacing the old container). The script
+    /// does the same for the same two commits: clone and check out the commit,
+    /// `docker build` with the same labels and build argument, `docker network
+    /// create` and `docker volume create` (setup), `docker run --rm` of the release
+    /// command, `docker run -d` of the new version, a GET until it answers 200,
+    /// the alias moved to it (`network disconnect`/`connect`), `docker update
+    /// --restart`, `docker stop` and `docker rm` of the old one. Teardowns are not
+    /// timed. The sides alternate which goes first in each round. The issue's
+    /// target, engine time at most 1.2 times the script's, is printed, not asserted.
+    Docker(DockerArgs),
 }
 
 /// Options every benchmark takes.
@@ -204,6 +229,15 @@ struct ProjectionsArgs {
     common: CommonArgs,
 }
 
+#[derive(clap::Args)]
+struct DockerArgs {
+    /// Timed rounds (each: a setup and a patch on each side).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
 /// What a benchmark reports: lines printed above the table, and its figures.
 type Report = (Vec<String>, Vec<Figure>);
 
@@ -212,6 +246,7 @@ fn main() -> anyhow::Result<()> {
         Command::Store(args) => run_on_server(&args.common, |options| store_benchmarks(options, &args)),
         Command::Engine(args) => run_on_server(&args.common, |options| engine_benchmark(options, &args)),
         Command::Projections(args) => run_on_server(&args.common, |options| projections_benchmark(options, &args)),
+        Command::Docker(args) => run_on_server(&args.common, |options| docker_benchmark(options, &args)),
     }
 }
 
@@ -1277,6 +1312,167 @@ fn spawn_true(runs: usize) -> anyhow::Result<Vec<Duration>> {
         spawn()?;
     }
     (0..runs).map(|_| spawn()).collect()
+}
+
+// ---------------------------------------------------------------------------
+// The docker benchmark
+// ---------------------------------------------------------------------------
+
+/// The issue's target: engine time over script time, for a setup and for a patch.
+const DOCKER_RATIO_TARGET: f64 = 1.2;
+
+/// `bench docker`; see [`Command::Docker`].
+async fn docker_benchmark(options: PgConnectOptions, args: &DockerArgs) -> anyhow::Result<Report> {
+    let Some(docker) = shiplog_tests::docker::docker().await else { bail!("no Docker engine answers") };
+    let db = BenchDb::open(options, ENGINE_CONNECTIONS).await?;
+    let mut header = describe_server(&db.owner).await?;
+    let scratch = Scratch::new("shiplog-bench-docker");
+    let repo = ExampleRepo::create(&scratch);
+    let runtime = Arc::new(AnyRuntime::Docker(docker));
+    let lifecycle = Lifecycle::new(EventStore::new(db.runtime.clone()));
+    let worker = Worker::new(lifecycle.clone(), runtime.clone(), "bench-worker", scratch.path().join("work"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bin/bench-docker.sh");
+
+    let (mut engine, mut baseline) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    for round in 0..=args.runs {
+        let commits = [head_commit(&repo.dir)?, {
+            repo.commit_version(round + 2);
+            head_commit(&repo.dir)?
+        }];
+        let id = &Uuid::new_v4().simple().to_string()[..8];
+        let engine_side = async {
+            let app: Name = format!("bench-{id}").parse()?;
+            eprintln!("round {round}: engine ...");
+            let times = docker_engine_round(&lifecycle, &worker, &repo, &app, &commits).await;
+            let env = EnvironmentRef { application: app.to_string(), environment: "staging".into() };
+            runtime.teardown(&env).await?;
+            shiplog_tests::docker::remove_leftovers(&env);
+            times
+        };
+        let script_side = async {
+            eprintln!("round {round}: script ...");
+            let times = docker_script_round(&script, &repo, &scratch, &format!("s{id}"), &commits).await;
+            docker_script_teardown(&format!("s{id}"));
+            times
+        };
+        let (e, b) = if round % 2 == 0 {
+            let e = engine_side.await?;
+            (e, script_side.await?)
+        } else {
+            let b = script_side.await?;
+            (engine_side.await?, b)
+        };
+        if round > 0 {
+            engine.0.push(e.0);
+            engine.1.push(e.1);
+            baseline.0.push(b.0);
+            baseline.1.push(b.1);
+        }
+    }
+    db.close().await;
+
+    let figures = vec![
+        Figure::latency("docker setup: engine vs docker script", &engine.0, &baseline.0),
+        Figure::latency("docker patch: engine vs docker script", &engine.1, &baseline.1),
+    ];
+    header.push(format!(
+        "{} rounds after a warm-up: setup and patch of examples/hello on the docker runtime, beside bench-docker.sh",
+        args.runs
+    ));
+    for figure in &figures {
+        let ratio = figure.value.ratio;
+        let verdict = if ratio <= DOCKER_RATIO_TARGET { "met" } else { "not met" };
+        header.push(format!(
+            "target (issue): {} mean ratio <= {DOCKER_RATIO_TARGET}; measured {ratio:.2}: {verdict}",
+            figure.name
+        ));
+    }
+    Ok((header, figures))
+}
+
+/// A setup at `commits[0]` and a patch to `commits[1]` of a new application's
+/// staging environment through the engine; returns the time of each.
+async fn docker_engine_round(
+    lifecycle: &Lifecycle,
+    worker: &Worker<AnyRuntime>,
+    repo: &ExampleRepo,
+    app: &Name,
+    commits: &[CommitId; 2],
+) -> anyhow::Result<(Duration, Duration)> {
+    let metadata = Metadata { actor: Some("bench".into()), ..Metadata::default() };
+    let env: Name = "staging".parse()?;
+    let now = Utc::now();
+    lifecycle
+        .create_application(app, repo.dir.to_str().context("the scratch path is not UTF-8")?, &metadata, now)
+        .await?;
+    lifecycle.update_template(app, &repo.docker_template(), &metadata, now).await?;
+    let created = Created {
+        application: app.clone(),
+        name: env.clone(),
+        kind: EnvironmentKind::Staging,
+        tracking: Tracking::Branch("main".into()),
+        ttl_seconds: None,
+        drift_mode: Default::default(),
+    };
+    lifecycle.create_environment(&created, &metadata, now).await?;
+    let mut times = Vec::new();
+    for (i, commit) in commits.iter().enumerate() {
+        let started = Instant::now();
+        let run_id = if i == 0 {
+            lifecycle.request_setup(app, &env, Some(commit.clone()), "bench", &metadata, Utc::now()).await?.run_id
+        } else {
+            lifecycle.request_patch(app, &env, Some(commit.clone()), "bench", &metadata, Utc::now()).await?.run_id
+        };
+        match worker.tick().await? {
+            Tick::Finished { run_id: done, status: RunStatus::Succeeded } if done == run_id => {}
+            other => {
+                let log = logs::read(lifecycle.store().pool(), run_id, 0, 200).await.unwrap_or_default();
+                let log: String = log.iter().map(|l| format!("\n  {}: {}", l.job, l.line)).collect();
+                bail!("run {run_id} did not succeed: {other:?}; its log:{log}")
+            }
+        }
+        times.push(started.elapsed());
+    }
+    Ok((times[0], times[1]))
+}
+
+/// The same setup and patch as [`docker_engine_round`], by `bench-docker.sh`.
+async fn docker_script_round(
+    script: &Path,
+    repo: &ExampleRepo,
+    scratch: &Scratch,
+    app: &str,
+    commits: &[CommitId; 2],
+) -> anyhow::Result<(Duration, Duration)> {
+    let work = scratch.path().join("script-work");
+    let mut times = Vec::new();
+    for (mode, commit) in ["setup", "patch"].into_iter().zip(commits) {
+        let started = Instant::now();
+        let out = tokio::process::Command::new("bash")
+            .arg(script)
+            .args([mode, repo.dir.to_str().unwrap_or_default(), commit.as_str(), app, "staging"])
+            .arg(&work)
+            .args([shiplog_tests::docker::BASE_IMAGE, &repo.port.to_string()])
+            .output()
+            .await?;
+        ensure!(out.status.success(), "bench-docker.sh {mode}: {}", String::from_utf8_lossy(&out.stderr));
+        times.push(started.elapsed());
+    }
+    Ok((times[0], times[1]))
+}
+
+/// Removes what the script created for `app`, and its images.
+fn docker_script_teardown(app: &str) {
+    let env = EnvironmentRef { application: app.to_string(), environment: "staging".to_string() };
+    shiplog_tests::docker::remove_leftovers(&env);
+    let reference = format!("reference=bench/{app}/*");
+    if let Ok(tags) =
+        shiplog_tests::docker::cli(&["image", "ls", "--filter", &reference, "--format", "{{.Repository}}:{{.Tag}}"])
+    {
+        for tag in tags.lines() {
+            let _ = shiplog_tests::docker::cli(&["image", "rm", tag]);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -1,7 +1,9 @@
-//! The lifecycle end to end on the `process` runtime: the example application is
-//! set up, patched twice, fails a release command (the previous version keeps
-//! serving), is retried after the fix, and torn down (with a real `terraform
-//! destroy` when terraform is installed).
+//! The lifecycle end to end: the example application is set up, patched twice,
+//! fails a release command (the previous version keeps serving), is retried after
+//! the fix, and torn down (with a real `terraform destroy` when terraform is
+//! installed and the hook runs on this machine). The whole scenario runs on the
+//! `process` runtime and, where a Docker engine answers, on `docker`; the other
+//! tests run on `process`.
 
 use std::sync::Arc;
 
@@ -10,28 +12,37 @@ use shiplog_engine::domain::environment::{Created, EnvironmentKind, Status, Trac
 use shiplog_engine::domain::run::RunStatus;
 use shiplog_engine::domain::{DomainError, Name};
 use shiplog_engine::lifecycle::{Lifecycle, LifecycleError};
-use shiplog_engine::runtime::Runtime;
 use shiplog_engine::runtime::process::ProcessRuntime;
+use shiplog_engine::runtime::{AnyRuntime, Runtime};
 use shiplog_engine::store::Metadata;
 use shiplog_engine::worker::{Tick, Worker};
 use shiplog_engine::{logs, runtime::EnvironmentRef};
 use std::time::Duration;
 
-use shiplog_tests::example::{ExampleRepo, Scratch, copy_dir, installed};
-use shiplog_tests::{TestDb, eventually};
+use shiplog_tests::example::{ExampleRepo, Gate, Scratch, copy_dir, installed};
+use shiplog_tests::{TestDb, docker, eventually};
 use uuid::Uuid;
 
 const SECRET: &str = "s3cret-token-value";
 
-struct Example {
-    db: TestDb,
-    lifecycle: Lifecycle,
-    runtime: Arc<ProcessRuntime>,
-    worker: Worker<ProcessRuntime>,
-    scratch: Scratch,
-    repo: ExampleRepo,
-    app: Name,
-    env: Name,
+/// Where the example runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Process,
+    Docker,
+}
+
+pub(crate) struct Example {
+    pub(crate) db: TestDb,
+    pub(crate) lifecycle: Lifecycle,
+    pub(crate) runtime: Arc<AnyRuntime>,
+    pub(crate) worker: Worker<AnyRuntime>,
+    pub(crate) scratch: Scratch,
+    pub(crate) repo: ExampleRepo,
+    /// `$RELEASE_GATE`: closed, the release command fails.
+    pub(crate) gate: Gate,
+    pub(crate) app: Name,
+    pub(crate) env: Name,
 }
 
 /// An environment of `app` tracking `main`.
@@ -51,25 +62,46 @@ fn metadata() -> Metadata {
 }
 
 impl Example {
-    async fn new() -> Example {
-        let db = TestDb::new().await;
+    pub(crate) async fn new() -> Example {
+        Example::on(Backend::Process).await.expect("the process runtime is always there")
+    }
+
+    /// The example on `backend`; `None` when that is Docker and no engine answers
+    /// (the test then skips, unless SHIPLOG_REQUIRE_DOCKER=1 makes it fail).
+    async fn on(backend: Backend) -> Option<Example> {
         let scratch = Scratch::new("shiplog-e2e");
+        let (runtime, app, gate_host) = match backend {
+            Backend::Process => {
+                (AnyRuntime::Process(ProcessRuntime::new(scratch.path().join("process"))), "hello".into(), "127.0.0.1")
+            }
+            // Containers of other tests and of earlier runs share the engine: a name of its own.
+            Backend::Docker => (
+                AnyRuntime::Docker(docker::docker().await?),
+                docker::unique_env("staging").application,
+                "host.docker.internal",
+            ),
+        };
+        let db = TestDb::new().await;
         let repo = ExampleRepo::create(&scratch);
-        let template = repo.template();
+        let template = match backend {
+            Backend::Process => repo.template(),
+            Backend::Docker => repo.docker_template(),
+        };
         let tf_state = scratch.path().join("infra");
         copy_dir(&repo.dir.join("infra"), &tf_state);
         let marks = scratch.path().join("marks");
         std::fs::create_dir_all(&marks).unwrap();
+        let gate = Gate::start().await;
         let variables = format!(
             "GREETING: \"hello from ${{ENVIRONMENT}}\"\nAPI_TOKEN: {{ secret: \"{SECRET}\" }}\nRELEASE_GATE: \"{}\"\n\
              TF_STATE_DIR: \"{}\"\nMARKS: \"{}\"\n",
-            scratch.path().join("gate").display(),
+            gate.address(gate_host),
             tf_state.display(),
             marks.display()
         );
 
         let lifecycle = Lifecycle::new(db.store());
-        let (app, env): (Name, Name) = ("hello".parse().unwrap(), "staging".parse().unwrap());
+        let (app, env): (Name, Name) = (app.parse().unwrap(), "staging".parse().unwrap());
         let now = Utc::now();
         lifecycle.create_application(&app, repo.dir.to_str().unwrap(), &metadata(), now).await.unwrap();
         lifecycle.update_template(&app, &template, &metadata(), now).await.unwrap();
@@ -78,13 +110,35 @@ impl Example {
             .create_environment(&environment(&app, &env, EnvironmentKind::Staging, None), &metadata(), now)
             .await
             .unwrap();
-        let runtime = Arc::new(ProcessRuntime::new(scratch.path().join("process")));
+        let runtime = Arc::new(runtime);
         let worker = Worker::new(lifecycle.clone(), runtime.clone(), "worker-1", scratch.path().join("work"));
-        Example { db, lifecycle, runtime, worker, scratch, repo, app, env }
+        Some(Example { db, lifecycle, runtime, worker, scratch, repo, gate, app, env })
+    }
+
+    fn backend(&self) -> Backend {
+        match *self.runtime {
+            AnyRuntime::Process(_) => Backend::Process,
+            AnyRuntime::Docker(_) => Backend::Docker,
+        }
+    }
+
+    fn env_ref(&self) -> EnvironmentRef {
+        EnvironmentRef { application: self.app.to_string(), environment: self.env.to_string() }
+    }
+
+    /// The page the environment's web service serves, or `None` when nothing answers.
+    pub(crate) async fn page(&self) -> Option<String> {
+        match &*self.runtime {
+            AnyRuntime::Process(_) => self.repo.page(),
+            AnyRuntime::Docker(docker) => {
+                let ip = docker.service_address(&self.env_ref(), "web").await.unwrap()?;
+                self.repo.page_at(ip)
+            }
+        }
     }
 
     /// Lets the worker run the next queued run to its end.
-    async fn work(&self) -> (Uuid, RunStatus) {
+    pub(crate) async fn work(&self) -> (Uuid, RunStatus) {
         match self.worker.tick().await.unwrap() {
             Tick::Finished { run_id, status } => {
                 if status == RunStatus::Failed {
@@ -119,9 +173,27 @@ impl Example {
     }
 }
 
+impl Drop for Example {
+    /// A Docker test that failed halfway leaves containers behind: remove them.
+    fn drop(&mut self) {
+        if self.backend() == Backend::Docker {
+            docker::remove_leftovers(&self.env_ref());
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_goes_through_its_whole_lifecycle_on_the_process_runtime() {
-    let ex = Example::new().await;
+    whole_lifecycle(Example::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_goes_through_its_whole_lifecycle_on_docker() {
+    let Some(ex) = Example::on(Backend::Docker).await else { return };
+    whole_lifecycle(ex).await;
+}
+
+async fn whole_lifecycle(ex: Example) {
     let now = Utc::now;
 
     // A patch before any setup is refused.
@@ -131,7 +203,11 @@ async fn the_example_goes_through_its_whole_lifecycle_on_the_process_runtime() {
     // Setup: build, infrastructure, release command, roll-out.
     let setup = ex.lifecycle.request_setup(&ex.app, &ex.env, None, "created", &metadata(), now()).await.unwrap();
     assert_eq!(ex.work().await, (setup.run_id, RunStatus::Succeeded));
-    assert_eq!(ex.repo.page().as_deref(), Some("<h1>hello from shiplog v1</h1>"));
+    assert_eq!(ex.page().await.as_deref(), Some("<h1>hello from shiplog v1</h1>"));
+    if ex.backend() == Backend::Docker {
+        assert_eq!(docker::labelled("network", &ex.env_ref()).len(), 1);
+        assert_eq!(docker::labelled("volume", &ex.env_ref()).len(), 1);
+    }
     let setup_log = ex.log_text(setup.run_id).await;
     assert!(setup_log.contains("release-migrate: migration done"), "{setup_log}");
     assert!(setup_log.contains("using API token ***") && !setup_log.contains(SECRET), "{setup_log}");
@@ -140,34 +216,39 @@ async fn the_example_goes_through_its_whole_lifecycle_on_the_process_runtime() {
     ex.repo.commit_version(2);
     let patch2 = ex.lifecycle.request_patch(&ex.app, &ex.env, None, "push", &metadata(), now()).await.unwrap();
     assert_eq!(ex.work().await, (patch2.run_id, RunStatus::Succeeded));
-    assert_eq!(ex.repo.page().as_deref(), Some("<h1>hello from shiplog v2</h1>"));
+    assert_eq!(ex.page().await.as_deref(), Some("<h1>hello from shiplog v2</h1>"));
 
     // A failing release command fails the run; v2 keeps serving.
-    std::fs::write(ex.scratch.path().join("gate"), "closed").unwrap();
+    ex.gate.close();
     ex.repo.commit_version(3);
     let patch3 = ex.lifecycle.request_patch(&ex.app, &ex.env, None, "push", &metadata(), now()).await.unwrap();
     assert_eq!(ex.work().await, (patch3.run_id, RunStatus::Failed));
-    assert_eq!(ex.repo.page().as_deref(), Some("<h1>hello from shiplog v2</h1>"));
+    assert_eq!(ex.page().await.as_deref(), Some("<h1>hello from shiplog v2</h1>"));
     assert!(ex.log_text(patch3.run_id).await.contains("migration blocked"));
     let (env, _) = ex.lifecycle.environment(&ex.app, &ex.env).await.unwrap();
     assert_eq!(env.status, Some(Status::Failed));
 
     // Fixed: the retry resumes at the release stage, reusing the built image.
-    std::fs::remove_file(ex.scratch.path().join("gate")).unwrap();
+    ex.gate.open();
     ex.lifecycle.retry_run(patch3.run_id, &metadata(), now()).await.unwrap();
     assert_eq!(ex.work().await, (patch3.run_id, RunStatus::Succeeded));
-    assert_eq!(ex.repo.page().as_deref(), Some("<h1>hello from shiplog v3</h1>"));
+    assert_eq!(ex.page().await.as_deref(), Some("<h1>hello from shiplog v3</h1>"));
 
     // Teardown: the hook runs, then everything is removed.
     let teardown = ex.lifecycle.request_teardown(&ex.app, &ex.env, "deleted", &metadata(), now()).await.unwrap();
     assert_eq!(ex.work().await, (teardown.run_id, RunStatus::Succeeded));
-    assert_eq!(ex.repo.page(), None, "the service still answers after teardown");
-    let env_ref = EnvironmentRef { application: "hello".into(), environment: "staging".into() };
-    assert!(ex.runtime.observe(&env_ref).await.unwrap().is_empty());
+    assert_eq!(ex.page().await, None, "the service still answers after teardown");
+    assert!(ex.runtime.observe(&ex.env_ref()).await.unwrap().is_empty());
+    if ex.backend() == Backend::Docker {
+        for kind in ["container", "network", "volume"] {
+            assert_eq!(docker::labelled(kind, &ex.env_ref()), Vec::<String>::new(), "a {kind} is left");
+        }
+    }
     let (env, _) = ex.lifecycle.environment(&ex.app, &ex.env).await.unwrap();
     assert_eq!(env.status, Some(Status::TornDown));
     let teardown_log = ex.log_text(teardown.run_id).await;
-    if installed("terraform") {
+    // In a container the hook finds no terraform.
+    if ex.backend() == Backend::Process && installed("terraform") {
         assert!(teardown_log.contains("Destroy complete!"), "{teardown_log}");
     } else {
         assert!(teardown_log.contains("no terraform state to destroy"), "{teardown_log}");
@@ -182,7 +263,8 @@ async fn the_example_goes_through_its_whole_lifecycle_on_the_process_runtime() {
     ] {
         runs.push_str(&format!("{name}:\n  {}\n", ex.event_types(run).await.join("\n  ")));
     }
-    insta::assert_snapshot!(runs);
+    // The same events on every runtime.
+    insta::assert_snapshot!("whole_lifecycle_runs", runs);
     assert!(ex.db.store().verify().await.unwrap().is_intact());
 }
 
@@ -206,7 +288,7 @@ async fn of_two_racing_patches_the_older_is_skipped_as_outdated() {
     assert_eq!(ex.work().await, (newer.run_id, RunStatus::Succeeded));
     assert_eq!(ex.worker.tick().await.unwrap(), Tick::Idle);
     assert_eq!(ex.event_types(older.run_id).await, ["RunQueued", "RunSkipped"]);
-    assert_eq!(ex.repo.page().as_deref(), Some("<h1>hello from shiplog v2</h1>"));
+    assert_eq!(ex.page().await.as_deref(), Some("<h1>hello from shiplog v2</h1>"));
     ex.lifecycle.request_teardown(&ex.app, &ex.env, "done", &metadata(), Utc::now()).await.unwrap();
     ex.work().await;
 }
@@ -230,7 +312,7 @@ async fn cancelling_a_running_run_kills_its_job_and_the_old_version_keeps_servin
     });
     cancelled.unwrap();
     assert_eq!(worked, (patch.run_id, RunStatus::Cancelled));
-    assert_eq!(ex.repo.page().as_deref(), Some("<h1>hello from shiplog v1</h1>"));
+    assert_eq!(ex.page().await.as_deref(), Some("<h1>hello from shiplog v1</h1>"));
     assert!(ex.log_text(patch.run_id).await.contains("release-migrate was cancelled"));
     let (env, _) = ex.lifecycle.environment(&ex.app, &ex.env).await.unwrap();
     assert_eq!((env.status, env.queue.len()), (Some(Status::Ready), 0));
@@ -315,7 +397,7 @@ async fn a_test_stage_runs_on_the_source_before_build_and_fails_fast() {
     assert_eq!(ex.work().await, (patch.run_id, RunStatus::Failed));
     let types = ex.event_types(patch.run_id).await;
     assert!(!types.iter().any(|t| t.contains("build")), "{types:?}");
-    assert_eq!(ex.repo.page().as_deref(), Some("<h1>hello from shiplog v1</h1>"));
+    assert_eq!(ex.page().await.as_deref(), Some("<h1>hello from shiplog v1</h1>"));
 
     ex.lifecycle.request_teardown(&ex.app, &ex.env, "done", &metadata(), Utc::now()).await.unwrap();
     ex.work().await;

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::lifecycle::Example;
 use chrono::Utc;
 use shiplog_engine::domain::environment::{
     self, Created, DriftMode, Environment, EnvironmentCommand, EnvironmentEvent, EnvironmentKind, Health, Observation,
@@ -15,16 +16,13 @@ use shiplog_engine::domain::run::RunStatus;
 use shiplog_engine::domain::{CommitId, Name};
 use shiplog_engine::drift::Reconciler;
 use shiplog_engine::lifecycle::{Lifecycle, encode};
-use shiplog_engine::runtime::process::ProcessRuntime;
 use shiplog_engine::store::{Cursor, EventFilter, ExpectedVersion, Metadata};
-use shiplog_engine::worker::{Tick, Worker};
 use shiplog_projections::lifecycle::{DriftVerdictView, EnvironmentView, HealthView, SyncStatus};
 use shiplog_projections::projection::{Audit, Lifecycle as LifecycleProjection, Projection, Runs};
 use shiplog_projections::runner::{self, Runner};
 use shiplog_projections::runs::{RunState, RunView, StepState};
 use shiplog_projections::time_travel::{AsOf, environment_at};
 use shiplog_projections::{ProjectionError, audit};
-use shiplog_tests::example::{ExampleRepo, Scratch};
 use shiplog_tests::{TestDb, eventually, wait_readable};
 use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
@@ -33,52 +31,12 @@ fn by(actor: &str) -> Metadata {
     Metadata { actor: Some(actor.into()), ..Metadata::default() }
 }
 
-/// The example application with a `staging` environment on the process runtime.
-struct Deployed {
-    db: TestDb,
-    lifecycle: Lifecycle,
-    runtime: Arc<ProcessRuntime>,
-    worker: Worker<ProcessRuntime>,
-    scratch: Scratch,
-    repo: ExampleRepo,
-    app: Name,
-    env: Name,
-}
+/// The example application's `staging` on the process runtime (the lifecycle
+/// tests' fixture), with what these tests do to it.
+type Deployed = Example;
 
 impl Deployed {
-    async fn new() -> Deployed {
-        let db = TestDb::new().await;
-        let scratch = Scratch::new("shiplog-projections");
-        let repo = ExampleRepo::create(&scratch);
-        let lifecycle = Lifecycle::new(db.store());
-        let (app, env): (Name, Name) = ("hello".parse().unwrap(), "staging".parse().unwrap());
-        let now = Utc::now();
-        lifecycle.create_application(&app, repo.dir.to_str().unwrap(), &by("alice"), now).await.unwrap();
-        lifecycle.update_template(&app, &repo.template(), &by("alice"), now).await.unwrap();
-        let variables = format!("RELEASE_GATE: \"{}\"\n", scratch.path().join("gate").display());
-        lifecycle.update_variables(&app, &variables, &by("alice"), now).await.unwrap();
-        let created = Created {
-            application: app.clone(),
-            name: env.clone(),
-            kind: EnvironmentKind::Staging,
-            tracking: Tracking::Branch("main".into()),
-            ttl_seconds: None,
-            drift_mode: DriftMode::Warn,
-        };
-        lifecycle.create_environment(&created, &by("alice"), now).await.unwrap();
-        let runtime = Arc::new(ProcessRuntime::new(scratch.path().join("process")));
-        let worker = Worker::new(lifecycle.clone(), runtime.clone(), "worker-1", scratch.path().join("work"));
-        Deployed { db, lifecycle, runtime, worker, scratch, repo, app, env }
-    }
-
-    async fn work(&self) -> (Uuid, RunStatus) {
-        match self.worker.tick().await.unwrap() {
-            Tick::Finished { run_id, status } => (run_id, status),
-            other => panic!("expected a finished run, got {other:?}"),
-        }
-    }
-
-    async fn setup(&self, actor: &str) -> Uuid {
+    async fn set_up_by(&self, actor: &str) -> Uuid {
         let setup = self.lifecycle.request_setup(&self.app, &self.env, None, "asked", &by(actor), Utc::now()).await;
         let run_id = setup.unwrap().run_id;
         assert_eq!(self.work().await, (run_id, RunStatus::Succeeded));
@@ -88,16 +46,16 @@ impl Deployed {
     /// Setup, a patch, a patch whose release command fails (exit 3), its retry,
     /// a template change: a history with something for every read model.
     async fn history(&self) -> Uuid {
-        self.setup("alice").await;
+        self.set_up_by("alice").await;
         self.repo.commit_version(2);
         let patch = self.lifecycle.request_patch(&self.app, &self.env, None, "push", &by("bob"), Utc::now()).await;
         assert_eq!(self.work().await, (patch.unwrap().run_id, RunStatus::Succeeded));
-        std::fs::write(self.scratch.path().join("gate"), "closed").unwrap();
+        self.gate.close();
         self.repo.commit_version(3);
         let failed = self.lifecycle.request_patch(&self.app, &self.env, None, "push", &by("bob"), Utc::now()).await;
         let failed = failed.unwrap().run_id;
         assert_eq!(self.work().await, (failed, RunStatus::Failed));
-        std::fs::remove_file(self.scratch.path().join("gate")).unwrap();
+        self.gate.open();
         self.lifecycle.retry_run(failed, &by("carol"), Utc::now()).await.unwrap();
         assert_eq!(self.work().await, (failed, RunStatus::Succeeded));
         let template = self.repo.template().replace("timeout: 5m", "timeout: 4m");
@@ -105,7 +63,7 @@ impl Deployed {
         failed
     }
 
-    async fn teardown(&self) {
+    async fn tear_down(&self) {
         self.lifecycle.request_teardown(&self.app, &self.env, "done", &by("tests"), Utc::now()).await.unwrap();
         self.work().await;
     }
@@ -216,7 +174,7 @@ async fn read_models_show_the_history_and_rebuild_to_identical_rows() {
     d.catch_up_all().await;
     assert_eq!(all_rows(&d.db.runtime).await, live);
     assert!(matches!(runner::Descriptor::named("nope"), Err(ProjectionError::Unknown(name)) if name == "nope"));
-    d.teardown().await;
+    d.tear_down().await;
 }
 
 async fn catch_up<P: Projection>(d: &Deployed) {
@@ -258,7 +216,7 @@ async fn a_runner_killed_mid_batch_resumes_to_the_same_read_models() {
     crash_and_resume::<LifecycleProjection>(&d, "environments").await;
     crash_and_resume::<Runs>(&d, "runs").await;
     crash_and_resume::<Audit>(&d, "audit_index").await;
-    d.teardown().await;
+    d.tear_down().await;
 }
 
 /// Kills the process group of the environment's `web` service, as an operator
@@ -285,7 +243,7 @@ async fn drift_events(d: &Deployed) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_killed_behind_shiplogs_back_is_drift_until_a_setup_repairs_it() {
     let d = Deployed::new().await;
-    d.setup("alice").await;
+    d.set_up_by("alice").await;
     let reconciler = Reconciler::new(d.lifecycle.clone(), d.runtime.clone());
     let checked = reconciler.check(&d.app, &d.env, Utc::now()).await.unwrap();
     assert_eq!((checked.observation, checked.recorded), (Some(Observation::InSync), vec![]));
@@ -321,7 +279,7 @@ async fn a_service_killed_behind_shiplogs_back_is_drift_until_a_setup_repairs_it
     assert!(env.drift.since.is_some());
 
     // A manual setup repairs it; the next check resolves the drift.
-    d.setup("alice").await;
+    d.set_up_by("alice").await;
     let checked = reconciler.check(&d.app, &d.env, Utc::now()).await.unwrap();
     assert!(matches!(checked.recorded[..], [EnvironmentEvent::DriftResolved { .. }]), "{:?}", checked.recorded);
     d.catch_up_all().await;
@@ -340,17 +298,17 @@ async fn a_service_killed_behind_shiplogs_back_is_drift_until_a_setup_repairs_it
     assert!(events[2].contains("\"health\":\"healthy\""), "{events:?}");
 
     // In `auto` mode the reconciler repairs a killed service with one setup.
-    d.setup("alice").await;
+    d.set_up_by("alice").await;
     reconciler.check(&d.app, &d.env, Utc::now()).await.unwrap();
     d.lifecycle.set_drift_mode(&d.app, &d.env, DriftMode::Auto, &by("alice"), Utc::now()).await.unwrap();
     kill_web_service(&d);
     let checked = reconciler.check(&d.app, &d.env, Utc::now()).await.unwrap();
     let repair = checked.auto_setup.expect("an automatic setup");
     assert_eq!(d.work().await, (repair.run_id, RunStatus::Succeeded));
-    assert!(d.repo.page().is_some(), "the repaired service serves");
+    assert!(d.page().await.is_some(), "the repaired service serves");
     let checked = reconciler.check(&d.app, &d.env, Utc::now()).await.unwrap();
     assert!(matches!(checked.recorded[..], [EnvironmentEvent::DriftResolved { .. }]), "{:?}", checked.recorded);
-    d.teardown().await;
+    d.tear_down().await;
 }
 
 /// A tiny deterministic generator (xorshift64*), so a failing sequence can be replayed from its seed.
@@ -550,7 +508,7 @@ async fn the_export_carries_what_an_auditor_needs_and_the_replay_tells_the_story
     audit::replay(&store, Some("hello"), None, &mut out).await.unwrap();
     let replay = String::from_utf8(out).unwrap();
     let story: Vec<&str> = replay.lines().collect();
-    assert!(story[0].contains("EnvironmentCreated by alice  hello/staging  status pending · commit - · sync out_of_sync (no setup has succeeded yet)"), "{replay}");
+    assert!(story[0].contains("EnvironmentCreated by tests  hello/staging  status pending · commit - · sync out_of_sync (no setup has succeeded yet)"), "{replay}");
     assert!(
         story.iter().any(|l| l.contains("RunFinished by worker:worker-1  hello/staging  status ready")),
         "{replay}"
@@ -562,7 +520,7 @@ async fn the_export_carries_what_an_auditor_needs_and_the_replay_tells_the_story
             && last.contains("sync out_of_sync (application template changed: v1 → v2)"),
         "{replay}"
     );
-    d.teardown().await;
+    d.tear_down().await;
 }
 
 fn hex_bytes(text: &str) -> [u8; 32] {

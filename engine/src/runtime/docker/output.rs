@@ -1,0 +1,89 @@
+//! Container and builder output as log lines: the engine sends chunks that need
+//! not end at a line break, so each stream keeps its unfinished line until the
+//! rest arrives.
+
+use crate::runtime::{LogSink, LogStream};
+
+/// Longer lines are forwarded in pieces of this many bytes.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Splits chunks of one stream into lines for a [`LogSink`].
+pub(super) struct Lines {
+    stream: LogStream,
+    partial: Vec<u8>,
+}
+
+impl Lines {
+    pub(super) fn new(stream: LogStream) -> Lines {
+        Lines { stream, partial: Vec::new() }
+    }
+
+    /// Forwards every line `chunk` completes; keeps the rest. A `\r` before the
+    /// line break is dropped; invalid UTF-8 is replaced.
+    pub(super) fn push(&mut self, chunk: &[u8], logs: &dyn LogSink) {
+        for &byte in chunk {
+            if byte == b'\n' {
+                self.emit(logs);
+            } else {
+                self.partial.push(byte);
+                if self.partial.len() >= MAX_LINE {
+                    self.emit(logs);
+                }
+            }
+        }
+    }
+
+    /// Forwards the unfinished last line, if any.
+    pub(super) fn finish(&mut self, logs: &dyn LogSink) {
+        if !self.partial.is_empty() {
+            self.emit(logs);
+        }
+    }
+
+    fn emit(&mut self, logs: &dyn LogSink) {
+        if self.partial.last() == Some(&b'\r') {
+            self.partial.pop();
+        }
+        logs.line(self.stream, &String::from_utf8_lossy(&self.partial));
+        self.partial.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<String>>);
+
+    impl LogSink for Collect {
+        fn line(&self, _stream: LogStream, line: &str) {
+            self.0.lock().unwrap().push(line.to_string());
+        }
+    }
+
+    #[test]
+    fn lines_are_joined_across_chunks_and_the_last_one_is_flushed() {
+        let logs = Collect::default();
+        let mut lines = Lines::new(LogStream::Stdout);
+        lines.push(b"Step 1/3 : FROM", &logs);
+        lines.push(b" base\r\nStep 2/3\n\nlast", &logs);
+        assert_eq!(*logs.0.lock().unwrap(), ["Step 1/3 : FROM base", "Step 2/3", ""]);
+        lines.finish(&logs);
+        lines.finish(&logs);
+        assert_eq!(logs.0.lock().unwrap().last().map(String::as_str), Some("last"));
+        assert_eq!(logs.0.lock().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn overlong_lines_come_in_pieces() {
+        let logs = Collect::default();
+        let mut lines = Lines::new(LogStream::Stderr);
+        lines.push(&vec![b'x'; MAX_LINE + 10], &logs);
+        lines.finish(&logs);
+        let got = logs.0.lock().unwrap();
+        assert_eq!(got.iter().map(String::len).collect::<Vec<_>>(), [MAX_LINE, 10]);
+    }
+}
