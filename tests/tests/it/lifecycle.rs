@@ -27,7 +27,7 @@ const SECRET: &str = "s3cret-token-value";
 
 /// Where the example runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
+pub(crate) enum Backend {
     Process,
     Docker,
 }
@@ -68,7 +68,7 @@ impl Example {
 
     /// The example on `backend`; `None` when that is Docker and no engine answers
     /// (the test then skips, unless SHIPLOG_REQUIRE_DOCKER=1 makes it fail).
-    async fn on(backend: Backend) -> Option<Example> {
+    pub(crate) async fn on(backend: Backend) -> Option<Example> {
         let scratch = Scratch::new("shiplog-e2e");
         let (runtime, app, gate_host) = match backend {
             Backend::Process => {
@@ -122,7 +122,7 @@ impl Example {
         }
     }
 
-    fn env_ref(&self) -> EnvironmentRef {
+    pub(crate) fn env_ref(&self) -> EnvironmentRef {
         EnvironmentRef { application: self.app.to_string(), environment: self.env.to_string() }
     }
 

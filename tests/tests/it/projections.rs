@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::lifecycle::Example;
+use crate::lifecycle::{Backend, Example};
 use chrono::Utc;
 use shiplog_engine::domain::environment::{
     self, Created, DriftMode, Environment, EnvironmentCommand, EnvironmentEvent, EnvironmentKind, Health, Observation,
@@ -308,6 +308,34 @@ async fn a_service_killed_behind_shiplogs_back_is_drift_until_a_setup_repairs_it
     assert!(d.page().await.is_some(), "the repaired service serves");
     let checked = reconciler.check(&d.app, &d.env, Utc::now()).await.unwrap();
     assert!(matches!(checked.recorded[..], [EnvironmentEvent::DriftResolved { .. }]), "{:?}", checked.recorded);
+    d.tear_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_stopped_or_removed_behind_shiplogs_back_is_drift_and_a_setup_repairs_it() {
+    use shiplog_tests::docker::{cli, labelled};
+    let Some(d) = Example::on(Backend::Docker).await else { return };
+    d.set_up_by("alice").await;
+    let reconciler = Reconciler::new(d.lifecycle.clone(), d.runtime.clone());
+    assert_eq!(reconciler.check(&d.app, &d.env, Utc::now()).await.unwrap().observation, Some(Observation::InSync));
+
+    for (sabotage, reason) in [("stop", "service web is not running"), ("rm", "service web is missing")] {
+        let containers = labelled("container", &d.env_ref());
+        assert_eq!(containers.len(), 1, "{containers:?}");
+        let args: &[&str] = if sabotage == "rm" { &["rm", "-f"] } else { &["stop"] };
+        cli(&[args, &[containers[0].as_str()]].concat()).unwrap();
+        let checked = reconciler.check(&d.app, &d.env, Utc::now()).await.unwrap();
+        let [EnvironmentEvent::DriftDetected { reasons, health, .. }] = &checked.recorded[..] else {
+            panic!("{sabotage}: {:?}", checked.recorded)
+        };
+        assert_eq!((reasons.clone(), *health), (vec![reason.to_string()], Health::Missing));
+        assert!(reconciler.check(&d.app, &d.env, Utc::now()).await.unwrap().recorded.is_empty(), "recorded twice");
+
+        d.set_up_by("alice").await;
+        assert!(d.page().await.is_some(), "{sabotage}: the setup did not bring the service back");
+        let checked = reconciler.check(&d.app, &d.env, Utc::now()).await.unwrap();
+        assert!(matches!(checked.recorded[..], [EnvironmentEvent::DriftResolved { .. }]), "{:?}", checked.recorded);
+    }
     d.tear_down().await;
 }
 
