@@ -20,6 +20,7 @@ use shiplog_engine::store::Cursor;
 use uuid::Uuid;
 
 use crate::fact::{Fact, Payload};
+use crate::runs::RunState;
 
 /// An application as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,21 +93,10 @@ pub enum DriftVerdictView {
 pub struct LastRun {
     pub run_id: Uuid,
     pub kind: RunKind,
-    pub status: LastRunStatus,
+    pub status: RunState,
     pub reason: String,
     pub requested_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LastRunStatus {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-    Skipped,
 }
 
 /// An environment as the API shows it. `state` is the engine's fold; the other
@@ -189,23 +179,21 @@ impl EnvironmentView {
                 self.last_run = Some(LastRun {
                     run_id: *run_id,
                     kind: *kind,
-                    status: LastRunStatus::Queued,
+                    status: RunState::Queued,
                     reason: reason.clone(),
                     requested_at: *requested_at,
                     finished_at: None,
                 })
             }
-            EnvironmentEvent::RunStarted { run_id, .. } => {
-                status(run_id, LastRunStatus::Running, None, &mut self.last_run)
-            }
+            EnvironmentEvent::RunStarted { run_id, .. } => status(run_id, RunState::Running, None, &mut self.last_run),
             EnvironmentEvent::RunSuperseded { run_id, .. } => {
-                status(run_id, LastRunStatus::Skipped, None, &mut self.last_run)
+                status(run_id, RunState::Skipped, None, &mut self.last_run)
             }
             EnvironmentEvent::RunFinished { run_id, outcome, finished_at, .. } => {
                 let outcome = match outcome {
-                    RunOutcome::Succeeded => LastRunStatus::Succeeded,
-                    RunOutcome::Failed => LastRunStatus::Failed,
-                    RunOutcome::Cancelled => LastRunStatus::Cancelled,
+                    RunOutcome::Succeeded => RunState::Succeeded,
+                    RunOutcome::Failed => RunState::Failed,
+                    RunOutcome::Cancelled => RunState::Cancelled,
                 };
                 status(run_id, outcome, Some(*finished_at), &mut self.last_run)
             }

@@ -53,6 +53,26 @@ pub struct BuildRequest {
     pub commit: String,
 }
 
+impl BuildRequest {
+    /// The normalised build context and its directory in the checkout, after
+    /// checking the names and that the context is a directory inside the repository.
+    pub(crate) fn context_dir(&self) -> Result<(String, PathBuf), RuntimeError> {
+        check_name("application", &self.env.application)?;
+        check_name("service", &self.service)?;
+        let context = normalize_context(&self.context)?;
+        let source = self.source_dir.join(&context);
+        if !source.is_dir() {
+            return Err(RuntimeError::Failed(format!(
+                "the build context `{}` of {} does not exist: {} is not a directory",
+                self.context,
+                self.service,
+                source.display()
+            )));
+        }
+        Ok((context, source))
+    }
+}
+
 /// A one-off task: a release command, a job, a teardown hook.
 #[derive(Debug, Clone)]
 pub struct TaskRequest {

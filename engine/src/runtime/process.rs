@@ -80,7 +80,7 @@ use tokio_util::sync::CancellationToken;
 use super::health::http_probe;
 use super::{
     BuildRequest, EnvironmentRef, HealthCheck, Image, LogSink, LogStream, ObservedService, Runtime, RuntimeError,
-    ServiceRequest, TaskOutcome, TaskRequest, check_name, copy_tree, deadline_after, fmt_duration, normalize_context,
+    ServiceRequest, TaskOutcome, TaskRequest, check_name, copy_tree, deadline_after, fmt_duration,
 };
 
 /// How long a process group may take to exit after SIGTERM before it gets SIGKILL.
@@ -257,18 +257,7 @@ impl Runtime for ProcessRuntime {
     /// same commit and context is reused. The copy is made in a temporary directory
     /// and renamed into place, so an image directory is always complete.
     async fn build(&self, req: &BuildRequest, logs: &dyn LogSink) -> Result<Image, RuntimeError> {
-        check_name("application", &req.env.application)?;
-        check_name("service", &req.service)?;
-        let context = normalize_context(&req.context)?;
-        let source = req.source_dir.join(&context);
-        if !source.is_dir() {
-            return Err(RuntimeError::Failed(format!(
-                "the build context `{}` of {} does not exist: {} is not a directory",
-                req.context,
-                req.service,
-                source.display()
-            )));
-        }
+        let (context, source) = req.context_dir()?;
         if let Some(dockerfile) = &req.dockerfile {
             logs.line(
                 LogStream::System,

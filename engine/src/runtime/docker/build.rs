@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::output::Lines;
 use super::{DockerRuntime, LABEL_APPLICATION, LABEL_SERVICE, backend, is_not_found};
-use crate::runtime::{BuildRequest, Image, LogSink, LogStream, RuntimeError, check_name, normalize_context};
+use crate::runtime::{BuildRequest, Image, LogSink, LogStream, RuntimeError};
 
 /// On the image: a digest of what else than the commit decides its content (the
 /// context, Dockerfile, arguments and target), so a tag is only reused for the same.
@@ -26,18 +26,7 @@ pub(super) async fn build(
     req: &BuildRequest,
     logs: &dyn LogSink,
 ) -> Result<Image, RuntimeError> {
-    check_name("application", &req.env.application)?;
-    check_name("service", &req.service)?;
-    let context = normalize_context(&req.context)?;
-    let source = req.source_dir.join(&context);
-    if !source.is_dir() {
-        return Err(RuntimeError::Failed(format!(
-            "the build context `{}` of {} does not exist: {} is not a directory",
-            req.context,
-            req.service,
-            source.display()
-        )));
-    }
+    let (context, source) = req.context_dir()?;
     let dockerfile = req.dockerfile.clone().unwrap_or_else(|| "Dockerfile".to_string());
     let tag = format!("shiplog/{}/{}:{}", req.env.application, req.service, tag_of(&req.commit));
     let key = build_key(&context, &dockerfile, req);
