@@ -27,16 +27,3 @@ CREATE TABLE read.checkpoints (
 );
 CREATE UNIQUE INDEX checkpoints_one_live_idx ON read.checkpoints (projection) WHERE live;
 GRANT SELECT, INSERT, UPDATE, DELETE ON read.checkpoints TO shiplog_runtime;
-
--- Wake projection runners and event subscribers when events commit: one
--- notification per appending statement, delivered at commit (PostgreSQL folds
--- duplicates within a transaction). Readers then read gap-free from their cursor;
--- the payload carries nothing they rely on.
-CREATE FUNCTION shiplog_notify_events() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('shiplog_events', '');
-    RETURN NULL;
-END;
-$$;
-CREATE TRIGGER events_notify AFTER INSERT ON events
-    FOR EACH STATEMENT EXECUTE FUNCTION shiplog_notify_events();
