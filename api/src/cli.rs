@@ -230,15 +230,13 @@ async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let filter =
         EventFilter { streams: args.streams, types: args.types, since: args.since, until: args.until, to: None };
     let database = Database::open(&args.database).await?;
-    let exported = match &args.output {
-        Some(path) => {
-            let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
-            let exported = audit::export(&database.store(), &filter, &mut file).await;
-            file.flush()?;
-            exported
-        }
-        None => audit::export(&database.store(), &filter, &mut std::io::BufWriter::new(std::io::stdout().lock())).await,
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
+    let exported = audit::export(&database.store(), &filter, &mut out).await;
+    out.flush()?;
+    drop(out);
     database.close().await?;
     eprintln!("exported {} events", exported?);
     Ok(ExitCode::SUCCESS)

@@ -280,17 +280,8 @@ impl Lifecycle {
         if application.name.is_none() {
             return Err(DomainError::NotFound(format!("application {app}")).into());
         }
-        self.with_retries(|| async {
-            let (env, version) = self.environment(app, name).await?;
-            let command = EnvironmentCommand::Create { created: spec.clone(), now };
-            let events = environment::decide(&env, command)?;
-            let new = encode(&events, EnvironmentEvent::event_type, metadata);
-            self.store
-                .append(&stream(&Environment::stream_id(app, name)), ExpectedVersion::Exact(version), &new)
-                .await?;
-            Ok(())
-        })
-        .await
+        let command = || EnvironmentCommand::Create { created: spec.clone(), now };
+        self.apply_to_environment(app, name, command, metadata).await.map(drop)
     }
 
     /// The commit to deploy: the one asked for, or the head of what the

@@ -15,7 +15,7 @@ use shiplog_engine::store::{Cursor, EventFilter, EventStore, RecordedEvent};
 use uuid::Uuid;
 
 use crate::ProjectionError;
-use crate::fact::{Fact, Payload};
+use crate::fact::{Fact, Payload, for_each_event};
 use crate::lifecycle::{EnvironmentView, LifecycleState};
 
 /// One line of the audit index.
@@ -125,29 +125,6 @@ pub fn entry(fact: &Fact, run_of: Option<(String, String)>) -> Option<AuditEntry
 /// A domain enum's wire name (`staging`, `succeeded`, `drifted`).
 fn serde_label<T: Serialize>(value: &T) -> String {
     serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
-}
-
-/// Events read per page by export and replay: memory stays flat however long the log.
-const PAGE: usize = 1000;
-
-/// Calls `each` for every event `filter` selects, in the global order, a page at a time.
-async fn for_each_event(
-    store: &EventStore,
-    filter: &EventFilter,
-    mut each: impl FnMut(&RecordedEvent) -> Result<(), ProjectionError>,
-) -> Result<u64, ProjectionError> {
-    let (mut after, mut count) = (Cursor::START, 0);
-    loop {
-        let page = store.read_filtered(after, filter, PAGE).await?;
-        for event in &page {
-            each(event)?;
-        }
-        count += page.len() as u64;
-        match page.last() {
-            Some(last) if page.len() == PAGE => after = last.cursor,
-            _ => return Ok(count),
-        }
-    }
 }
 
 /// One exported event: everything stored, payload and metadata as the exact

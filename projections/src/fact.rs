@@ -6,7 +6,7 @@ use shiplog_engine::domain::Name;
 use shiplog_engine::domain::application::ApplicationEvent;
 use shiplog_engine::domain::environment::EnvironmentEvent;
 use shiplog_engine::domain::run::RunEvent;
-use shiplog_engine::store::{Cursor, Metadata, RecordedEvent};
+use shiplog_engine::store::{Cursor, EventFilter, EventStore, Metadata, RecordedEvent};
 use uuid::Uuid;
 
 use crate::ProjectionError;
@@ -77,5 +77,30 @@ impl Fact {
             actor: metadata.actor,
             payload,
         })
+    }
+}
+
+/// Events read per page when walking a selection of the log: memory stays flat
+/// however long it is.
+const PAGE: usize = 1000;
+
+/// Calls `each` for every event `filter` selects, in the global order, a page at
+/// a time; returns how many there were.
+pub(crate) async fn for_each_event(
+    store: &EventStore,
+    filter: &EventFilter,
+    mut each: impl FnMut(&RecordedEvent) -> Result<(), ProjectionError>,
+) -> Result<u64, ProjectionError> {
+    let (mut after, mut count) = (Cursor::START, 0);
+    loop {
+        let page = store.read_filtered(after, filter, PAGE).await?;
+        for event in &page {
+            each(event)?;
+        }
+        count += page.len() as u64;
+        match page.last() {
+            Some(last) if page.len() == PAGE => after = last.cursor,
+            _ => return Ok(count),
+        }
     }
 }

@@ -224,13 +224,19 @@ impl<P: Projection> Runner<P> {
     }
 
     /// Ensures, catches up, then follows new events until `shutdown`, looking for
-    /// them every [`FOLLOW_POLL`]. Failures are logged and retried.
+    /// them every [`FOLLOW_POLL`]. Failures are logged and retried; the live
+    /// generation is checked again only after one.
     pub async fn run(&self, shutdown: CancellationToken) {
+        let mut ensured = false;
         while !shutdown.is_cancelled() {
-            let result = match self.ensure().await {
-                Ok(()) => self.catch_up().await.map(drop),
-                Err(e) => Err(e),
+            let result = match ensured {
+                true => self.catch_up().await.map(drop),
+                false => match self.ensure().await {
+                    Ok(()) => self.catch_up().await.map(drop),
+                    Err(e) => Err(e),
+                },
             };
+            ensured = result.is_ok();
             if let Err(e) = result {
                 tracing::warn!(projection = P::NAME, error = %e, "projection failed; retrying");
             }

@@ -9,7 +9,7 @@ use shiplog_engine::domain::environment::Environment;
 use shiplog_engine::store::{Cursor, EventFilter, EventStore};
 
 use crate::ProjectionError;
-use crate::fact::Fact;
+use crate::fact::{Fact, for_each_event};
 use crate::lifecycle::{EnvironmentView, LifecycleState};
 
 /// A point in the history.
@@ -20,9 +20,6 @@ pub enum AsOf {
     /// After every event recorded at or before this moment.
     Time(DateTime<Utc>),
 }
-
-/// Events read per page while folding.
-const PAGE: usize = 1000;
 
 /// The environment as of `as_of`; `None` if it did not exist yet.
 pub async fn environment_at(
@@ -41,16 +38,10 @@ pub async fn environment_at(
         AsOf::Time(at) => filter.until = Some(at + TimeDelta::microseconds(1)),
     }
     let mut state = LifecycleState::default();
-    let mut after = Cursor::START;
-    loop {
-        let page = store.read_filtered(after, &filter, PAGE).await?;
-        for event in &page {
-            state.apply(&Fact::decode(event)?);
-        }
-        match page.last() {
-            Some(last) if page.len() == PAGE => after = last.cursor,
-            _ => break,
-        }
-    }
+    for_each_event(store, &filter, |event| {
+        state.apply(&Fact::decode(event)?);
+        Ok(())
+    })
+    .await?;
     Ok(state.environments.remove(&EnvironmentView::key(application.as_str(), environment.as_str())))
 }
