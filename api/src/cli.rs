@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use shiplog_engine::store::EventFilter;
 use shiplog_projections::{audit, runner};
 
-use crate::server::{self, Database};
+use crate::graphql::Limits;
+use crate::server::{self, ApiConfig, Database};
 
 #[derive(Parser, Debug)]
 #[command(name = "shiplog", version, about = "Event-sourced environment lifecycle engine")]
@@ -156,6 +157,36 @@ struct ServeArgs {
     /// How often every environment is observed for drift (±10% jitter).
     #[arg(long, env = "SHIPLOG_DRIFT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     drift_interval: Duration,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// Limits of the GraphQL API.
+#[derive(Args, Debug)]
+struct ApiArgs {
+    /// The largest request body /graphql accepts, in bytes.
+    #[arg(long, env = "SHIPLOG_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    max_body_bytes: usize,
+    /// The deepest selection nesting a query may have.
+    #[arg(long, env = "SHIPLOG_MAX_DEPTH", default_value_t = Limits::default().depth)]
+    max_depth: usize,
+    /// The highest cost a query may have (a connection field costs its page size
+    /// times the cost of what is selected in it).
+    #[arg(long, env = "SHIPLOG_MAX_COMPLEXITY", default_value_t = Limits::default().complexity)]
+    max_complexity: usize,
+    /// Refuse `__schema` and `__type` queries.
+    #[arg(long, env = "SHIPLOG_NO_INTROSPECTION")]
+    no_introspection: bool,
+}
+
+impl ApiArgs {
+    fn config(&self) -> ApiConfig {
+        ApiConfig {
+            limits: Limits { depth: self.max_depth, complexity: self.max_complexity, introspection: !self.no_introspection },
+            max_body: self.max_body_bytes,
+            ..ApiConfig::default()
+        }
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -191,7 +222,9 @@ impl Cli {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let database = Database::open(&args.worker.database).await?;
-    let outcome = server::serve(&database, &args.worker, args.listen, args.seal_interval, args.drift_interval).await;
+    let outcome =
+        server::serve(&database, &args.worker, args.listen, args.seal_interval, args.drift_interval, args.api.config())
+            .await;
     database.close().await?;
     outcome.map(|()| ExitCode::SUCCESS)
 }
@@ -227,8 +260,13 @@ async fn verify(args: DatabaseArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let filter =
-        EventFilter { streams: args.streams, types: args.types, since: args.since, until: args.until, to: None };
+    let filter = EventFilter {
+        streams: args.streams,
+        types: args.types,
+        since: args.since,
+        until: args.until,
+        ..EventFilter::default()
+    };
     let database = Database::open(&args.database).await?;
     let mut out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),

@@ -6,7 +6,9 @@
 //! Architecture invariants (DESIGN.md §2): only this crate imports async-graphql or
 //! axum; it never appends events itself, it asks the engine to.
 
+pub mod auth;
 pub mod cli;
 pub mod graphql;
+pub mod metrics;
 pub mod server;
 pub mod telemetry;

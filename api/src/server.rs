@@ -4,14 +4,19 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
-use axum::extract::State;
-use axum::http::StatusCode;
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql_axum::{GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Json, Router, middleware};
 use shiplog_engine::postgres::{self, Cluster, ClusterOptions};
-use shiplog_engine::store::EventStore;
+use shiplog_engine::logs::LogHub;
+use shiplog_engine::store::{EventFeed, EventStore};
 use sqlx::PgPool;
+use uuid::Uuid;
 use sqlx::postgres::PgConnectOptions;
 use tokio::sync::watch;
 
@@ -27,7 +32,9 @@ use shiplog_engine::worker::Worker;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{DatabaseArgs, RuntimeKind, WorkerArgs};
-use crate::graphql::{self, ShiplogSchema};
+use crate::auth::{self, Principal};
+use crate::graphql::{self, Api, Caller, Limits, RequestId, ShiplogSchema};
+use crate::metrics::Metrics;
 
 /// The database shiplog works on: its pools and, when shiplog started it, the
 /// private cluster it must stop on the way out.
@@ -91,25 +98,135 @@ async fn private_cluster(args: &DatabaseArgs) -> anyhow::Result<(PgConnectOption
 pub struct AppState {
     pub schema: ShiplogSchema,
     pub pool: PgPool,
+    pub metrics: Metrics,
+    /// The largest request body `/graphql` accepts, in bytes.
+    pub max_body: usize,
+}
+
+/// How the HTTP API is configured.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiConfig {
+    pub limits: Limits,
+    pub max_body: usize,
+    /// How often the event feed looks for events other processes appended.
+    pub feed_poll: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { limits: Limits::default(), max_body: 1 << 20, feed_poll: Duration::from_millis(100) }
+    }
 }
 
 impl AppState {
-    pub fn new(store: EventStore) -> AppState {
-        AppState { pool: store.pool().clone(), schema: graphql::schema(store) }
+    /// Starts what the API needs besides the database: the log hub's listener and
+    /// the event feed's poller (both stop when the state is dropped).
+    pub async fn new(store: EventStore, config: ApiConfig) -> anyhow::Result<AppState> {
+        let metrics = Metrics::default();
+        let api = Api {
+            logs: LogHub::start(store.pool().clone()).await.context("listening for run logs")?,
+            feed: EventFeed::start(store.clone(), config.feed_poll),
+            lifecycle: Lifecycle::new(store.clone()),
+            metrics: metrics.clone(),
+        };
+        Ok(AppState { pool: store.pool().clone(), schema: graphql::schema(api, config.limits), metrics, max_body: config.max_body })
     }
 }
 
 /// The HTTP API. Tests call this directly.
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/graphql", post(graphql_handler))
+        .route("/graphql", post(graphql_handler).layer(DefaultBodyLimit::max(state.max_body)))
+        .route("/graphql/ws", get(graphql_ws))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(state.metrics.clone(), crate::metrics::time_requests))
         .with_state(state)
 }
 
-async fn graphql_handler(State(state): State<AppState>, request: GraphQLRequest) -> GraphQLResponse {
-    state.schema.execute(request.into_inner()).await.into()
+/// A GraphQL-shaped error response (`{"errors": [...]}`) with an HTTP status.
+fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
+    let mut response = (status, Json(body)).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+/// The caller an `Authorization` header names; a 401 response when it names none.
+async fn caller(pool: &PgPool, authorization: Option<&str>) -> Result<Principal, Response> {
+    let Some(token) = authorization.and_then(auth::bearer) else {
+        let message = "authentication required: send `Authorization: Bearer <token>`";
+        return Err(refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message));
+    };
+    match auth::authenticate(pool, token).await {
+        Ok(Some(principal)) => Ok(principal),
+        Ok(None) => Err(refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "bad credentials: unknown or revoked token")),
+        Err(e) => {
+            tracing::error!(error = %e, "authenticating a request failed");
+            Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "INTERNAL", "internal error; the server log has the details"))
+        }
+    }
+}
+
+/// `POST /graphql`: one operation per request, JSON, from an authenticated caller.
+async fn graphql_handler(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let principal = match caller(&state.pool, authorization).await {
+        Ok(principal) => principal,
+        Err(response) => return response,
+    };
+    let request: async_graphql::Request = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Array(_)) => {
+            let message = "batched requests are not supported: send one operation per request";
+            return refuse(StatusCode::BAD_REQUEST, "BATCH_NOT_SUPPORTED", message);
+        }
+        Ok(value) => match serde_json::from_value(value) {
+            Ok(request) => request,
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, "BAD_REQUEST", &format!("not a GraphQL request: {e}")),
+        },
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "BAD_REQUEST", &format!("the body is not JSON: {e}")),
+    };
+    let request_id = Uuid::new_v4().to_string();
+    let request = request.data(Caller(Some(principal))).data(RequestId(request_id));
+    GraphQLResponse::from(state.schema.execute(request).await).into_response()
+}
+
+/// `GET /graphql/ws`: subscriptions over `graphql-transport-ws` (and the older
+/// `graphql-ws`). The token comes in `connection_init`'s payload, as
+/// `{"authorization": "Bearer <token>"}` (or `{"token": "<token>"}`); a
+/// connection without a valid one is closed with 4403.
+async fn graphql_ws(State(state): State<AppState>, protocol: GraphQLProtocol, upgrade: WebSocketUpgrade) -> Response {
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| {
+            let pool = state.pool.clone();
+            GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
+                .on_connection_init(move |payload| async move {
+                    let token = payload
+                        .get("authorization")
+                        .or_else(|| payload.get("Authorization"))
+                        .and_then(|v| v.as_str())
+                        .and_then(auth::bearer)
+                        .or_else(|| payload.get("token").and_then(|v| v.as_str()))
+                        .map(str::to_owned);
+                    let principal = match token {
+                        Some(token) => auth::authenticate(&pool, &token).await.map_err(|e| {
+                            tracing::error!(error = %e, "authenticating a websocket failed");
+                            async_graphql::Error::new("internal error")
+                        })?,
+                        None => None,
+                    };
+                    let principal = principal.ok_or_else(|| async_graphql::Error::new("unknown, revoked or missing token"))?;
+                    let mut data = async_graphql::Data::default();
+                    data.insert(Caller(Some(principal)));
+                    data.insert(RequestId(format!("ws-{}", Uuid::new_v4())));
+                    Ok(data)
+                })
+                .serve()
+        })
 }
 
 /// Ready when the database answers.
@@ -123,6 +240,17 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::V
     }
 }
 
+/// Prometheus metrics.
+async fn metrics(State(state): State<AppState>) -> Response {
+    match state.metrics.render(&state.pool).await {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering metrics failed");
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
+}
+
 /// Serves the API and runs a worker until Ctrl-C or SIGTERM, sealing new events
 /// every `seal_interval`. On shutdown it stops taking requests and runs, finishes
 /// those in flight, and returns.
@@ -132,12 +260,18 @@ pub async fn serve(
     listen: SocketAddr,
     seal_interval: Duration,
     drift_interval: Duration,
+    config: ApiConfig,
 ) -> anyhow::Result<()> {
     let runtime = Arc::new(runtime(worker).await?);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
+    let state = AppState::new(database.store(), config).await?;
     // Printed on stdout so scripts (and tests) can find a port chosen with :0.
     println!("shiplog listening on http://{address}");
+    if let Some(token) = auth::bootstrap(&database.runtime).await.context("creating the bootstrap token")? {
+        // Shown once: only its digest is stored.
+        println!("bootstrap admin token (shown once, store it now): {}", token.0);
+    }
 
     let (stop, stopped) = watch::channel(false);
     let sealer = tokio::spawn(seal_loop(database.store(), seal_interval, stopped.clone()));
@@ -148,7 +282,7 @@ pub async fn serve(
     let stop_reconciler = shutdown.clone();
     let reconciler = tokio::spawn(async move { reconciler.run(drift_interval, Arc::default(), stop_reconciler).await });
     let worker = tokio::spawn(run_worker(database.store(), runtime, worker.clone(), shutdown.clone()));
-    let served = axum::serve(listener, app(AppState::new(database.store())))
+    let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             tracing::info!("shutting down");

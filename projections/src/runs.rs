@@ -5,10 +5,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shiplog_engine::domain::RunKind;
 use shiplog_engine::domain::run::RunEvent;
-use shiplog_engine::store::Cursor;
+use shiplog_engine::domain::run::Run;
+use shiplog_engine::store::{Cursor, EventFilter, EventStore};
 use uuid::Uuid;
 
-use crate::fact::{Fact, Payload};
+use crate::ProjectionError;
+use crate::fact::{Fact, Payload, for_each_event};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -95,6 +97,19 @@ pub struct RunView {
 
 fn millis(from: Option<DateTime<Utc>>, to: DateTime<Utc>) -> Option<i64> {
     from.map(|from| (to - from).num_milliseconds())
+}
+
+/// The run as its stream says now, folded with the projection's own fold (no
+/// projection lag); `None` when no such run exists.
+pub async fn load(store: &EventStore, run_id: Uuid) -> Result<Option<RunView>, ProjectionError> {
+    let filter = EventFilter { streams: vec![Run::stream_id(run_id)], past_horizon: true, ..EventFilter::default() };
+    let mut view = None;
+    for_each_event(store, &filter, |event| {
+        view = RunView::apply(view.take(), &Fact::decode(event)?);
+        Ok(())
+    })
+    .await?;
+    Ok(view)
 }
 
 impl RunView {

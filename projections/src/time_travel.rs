@@ -10,7 +10,7 @@ use shiplog_engine::store::{Cursor, EventFilter, EventStore};
 
 use crate::ProjectionError;
 use crate::fact::{Fact, for_each_event};
-use crate::lifecycle::{EnvironmentView, LifecycleState};
+use crate::lifecycle::{ApplicationView, EnvironmentView, LifecycleState};
 
 /// A point in the history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +19,9 @@ pub enum AsOf {
     Cursor(Cursor),
     /// After every event recorded at or before this moment.
     Time(DateTime<Utc>),
+    /// After every event readable now: the environment as it is, with no
+    /// projection lag.
+    Latest,
 }
 
 /// The environment as of `as_of`; `None` if it did not exist yet.
@@ -28,14 +31,29 @@ pub async fn environment_at(
     environment: &Name,
     as_of: AsOf,
 ) -> Result<Option<EnvironmentView>, ProjectionError> {
-    let mut filter = EventFilter {
-        streams: vec![Application::stream_id(application), Environment::stream_id(application, environment)],
-        ..EventFilter::default()
-    };
+    let streams = vec![Application::stream_id(application), Environment::stream_id(application, environment)];
+    let mut state = fold(store, streams, as_of).await?;
+    Ok(state.environments.remove(&EnvironmentView::key(application.as_str(), environment.as_str())))
+}
+
+/// The application as of `as_of`; `None` if it did not exist yet.
+pub async fn application_at(
+    store: &EventStore,
+    application: &Name,
+    as_of: AsOf,
+) -> Result<Option<ApplicationView>, ProjectionError> {
+    let mut state = fold(store, vec![Application::stream_id(application)], as_of).await?;
+    Ok(state.applications.remove(application.as_str()))
+}
+
+/// Folds `streams` up to `as_of` with the `lifecycle` projection's fold.
+async fn fold(store: &EventStore, streams: Vec<String>, as_of: AsOf) -> Result<LifecycleState, ProjectionError> {
+    let mut filter = EventFilter { streams, ..EventFilter::default() };
     match as_of {
         AsOf::Cursor(cursor) => filter.to = Some(cursor),
         // `until` is exclusive; timestamps are stored to the microsecond.
         AsOf::Time(at) => filter.until = Some(at + TimeDelta::microseconds(1)),
+        AsOf::Latest => filter.past_horizon = true,
     }
     let mut state = LifecycleState::default();
     for_each_event(store, &filter, |event| {
@@ -43,5 +61,5 @@ pub async fn environment_at(
         Ok(())
     })
     .await?;
-    Ok(state.environments.remove(&EnvironmentView::key(application.as_str(), environment.as_str())))
+    Ok(state)
 }

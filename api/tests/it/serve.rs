@@ -45,12 +45,21 @@ fn serve_runs_a_private_postgres_and_stops_it_on_sigterm() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut stdout = BufReader::new(server.stdout.take().unwrap());
     let mut first_line = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
+    stdout.read_line(&mut first_line).unwrap();
     let address = first_line
         .trim()
         .strip_prefix("shiplog listening on http://")
         .unwrap_or_else(|| panic!("{first_line:?}"))
+        .to_owned();
+    // An empty database gets an admin token, printed once.
+    let mut second_line = String::new();
+    stdout.read_line(&mut second_line).unwrap();
+    let token = second_line
+        .trim()
+        .strip_prefix("bootstrap admin token (shown once, store it now): ")
+        .unwrap_or_else(|| panic!("{second_line:?}"))
         .to_owned();
 
     assert!(
@@ -62,7 +71,7 @@ fn serve_runs_a_private_postgres_and_stops_it_on_sigterm() {
     let answer = http(
         &address,
         &format!(
-            "POST /graphql HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST /graphql HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         ),
     );

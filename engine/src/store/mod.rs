@@ -2,6 +2,7 @@
 //! gap-free reading in commit order, seals over the global order, and verification.
 //! DESIGN.md §3 holds the decisions; `docs/audit.md` the byte encodings.
 
+mod feed;
 pub mod hash;
 mod seal;
 mod verify;
@@ -18,6 +19,7 @@ use uuid::Uuid;
 use crate::canonical::{self, CanonicalError};
 use hash::{EventFields, GENESIS, Hash};
 
+pub use feed::EventFeed;
 pub use seal::SealOutcome;
 pub use verify::{Problem, ProblemKind, Verification};
 
@@ -189,6 +191,11 @@ pub struct EventFilter {
     pub until: Option<DateTime<Utc>>,
     /// Up to and including this cursor.
     pub to: Option<Cursor>,
+    /// Also events past the gap-free horizon: every committed event, for reading
+    /// a few streams as they are this instant (a mutation's result) although
+    /// another transaction is still in flight somewhere. Never resume a reader
+    /// from a cursor read this way: an event before it may still appear.
+    pub past_horizon: bool,
 }
 
 /// An event as stored.
@@ -494,7 +501,7 @@ impl EventStore {
         let rows = sqlx::query(select_events!(
             "WHERE (tx_id, global_position) > ($1::bigint::text::xid8, $2) \
              AND (tx_id, global_position) <= ($3::bigint::text::xid8, $4) \
-             AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+             AND ($10 OR tx_id < pg_snapshot_xmin(pg_current_snapshot())) \
              AND (cardinality($5::text[]) = 0 OR stream_id = ANY($5)) \
              AND (cardinality($6::text[]) = 0 OR event_type = ANY($6)) \
              AND ($7::timestamptz IS NULL OR recorded_at >= $7) \
@@ -510,6 +517,7 @@ impl EventStore {
         .bind(filter.since)
         .bind(filter.until)
         .bind(limit.min(i64::MAX as usize) as i64)
+        .bind(filter.past_horizon)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(RecordedEvent::from_row).collect()
@@ -529,6 +537,28 @@ impl EventStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(RecordedEvent::from_row).collect()
+    }
+
+    /// The cursor of the newest readable event (gap-free: no transaction still in
+    /// flight could commit one before it); [`Cursor::START`] for an empty log.
+    pub async fn head(&self) -> sqlx::Result<Cursor> {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT tx_id::text::bigint, global_position FROM events \
+             WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY tx_id DESC, global_position DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map_or(Cursor::START, |(tx_id, position)| Cursor { tx_id, position }))
+    }
+
+    /// The event at this global position, if one is stored there.
+    pub async fn event_at(&self, position: i64) -> sqlx::Result<Option<RecordedEvent>> {
+        let row = sqlx::query(select_events!("WHERE global_position = $1"))
+            .bind(position)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(RecordedEvent::from_row).transpose()
     }
 
     /// The stream's last assigned version, 0 when it does not exist.

@@ -1,50 +1,9 @@
-//! The GraphQL schema. Its types are the API's own, converted from engine types
-//! here, so the wire format never leaks into the domain.
+//! What auditors and operators see: verification of the whole log, projection
+//! status, and the `BigInt` scalar they use.
 
-use async_graphql::{
-    EmptyMutation, EmptySubscription, Enum, ErrorExtensions, InputValueError, InputValueResult, Object, Scalar,
-    ScalarType, SimpleObject, Value,
-};
-use shiplog_engine::store::{self, EventStore};
+use async_graphql::{Enum, InputValueError, InputValueResult, Scalar, ScalarType, SimpleObject, Value};
+use shiplog_engine::store;
 use shiplog_projections::runner;
-
-pub type ShiplogSchema = async_graphql::Schema<Query, EmptyMutation, EmptySubscription>;
-
-pub fn schema(store: EventStore) -> ShiplogSchema {
-    async_graphql::Schema::build(Query, EmptyMutation, EmptySubscription).data(store).finish()
-}
-
-/// The SDL that `schema.graphql` must hold.
-pub fn sdl() -> String {
-    async_graphql::Schema::build(Query, EmptyMutation, EmptySubscription).finish().sdl()
-}
-
-pub struct Query;
-
-#[Object]
-impl Query {
-    /// Recomputes every stream's hash chain and every seal from the stored bytes and
-    /// reports where the event log no longer matches what was written.
-    async fn audit_verification(&self, ctx: &async_graphql::Context<'_>) -> async_graphql::Result<AuditVerification> {
-        let store = ctx.data::<EventStore>()?;
-        let report = store.verify().await.map_err(|e| {
-            tracing::error!(error = %e, "audit verification failed");
-            async_graphql::Error::new("internal error").extend_with(|_, ext| ext.set("code", "INTERNAL"))
-        })?;
-        Ok(report.into())
-    }
-
-    /// Every read model's projection: where it stands in the event log and how far
-    /// behind it is.
-    async fn projections(&self, ctx: &async_graphql::Context<'_>) -> async_graphql::Result<Vec<ProjectionStatus>> {
-        let store = ctx.data::<EventStore>()?;
-        let status = runner::status(store.pool()).await.map_err(|e| {
-            tracing::error!(error = %e, "reading projection status failed");
-            async_graphql::Error::new("internal error").extend_with(|_, ext| ext.set("code", "INTERNAL"))
-        })?;
-        Ok(status.into_iter().map(ProjectionStatus::from).collect())
-    }
-}
 
 /// A projection: the read models it keeps, folded from the event log.
 #[derive(SimpleObject)]

@@ -1,0 +1,198 @@
+//! The query root.
+
+use async_graphql::connection::{Connection, EmptyFields};
+use async_graphql::{Context, ID, Object, SimpleObject};
+use shiplog_engine::domain::Name;
+use shiplog_engine::store::EventFilter;
+use shiplog_projections::runner;
+use sqlx::QueryBuilder;
+
+use super::audit::{AuditVerification, ProjectionStatus};
+use super::ids::NodeId;
+use super::page::{Counted, Window};
+use super::types::{
+    ApiToken, Application, Environment, EnvironmentFilter, Event, EventSelection, Node, Role, decode_rows,
+    keyset, list_environments, list_events, load_application, load_environment, load_run, stream_ids,
+};
+use super::{api, authorize, coded, internal};
+use crate::auth::{self, Permission};
+
+pub struct Query;
+
+/// The caller: the token the request came with.
+#[derive(SimpleObject)]
+pub struct Viewer {
+    /// The token's name.
+    name: String,
+    /// What it may do.
+    role: Role,
+    /// Whether it may change production environments.
+    production: bool,
+}
+
+#[Object]
+impl Query {
+    /// The token this request is made with.
+    async fn viewer(&self, ctx: &Context<'_>) -> async_graphql::Result<Viewer> {
+        let caller = authorize(ctx, Permission::Read, false)?;
+        Ok(Viewer { name: caller.name.clone(), role: caller.role.into(), production: caller.production })
+    }
+
+    /// The object with this global ID; null if there is none.
+    async fn node(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Node>> {
+        authorize(ctx, Permission::Read, false)?;
+        let Some(id) = NodeId::parse(&id) else { return Ok(None) };
+        node(ctx, id).await
+    }
+
+    /// The objects with these global IDs, in the same order; null for each that does not exist.
+    #[graphql(complexity = "ids.len() * child_complexity")]
+    async fn nodes(&self, ctx: &Context<'_>, ids: Vec<ID>) -> async_graphql::Result<Vec<Option<Node>>> {
+        authorize(ctx, Permission::Read, false)?;
+        if ids.len() > super::page::MAX_PAGE as usize {
+            return Err(coded("BAD_USER_INPUT", format!("at most {} ids at once", super::page::MAX_PAGE)));
+        }
+        let mut nodes = Vec::with_capacity(ids.len());
+        for id in ids {
+            nodes.push(match NodeId::parse(&id) {
+                Some(id) => node(ctx, id).await?,
+                None => None,
+            });
+        }
+        Ok(nodes)
+    }
+
+    /// Applications, by name.
+    #[graphql(complexity = "first.or(last).unwrap_or(super::page::DEFAULT_PAGE) as usize * child_complexity")]
+    async fn applications(
+        &self,
+        ctx: &Context<'_>,
+        after: Option<String>,
+        before: Option<String>,
+        first: Option<i32>,
+        last: Option<i32>,
+    ) -> async_graphql::Result<Connection<String, Application, Counted>> {
+        authorize(ctx, Permission::Read, false)?;
+        let window = Window::new(after, before, first, last)?;
+        let pool = api(ctx).store().pool();
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM read.applications")
+            .fetch_one(pool)
+            .await
+            .map_err(|e| internal("counting applications", e))?;
+        let q = QueryBuilder::new("SELECT key, view FROM read.applications WHERE true");
+        let rows = keyset(q, "key", "text", false, &window)
+            .build_query_as::<(String, serde_json::Value)>()
+            .fetch_all(pool)
+            .await
+            .map_err(|e| internal("listing applications", e))?;
+        Ok(window.connection(decode_rows(rows, Application)?, Counted { total_count: total }))
+    }
+
+    /// The application with this name; null if there is none.
+    async fn application(&self, ctx: &Context<'_>, name: String) -> async_graphql::Result<Option<Application>> {
+        authorize(ctx, Permission::Read, false)?;
+        let Ok(name) = name.parse::<Name>() else { return Ok(None) };
+        load_application(ctx, &name).await
+    }
+
+    /// Environments of every application, by application and name.
+    #[graphql(complexity = "first.or(last).unwrap_or(super::page::DEFAULT_PAGE) as usize * child_complexity")]
+    async fn environments(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<EnvironmentFilter>,
+        after: Option<String>,
+        before: Option<String>,
+        first: Option<i32>,
+        last: Option<i32>,
+    ) -> async_graphql::Result<Connection<String, Environment, Counted>> {
+        authorize(ctx, Permission::Read, false)?;
+        list_environments(ctx, &filter.unwrap_or_default(), Window::new(after, before, first, last)?).await
+    }
+
+    /// The environment with this name in this application; null if there is none.
+    async fn environment(
+        &self,
+        ctx: &Context<'_>,
+        application: String,
+        name: String,
+    ) -> async_graphql::Result<Option<Environment>> {
+        authorize(ctx, Permission::Read, false)?;
+        let (Ok(app), Ok(env)) = (application.parse::<Name>(), name.parse::<Name>()) else { return Ok(None) };
+        load_environment(ctx, &app, &env).await
+    }
+
+    /// The whole event log in its global order, or the events `filter` selects.
+    /// For auditors: `after` takes an event's `cursor`, so a feed can resume.
+    #[graphql(complexity = "first.unwrap_or(super::page::DEFAULT_PAGE) as usize * child_complexity")]
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<EventSelection>,
+        after: Option<String>,
+        first: Option<i32>,
+    ) -> async_graphql::Result<Connection<String, Event, EmptyFields>> {
+        authorize(ctx, Permission::Audit, false)?;
+        let filter = event_filter(filter.unwrap_or_default())?;
+        list_events(ctx, &filter, Window::new(after, None, first, None)?).await
+    }
+
+    /// Recomputes every stream's hash chain and every seal from the stored bytes and
+    /// reports where the event log no longer matches what was written.
+    async fn audit_verification(&self, ctx: &Context<'_>) -> async_graphql::Result<AuditVerification> {
+        authorize(ctx, Permission::Audit, false)?;
+        let report = api(ctx).store().verify().await.map_err(|e| internal("audit verification", e))?;
+        Ok(report.into())
+    }
+
+    /// Every read model's projection: where it stands in the event log and how far
+    /// behind it is.
+    async fn projections(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ProjectionStatus>> {
+        authorize(ctx, Permission::Audit, false)?;
+        let status = runner::status(api(ctx).store().pool()).await.map_err(|e| internal("projection status", e))?;
+        Ok(status.into_iter().map(ProjectionStatus::from).collect())
+    }
+
+    /// Every API token, oldest first (never their secrets).
+    async fn api_tokens(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ApiToken>> {
+        authorize(ctx, Permission::Admin, false)?;
+        let tokens = auth::list(api(ctx).store().pool()).await.map_err(|e| internal("listing tokens", e))?;
+        Ok(tokens.into_iter().map(ApiToken).collect())
+    }
+}
+
+/// The engine's filter for a client's event selection.
+pub fn event_filter(selection: EventSelection) -> async_graphql::Result<EventFilter> {
+    Ok(EventFilter {
+        streams: stream_ids(selection.streams.unwrap_or_default())?,
+        types: selection.types.unwrap_or_default(),
+        since: selection.since,
+        until: selection.until,
+        ..EventFilter::default()
+    })
+}
+
+/// Loads what a global ID names, if the caller may see it.
+async fn node(ctx: &Context<'_>, id: NodeId) -> async_graphql::Result<Option<Node>> {
+    Ok(match id {
+        NodeId::Application(name) => load_application(ctx, &name).await?.map(Node::Application),
+        NodeId::Environment(app, env) => load_environment(ctx, &app, &env).await?.map(Node::Environment),
+        NodeId::Run(run_id) => load_run(ctx, run_id).await?.map(Node::Run),
+        NodeId::Event(position) => {
+            authorize(ctx, Permission::Audit, false)?;
+            api(ctx)
+                .store()
+                .event_at(position)
+                .await
+                .map_err(|e| internal("reading an event", e))?
+                .map(|e| Node::Event(Event(e)))
+        }
+        NodeId::ApiToken(token_id) => {
+            authorize(ctx, Permission::Admin, false)?;
+            auth::find(api(ctx).store().pool(), token_id)
+                .await
+                .map_err(|e| internal("reading a token", e))?
+                .map(|t| Node::ApiToken(ApiToken(t)))
+        }
+    })
+}
