@@ -182,7 +182,11 @@ struct ApiArgs {
 impl ApiArgs {
     fn config(&self) -> ApiConfig {
         ApiConfig {
-            limits: Limits { depth: self.max_depth, complexity: self.max_complexity, introspection: !self.no_introspection },
+            limits: Limits {
+                depth: self.max_depth,
+                complexity: self.max_complexity,
+                introspection: !self.no_introspection,
+            },
             max_body: self.max_body_bytes,
             ..ApiConfig::default()
         }

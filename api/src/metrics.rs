@@ -64,15 +64,17 @@ impl Metrics {
         h.sum += seconds;
     }
 
-    /// The exposition: this process's counters, then what the database says.
-    pub async fn render(&self, pool: &PgPool) -> sqlx::Result<String> {
+    /// The exposition: this process's counters, then what the database says
+    /// (absent while the read models are first being created).
+    pub async fn render(&self, pool: &PgPool) -> String {
         let mut out = String::new();
         out.push_str("# HELP shiplog_http_request_duration_seconds Time to answer an HTTP request.\n");
         out.push_str("# TYPE shiplog_http_request_duration_seconds histogram\n");
         for ((route, status), h) in self.latency.lock().expect("not poisoned").iter() {
             let labels = format!("route=\"{route}\",status=\"{status}\"");
             for (count, bound) in h.counts.iter().zip(BUCKETS) {
-                let _ = writeln!(out, "shiplog_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}");
+                let _ =
+                    writeln!(out, "shiplog_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}");
             }
             let _ = writeln!(out, "shiplog_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
             let _ = writeln!(out, "shiplog_http_request_duration_seconds_sum{{{labels}}} {}", h.sum);
@@ -82,30 +84,36 @@ impl Metrics {
         out.push_str("# TYPE shiplog_subscriptions_open gauge\n");
         let _ = writeln!(out, "shiplog_subscriptions_open {}", self.subscriptions_open());
 
-        let runs: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, count(*) FROM read.runs GROUP BY status ORDER BY status")
-                .fetch_all(pool)
-                .await?;
-        out.push_str("# HELP shiplog_runs Runs by status, from the runs read model.\n");
-        out.push_str("# TYPE shiplog_runs gauge\n");
-        for (status, count) in runs {
-            let _ = writeln!(out, "shiplog_runs{{status=\"{status}\"}} {count}");
+        if let Err(e) = database_metrics(pool, &mut out).await {
+            tracing::warn!(error = %e, "metrics from the database are unavailable");
         }
-        let projections = shiplog_projections::runner::status(pool)
-            .await
-            .map_err(|e| sqlx::Error::Protocol(format!("projection status: {e}")))?;
-        out.push_str("# HELP shiplog_projection_lag_events Events committed and not yet folded, per projection.\n");
-        out.push_str("# TYPE shiplog_projection_lag_events gauge\n");
-        for p in &projections {
-            let _ = writeln!(out, "shiplog_projection_lag_events{{projection=\"{}\"}} {}", p.name, p.lag_events);
-        }
-        out.push_str("# HELP shiplog_projection_lag_seconds Age of the oldest event not yet folded, per projection.\n");
-        out.push_str("# TYPE shiplog_projection_lag_seconds gauge\n");
-        for p in &projections {
-            let _ = writeln!(out, "shiplog_projection_lag_seconds{{projection=\"{}\"}} {}", p.name, p.lag_seconds);
-        }
-        Ok(out)
+        out
     }
+}
+
+/// Runs by status and projection lag.
+async fn database_metrics(pool: &PgPool, out: &mut String) -> Result<(), shiplog_projections::ProjectionError> {
+    let runs: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM read.runs GROUP BY status ORDER BY status")
+            .fetch_all(pool)
+            .await?;
+    let projections = shiplog_projections::runner::status(pool).await?;
+    out.push_str("# HELP shiplog_runs Runs by status, from the runs read model.\n");
+    out.push_str("# TYPE shiplog_runs gauge\n");
+    for (status, count) in runs {
+        let _ = writeln!(out, "shiplog_runs{{status=\"{status}\"}} {count}");
+    }
+    out.push_str("# HELP shiplog_projection_lag_events Events committed and not yet folded, per projection.\n");
+    out.push_str("# TYPE shiplog_projection_lag_events gauge\n");
+    for p in &projections {
+        let _ = writeln!(out, "shiplog_projection_lag_events{{projection=\"{}\"}} {}", p.name, p.lag_events);
+    }
+    out.push_str("# HELP shiplog_projection_lag_seconds Age of the oldest event not yet folded, per projection.\n");
+    out.push_str("# TYPE shiplog_projection_lag_seconds gauge\n");
+    for p in &projections {
+        let _ = writeln!(out, "shiplog_projection_lag_seconds{{projection=\"{}\"}} {}", p.name, p.lag_seconds);
+    }
+    Ok(())
 }
 
 /// Middleware: times every request by its route pattern (never the raw path, so

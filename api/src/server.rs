@@ -12,13 +12,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
-use shiplog_engine::postgres::{self, Cluster, ClusterOptions};
 use shiplog_engine::logs::LogHub;
+use shiplog_engine::postgres::{self, Cluster, ClusterOptions};
 use shiplog_engine::store::{EventFeed, EventStore};
 use sqlx::PgPool;
-use uuid::Uuid;
 use sqlx::postgres::PgConnectOptions;
 use tokio::sync::watch;
+use uuid::Uuid;
 
 use std::sync::Arc;
 
@@ -31,8 +31,8 @@ use shiplog_engine::store::Metadata;
 use shiplog_engine::worker::Worker;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{DatabaseArgs, RuntimeKind, WorkerArgs};
 use crate::auth::{self, Principal};
+use crate::cli::{DatabaseArgs, RuntimeKind, WorkerArgs};
 use crate::graphql::{self, Api, Caller, Limits, RequestId, ShiplogSchema};
 use crate::metrics::Metrics;
 
@@ -129,7 +129,12 @@ impl AppState {
             lifecycle: Lifecycle::new(store.clone()),
             metrics: metrics.clone(),
         };
-        Ok(AppState { pool: store.pool().clone(), schema: graphql::schema(api, config.limits), metrics, max_body: config.max_body })
+        Ok(AppState {
+            pool: store.pool().clone(),
+            schema: graphql::schema(api, config.limits),
+            metrics,
+            max_body: config.max_body,
+        })
     }
 }
 
@@ -163,7 +168,9 @@ async fn caller(pool: &PgPool, authorization: Option<&str>) -> Result<Principal,
     };
     match auth::authenticate(pool, token).await {
         Ok(Some(principal)) => Ok(principal),
-        Ok(None) => Err(refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "bad credentials: unknown or revoked token")),
+        Ok(None) => {
+            Err(refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "bad credentials: unknown or revoked token"))
+        }
         Err(e) => {
             tracing::error!(error = %e, "authenticating a request failed");
             Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "INTERNAL", "internal error; the server log has the details"))
@@ -197,36 +204,35 @@ async fn graphql_handler(State(state): State<AppState>, headers: HeaderMap, body
 /// `GET /graphql/ws`: subscriptions over `graphql-transport-ws` (and the older
 /// `graphql-ws`). The token comes in `connection_init`'s payload, as
 /// `{"authorization": "Bearer <token>"}` (or `{"token": "<token>"}`); a
-/// connection without a valid one is closed with 4403.
+/// connection without a valid one is closed (code 1002, the reason says why).
 async fn graphql_ws(State(state): State<AppState>, protocol: GraphQLProtocol, upgrade: WebSocketUpgrade) -> Response {
-    upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| {
-            let pool = state.pool.clone();
-            GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
-                .on_connection_init(move |payload| async move {
-                    let token = payload
-                        .get("authorization")
-                        .or_else(|| payload.get("Authorization"))
-                        .and_then(|v| v.as_str())
-                        .and_then(auth::bearer)
-                        .or_else(|| payload.get("token").and_then(|v| v.as_str()))
-                        .map(str::to_owned);
-                    let principal = match token {
-                        Some(token) => auth::authenticate(&pool, &token).await.map_err(|e| {
-                            tracing::error!(error = %e, "authenticating a websocket failed");
-                            async_graphql::Error::new("internal error")
-                        })?,
-                        None => None,
-                    };
-                    let principal = principal.ok_or_else(|| async_graphql::Error::new("unknown, revoked or missing token"))?;
-                    let mut data = async_graphql::Data::default();
-                    data.insert(Caller(Some(principal)));
-                    data.insert(RequestId(format!("ws-{}", Uuid::new_v4())));
-                    Ok(data)
-                })
-                .serve()
-        })
+    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| {
+        let pool = state.pool.clone();
+        GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
+            .on_connection_init(move |payload| async move {
+                let token = payload
+                    .get("authorization")
+                    .or_else(|| payload.get("Authorization"))
+                    .and_then(|v| v.as_str())
+                    .and_then(auth::bearer)
+                    .or_else(|| payload.get("token").and_then(|v| v.as_str()))
+                    .map(str::to_owned);
+                let principal = match token {
+                    Some(token) => auth::authenticate(&pool, &token).await.map_err(|e| {
+                        tracing::error!(error = %e, "authenticating a websocket failed");
+                        async_graphql::Error::new("internal error")
+                    })?,
+                    None => None,
+                };
+                let principal =
+                    principal.ok_or_else(|| async_graphql::Error::new("unknown, revoked or missing token"))?;
+                let mut data = async_graphql::Data::default();
+                data.insert(Caller(Some(principal)));
+                data.insert(RequestId(format!("ws-{}", Uuid::new_v4())));
+                Ok(data)
+            })
+            .serve()
+    })
 }
 
 /// Ready when the database answers.
@@ -242,13 +248,8 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::V
 
 /// Prometheus metrics.
 async fn metrics(State(state): State<AppState>) -> Response {
-    match state.metrics.render(&state.pool).await {
-        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "rendering metrics failed");
-            StatusCode::SERVICE_UNAVAILABLE.into_response()
-        }
-    }
+    let text = state.metrics.render(&state.pool).await;
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// Serves the API and runs a worker until Ctrl-C or SIGTERM, sealing new events

@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shiplog_engine::domain::RunKind;
-use shiplog_engine::domain::run::RunEvent;
 use shiplog_engine::domain::run::Run;
+use shiplog_engine::domain::run::RunEvent;
 use shiplog_engine::store::{Cursor, EventFilter, EventStore};
 use uuid::Uuid;
 

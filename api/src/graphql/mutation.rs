@@ -60,11 +60,7 @@ pub enum UserErrorCode {
 }
 
 fn user_error(field: Option<&str>, message: impl Into<String>, code: UserErrorCode) -> UserError {
-    UserError {
-        field: field.map(|f| vec!["input".to_owned(), f.to_owned()]),
-        message: message.into(),
-        code,
-    }
+    UserError { field: field.map(|f| vec!["input".to_owned(), f.to_owned()]), message: message.into(), code }
 }
 
 /// The user errors a refused lifecycle request makes; a top-level error for
@@ -75,11 +71,7 @@ fn refusal(error: LifecycleError, field: &str) -> async_graphql::Result<Vec<User
     let domain = match error {
         LifecycleError::Domain(domain) => domain,
         LifecycleError::Template(problems) => {
-            return Ok(problems
-                .0
-                .iter()
-                .map(|p| user_error(Some(field), p.to_string(), C::TemplateInvalid))
-                .collect());
+            return Ok(problems.0.iter().map(|p| user_error(Some(field), p.to_string(), C::TemplateInvalid)).collect());
         }
         LifecycleError::Git(e) => {
             tracing::info!(error = %e, "resolving the commit to deploy failed");
@@ -131,7 +123,9 @@ fn run_id(id: &ID) -> Result<Uuid, UserError> {
 
 fn commit(commit: Option<String>) -> Result<Option<CommitId>, UserError> {
     commit
-        .map(|c| c.parse().map_err(|e: DomainError| user_error(Some("commit"), e.to_string(), UserErrorCode::InvalidCommit)))
+        .map(|c| {
+            c.parse().map_err(|e: DomainError| user_error(Some("commit"), e.to_string(), UserErrorCode::InvalidCommit))
+        })
         .transpose()
 }
 
@@ -144,7 +138,8 @@ async fn authorize_environment<'a>(
     env: &Name,
 ) -> async_graphql::Result<Result<&'a Principal, UserError>> {
     authorize(ctx, Permission::Deploy, false)?;
-    let (state, _) = api(ctx).lifecycle.environment(app, env).await.map_err(|e| internal("loading an environment", e))?;
+    let (state, _) =
+        api(ctx).lifecycle.environment(app, env).await.map_err(|e| internal("loading an environment", e))?;
     let Some(created) = &state.created else {
         let message = format!("environment {app}/{env} does not exist");
         return Ok(Err(user_error(Some("environmentId"), message, UserErrorCode::NotFound)));
@@ -382,7 +377,8 @@ impl Mutation {
         );
         let repository = input.repository.trim();
         if repository.is_empty() {
-            let error = user_error(Some("repository"), "give the repository's URL or path", UserErrorCode::InvalidInput);
+            let error =
+                user_error(Some("repository"), "give the repository's URL or path", UserErrorCode::InvalidInput);
             return Ok(ApplicationCreatePayload { user_errors: vec![error], ..Default::default() });
         }
         let api = api(ctx);
@@ -413,7 +409,11 @@ impl Mutation {
             }
         };
         api.feed.nudge();
-        Ok(ApplicationTemplateUpdatePayload { application: load_application(ctx, &name).await?, changed, user_errors: vec![] })
+        Ok(ApplicationTemplateUpdatePayload {
+            application: load_application(ctx, &name).await?,
+            changed,
+            user_errors: vec![],
+        })
     }
 
     /// Stores a new version of an application's environment-variable template.
@@ -425,7 +425,8 @@ impl Mutation {
         input: EnvironmentVariablesUpdateInput,
     ) -> async_graphql::Result<EnvironmentVariablesUpdatePayload> {
         let caller = authorize(ctx, Permission::Admin, false)?;
-        let name = or_refuse!(application_id(&input.application_id, "applicationId"), EnvironmentVariablesUpdatePayload);
+        let name =
+            or_refuse!(application_id(&input.application_id, "applicationId"), EnvironmentVariablesUpdatePayload);
         let api = api(ctx);
         let updated = api.lifecycle.update_variables(&name, &input.variables, &metadata(ctx, caller), Utc::now()).await;
         let changed = match updated {
@@ -436,7 +437,11 @@ impl Mutation {
             }
         };
         api.feed.nudge();
-        Ok(EnvironmentVariablesUpdatePayload { application: load_application(ctx, &name).await?, changed, user_errors: vec![] })
+        Ok(EnvironmentVariablesUpdatePayload {
+            application: load_application(ctx, &name).await?,
+            changed,
+            user_errors: vec![],
+        })
     }
 
     /// Creates an environment of an application and, unless `setup: false`,
@@ -457,13 +462,18 @@ impl Mutation {
             (Some(branch), None) if !branch.trim().is_empty() => Tracking::Branch(branch),
             (None, Some(tag)) if !tag.trim().is_empty() => Tracking::Tag(tag),
             _ => {
-                let error = user_error(Some("branch"), "give a `branch` or a `tag` to track, not both", UserErrorCode::InvalidInput);
+                let error = user_error(
+                    Some("branch"),
+                    "give a `branch` or a `tag` to track, not both",
+                    UserErrorCode::InvalidInput,
+                );
                 return Ok(EnvironmentCreatePayload { user_errors: vec![error], ..Default::default() });
             }
         };
         let ttl_seconds = match input.ttl_seconds {
             Some(ttl) if ttl <= 0 => {
-                let error = user_error(Some("ttlSeconds"), "must be a positive number of seconds", UserErrorCode::InvalidInput);
+                let error =
+                    user_error(Some("ttlSeconds"), "must be a positive number of seconds", UserErrorCode::InvalidInput);
                 return Ok(EnvironmentCreatePayload { user_errors: vec![error], ..Default::default() });
             }
             ttl => ttl.map(|t| t as u64),
@@ -479,7 +489,8 @@ impl Mutation {
         let api = api(ctx);
         let meta = metadata(ctx, caller);
         if let Err(e) = api.lifecycle.create_environment(&spec, &meta, Utc::now()).await {
-            let field = if matches!(e, LifecycleError::Domain(DomainError::NotFound(_))) { "applicationId" } else { "name" };
+            let field =
+                if matches!(e, LifecycleError::Domain(DomainError::NotFound(_))) { "applicationId" } else { "name" };
             return Ok(EnvironmentCreatePayload { user_errors: refusal(e, field)?, ..Default::default() });
         }
         let mut payload = EnvironmentCreatePayload::default();
@@ -569,9 +580,10 @@ impl Mutation {
             let error = user_error(Some("name"), "give a name of 1 to 100 characters", UserErrorCode::InvalidInput);
             return Ok(ApiTokenCreatePayload { user_errors: vec![error], ..Default::default() });
         }
-        let (token, secret) = auth::create(api(ctx).store().pool(), name, input.role.into(), input.production, &caller.actor())
-            .await
-            .map_err(|e| internal("creating a token", e))?;
+        let (token, secret) =
+            auth::create(api(ctx).store().pool(), name, input.role.into(), input.production, &caller.actor())
+                .await
+                .map_err(|e| internal("creating a token", e))?;
         tracing::info!(token = %token.name, role = token.role.as_str(), by = %caller.actor(), "API token created");
         Ok(ApiTokenCreatePayload { api_token: Some(ApiToken(token)), token: Some(secret.0), user_errors: vec![] })
     }
@@ -587,8 +599,9 @@ impl Mutation {
             let error = user_error(Some("apiTokenId"), "not the ID of an API token", UserErrorCode::InvalidId);
             return Ok(ApiTokenRevokePayload { user_errors: vec![error], ..Default::default() });
         };
-        let revoked =
-            auth::revoke(api(ctx).store().pool(), id, &caller.actor()).await.map_err(|e| internal("revoking a token", e))?;
+        let revoked = auth::revoke(api(ctx).store().pool(), id, &caller.actor())
+            .await
+            .map_err(|e| internal("revoking a token", e))?;
         Ok(match revoked {
             Some(token) => {
                 tracing::info!(token = %token.name, by = %caller.actor(), "API token revoked");

@@ -48,7 +48,10 @@ impl Window {
         };
         let key = |name: &str, cursor: Option<String>| {
             cursor
-                .map(|c| decode_cursor(&c).ok_or_else(|| coded("BAD_USER_INPUT", format!("`{name}` is not a cursor of this list"))))
+                .map(|c| {
+                    decode_cursor(&c)
+                        .ok_or_else(|| coded("BAD_USER_INPUT", format!("`{name}` is not a cursor of this list")))
+                })
                 .transpose()
         };
         Ok(Window { after: key("after", after)?, before: key("before", before)?, limit, backwards })

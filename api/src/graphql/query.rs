@@ -11,8 +11,8 @@ use super::audit::{AuditVerification, ProjectionStatus};
 use super::ids::NodeId;
 use super::page::{Counted, Window};
 use super::types::{
-    ApiToken, Application, Environment, EnvironmentFilter, Event, EventSelection, Node, Role, decode_rows,
-    keyset, list_environments, list_events, load_application, load_environment, load_run, stream_ids,
+    ApiToken, Application, Environment, EnvironmentFilter, Event, EventSelection, Node, Role, decode_rows, keyset,
+    list_environments, list_events, load_application, load_environment, load_run, stream_ids,
 };
 use super::{api, authorize, coded, internal};
 use crate::auth::{self, Permission};

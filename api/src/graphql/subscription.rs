@@ -68,25 +68,32 @@ impl Subscription {
         let events = Box::pin(api.feed.follow(filter, Cursor::START).ready_chunks(RUN_CHUNK));
         let open = api.metrics.subscription_opened();
         // State: the events still to come, the run folded so far, and whether it ended.
-        let updates = futures::stream::unfold((events, None::<RunView>, false), |(mut events, mut view, ended)| async move {
-            if ended {
-                return None;
-            }
-            let chunk = events.next().await?;
-            for event in chunk {
-                let fact = match event.map_err(|e| e.to_string()).and_then(|e| Fact::decode(&e).map_err(|e| e.to_string())) {
-                    Ok(fact) => fact,
-                    Err(e) => return Some((Err(internal("following a run", e)), (events, view, true))),
+        let updates =
+            futures::stream::unfold((events, None::<RunView>, false), |(mut events, mut view, ended)| async move {
+                if ended {
+                    return None;
+                }
+                let chunk = events.next().await?;
+                for event in chunk {
+                    let fact = match event
+                        .map_err(|e| e.to_string())
+                        .and_then(|e| Fact::decode(&e).map_err(|e| e.to_string()))
+                    {
+                        Ok(fact) => fact,
+                        Err(e) => return Some((Err(internal("following a run", e)), (events, view, true))),
+                    };
+                    view = RunView::apply(view.take(), &fact);
+                }
+                let Some(current) = view.clone() else {
+                    return Some((
+                        Err(internal("following a run", "run stream without RunQueued")),
+                        (events, view, true),
+                    ));
                 };
-                view = RunView::apply(view.take(), &fact);
-            }
-            let Some(current) = view.clone() else {
-                return Some((Err(internal("following a run", "run stream without RunQueued")), (events, view, true)));
-            };
-            let run = Run(current);
-            let ended = run.is_final();
-            Some((Ok(run), (events, view, ended)))
-        });
+                let run = Run(current);
+                let ended = run.is_final();
+                Some((Ok(run), (events, view, ended)))
+            });
         Ok(updates.map(move |update| {
             let _open = &open;
             update

@@ -9,7 +9,9 @@ use shiplog_engine::domain::{Name, RunKind as DomainRunKind};
 use shiplog_engine::logs::LogLine as EngineLogLine;
 use shiplog_engine::runtime::LogStream as EngineLogStream;
 use shiplog_engine::store::{Cursor, EventFilter, RecordedEvent, StreamId};
-use shiplog_projections::lifecycle::{ApplicationView, DriftVerdictView, EnvironmentView, HealthView, SyncStatus as Sync};
+use shiplog_projections::lifecycle::{
+    ApplicationView, DriftVerdictView, EnvironmentView, HealthView, SyncStatus as Sync,
+};
 use shiplog_projections::runs::{JobView, RunState, RunView, StageView, StepState};
 use shiplog_projections::time_travel::{self, AsOf};
 use sqlx::QueryBuilder;
@@ -119,7 +121,8 @@ pub async fn list_environments(
     };
     let mut count = QueryBuilder::new("SELECT count(*) FROM read.environments WHERE true");
     narrow(&mut count);
-    let total: i64 = count.build_query_scalar().fetch_one(pool).await.map_err(|e| internal("counting environments", e))?;
+    let total: i64 =
+        count.build_query_scalar().fetch_one(pool).await.map_err(|e| internal("counting environments", e))?;
     let mut q = QueryBuilder::new("SELECT key, view FROM read.environments WHERE true");
     narrow(&mut q);
     let rows = keyset(q, "key", "text", false, &window)
@@ -474,9 +477,23 @@ impl Environment {
         after: Option<String>,
         first: Option<i32>,
     ) -> async_graphql::Result<Connection<String, Event, EmptyFields>> {
-        let stream = shiplog_engine::domain::environment::Environment::stream_id(&self.application_name(), &self.env_name());
-        let filter = EventFilter { streams: vec![stream], ..EventFilter::default() };
-        list_events(ctx, &filter, Window::new(after, None, first, None)?).await
+        let window = Window::new(after, None, first, None)?;
+        let after = match &window.after {
+            Some(key) => {
+                key.parse::<u64>().map_err(|_| coded("BAD_USER_INPUT", "`after` is not a cursor of this list"))?
+            }
+            None => 0,
+        };
+        let stream =
+            shiplog_engine::domain::environment::Environment::stream_id(&self.application_name(), &self.env_name());
+        let stream: StreamId = stream.parse().map_err(|e| internal("naming a stream", e))?;
+        // By version within the stream: every committed event, in order, at once.
+        let events = api(ctx)
+            .store()
+            .read_stream(&stream, after + 1, window.fetch() as usize)
+            .await
+            .map_err(|e| internal("reading events", e))?;
+        Ok(window.plain(events.into_iter().map(|e| (e.version.to_string(), Event(e))).collect()))
     }
     /// The environment as it was right after the event at `cursor` (an event's
     /// `cursor`), or at `time`; null if it did not exist yet. Give exactly one.
@@ -524,9 +541,8 @@ pub async fn load_environment(ctx: &Context<'_>, app: &Name, env: &Name) -> asyn
 
 /// A run as its stream says now.
 pub async fn load_run(ctx: &Context<'_>, run_id: uuid::Uuid) -> async_graphql::Result<Option<Run>> {
-    let view = shiplog_projections::runs::load(api(ctx).store(), run_id)
-        .await
-        .map_err(|e| internal("loading a run", e))?;
+    let view =
+        shiplog_projections::runs::load(api(ctx).store(), run_id).await.map_err(|e| internal("loading a run", e))?;
     Ok(view.map(Run))
 }
 
@@ -722,7 +738,7 @@ pub struct Job(JobView);
 
 #[Object]
 impl Job {
-    /// e.g. `build:web`, `release:migrate`.
+    /// e.g. `build-web`, `release-migrate`, `deploy-web`.
     async fn name(&self) -> &str {
         &self.0.name
     }

@@ -1,7 +1,10 @@
 //! The API's integration tests: the contract (schema.graphql), the HTTP routes, and
 //! the `shiplog` binary as a newcomer runs it.
 
+mod app;
 mod audit;
+mod authorization;
+mod graphql;
 mod projections;
 mod schema;
 mod serve;

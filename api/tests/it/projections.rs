@@ -19,14 +19,7 @@ fn shiplog(db: &TestDb, args: &[&str]) -> Output {
 }
 
 async fn db_graphql(db: &TestDb, query: &str) -> serde_json::Value {
-    use tower::ServiceExt;
-    let request = axum::http::Request::post("/graphql")
-        .header("content-type", "application/json")
-        .body(axum::body::Body::from(serde_json::json!({ "query": query }).to_string()))
-        .unwrap();
-    let response = shiplog::server::app(shiplog::server::AppState::new(db.store())).oneshot(request).await.unwrap();
-    let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
-    serde_json::from_slice(&body).unwrap()
+    crate::audit::post_graphql(db, query).await.1
 }
 
 fn stdout(out: &Output) -> String {

@@ -71,7 +71,8 @@ impl EventFeed {
         filter: EventFilter,
         after: Cursor,
     ) -> impl Stream<Item = sqlx::Result<RecordedEvent>> + Send + 'static {
-        let follower = Follower { store: self.store.clone(), head: self.head.clone(), filter, after, pending: VecDeque::new() };
+        let follower =
+            Follower { store: self.store.clone(), head: self.head.clone(), filter, after, pending: VecDeque::new() };
         futures::stream::try_unfold(follower, |mut f| async move {
             let event = f.next_event().await?;
             Ok(event.map(|event| (event, f)))

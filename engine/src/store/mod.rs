@@ -554,10 +554,8 @@ impl EventStore {
 
     /// The event at this global position, if one is stored there.
     pub async fn event_at(&self, position: i64) -> sqlx::Result<Option<RecordedEvent>> {
-        let row = sqlx::query(select_events!("WHERE global_position = $1"))
-            .bind(position)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query(select_events!("WHERE global_position = $1")).bind(position).fetch_optional(&self.pool).await?;
         row.as_ref().map(RecordedEvent::from_row).transpose()
     }
 
