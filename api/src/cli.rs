@@ -12,6 +12,7 @@ use shiplog_engine::store::EventFilter;
 use shiplog_projections::{audit, runner};
 
 use crate::server::{self, Database};
+use crate::webhooks::{Secret, WebhookConfig};
 
 #[derive(Parser, Debug)]
 #[command(name = "shiplog", version, about = "Event-sourced environment lifecycle engine")]
@@ -156,6 +157,26 @@ struct ServeArgs {
     /// How often every environment is observed for drift (±10% jitter).
     #[arg(long, env = "SHIPLOG_DRIFT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     drift_interval: Duration,
+    #[command(flatten)]
+    webhooks: WebhookArgs,
+}
+
+/// Push webhooks; each endpoint is enabled by its secret. Prefer the environment
+/// variables: a command-line argument is visible to every user of the machine.
+#[derive(Args, Debug, Clone, Default)]
+pub struct WebhookArgs {
+    /// Enables POST /webhooks/github: the secret set in the GitHub webhook's settings.
+    #[arg(long, env = "SHIPLOG_GITHUB_WEBHOOK_SECRET", hide_env_values = true, value_name = "SECRET")]
+    pub github_webhook_secret: Option<Secret>,
+    /// Enables POST /webhooks/gitlab: the secret token set in the GitLab webhook's settings.
+    #[arg(long, env = "SHIPLOG_GITLAB_WEBHOOK_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub gitlab_webhook_token: Option<Secret>,
+}
+
+impl From<WebhookArgs> for WebhookConfig {
+    fn from(args: WebhookArgs) -> Self {
+        WebhookConfig { github_secret: args.github_webhook_secret, gitlab_token: args.gitlab_webhook_token }
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -191,7 +212,15 @@ impl Cli {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let database = Database::open(&args.worker.database).await?;
-    let outcome = server::serve(&database, &args.worker, args.listen, args.seal_interval, args.drift_interval).await;
+    let outcome = server::serve(
+        &database,
+        &args.worker,
+        args.listen,
+        args.seal_interval,
+        args.drift_interval,
+        args.webhooks.into(),
+    )
+    .await;
     database.close().await?;
     outcome.map(|()| ExitCode::SUCCESS)
 }

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{DatabaseArgs, RuntimeKind, WorkerArgs};
 use crate::graphql::{self, ShiplogSchema};
+use crate::webhooks::{self, WebhookConfig};
 
 /// The database shiplog works on: its pools and, when shiplog started it, the
 /// private cluster it must stop on the way out.
@@ -132,6 +133,7 @@ pub async fn serve(
     listen: SocketAddr,
     seal_interval: Duration,
     drift_interval: Duration,
+    webhooks: WebhookConfig,
 ) -> anyhow::Result<()> {
     let runtime = Arc::new(runtime(worker).await?);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
@@ -148,7 +150,9 @@ pub async fn serve(
     let stop_reconciler = shutdown.clone();
     let reconciler = tokio::spawn(async move { reconciler.run(drift_interval, Arc::default(), stop_reconciler).await });
     let worker = tokio::spawn(run_worker(database.store(), runtime, worker.clone(), shutdown.clone()));
-    let served = axum::serve(listener, app(AppState::new(database.store())))
+    let routes =
+        app(AppState::new(database.store())).merge(webhooks::router(Lifecycle::new(database.store()), webhooks));
+    let served = axum::serve(listener, routes)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             tracing::info!("shutting down");

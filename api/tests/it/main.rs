@@ -5,4 +5,5 @@ mod audit;
 mod projections;
 mod schema;
 mod serve;
+mod webhooks;
 mod worker;
