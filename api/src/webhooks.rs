@@ -186,7 +186,7 @@ impl Hooks {
         tracing::info!(
             provider = provider.id(),
             delivery,
-            target = ?push.target,
+            reference = ?push.target,
             runs = outcome.runs.len(),
             created = outcome.created.len(),
             failed = outcome.failed.len(),

@@ -93,6 +93,7 @@ impl Lifecycle {
     /// [`Push::via`]. A request that fails is reported in [`PushOutcome::failed`] and
     /// does not stop the others; `Err` only when applications or environments could
     /// not be read at all.
+    #[tracing::instrument(skip_all, fields(via = %push.via, target = ?push.target), err)]
     pub async fn handle_push(
         &self,
         push: &Push,
@@ -161,9 +162,8 @@ impl Lifecycle {
             environments.iter().filter_map(|env| env.created.as_ref()).map(|c| &c.name).collect();
         let Some(name) = preview_names(branch).find(|name| !taken.contains(name)) else {
             let error = DomainError::AlreadyExists(format!("every preview name for branch {branch}"));
-            let base = preview_names(branch).next().expect("there is always a first name");
-            outcome.failed.push(PushFailure { application: app.clone(), environment: base, error: error.into() });
-            return;
+            let first = preview_names(branch).next().expect("there is always a first name");
+            return outcome.fail(app, &first, error.into());
         };
         let spec = Created {
             application: app.clone(),
@@ -173,17 +173,36 @@ impl Lifecycle {
             ttl_seconds: previews.ttl_seconds,
             drift_mode: Default::default(),
         };
-        match self.create_environment(&spec, metadata, now).await {
-            Ok(()) => outcome.created.push((app.clone(), name.clone())),
-            // Another delivery for the same branch created it a moment ago: deploy to it.
-            Err(LifecycleError::Domain(DomainError::AlreadyExists(_))) => {}
-            Err(error) => {
-                outcome.failed.push(PushFailure { application: app.clone(), environment: name, error });
-                return;
-            }
+        match self.create_preview(&spec, metadata, now).await {
+            Ok(true) => outcome.created.push((app.clone(), name.clone())),
+            Ok(false) => {}
+            Err(error) => return outcome.fail(app, &name, error),
         }
         let result = self.deploy(app, &name, commit, &reason, metadata, now).await;
         outcome.record(app, &name, result);
+    }
+
+    /// Creates the preview `spec` describes; `false` when another delivery for the same
+    /// branch created it a moment ago. Refused when the name was taken by anything else
+    /// meanwhile: a push must not deploy to someone else's environment.
+    async fn create_preview(
+        &self,
+        spec: &Created,
+        metadata: &Metadata,
+        now: DateTime<Utc>,
+    ) -> Result<bool, LifecycleError> {
+        match self.create_environment(spec, metadata, now).await {
+            Ok(()) => Ok(true),
+            Err(LifecycleError::Domain(DomainError::AlreadyExists(what))) => {
+                let (existing, _) = self.environment(&spec.application, &spec.name).await?;
+                if existing.created.is_some_and(|c| c.kind == spec.kind && c.tracking == spec.tracking) {
+                    Ok(false)
+                } else {
+                    Err(DomainError::AlreadyExists(what).into())
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// A patch to `commit`, or a setup when the environment needs one first.
@@ -252,11 +271,13 @@ impl PushOutcome {
                 kind,
                 run_id: requested.run_id,
             }),
-            Err(error) => {
-                tracing::warn!(application = %app, environment = %env, error = %error, "a push could not be deployed");
-                self.failed.push(PushFailure { application: app.clone(), environment: env.clone(), error });
-            }
+            Err(error) => self.fail(app, env, error),
         }
+    }
+
+    fn fail(&mut self, app: &Name, env: &Name, error: LifecycleError) {
+        tracing::warn!(application = %app, environment = %env, error = %error, "a push could not be acted on");
+        self.failed.push(PushFailure { application: app.clone(), environment: env.clone(), error });
     }
 }
 
