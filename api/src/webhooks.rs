@@ -172,7 +172,8 @@ impl Hooks {
         let (delivery, push) = match received? {
             Received::Ping => return Ok((StatusCode::OK, Json(json!({ "ok": true }))).into_response()),
             Received::Ignored(note) => {
-                return Ok((StatusCode::ACCEPTED, Json(json!({ "runs": [], "ignored": note }))).into_response());
+                let ignored = Accepted { ignored: Some(note), ..Accepted::from(PushOutcome::default()) };
+                return Ok((StatusCode::ACCEPTED, Json(ignored)).into_response());
             }
             Received::Push { delivery, push } => (delivery, push),
         };
@@ -211,7 +212,9 @@ impl Hooks {
     }
 }
 
-/// The 202 answer to a push: what was requested, created, and what failed.
+/// The 202 answer: the runs requested (always there, maybe empty), the previews
+/// created and the environments that failed (when there are any), or why the
+/// delivery was ignored.
 #[derive(Serialize)]
 struct Accepted {
     runs: Vec<RequestedRun>,
@@ -219,6 +222,8 @@ struct Accepted {
     created: Vec<CreatedEnvironment>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     failed: Vec<FailedEnvironment>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ignored: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -272,6 +277,7 @@ impl From<PushOutcome> for Accepted {
                     error: client_message(&failure.error),
                 })
                 .collect(),
+            ignored: None,
         }
     }
 }
