@@ -13,6 +13,7 @@ use shiplog_projections::{audit, runner};
 
 use crate::graphql::Limits;
 use crate::server::{self, ApiConfig, Database};
+use crate::webhooks::{Secret, WebhookConfig};
 
 #[derive(Parser, Debug)]
 #[command(name = "shiplog", version, about = "Event-sourced environment lifecycle engine")]
@@ -159,6 +160,8 @@ struct ServeArgs {
     drift_interval: Duration,
     #[command(flatten)]
     api: ApiArgs,
+    #[command(flatten)]
+    webhooks: WebhookArgs,
 }
 
 /// Limits of the GraphQL API.
@@ -190,6 +193,24 @@ impl ApiArgs {
             max_body: self.max_body_bytes,
             ..ApiConfig::default()
         }
+    }
+}
+
+/// Push webhooks; each endpoint is enabled by its secret. Prefer the environment
+/// variables: a command-line argument is visible to every user of the machine.
+#[derive(Args, Debug, Clone, Default)]
+pub struct WebhookArgs {
+    /// Enables POST /webhooks/github: the secret set in the GitHub webhook's settings.
+    #[arg(long, env = "SHIPLOG_GITHUB_WEBHOOK_SECRET", hide_env_values = true, value_name = "SECRET")]
+    pub github_webhook_secret: Option<Secret>,
+    /// Enables POST /webhooks/gitlab: the secret token set in the GitLab webhook's settings.
+    #[arg(long, env = "SHIPLOG_GITLAB_WEBHOOK_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub gitlab_webhook_token: Option<Secret>,
+}
+
+impl From<WebhookArgs> for WebhookConfig {
+    fn from(args: WebhookArgs) -> Self {
+        WebhookConfig { github_secret: args.github_webhook_secret, gitlab_token: args.gitlab_webhook_token }
     }
 }
 
@@ -226,9 +247,9 @@ impl Cli {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let database = Database::open(&args.worker.database).await?;
+    let config = ApiConfig { webhooks: args.webhooks.into(), ..args.api.config() };
     let outcome =
-        server::serve(&database, &args.worker, args.listen, args.seal_interval, args.drift_interval, args.api.config())
-            .await;
+        server::serve(&database, &args.worker, args.listen, args.seal_interval, args.drift_interval, config).await;
     database.close().await?;
     outcome.map(|()| ExitCode::SUCCESS)
 }

@@ -1,7 +1,8 @@
 //! shiplog's edge: the GraphQL API, the HTTP server and the command line.
 //!
 //! Owns everything wire-facing: HTTP routes, the GraphQL schema and its types, the
-//! command line. It converts engine types into its own GraphQL types by hand.
+//! push webhooks of GitHub and GitLab, the command line. It converts engine types
+//! into its own GraphQL types by hand.
 //!
 //! Architecture invariants (DESIGN.md §2): only this crate imports async-graphql or
 //! axum; it never appends events itself, it asks the engine to.
@@ -12,3 +13,4 @@ pub mod graphql;
 pub mod metrics;
 pub mod server;
 pub mod telemetry;
+pub mod webhooks;

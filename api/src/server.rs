@@ -35,6 +35,7 @@ use crate::auth::{self, Principal};
 use crate::cli::{DatabaseArgs, RuntimeKind, WorkerArgs};
 use crate::graphql::{self, Api, Caller, Limits, RequestId, ShiplogSchema};
 use crate::metrics::Metrics;
+use crate::webhooks::{self, WebhookConfig};
 
 /// The database shiplog works on: its pools and, when shiplog started it, the
 /// private cluster it must stop on the way out.
@@ -101,20 +102,29 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The largest request body `/graphql` accepts, in bytes.
     pub max_body: usize,
+    pub lifecycle: Lifecycle,
+    pub webhooks: WebhookConfig,
 }
 
 /// How the HTTP API is configured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ApiConfig {
     pub limits: Limits,
     pub max_body: usize,
     /// How often the event feed looks for events other processes appended.
     pub feed_poll: Duration,
+    /// Which push webhooks are enabled, with their secrets.
+    pub webhooks: WebhookConfig,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { limits: Limits::default(), max_body: 1 << 20, feed_poll: Duration::from_millis(100) }
+        ApiConfig {
+            limits: Limits::default(),
+            max_body: 1 << 20,
+            feed_poll: Duration::from_millis(100),
+            webhooks: WebhookConfig::default(),
+        }
     }
 }
 
@@ -131,23 +141,27 @@ impl AppState {
         };
         Ok(AppState {
             pool: store.pool().clone(),
+            lifecycle: api.lifecycle.clone(),
             schema: graphql::schema(api, config.limits),
             metrics,
             max_body: config.max_body,
+            webhooks: config.webhooks,
         })
     }
 }
 
 /// The HTTP API. Tests call this directly.
 pub fn app(state: AppState) -> Router {
+    let (timing, webhooks) = (state.metrics.clone(), webhooks::router(state.lifecycle.clone(), state.webhooks.clone()));
     Router::new()
         .route("/graphql", post(graphql_handler).layer(DefaultBodyLimit::max(state.max_body)))
         .route("/graphql/ws", get(graphql_ws))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
-        .layer(middleware::from_fn_with_state(state.metrics.clone(), crate::metrics::time_requests))
         .with_state(state)
+        .merge(webhooks)
+        .layer(middleware::from_fn_with_state(timing, crate::metrics::time_requests))
 }
 
 /// A GraphQL-shaped error response (`{"errors": [...]}`) with an HTTP status.

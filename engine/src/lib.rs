@@ -2,8 +2,9 @@
 //!
 //! Owns the event store (`store`), canonical JSON for stored events (`canonical`),
 //! the PostgreSQL it runs on (`postgres`), the pure domain (`domain`: decide/evolve),
-//! templates (`template`), the lifecycle service the API calls (`lifecycle`), the
-//! workers that execute runs (`worker`), run logs (`logs`), git and the runtimes.
+//! templates (`template`), the lifecycle service the API calls (`lifecycle`), what a
+//! push to a repository deploys (`push`), the workers that execute runs (`worker`),
+//! run logs (`logs`), git and the runtimes.
 //!
 //! Architecture invariants (DESIGN.md §2): only this crate appends events; nothing
 //! here knows about GraphQL or HTTP; only `runtime/*` may import bollard or kube.
@@ -15,6 +16,7 @@ pub mod git;
 pub mod lifecycle;
 pub mod logs;
 pub mod postgres;
+pub mod push;
 pub mod runtime;
 pub mod store;
 pub mod template;

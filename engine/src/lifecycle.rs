@@ -416,6 +416,33 @@ impl Lifecycle {
             .collect())
     }
 
+    /// Every application ever created, in name order.
+    pub async fn application_names(&self) -> Result<Vec<Name>, LifecycleError> {
+        let streams: Vec<String> =
+            sqlx::query_scalar("SELECT stream_id FROM streams WHERE stream_type = 'application' ORDER BY stream_id")
+                .fetch_all(self.store.pool())
+                .await?;
+        Ok(streams.iter().filter_map(|id| id.strip_prefix("application-")?.parse().ok()).collect())
+    }
+
+    /// Every environment ever created of `app` (torn down ones included), folded, in
+    /// name order.
+    pub async fn environments_of(&self, app: &Name) -> Result<Vec<Environment>, LifecycleError> {
+        // The stream ids of `Environment::stream_id`; names hold no `%`, `_` or `.`, so
+        // the pattern matches this application's environments only.
+        let streams: Vec<String> = sqlx::query_scalar(
+            "SELECT stream_id FROM streams WHERE stream_type = 'environment' AND stream_id LIKE $1 ORDER BY stream_id",
+        )
+        .bind(format!("environment-{app}.%"))
+        .fetch_all(self.store.pool())
+        .await?;
+        let mut environments = Vec::with_capacity(streams.len());
+        for name in streams.iter().filter_map(|id| id.rsplit_once('.')?.1.parse::<Name>().ok()) {
+            environments.push(self.environment(app, &name).await?.0);
+        }
+        Ok(environments)
+    }
+
     /// Requests a teardown of every environment whose time is up at `now`; returns
     /// the teardowns requested. Environments already torn down or being torn down
     /// are left alone, so calling this again changes nothing.

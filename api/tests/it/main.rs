@@ -8,4 +8,5 @@ mod graphql;
 mod projections;
 mod schema;
 mod serve;
+mod webhooks;
 mod worker;

@@ -328,7 +328,8 @@ impl Environment {
         reasons
     }
 
-    fn teardown_pending(&self) -> bool {
+    /// Whether a teardown is queued or running.
+    pub fn teardown_pending(&self) -> bool {
         self.queue.iter().any(|q| q.kind == RunKind::Teardown)
     }
 

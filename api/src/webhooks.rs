@@ -1,0 +1,385 @@
+//! Push webhooks: `POST /webhooks/github` and `POST /webhooks/gitlab` deploy what was
+//! pushed (see `Lifecycle::handle_push` for what a push does).
+//!
+//! A request is taken through these steps; the first that fails answers it:
+//!
+//! 1. the endpoint is enabled, i.e. its secret is configured: otherwise **404**;
+//! 2. the request is authentic: GitHub's `X-Hub-Signature-256` is the HMAC-SHA256 of
+//!    the raw body under the secret, GitLab's `X-Gitlab-Token` is the token (both
+//!    compared in constant time): otherwise **401**;
+//! 3. the event is a push: a GitHub `ping` answers **200**, any other event **202**
+//!    with an `ignored` note;
+//! 4. the delivery id is there and the body is a push payload: otherwise **400**;
+//! 5. the delivery has not been received before (it is recorded in
+//!    `webhook_deliveries`): otherwise **409**;
+//! 6. the engine acts on the push: **202** with the runs requested, `{"runs": [...]}`.
+//!
+//! Nothing is written before step 5, so every refusal changes nothing; recording the
+//! delivery first means it is acted on at most once, even when two server instances
+//! receive it at the same moment. The provider modules only read requests
+//! ([`github`], [`gitlab`]); errors become responses in one place
+//! ([`WebhookError`]'s `IntoResponse`), which logs internal errors and never sends
+//! their text.
+
+mod github;
+mod gitlab;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use shiplog_engine::lifecycle::{Lifecycle, LifecycleError};
+use shiplog_engine::push::{Push, PushOutcome};
+use shiplog_engine::store::Metadata;
+
+/// A webhook secret or token. Compared, never shown: `Debug` prints `***`, and it
+/// has no `Display` or `Serialize`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+
+    /// Refuses an empty secret: it would authenticate anyone who knows it is empty.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() { Err("a webhook secret must not be empty".into()) } else { Ok(Secret(s.to_owned())) }
+    }
+}
+
+/// Which webhook endpoints are enabled: each one whose secret is set.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookConfig {
+    /// The secret of the GitHub webhook, which signs every delivery.
+    pub github_secret: Option<Secret>,
+    /// The secret token of the GitLab webhook, sent with every delivery.
+    pub gitlab_token: Option<Secret>,
+}
+
+/// GitHub caps webhook payloads at 25 MB and never sends more; axum's default limit
+/// of 2 MB would refuse the large pushes it does send.
+const MAX_BODY: usize = 25 * 1024 * 1024;
+
+/// The webhook routes, with their state: mount with `Router::merge`.
+pub fn router(lifecycle: Lifecycle, config: WebhookConfig) -> Router {
+    Router::new()
+        .route("/webhooks/github", post(github_hook))
+        .route("/webhooks/gitlab", post(gitlab_hook))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(Hooks { lifecycle, config: Arc::new(config) })
+}
+
+#[derive(Clone)]
+struct Hooks {
+    lifecycle: Lifecycle,
+    config: Arc<WebhookConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Provider {
+    GitHub,
+    GitLab,
+}
+
+impl Provider {
+    /// As stored in `webhook_deliveries` and written in actors (`github:alice`).
+    fn id(self) -> &'static str {
+        match self {
+            Provider::GitHub => "github",
+            Provider::GitLab => "gitlab",
+        }
+    }
+
+    /// The `shiplog serve` option that enables the endpoint.
+    fn flag(self) -> &'static str {
+        match self {
+            Provider::GitHub => "--github-webhook-secret",
+            Provider::GitLab => "--gitlab-webhook-token",
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Provider::GitHub => "GitHub",
+            Provider::GitLab => "GitLab",
+        })
+    }
+}
+
+/// What a provider module made of an authentic request.
+enum Received {
+    /// GitHub checking that the webhook works.
+    Ping,
+    /// An event shiplog does not act on, and why.
+    Ignored(String),
+    Push {
+        delivery: String,
+        push: Push,
+    },
+}
+
+async fn github_hook(State(hooks): State<Hooks>, headers: HeaderMap, body: Bytes) -> Response {
+    let received = match &hooks.config.github_secret {
+        Some(secret) => github::receive(secret, &headers, &body),
+        None => Err(WebhookError::NotConfigured(Provider::GitHub)),
+    };
+    hooks.answer(Provider::GitHub, received).await
+}
+
+async fn gitlab_hook(State(hooks): State<Hooks>, headers: HeaderMap, body: Bytes) -> Response {
+    let received = match &hooks.config.gitlab_token {
+        Some(token) => gitlab::receive(token, &headers, &body),
+        None => Err(WebhookError::NotConfigured(Provider::GitLab)),
+    };
+    hooks.answer(Provider::GitLab, received).await
+}
+
+impl Hooks {
+    async fn answer(&self, provider: Provider, received: Result<Received, WebhookError>) -> Response {
+        match self.act(provider, received).await {
+            Ok(response) => response,
+            Err(error) => error.into_response(),
+        }
+    }
+
+    async fn act(
+        &self,
+        provider: Provider,
+        received: Result<Received, WebhookError>,
+    ) -> Result<Response, WebhookError> {
+        let (delivery, push) = match received? {
+            Received::Ping => return Ok((StatusCode::OK, Json(json!({ "ok": true }))).into_response()),
+            Received::Ignored(note) => {
+                let ignored = Accepted { ignored: Some(note), ..Accepted::from(PushOutcome::default()) };
+                return Ok((StatusCode::ACCEPTED, Json(ignored)).into_response());
+            }
+            Received::Push { delivery, push } => (delivery, push),
+        };
+        self.record(provider, &delivery).await?;
+        let metadata = Metadata {
+            actor: Some(format!("{}:{}", provider.id(), push.pusher)),
+            request_id: Some(format!("{}:{delivery}", provider.id())),
+            ..Metadata::default()
+        };
+        let outcome = self.lifecycle.handle_push(&push, &metadata, chrono::Utc::now()).await?;
+        tracing::info!(
+            provider = provider.id(),
+            delivery,
+            reference = ?push.target,
+            runs = outcome.runs.len(),
+            created = outcome.created.len(),
+            failed = outcome.failed.len(),
+            "push webhook handled"
+        );
+        Ok((StatusCode::ACCEPTED, Json(Accepted::from(outcome))).into_response())
+    }
+
+    /// Records the delivery; [`WebhookError::Replayed`] when it was recorded before.
+    async fn record(&self, provider: Provider, delivery: &str) -> Result<(), WebhookError> {
+        let inserted = sqlx::query(
+            "INSERT INTO webhook_deliveries (provider, delivery_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(provider.id())
+        .bind(delivery)
+        .execute(self.lifecycle.store().pool())
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(WebhookError::Replayed(delivery.to_owned()));
+        }
+        Ok(())
+    }
+}
+
+/// The 202 answer: the runs requested (always there, maybe empty), the previews
+/// created and the environments that failed (when there are any), or why the
+/// delivery was ignored.
+#[derive(Serialize)]
+struct Accepted {
+    runs: Vec<RequestedRun>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    created: Vec<CreatedEnvironment>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    failed: Vec<FailedEnvironment>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ignored: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestedRun {
+    application: String,
+    environment: String,
+    /// `setup`, `patch` or `teardown`.
+    kind: String,
+    run_id: String,
+}
+
+#[derive(Serialize)]
+struct CreatedEnvironment {
+    application: String,
+    environment: String,
+}
+
+#[derive(Serialize)]
+struct FailedEnvironment {
+    application: String,
+    environment: String,
+    error: String,
+}
+
+impl From<PushOutcome> for Accepted {
+    fn from(outcome: PushOutcome) -> Self {
+        Accepted {
+            runs: outcome
+                .runs
+                .into_iter()
+                .map(|run| RequestedRun {
+                    application: run.application.into(),
+                    environment: run.environment.into(),
+                    kind: run.kind.to_string(),
+                    run_id: run.run_id.to_string(),
+                })
+                .collect(),
+            created: outcome
+                .created
+                .into_iter()
+                .map(|(app, env)| CreatedEnvironment { application: app.into(), environment: env.into() })
+                .collect(),
+            failed: outcome
+                .failed
+                .into_iter()
+                .map(|failure| FailedEnvironment {
+                    application: failure.application.into(),
+                    environment: failure.environment.into(),
+                    // The engine logged the error with its details.
+                    error: client_message(&failure.error),
+                })
+                .collect(),
+            ignored: None,
+        }
+    }
+}
+
+/// What a client may read of a lifecycle error: a refusal it can act on, in full;
+/// anything else only as "internal error".
+fn client_message(error: &LifecycleError) -> String {
+    match error {
+        LifecycleError::Domain(e) => e.to_string(),
+        LifecycleError::Template(e) => e.to_string(),
+        _ => "internal error".into(),
+    }
+}
+
+/// Why a webhook request was refused or failed. Turned into a response in one place,
+/// its `IntoResponse`: `{"error": "..."}` with the status the module doc lists.
+#[derive(Debug)]
+enum WebhookError {
+    NotConfigured(Provider),
+    /// A missing or wrong signature or token; says which, never what was expected.
+    Unauthorized(&'static str),
+    BadRequest(String),
+    /// The delivery id was received before.
+    Replayed(String),
+    Database(sqlx::Error),
+    Lifecycle(LifecycleError),
+}
+
+impl From<sqlx::Error> for WebhookError {
+    fn from(e: sqlx::Error) -> Self {
+        WebhookError::Database(e)
+    }
+}
+
+impl From<LifecycleError> for WebhookError {
+    fn from(e: LifecycleError) -> Self {
+        WebhookError::Lifecycle(e)
+    }
+}
+
+impl IntoResponse for WebhookError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            WebhookError::NotConfigured(provider) => (
+                StatusCode::NOT_FOUND,
+                format!("{provider} webhooks are not enabled on this server: start it with {}", provider.flag()),
+            ),
+            WebhookError::Unauthorized(why) => (StatusCode::UNAUTHORIZED, why.to_owned()),
+            WebhookError::BadRequest(why) => (StatusCode::BAD_REQUEST, why),
+            WebhookError::Replayed(delivery) => {
+                (StatusCode::CONFLICT, format!("delivery {delivery} was received before; nothing was done"))
+            }
+            WebhookError::Database(e) => {
+                tracing::error!(error = %e, "recording a webhook delivery failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
+            }
+            WebhookError::Lifecycle(e) => {
+                tracing::error!(error = %e, "handling a push webhook failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
+            }
+        };
+        (status, Json(json!({ "error": message }))).into_response()
+    }
+}
+
+/// The value of header `name`, when it is there and readable text.
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+/// The longest delivery id accepted; providers send UUIDs.
+const MAX_DELIVERY_ID: usize = 200;
+
+/// The delivery id from the first of the headers `names` present (as written in
+/// the providers' documentation: they are also shown in the error).
+fn delivery_id(headers: &HeaderMap, names: &[&str]) -> Result<String, WebhookError> {
+    let id = names.iter().find_map(|name| header(headers, name)).map(str::trim).unwrap_or_default();
+    if id.is_empty() || id.len() > MAX_DELIVERY_ID {
+        return Err(WebhookError::BadRequest(format!("missing delivery id: no {} header", names.join(" or "))));
+    }
+    Ok(id.to_owned())
+}
+
+/// The body as a push payload of type `T`.
+fn push_payload<T: DeserializeOwned>(body: &[u8]) -> Result<T, WebhookError> {
+    serde_json::from_slice(body).map_err(|e| {
+        use serde_json::error::Category;
+        WebhookError::BadRequest(match e.classify() {
+            Category::Data => format!("not a push payload: {e}"),
+            Category::Syntax | Category::Eof | Category::Io => format!("malformed JSON: {e}"),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let config = WebhookConfig { github_secret: Some("hunter2".parse().unwrap()), gitlab_token: None };
+        assert_eq!(format!("{config:?}"), "WebhookConfig { github_secret: Some(***), gitlab_token: None }");
+        assert!("".parse::<Secret>().is_err());
+    }
+}
