@@ -23,6 +23,8 @@ use super::{api, coded, internal};
 use crate::auth;
 
 /// An object with a global ID, fetchable with `node(id:)`.
+// A node lives for one response; boxing the large views would only add allocations.
+#[allow(clippy::large_enum_variant)]
 #[derive(Interface)]
 #[graphql(field(name = "id", ty = "ID", desc = "The object's opaque global ID."))]
 pub enum Node {
@@ -130,7 +132,7 @@ pub async fn list_environments(
         .fetch_all(pool)
         .await
         .map_err(|e| internal("listing environments", e))?;
-    let rows = decode_rows(rows, |view| Environment(view))?;
+    let rows = decode_rows(rows, Environment)?;
     Ok(window.connection(rows, Counted { total_count: total }))
 }
 
