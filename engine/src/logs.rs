@@ -4,8 +4,8 @@
 //! through a [`LogHub`]: one `LISTEN` per process, fanned out in memory, so any
 //! process can serve any run's log wherever the run executes.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -202,14 +202,32 @@ const FOLLOW_FALLBACK: Duration = Duration::from_secs(1);
 const FOLLOW_PAGE: i64 = 500;
 
 /// Tells followers in this process that a run has new log lines. Cheap to clone.
+///
+/// However many followers a run has in this process, one tail reads its new lines
+/// once per notification and hands the same batch to all of them: 500 browsers
+/// watching a build cost one query per chunk written, not 500.
 #[derive(Clone)]
 pub struct LogHub {
     pool: PgPool,
     news: broadcast::Sender<Uuid>,
+    tails: Arc<Mutex<HashMap<Uuid, broadcast::Sender<Batch>>>>,
     /// Stops the listener when the last clone is dropped, releasing its connection
     /// (a pool does not close while a listener holds one of its connections).
     _stop: Arc<DropGuard>,
 }
+
+/// What a run's tail hands its followers.
+#[derive(Clone)]
+enum Batch {
+    /// Lines just read, in order, numbered consecutively.
+    Lines(Arc<[LogLine]>),
+    /// The run has ended; every line is stored.
+    End,
+}
+
+/// Batches a tail keeps for followers that are slow to take them; a follower
+/// further behind reads what it missed from the database instead.
+const TAIL_BACKLOG: usize = 256;
 
 impl LogHub {
     /// Starts listening for new log lines of every run.
@@ -231,8 +249,8 @@ impl LogHub {
                             let _ = sender.send(run_id);
                         }
                     }
-                    // The connection dropped; the next call reconnects. Followers
-                    // catch up through their fallback reads.
+                    // The connection dropped; the next call reconnects. Tails catch
+                    // up through their fallback reads.
                     Ok(None) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "log listener failed; retrying");
@@ -241,20 +259,21 @@ impl LogHub {
                 }
             }
         });
-        Ok(LogHub { pool, news, _stop: Arc::new(stop.drop_guard()) })
+        Ok(LogHub { pool, news, tails: Arc::default(), _stop: Arc::new(stop.drop_guard()) })
     }
 
     /// The run's log lines after sequence number `after`: first those stored, then
     /// each new one as it is written, without gaps or repeats. Ends once the run has
-    /// ended and every line is delivered. A slow follower reads from the database,
-    /// so it never loses lines.
+    /// ended and every line is delivered. A slow follower reads what it missed from
+    /// the database, so it never loses lines.
     pub fn follow(&self, run_id: Uuid, after: i64) -> impl Stream<Item = sqlx::Result<LogLine>> + Send + 'static {
         let follow = Follow {
-            pool: self.pool.clone(),
-            news: self.news.subscribe(),
+            hub: self.clone(),
+            batches: self.tail(run_id),
             run_id,
-            cursor: after,
+            queued: after,
             pending: VecDeque::new(),
+            caught_up: false,
             ended: false,
         };
         futures::stream::try_unfold(follow, |mut f| async move {
@@ -262,17 +281,107 @@ impl LogHub {
             Ok(line.map(|line| (line, f)))
         })
     }
+
+    /// A receiver of the run's tail, starting the tail if the run has none here.
+    fn tail(&self, run_id: Uuid) -> broadcast::Receiver<Batch> {
+        let mut tails = self.tails.lock().expect("not poisoned");
+        if let Some(tail) = tails.get(&run_id) {
+            return tail.subscribe();
+        }
+        let (sender, receiver) = broadcast::channel(TAIL_BACKLOG);
+        tails.insert(run_id, sender.clone());
+        let tail = Tail { pool: self.pool.clone(), news: self.news.subscribe(), tails: self.tails.clone(), run_id, sender };
+        tokio::spawn(tail.run());
+        receiver
+    }
+}
+
+/// The one reader of a run's new lines in this process.
+struct Tail {
+    pool: PgPool,
+    news: broadcast::Receiver<Uuid>,
+    tails: Arc<Mutex<HashMap<Uuid, broadcast::Sender<Batch>>>>,
+    run_id: Uuid,
+    sender: broadcast::Sender<Batch>,
+}
+
+impl Tail {
+    async fn run(mut self) {
+        let mut cursor = match sqlx::query_scalar::<_, Option<i64>>("SELECT max(seq) FROM run_logs WHERE run_id = $1")
+            .bind(self.run_id)
+            .fetch_one(&self.pool)
+            .await
+        {
+            Ok(last) => last.unwrap_or(0),
+            Err(e) => {
+                tracing::warn!(run_id = %self.run_id, error = %e, "starting a log tail failed");
+                return self.close();
+            }
+        };
+        loop {
+            if self.unfollowed() {
+                return;
+            }
+            match read(&self.pool, self.run_id, cursor, FOLLOW_PAGE).await {
+                Ok(lines) if !lines.is_empty() => {
+                    cursor = lines.last().map_or(cursor, |l| l.seq);
+                    let _ = self.sender.send(Batch::Lines(lines.into()));
+                    continue;
+                }
+                Ok(_) => match run_ended(&self.pool, self.run_id).await {
+                    Ok(true) => {
+                        let _ = self.sender.send(Batch::End);
+                        return self.close();
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(run_id = %self.run_id, error = %e, "checking a run's end failed"),
+                },
+                Err(e) => tracing::warn!(run_id = %self.run_id, error = %e, "reading log lines failed; retrying"),
+            }
+            let _ = tokio::time::timeout(FOLLOW_FALLBACK, wait_for_news(&mut self.news, self.run_id)).await;
+        }
+    }
+
+    /// True (and the tail forgotten) when no follower is left.
+    fn unfollowed(&self) -> bool {
+        let mut tails = self.tails.lock().expect("not poisoned");
+        if self.sender.receiver_count() > 0 {
+            return false;
+        }
+        tails.remove(&self.run_id);
+        true
+    }
+
+    fn close(self) {
+        self.tails.lock().expect("not poisoned").remove(&self.run_id);
+    }
+}
+
+/// Returns when `run_id` may have new lines.
+async fn wait_for_news(news: &mut broadcast::Receiver<Uuid>, run_id: Uuid) {
+    loop {
+        match news.recv().await {
+            Ok(id) if id == run_id => return,
+            Ok(_) => {}
+            // Missed some notifications: read anyway.
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
 }
 
 /// Where one follower is in a run's log.
 struct Follow {
-    pool: PgPool,
-    news: broadcast::Receiver<Uuid>,
+    hub: LogHub,
+    batches: broadcast::Receiver<Batch>,
     run_id: Uuid,
-    /// The sequence number of the last line handed out.
-    cursor: i64,
+    /// The sequence number of the last line handed out or queued in `pending`.
+    queued: i64,
     /// Lines read and not yet handed out.
     pending: VecDeque<LogLine>,
+    /// Every line stored when the database was last read is queued; from here on
+    /// the tail's batches continue where that read ended.
+    caught_up: bool,
     /// The run has ended and every line is in `pending`.
     ended: bool,
 }
@@ -281,39 +390,52 @@ impl Follow {
     async fn next_line(&mut self) -> sqlx::Result<Option<LogLine>> {
         loop {
             if let Some(line) = self.pending.pop_front() {
-                self.cursor = line.seq;
                 return Ok(Some(line));
             }
             if self.ended {
                 return Ok(None);
             }
-            let lines = read(&self.pool, self.run_id, self.cursor, FOLLOW_PAGE).await?;
-            if !lines.is_empty() {
-                self.pending.extend(lines);
+            if !self.caught_up {
+                // The follower joined the tail before reading, so nothing written
+                // after this read is missed.
+                self.read_from_database(FOLLOW_PAGE).await?;
                 continue;
             }
-            // Every line is stored before the event that ends the run, so once the
-            // end is visible one more read gets the last of them.
-            if run_ended(&self.pool, self.run_id).await? {
-                self.pending.extend(read(&self.pool, self.run_id, self.cursor, i64::MAX).await?);
-                self.ended = true;
-                continue;
+            match self.batches.recv().await {
+                Ok(Batch::Lines(lines)) => {
+                    let Some(first) = lines.iter().find(|l| l.seq > self.queued).map(|l| l.seq) else { continue };
+                    if first > self.queued + 1 {
+                        // Lines in between were read by the tail before this follower
+                        // caught up: they are in the database.
+                        self.caught_up = false;
+                        continue;
+                    }
+                    self.pending.extend(lines.iter().filter(|l| l.seq > self.queued).cloned());
+                    self.queued = self.pending.back().map_or(self.queued, |l| l.seq);
+                }
+                // Every line is stored before the event that ends the run.
+                Ok(Batch::End) => {
+                    self.read_from_database(i64::MAX).await?;
+                    self.ended = true;
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => self.caught_up = false,
+                // The tail stopped without seeing the end (it could not start):
+                // join a new one, then read what it may not have.
+                Err(broadcast::error::RecvError::Closed) => {
+                    tokio::time::sleep(FOLLOW_FALLBACK).await;
+                    self.batches = self.hub.tail(self.run_id);
+                    self.caught_up = false;
+                }
             }
-            let _ = tokio::time::timeout(FOLLOW_FALLBACK, self.wait_for_news()).await;
         }
     }
 
-    /// Returns when this run may have new lines.
-    async fn wait_for_news(&mut self) {
-        loop {
-            match self.news.recv().await {
-                Ok(id) if id == self.run_id => return,
-                Ok(_) => {}
-                // Missed some notifications: read anyway.
-                Err(broadcast::error::RecvError::Lagged(_)) => return,
-                Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
-            }
-        }
+    async fn read_from_database(&mut self, limit: i64) -> sqlx::Result<()> {
+        let lines = read(&self.hub.pool, self.run_id, self.queued, limit).await?;
+        self.caught_up = (lines.len() as i64) < limit;
+        self.queued = lines.last().map_or(self.queued, |l| l.seq);
+        self.pending.extend(lines);
+        Ok(())
     }
 }
 

@@ -350,6 +350,45 @@ async fn a_follower_gets_every_log_line_live_and_a_resumed_one_the_rest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_sharing_one_tail_each_get_every_line_once_however_late_or_slow() {
+    use futures::{StreamExt, TryStreamExt};
+    use shiplog_engine::runtime::{LogSink, LogStream};
+    let ex = Example::new().await;
+    let hub = logs::LogHub::start(ex.db.runtime.clone()).await.unwrap();
+    // A queued run nobody executes: the test writes its log and then ends it.
+    let setup = ex.lifecycle.request_setup(&ex.app, &ex.env, None, "created", &metadata(), Utc::now()).await.unwrap();
+    let log = logs::RunLog::open(ex.db.runtime.clone(), setup.run_id, vec![]).await.unwrap();
+    let job = log.job("test");
+
+    let early = tokio::spawn(hub.follow(setup.run_id, 0).try_collect::<Vec<_>>());
+    // A slow follower: it takes its first line, then nothing while hundreds of
+    // batches pass (more than the tail keeps), then the rest.
+    let mut slow = Box::pin(hub.follow(setup.run_id, 0));
+    job.line(LogStream::Stdout, "line 1");
+    assert_eq!(slow.next().await.unwrap().unwrap().seq, 1);
+    for n in 2..=400 {
+        job.line(LogStream::Stdout, &format!("line {n}"));
+        log.flush().await; // one chunk, one notification, one batch per line
+    }
+    // A late follower joins the same tail in the middle, from line 100.
+    let late = tokio::spawn(hub.follow(setup.run_id, 100).try_collect::<Vec<_>>());
+    for n in 401..=600 {
+        job.line(LogStream::Stdout, &format!("line {n}"));
+    }
+    log.flush().await;
+    ex.lifecycle.cancel_run(setup.run_id, "done", &metadata(), Utc::now()).await.unwrap();
+
+    let numbers = |lines: Vec<logs::LogLine>| lines.iter().map(|l| l.seq).collect::<Vec<_>>();
+    let patience = Duration::from_secs(30);
+    let early = tokio::time::timeout(patience, early).await.expect("the follow ended").unwrap().unwrap();
+    assert_eq!(numbers(early), (1..=600).collect::<Vec<_>>());
+    let late = tokio::time::timeout(patience, late).await.expect("the follow ended").unwrap().unwrap();
+    assert_eq!(numbers(late), (101..=600).collect::<Vec<_>>());
+    let slow: Vec<_> = tokio::time::timeout(patience, slow.try_collect()).await.expect("the follow ended").unwrap();
+    assert_eq!(numbers(slow), (2..=600).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_environment_past_its_ttl_is_torn_down_once() {
     let ex = Example::new().await;
     let preview: Name = "preview-1".parse().unwrap();

@@ -6,7 +6,10 @@
 //! cargo run --release -p shiplog-tests --bin bench -- engine [--runs N] [--json PATH] [--no-fsync]
 //! cargo run --release -p shiplog-tests --bin bench -- projections [--events N] [--json PATH] [--no-fsync]
 //! cargo run --release -p shiplog-tests --bin bench -- docker [--runs N] [--json PATH] [--no-fsync]
+//! cargo build --release -p shiplog && cargo run --release -p shiplog-tests --bin bench -- api [--json PATH]
 //! ```
+//!
+//! `bench api` drives a `shiplog serve` process as clients do; see [`Command::Api`].
 //!
 //! `bench docker` times a setup and a patch of the example on the docker runtime
 //! beside the same steps as a shell script of `docker` commands; see
@@ -53,6 +56,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use chrono::{DateTime, Utc};
+mod api;
+
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -160,7 +165,7 @@ enum Command {
 
     /// The docker runtime: a setup and a patch of the example application through
     /// the engine, beside the same steps done by a shell script of `docker`
-    /// commands (`bench-docker.sh`), in the same run on the same engine.
+    /// commands (`bench/docker.sh`), in the same run on the same engine.
     ///
     /// Each of --runs rounds (after one untimed warm-up round, which fills the
     /// engine's build cache for both sides) works on fresh environments: on the
@@ -177,6 +182,24 @@ enum Command {
     /// timed. The sides alternate which goes first in each round. The issue's
     /// target, engine time at most 1.2 times the script's, is printed, not asserted.
     Docker(DockerArgs),
+    /// The GraphQL API through a `shiplog serve` process (the release binary next
+    /// to this one) on the bench database, as clients use it.
+    ///
+    /// Live logs: for each --subscribers count, that many websockets subscribe
+    /// (`graphql-transport-ws`) to one run's `runLogs`; the bench writes lines with
+    /// the engine's own run-log writer, as a worker does. Latency: 300 lines, 5 ms
+    /// apart, each timed from its writing to its arrival at every subscriber (p50,
+    /// p99 over all arrivals), beside the floor of a database-backed live log: a
+    /// row INSERTed with a NOTIFY in its transaction, heard by one listener. Rate:
+    /// --lines lines written at once, lines/s until the last subscriber has the last
+    /// line, beside plain 500-row INSERTs of the same lines.
+    ///
+    /// Lists: --environments environments (a tenth production), folded by the
+    /// server's projections; then 8 clients each ask `environments(first: 50)`
+    /// 50 times over HTTP, beside the same two statements (count and page) on the
+    /// read model asked the same way. Targets (printed, not asserted): p99 delivery
+    /// at most 100 ms; at least 20,000 lines/s into one run's subscribers.
+    Api(ApiArgs),
 }
 
 /// Options every benchmark takes.
@@ -238,6 +261,21 @@ struct DockerArgs {
     common: CommonArgs,
 }
 
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// Subscriber counts to measure live-log delivery with.
+    #[arg(long, value_delimiter = ',', default_value = "1,500")]
+    subscribers: Vec<usize>,
+    /// Lines in the burst that measures the delivery rate.
+    #[arg(long, default_value_t = 20_000)]
+    lines: usize,
+    /// Environments in the list the query pages through.
+    #[arg(long, default_value_t = 10_000)]
+    environments: usize,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
 /// What a benchmark reports: lines printed above the table, and its figures.
 type Report = (Vec<String>, Vec<Figure>);
 
@@ -247,6 +285,7 @@ fn main() -> anyhow::Result<()> {
         Command::Engine(args) => run_on_server(&args.common, |options| engine_benchmark(options, &args)),
         Command::Projections(args) => run_on_server(&args.common, |options| projections_benchmark(options, &args)),
         Command::Docker(args) => run_on_server(&args.common, |options| docker_benchmark(options, &args)),
+        Command::Api(args) => run_on_server(&args.common, |options| api::api_benchmark(options, &args)),
     }
 }
 
@@ -1331,7 +1370,7 @@ async fn docker_benchmark(options: PgConnectOptions, args: &DockerArgs) -> anyho
     let runtime = Arc::new(AnyRuntime::Docker(docker));
     let lifecycle = Lifecycle::new(EventStore::new(db.runtime.clone()));
     let worker = Worker::new(lifecycle.clone(), runtime.clone(), "bench-worker", scratch.path().join("work"));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bin/bench-docker.sh");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bin/bench/docker.sh");
 
     let (mut engine, mut baseline) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
     for round in 0..=args.runs {
@@ -1376,7 +1415,7 @@ async fn docker_benchmark(options: PgConnectOptions, args: &DockerArgs) -> anyho
         Figure::latency("docker patch: engine vs docker script", &engine.1, &baseline.1),
     ];
     header.push(format!(
-        "{} rounds after a warm-up: setup and patch of examples/hello on the docker runtime, beside bench-docker.sh",
+        "{} rounds after a warm-up: setup and patch of examples/hello on the docker runtime, beside bench/docker.sh",
         args.runs
     ));
     for figure in &figures {
@@ -1436,7 +1475,7 @@ async fn docker_engine_round(
     Ok((times[0], times[1]))
 }
 
-/// The same setup and patch as [`docker_engine_round`], by `bench-docker.sh`.
+/// The same setup and patch as [`docker_engine_round`], by `bench/docker.sh`.
 async fn docker_script_round(
     script: &Path,
     repo: &ExampleRepo,
@@ -1455,7 +1494,7 @@ async fn docker_script_round(
             .args([shiplog_tests::docker::BASE_IMAGE, &repo.port.to_string()])
             .output()
             .await?;
-        ensure!(out.status.success(), "bench-docker.sh {mode}: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(out.status.success(), "bench/docker.sh {mode}: {}", String::from_utf8_lossy(&out.stderr));
         times.push(started.elapsed());
     }
     Ok((times[0], times[1]))
