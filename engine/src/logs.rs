@@ -290,7 +290,8 @@ impl LogHub {
         }
         let (sender, receiver) = broadcast::channel(TAIL_BACKLOG);
         tails.insert(run_id, sender.clone());
-        let tail = Tail { pool: self.pool.clone(), news: self.news.subscribe(), tails: self.tails.clone(), run_id, sender };
+        let tail =
+            Tail { pool: self.pool.clone(), news: self.news.subscribe(), tails: self.tails.clone(), run_id, sender };
         tokio::spawn(tail.run());
         receiver
     }

@@ -371,6 +371,21 @@ async fn the_http_edge_refuses_what_it_must_with_clear_errors() {
     );
     assert!(metrics.body.contains("shiplog_subscriptions_open 0"), "{}", metrics.body);
     assert!(metrics.body.contains("shiplog_projection_lag_events{projection=\"lifecycle\"}"), "{}", metrics.body);
+
+    // A role that may not: a top-level error with a code, nothing changed.
+    let forbidden = app
+        .graphql(
+            &viewer,
+            "mutation { applicationCreate(input: { name: \"x\", repository: \"/r\" }) { userErrors { code } } }",
+            json!({}),
+        )
+        .await;
+    insta::assert_json_snapshot!("forbidden", forbidden);
+
+    // A system failure (the read model's view gone): INTERNAL, without the database's words.
+    sqlx::query("DROP VIEW read.environments").execute(&app.db.owner).await.unwrap();
+    let broken = app.graphql(&viewer, "{ environments { totalCount } }", json!({})).await;
+    insta::assert_json_snapshot!("internal", broken);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

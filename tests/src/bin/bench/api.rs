@@ -275,7 +275,8 @@ async fn raw_insert_rate(owner: &PgPool, lines: usize) -> anyhow::Result<f64> {
     sqlx::query("CREATE TABLE raw_burst (n bigint PRIMARY KEY, line text NOT NULL)").execute(owner).await?;
     let started = Instant::now();
     for chunk in (0..lines as i64).collect::<Vec<_>>().chunks(500) {
-        let texts: Vec<String> = chunk.iter().map(|i| format!("burst line {i} with some text a build would print")).collect();
+        let texts: Vec<String> =
+            chunk.iter().map(|i| format!("burst line {i} with some text a build would print")).collect();
         sqlx::query("INSERT INTO raw_burst SELECT * FROM UNNEST($1::bigint[], $2::text[])")
             .bind(chunk)
             .bind(&texts)
