@@ -104,6 +104,9 @@ pub struct AppState {
     pub max_body: usize,
     pub lifecycle: Lifecycle,
     pub webhooks: WebhookConfig,
+    /// Cancelled when the server shuts down: open websockets close then, rather
+    /// than keeping the process (and its database connections) alive.
+    pub closing: CancellationToken,
 }
 
 /// How the HTTP API is configured.
@@ -146,6 +149,7 @@ impl AppState {
             metrics,
             max_body: config.max_body,
             webhooks: config.webhooks,
+            closing: CancellationToken::new(),
         })
     }
 }
@@ -220,9 +224,9 @@ async fn graphql_handler(State(state): State<AppState>, headers: HeaderMap, body
 /// `{"authorization": "Bearer <token>"}` (or `{"token": "<token>"}`); a
 /// connection without a valid one is closed (code 1002, the reason says why).
 async fn graphql_ws(State(state): State<AppState>, protocol: GraphQLProtocol, upgrade: WebSocketUpgrade) -> Response {
-    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| {
+    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| async move {
         let pool = state.pool.clone();
-        GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
+        let serve = GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
             .on_connection_init(move |payload| async move {
                 let token = payload
                     .get("authorization")
@@ -245,7 +249,11 @@ async fn graphql_ws(State(state): State<AppState>, protocol: GraphQLProtocol, up
                 data.insert(RequestId(format!("ws-{}", Uuid::new_v4())));
                 Ok(data)
             })
-            .serve()
+            .serve();
+        tokio::select! {
+            _ = serve => {}
+            _ = state.closing.cancelled() => {}
+        }
     })
 }
 
@@ -297,10 +305,12 @@ pub async fn serve(
     let stop_reconciler = shutdown.clone();
     let reconciler = tokio::spawn(async move { reconciler.run(drift_interval, Arc::default(), stop_reconciler).await });
     let worker = tokio::spawn(run_worker(database.store(), runtime, worker.clone(), shutdown.clone()));
+    let closing = state.closing.clone();
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             tracing::info!("shutting down");
+            closing.cancel();
         })
         .await;
     let _ = stop.send(true);

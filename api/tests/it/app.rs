@@ -125,7 +125,8 @@ impl TestApp {
 
 /// Serves the API of `db` on a free port until `shutdown`.
 async fn serve(db: &TestDb, config: ApiConfig, shutdown: CancellationToken) -> SocketAddr {
-    let state = AppState::new(db.store(), config).await.unwrap();
+    let mut state = AppState::new(db.store(), config).await.unwrap();
+    state.closing = shutdown.child_token();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move {

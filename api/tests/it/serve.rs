@@ -77,6 +77,19 @@ fn serve_runs_a_private_postgres_and_stops_it_on_sigterm() {
     );
     assert!(answer.contains(r#"{"data":{"auditVerification":{"intact":true,"eventsChecked":"0"}}}"#), "{answer}");
 
+    // An open websocket does not keep the server from stopping.
+    let mut socket = TcpStream::connect(&address).unwrap();
+    socket
+        .write_all(
+            b"GET /graphql/ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+              Sec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n",
+        )
+        .unwrap();
+    let mut upgraded = [0u8; 12];
+    socket.read_exact(&mut upgraded).unwrap();
+    assert_eq!(&upgraded, b"HTTP/1.1 101");
+
     let postmaster_pid: i32 =
         std::fs::read_to_string(data_dir.join("postmaster.pid")).unwrap().lines().next().unwrap().parse().unwrap();
     kill(Pid::from_raw(server.id() as i32), Signal::SIGTERM).unwrap();

@@ -125,7 +125,13 @@ type Arrivals = mpsc::UnboundedSender<(usize, u64, Instant)>;
 
 /// Opens `count` websockets subscribed to the run's log; each reports every line
 /// it receives (subscriber, line number, when) on `arrivals`.
-async fn subscribers(server: &ShiplogServer, run_id: Uuid, count: usize, arrivals: Arrivals) -> anyhow::Result<()> {
+async fn subscribers(
+    server: &ShiplogServer,
+    run_id: Uuid,
+    count: usize,
+    arrivals: Arrivals,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
     let query = "subscription($id: ID!) { runLogs(runId: $id) { number text } }";
     for n in 0..count {
         let mut request = format!("ws://{}/graphql/ws", server.address).into_client_request()?;
@@ -136,7 +142,7 @@ async fn subscribers(server: &ShiplogServer, run_id: Uuid, count: usize, arrival
         let start = json!({ "id": "1", "type": "subscribe", "payload": { "query": query, "variables": { "id": run_node_id(run_id) } } });
         socket.send(Message::text(start.to_string())).await?;
         let arrivals = arrivals.clone();
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             while let Some(Ok(message)) = socket.next().await {
                 let Message::Text(text) = message else { continue };
                 let at = Instant::now();
@@ -145,9 +151,9 @@ async fn subscribers(server: &ShiplogServer, run_id: Uuid, count: usize, arrival
                     let _ = arrivals.send((n, number.parse().unwrap_or(0), at));
                 }
             }
-        });
+        }));
     }
-    Ok(())
+    Ok(tasks)
 }
 
 /// Waits until every one of `count` subscribers has received line `number`.
@@ -180,11 +186,14 @@ pub async fn api_benchmark(options: PgConnectOptions, args: &ApiArgs) -> anyhow:
     let db = BenchDb::open(options.clone(), 20).await?;
     let names: Vec<String> = args.subscribers.iter().map(|n| format!("subs-{n}")).collect();
     let run_ids = runs(&db, &names.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+    eprintln!("starting shiplog serve");
     let server = ShiplogServer::start(&database_url(&options)).await?;
+    eprintln!("shiplog serve at {}", server.address);
     let mut figures = Vec::new();
     let raw_latency = raw_notify_latencies(&db).await?;
     let raw_rate = raw_insert_rate(&db.owner, args.lines).await?;
     for (count, run_id) in args.subscribers.iter().zip(&run_ids) {
+        eprintln!("live logs with {count} subscriber(s)");
         let (latencies, rate) = deliveries(&db.runtime, &server, *run_id, *count, args.lines).await?;
         figures.push(Figure::latency(
             &format!("log line to {count} subscriber(s) vs INSERT+NOTIFY to 1 listener"),
@@ -218,7 +227,7 @@ async fn deliveries(
     burst: usize,
 ) -> anyhow::Result<(Vec<Duration>, f64)> {
     let (sender, mut arrivals) = mpsc::unbounded_channel();
-    subscribers(server, run_id, count, sender).await?;
+    let sockets = subscribers(server, run_id, count, sender).await?;
     let log = RunLog::open(pool.clone(), run_id, vec![]).await?;
     let job = log.job("bench");
     // Warm-up: every subscriber is live once each has line 1.
@@ -246,6 +255,9 @@ async fn deliveries(
     }
     let done = all_received(&mut arrivals, count, last + burst as u64, |_, _| {}).await?;
     log.flush().await;
+    for socket in sockets {
+        socket.abort();
+    }
     Ok((latencies, burst as f64 / (done - started).as_secs_f64()))
 }
 
@@ -289,6 +301,7 @@ async fn raw_insert_rate(owner: &PgPool, lines: usize) -> anyhow::Result<f64> {
 /// `environments(first: 50)` over HTTP among `environments` environments, with
 /// 8 clients asking at once, beside the read model's SQL asked the same way.
 async fn list_benchmark(db: &BenchDb, server: &ShiplogServer, environments: usize) -> anyhow::Result<Vec<Figure>> {
+    eprintln!("creating {environments} environments");
     let lifecycle = Lifecycle::new(EventStore::new(db.runtime.clone()));
     let (meta, app): (Metadata, Name) = (Metadata::default(), "many".parse()?);
     lifecycle.create_application(&app, "/nonexistent", &meta, Utc::now()).await?;
