@@ -216,7 +216,16 @@ async fn graphql_handler(State(state): State<AppState>, headers: HeaderMap, body
     };
     let request_id = Uuid::new_v4().to_string();
     let request = request.data(Caller(Some(principal))).data(RequestId(request_id));
-    GraphQLResponse::from(state.schema.execute(request).await).into_response()
+    let mut response = state.schema.execute(request).await;
+    // Errors the resolvers raise carry a code; those the parser, the validator and
+    // the depth and complexity limits raise get theirs here, so every error has one.
+    for error in &mut response.errors {
+        let extensions = error.extensions.get_or_insert_with(Default::default);
+        if extensions.get("code").is_none() {
+            extensions.set("code", "GRAPHQL_VALIDATION_FAILED");
+        }
+    }
+    GraphQLResponse::from(response).into_response()
 }
 
 /// `GET /graphql/ws`: subscriptions over `graphql-transport-ws` (and the older

@@ -324,6 +324,7 @@ async fn the_http_edge_refuses_what_it_must_with_clear_errors() {
     let deep = "{ environments(first: 1) { nodes { application { environments(first: 1) { nodes { application { name } } } } } } }";
     let answer = app.graphql(&viewer, deep, json!({})).await;
     assert!(answer["errors"][0]["message"].as_str().unwrap().to_lowercase().contains("nested too deep"), "{answer:#}");
+    assert_eq!(answer["errors"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED");
     let costly = "{ environments(first: 100) { nodes { runs(first: 100) { nodes { id } } } } }";
     let answer = app.graphql(&viewer, costly, json!({})).await;
     assert!(answer["errors"][0]["message"].as_str().unwrap().to_lowercase().contains("too complex"), "{answer:#}");
