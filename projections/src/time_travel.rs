@@ -48,12 +48,15 @@ pub async fn application_at(
 
 /// Folds `streams` up to `as_of` with the `lifecycle` projection's fold.
 async fn fold(store: &EventStore, streams: Vec<String>, as_of: AsOf) -> Result<LifecycleState, ProjectionError> {
-    let mut filter = EventFilter { streams, ..EventFilter::default() };
+    // Every committed event counts, also past the gap-free horizon: a point in
+    // the history a client names (a cursor it was given, a moment, now) is folded
+    // from what is committed, whatever else is still in flight on the server.
+    let mut filter = EventFilter { streams, past_horizon: true, ..EventFilter::default() };
     match as_of {
         AsOf::Cursor(cursor) => filter.to = Some(cursor),
         // `until` is exclusive; timestamps are stored to the microsecond.
         AsOf::Time(at) => filter.until = Some(at + TimeDelta::microseconds(1)),
-        AsOf::Latest => filter.past_horizon = true,
+        AsOf::Latest => {}
     }
     let mut state = LifecycleState::default();
     for_each_event(store, &filter, |event| {

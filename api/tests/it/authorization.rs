@@ -4,6 +4,7 @@
 
 use serde_json::{Value, json};
 use shiplog::auth::Role;
+use shiplog_tests::eventually;
 
 use crate::app::TestApp;
 use crate::graphql::{ENVIRONMENT_CREATE, example_application};
@@ -39,9 +40,14 @@ async fn every_operation_by_every_role_and_by_no_one() {
     let production_id = production["environmentCreate"]["environment"]["id"].clone();
     let staging_run = staging["environmentCreate"]["run"]["id"].clone();
     let production_run = production["environmentCreate"]["run"]["id"].clone();
-    let event_id = app.data(&app.admin, "{ events(first: 1) { nodes { id } } }", json!({})).await["events"]["nodes"][0]
-        ["id"]
-        .clone();
+    // The log is read gap-free: on a busy server an event becomes readable a moment
+    // after its commit.
+    let event_id = eventually("an event readable in the log", crate::app::PATIENCE, || async {
+        let data = app.data(&app.admin, "{ events(first: 1) { nodes { id } } }", json!({})).await;
+        let id = data["events"]["nodes"][0]["id"].clone();
+        (!id.is_null()).then_some(id)
+    })
+    .await;
     let victim = app
         .data(
             &app.admin,
