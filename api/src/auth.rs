@@ -178,20 +178,14 @@ pub async fn authenticate(pool: &PgPool, bearer: &str) -> sqlx::Result<Option<Pr
     if !bearer.starts_with(PREFIX) {
         return Ok(None);
     }
-    let row = sqlx::query("SELECT id, name, role, production FROM api_tokens WHERE digest = $1 AND revoked_at IS NULL")
-        .bind(digest(bearer))
-        .fetch_optional(pool)
-        .await?;
-    row.map(|row| {
-        let role: String = row.try_get("role")?;
-        Ok(Principal {
-            token_id: row.try_get("id")?,
-            name: row.try_get("name")?,
-            role: Role::parse(&role).ok_or_else(|| sqlx::Error::Decode(format!("unknown role {role:?}").into()))?,
-            production: row.try_get("production")?,
-        })
-    })
-    .transpose()
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM api_tokens WHERE digest = $1 AND revoked_at IS NULL"
+    )))
+    .bind(digest(bearer))
+    .fetch_optional(pool)
+    .await?;
+    let token = row.as_ref().map(token).transpose()?;
+    Ok(token.map(|t| Principal { token_id: t.id, name: t.name, role: t.role, production: t.production }))
 }
 
 /// Creates a token; its secret is returned here and never again.

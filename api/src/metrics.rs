@@ -52,9 +52,9 @@ impl Metrics {
         self.subscriptions.load(Ordering::Relaxed)
     }
 
-    fn observe(&self, route: &str, status: u16, seconds: f64) {
+    fn observe(&self, route: String, status: u16, seconds: f64) {
         let mut latency = self.latency.lock().expect("not poisoned");
-        let h = latency.entry((route.to_owned(), status)).or_default();
+        let h = latency.entry((route, status)).or_default();
         for (count, bound) in h.counts.iter_mut().zip(BUCKETS) {
             if seconds <= bound {
                 *count += 1;
@@ -122,6 +122,6 @@ pub async fn time_requests(State(metrics): State<Metrics>, request: Request, nex
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
     let started = Instant::now();
     let response = next.run(request).await;
-    metrics.observe(&route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    metrics.observe(route, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }

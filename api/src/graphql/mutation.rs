@@ -129,15 +129,14 @@ fn commit(commit: Option<String>) -> Result<Option<CommitId>, UserError> {
         .transpose()
 }
 
-/// Authorizes a change to an environment: deployers need production rights for
-/// production. Returns the caller, or the user error when the environment does
-/// not exist.
+/// Authorizes a change to an environment, for a caller whose role may deploy
+/// (checked before): deployers need production rights for production. Returns
+/// the caller, or the user error when the environment does not exist.
 async fn authorize_environment<'a>(
     ctx: &Context<'a>,
     app: &Name,
     env: &Name,
 ) -> async_graphql::Result<Result<&'a Principal, UserError>> {
-    authorize(ctx, Permission::Deploy, false)?;
     let (state, _) =
         api(ctx).lifecycle.environment(app, env).await.map_err(|e| internal("loading an environment", e))?;
     let Some(created) = &state.created else {
@@ -623,6 +622,7 @@ async fn request(
     commit_input: Option<String>,
     reason: String,
 ) -> async_graphql::Result<EnvironmentRunPayload> {
+    // Refused before the ID is even read: a caller without the role learns nothing.
     authorize(ctx, Permission::Deploy, false)?;
     let (app, env) = or_refuse!(environment_id(id), EnvironmentRunPayload);
     let caller = or_refuse!(authorize_environment(ctx, &app, &env).await?, EnvironmentRunPayload);

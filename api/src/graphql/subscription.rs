@@ -12,7 +12,7 @@ use async_graphql::{Context, ID, Subscription as SubscriptionRoot};
 use futures::{Stream, StreamExt};
 use shiplog_engine::domain::environment::Environment as DomainEnvironment;
 use shiplog_engine::domain::run::Run as DomainRun;
-use shiplog_engine::store::{Cursor, EventFilter};
+use shiplog_engine::store::{Cursor, EventFilter, RecordedEvent};
 use shiplog_projections::fact::Fact;
 use shiplog_projections::runs::RunView;
 
@@ -69,30 +69,19 @@ impl Subscription {
         let open = api.metrics.subscription_opened();
         // State: the events still to come, the run folded so far, and whether it ended.
         let updates =
-            futures::stream::unfold((events, None::<RunView>, false), |(mut events, mut view, ended)| async move {
+            futures::stream::unfold((events, None::<RunView>, false), |(mut events, view, ended)| async move {
                 if ended {
                     return None;
                 }
                 let chunk = events.next().await?;
-                for event in chunk {
-                    let fact = match event
-                        .map_err(|e| e.to_string())
-                        .and_then(|e| Fact::decode(&e).map_err(|e| e.to_string()))
-                    {
-                        Ok(fact) => fact,
-                        Err(e) => return Some((Err(internal("following a run", e)), (events, view, true))),
-                    };
-                    view = RunView::apply(view.take(), &fact);
-                }
-                let Some(current) = view.clone() else {
-                    return Some((
-                        Err(internal("following a run", "run stream without RunQueued")),
-                        (events, view, true),
-                    ));
-                };
-                let run = Run(current);
-                let ended = run.is_final();
-                Some((Ok(run), (events, view, ended)))
+                Some(match fold(view, chunk) {
+                    Ok(current) => {
+                        let run = Run(current.clone());
+                        let ended = run.is_final();
+                        (Ok(run), (events, Some(current), ended))
+                    }
+                    Err(e) => (Err(internal("following a run", e)), (events, None, true)),
+                })
             });
         Ok(updates.map(move |update| {
             let _open = &open;
@@ -146,6 +135,15 @@ fn follow_events(
         let _open = &open;
         event.map(Event).map_err(|e| internal("following events", e))
     }))
+}
+
+/// Folds a chunk of a run's events into its view.
+fn fold(mut view: Option<RunView>, chunk: Vec<sqlx::Result<RecordedEvent>>) -> Result<RunView, String> {
+    for event in chunk {
+        let event = event.map_err(|e| e.to_string())?;
+        view = RunView::apply(view, &Fact::decode(&event).map_err(|e| e.to_string())?);
+    }
+    view.ok_or_else(|| "a run stream without RunQueued".to_owned())
 }
 
 /// The run an ID names, if it exists; a top-level error otherwise.

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use chrono::Utc;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use shiplog_engine::domain::environment::{Created, EnvironmentKind, Tracking};
+use shiplog_engine::domain::environment::EnvironmentKind;
 use shiplog_engine::domain::{CommitId, Name};
 use shiplog_engine::lifecycle::Lifecycle;
 use shiplog_engine::logs::RunLog;
@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use uuid::Uuid;
 
-use super::{ApiArgs, BenchDb, Figure, Pair, Report};
+use super::{ApiArgs, BenchDb, Figure, Pair, Report, environment};
 
 /// Lines sent one by one, spaced out, to time delivery.
 const LATENCY_LINES: usize = 300;
@@ -99,14 +99,7 @@ async fn runs(db: &BenchDb, environments: &[&str]) -> anyhow::Result<Vec<Uuid>> 
     let mut ids = Vec::new();
     for name in environments {
         let env: Name = name.parse()?;
-        let created = Created {
-            application: app.clone(),
-            name: env.clone(),
-            kind: EnvironmentKind::Staging,
-            tracking: Tracking::Branch("main".into()),
-            ttl_seconds: None,
-            drift_mode: Default::default(),
-        };
+        let created = environment(&app, &env, EnvironmentKind::Staging, "main");
         lifecycle.create_environment(&created, &meta, Utc::now()).await?;
         let run = lifecycle.request_setup(&app, &env, Some(commit.clone()), "bench", &meta, Utc::now()).await?;
         ids.push(run.run_id);
@@ -311,14 +304,8 @@ async fn list_benchmark(db: &BenchDb, server: &ShiplogServer, environments: usiz
         let (lifecycle, app, meta, created) = (lifecycle.clone(), app.clone(), meta.clone(), created.clone());
         writers.push(tokio::spawn(async move {
             for i in (w..environments).step_by(8) {
-                let spec = Created {
-                    application: app.clone(),
-                    name: format!("env-{i:05}").parse()?,
-                    kind: if i % 10 == 0 { EnvironmentKind::Production } else { EnvironmentKind::Preview },
-                    tracking: Tracking::Branch(format!("feature-{i}")),
-                    ttl_seconds: None,
-                    drift_mode: Default::default(),
-                };
+                let kind = if i % 10 == 0 { EnvironmentKind::Production } else { EnvironmentKind::Preview };
+                let spec = environment(&app, &format!("env-{i:05}").parse()?, kind, &format!("feature-{i}"));
                 lifecycle.create_environment(&spec, &meta, Utc::now()).await?;
                 created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }

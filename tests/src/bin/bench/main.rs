@@ -971,6 +971,18 @@ jobs:
     )
 }
 
+/// An environment of `app` tracking `branch`, no TTL, drift mode `warn`.
+fn environment(app: &Name, name: &Name, kind: EnvironmentKind, branch: &str) -> Created {
+    Created {
+        application: app.clone(),
+        name: name.clone(),
+        kind,
+        tracking: Tracking::Branch(branch.into()),
+        ttl_seconds: None,
+        drift_mode: Default::default(),
+    }
+}
+
 /// `bench engine`; see [`Command::Engine`].
 async fn engine_benchmark(options: PgConnectOptions, args: &EngineArgs) -> anyhow::Result<Report> {
     let runs = args.runs as usize;
@@ -1046,18 +1058,7 @@ impl EngineFixture {
         lifecycle.create_application(&app, &repository, &metadata, now).await?;
         lifecycle.update_template(&app, &engine_template(&image), &metadata, now).await?;
         lifecycle
-            .create_environment(
-                &Created {
-                    application: app.clone(),
-                    name: env.clone(),
-                    kind: EnvironmentKind::Preview,
-                    tracking: Tracking::Branch("main".into()),
-                    ttl_seconds: None,
-                    drift_mode: Default::default(),
-                },
-                &metadata,
-                now,
-            )
+            .create_environment(&environment(&app, &env, EnvironmentKind::Preview, "main"), &metadata, now)
             .await?;
         let runtime = Arc::new(ProcessRuntime::new(scratch.path().join("process")));
         let worker = Worker::new(lifecycle.clone(), runtime.clone(), "bench-worker", scratch.path().join("work"));
@@ -1445,15 +1446,7 @@ async fn docker_engine_round(
         .create_application(app, repo.dir.to_str().context("the scratch path is not UTF-8")?, &metadata, now)
         .await?;
     lifecycle.update_template(app, &repo.docker_template(), &metadata, now).await?;
-    let created = Created {
-        application: app.clone(),
-        name: env.clone(),
-        kind: EnvironmentKind::Staging,
-        tracking: Tracking::Branch("main".into()),
-        ttl_seconds: None,
-        drift_mode: Default::default(),
-    };
-    lifecycle.create_environment(&created, &metadata, now).await?;
+    lifecycle.create_environment(&environment(app, &env, EnvironmentKind::Staging, "main"), &metadata, now).await?;
     let mut times = Vec::new();
     for (i, commit) in commits.iter().enumerate() {
         let started = Instant::now();
