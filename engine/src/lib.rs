@@ -6,8 +6,10 @@
 //! push to a repository deploys (`push`), the workers that execute runs (`worker`),
 //! run logs (`logs`), git and the runtimes.
 //!
-//! Architecture invariants (DESIGN.md §2): only this crate appends events; nothing
-//! here knows about GraphQL or HTTP; only `runtime/*` may import bollard or kube.
+//! Architecture invariants (ARCHITECTURE.md): only this crate appends events, and
+//! within it only `store/` touches `events` and `streams`; `run_queue` owns the work
+//! queue and `variable_sets` the variable values; nothing here knows about GraphQL
+//! or HTTP; only `runtime/*` may import bollard or kube.
 
 pub mod canonical;
 pub mod domain;
@@ -17,7 +19,9 @@ pub mod lifecycle;
 pub mod logs;
 pub mod postgres;
 pub mod push;
+pub mod run_queue;
 pub mod runtime;
 pub mod store;
 pub mod template;
+pub mod variable_sets;
 pub mod worker;

@@ -16,7 +16,10 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
+use crate::domain::StreamRef;
+use crate::domain::run::RunEvent;
 use crate::runtime::{LogSink, LogStream};
+use crate::store::EventStore;
 
 /// Lines longer than this are cut, so one runaway line cannot bloat the table.
 const MAX_LINE_BYTES: usize = 8 * 1024;
@@ -329,7 +332,7 @@ impl Tail {
                     let _ = self.sender.send(Batch::Lines(lines.into()));
                     continue;
                 }
-                Ok(_) => match run_ended(&self.pool, self.run_id).await {
+                Ok(_) => match run_ended(&EventStore::new(self.pool.clone()), self.run_id).await {
                     Ok(true) => {
                         let _ = self.sender.send(Batch::End);
                         return self.close();
@@ -441,11 +444,8 @@ impl Follow {
 }
 
 /// Whether the run's last event ends it.
-async fn run_ended(pool: &PgPool, run_id: Uuid) -> sqlx::Result<bool> {
-    let last: Option<String> =
-        sqlx::query_scalar("SELECT event_type FROM events WHERE stream_id = $1 ORDER BY version DESC LIMIT 1")
-            .bind(format!("run-{run_id}"))
-            .fetch_optional(pool)
-            .await?;
-    Ok(matches!(last.as_deref(), Some("RunSucceeded" | "RunFailed" | "RunCancelled" | "RunSkipped")))
+async fn run_ended(store: &EventStore, run_id: Uuid) -> sqlx::Result<bool> {
+    let Some(last) = store.last_event(&(&StreamRef::Run(run_id)).into()).await? else { return Ok(false) };
+    // An event that does not decode as a run's is not one that ends it.
+    Ok(serde_json::from_str::<RunEvent>(&last.payload).is_ok_and(|e| e.ends_run()))
 }

@@ -13,21 +13,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::domain::environment::{self, EnvironmentCommand, EnvironmentEvent, RunOutcome};
-use crate::domain::run::{self, Action, JobFailure, PlannedJob, Run, RunCommand, RunEvent, RunStatus};
+use crate::domain::StreamRef;
+use crate::domain::run::{self, Action, JobFailure, PlannedJob, Run, RunCommand, RunStatus};
 use crate::git;
-use crate::lifecycle::{Lifecycle, LifecycleError, encode};
+use crate::lifecycle::{Lifecycle, LifecycleError};
 use crate::logs::RunLog;
 use crate::runtime::{
     BuildRequest, EnvironmentRef, Image, LogSink, LogStream, Runtime, RuntimeError, ServiceRequest, TaskOutcome,
     TaskRequest,
 };
-use crate::store::{AppendError, ExpectedVersion, Metadata, StreamId};
+use crate::store::{AppendError, Metadata};
 use crate::template::{self, ApplicationTemplate, Source};
+use crate::variable_sets;
 
 /// How long a claim lasts without renewal; a dead worker's runs are resumed after it.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
@@ -38,12 +38,10 @@ const CANCEL_POLL: Duration = Duration::from_millis(250);
 pub enum WorkerError {
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
 }
 
-impl From<AppendError> for WorkerError {
-    fn from(e: AppendError) -> Self {
+impl From<sqlx::Error> for WorkerError {
+    fn from(e: sqlx::Error) -> Self {
         WorkerError::Lifecycle(e.into())
     }
 }
@@ -109,29 +107,8 @@ impl<R: Runtime> Worker<R> {
         }
     }
 
-    /// Claims the oldest unfinished run of some environment, if it is free: queued,
-    /// or running under a lease that expired.
-    async fn claim(&self) -> Result<Option<Uuid>, sqlx::Error> {
-        let lease_ms = self.lease.as_millis() as i64;
-        let claimed = sqlx::query(
-            "UPDATE run_queue SET state = 'running', worker = $1, \
-                    lease_until = clock_timestamp() + make_interval(secs => $2::double precision / 1000) \
-             WHERE run_id = ( \
-               SELECT q.run_id FROM run_queue q \
-               WHERE q.state <> 'done' \
-                 AND (q.state = 'queued' OR q.lease_until < clock_timestamp()) \
-                 AND NOT EXISTS ( \
-                   SELECT FROM run_queue older \
-                   WHERE older.environment = q.environment AND older.state <> 'done' \
-                     AND (older.queued_at, older.run_id) < (q.queued_at, q.run_id)) \
-               ORDER BY q.queued_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
-             RETURNING run_id",
-        )
-        .bind(&self.id)
-        .bind(lease_ms)
-        .fetch_optional(self.lifecycle.store().pool())
-        .await?;
-        claimed.map(|row| row.try_get("run_id")).transpose()
+    async fn claim(&self) -> Result<Option<Uuid>, LifecycleError> {
+        self.lifecycle.claim_run(&self.id, self.lease).await
     }
 
     #[tracing::instrument(skip(self), fields(worker = %self.id), err)]
@@ -157,8 +134,7 @@ impl<R: Runtime> Worker<R> {
         lost: &CancellationToken,
         cancelled: &CancellationToken,
     ) -> Result<Tick, WorkerError> {
-        let store = self.lifecycle.store();
-        let run_stream: StreamId = Run::stream_id(run_id).parse().expect("valid stream id");
+        let run_stream = StreamRef::Run(run_id);
         let metadata = Metadata { actor: Some(format!("worker:{}", self.id)), ..Metadata::default() };
         let mut context: Option<RunContext> = None;
         // The run as this worker last appended to it. It is read from the log again
@@ -178,11 +154,11 @@ impl<R: Runtime> Worker<R> {
             };
             let events = match run.status {
                 RunStatus::Queued => {
-                    self.start(&run, version, &metadata).await?;
+                    self.lifecycle.start_run(&run, version, &self.id, &metadata).await?;
                     continue;
                 }
                 status if status.is_final() => {
-                    self.finish(&run, &metadata).await?;
+                    self.lifecycle.finish_run(&run, deployed_images(&run), &metadata).await?;
                     if let Some(ctx) = &context {
                         ctx.log.flush().await;
                     }
@@ -211,110 +187,15 @@ impl<R: Runtime> Worker<R> {
                         .map_err(LifecycleError::from)?
                 }
             };
-            match store
-                .append(&run_stream, ExpectedVersion::Exact(version), &encode(&events, RunEvent::event_type, &metadata))
-                .await
-            {
+            let run = Some(run);
+            match self.lifecycle.append(&run_stream, run, version, &events, &metadata).await {
                 // Someone else wrote to the run (a cancel): read it again.
-                Err(AppendError::Conflict { .. }) => continue,
+                Err(LifecycleError::Store(AppendError::Conflict { .. })) => continue,
                 other => {
-                    other?;
-                    let appended = events.len() as u64;
-                    known = Some((events.iter().fold(run, run::evolve), version + appended));
+                    let (run, version) = other?;
+                    known = run.map(|run| (run, version));
                 }
             }
-        }
-    }
-
-    /// Records the start on the run and on its environment, in one transaction.
-    async fn start(&self, run: &Run, version: u64, metadata: &Metadata) -> Result<(), WorkerError> {
-        let events = run::decide(run, RunCommand::Start { worker: self.id.clone(), now: Utc::now() })
-            .map_err(LifecycleError::from)?;
-        let (env, env_version) = self.lifecycle.environment(&run.application, &run.environment).await?;
-        let env_events =
-            environment::decide(&env, EnvironmentCommand::MarkStarted { run_id: run.run_id, now: Utc::now() })
-                .unwrap_or_default();
-        let store = self.lifecycle.store();
-        let mut tx = store.pool().begin().await?;
-        let run_stream: StreamId = Run::stream_id(run.run_id).parse().expect("valid stream id");
-        match store
-            .append_in(
-                &mut tx,
-                &run_stream,
-                ExpectedVersion::Exact(version),
-                &encode(&events, RunEvent::event_type, metadata),
-            )
-            .await
-        {
-            // The run changed since it was read (say, cancelled): the caller reads it again.
-            Err(AppendError::Conflict { .. }) => return Ok(()),
-            other => {
-                other?;
-            }
-        }
-        if !env_events.is_empty() {
-            let env_stream: StreamId =
-                environment::Environment::stream_id(&run.application, &run.environment).parse().expect("valid");
-            store
-                .append_in(
-                    &mut tx,
-                    &env_stream,
-                    ExpectedVersion::Exact(env_version),
-                    &encode(&env_events, EnvironmentEvent::event_type, metadata),
-                )
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Records the outcome on the environment and takes the run off the queue.
-    async fn finish(&self, run: &Run, metadata: &Metadata) -> Result<(), WorkerError> {
-        let outcome = match run.status {
-            RunStatus::Succeeded => RunOutcome::Succeeded,
-            RunStatus::Cancelled => RunOutcome::Cancelled,
-            _ => RunOutcome::Failed,
-        };
-        let images = match outcome {
-            RunOutcome::Succeeded => deployed_images(run),
-            _ => Vec::new(),
-        };
-        let store = self.lifecycle.store();
-        loop {
-            let (env, env_version) = self.lifecycle.environment(&run.application, &run.environment).await?;
-            let in_queue = env.queue.iter().any(|q| q.run_id == run.run_id);
-            let mut tx = store.pool().begin().await?;
-            if in_queue && run.status != RunStatus::Skipped {
-                let command = EnvironmentCommand::MarkFinished {
-                    run_id: run.run_id,
-                    outcome,
-                    images: images.clone(),
-                    now: Utc::now(),
-                };
-                let events = environment::decide(&env, command).map_err(LifecycleError::from)?;
-                let env_stream: StreamId =
-                    environment::Environment::stream_id(&run.application, &run.environment).parse().expect("valid");
-                match store
-                    .append_in(
-                        &mut tx,
-                        &env_stream,
-                        ExpectedVersion::Exact(env_version),
-                        &encode(&events, EnvironmentEvent::event_type, metadata),
-                    )
-                    .await
-                {
-                    Err(AppendError::Conflict { .. }) => continue,
-                    other => {
-                        other?;
-                    }
-                }
-            }
-            sqlx::query("UPDATE run_queue SET state = 'done', lease_until = NULL WHERE run_id = $1")
-                .bind(run.run_id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            return Ok(());
         }
     }
 
@@ -548,12 +429,7 @@ impl RunContext {
         let template: ApplicationTemplate = serde_json::from_value(run.template.clone())
             .map_err(|e| LifecycleError::Corrupt(format!("run template: {e}")))?;
         let pool = lifecycle.store().pool();
-        let yaml: Option<String> =
-            sqlx::query_scalar("SELECT yaml FROM variable_sets WHERE application = $1 AND version = $2")
-                .bind(run.application.as_str())
-                .bind(run.templates.variables_version as i64)
-                .fetch_optional(pool)
-                .await?;
+        let yaml = variable_sets::load(pool, &run.application, run.templates.variables_version).await?;
         let builtins = BTreeMap::from([
             ("APPLICATION".to_owned(), run.application.to_string()),
             ("ENVIRONMENT".to_owned(), run.environment.to_string()),
@@ -588,37 +464,22 @@ async fn watch_run(
     lost: CancellationToken,
     cancelled: CancellationToken,
 ) {
-    let pool = lifecycle.store().pool().clone();
     // The claim just set the lease and nobody has cancelled yet: the first renewal
     // and the first look for a cancel are one period away.
     let start = tokio::time::Instant::now();
     let mut renew = tokio::time::interval_at(start + lease / 3, lease / 3);
     let mut poll = tokio::time::interval_at(start + CANCEL_POLL, CANCEL_POLL);
-    let stream = Run::stream_id(run_id);
     loop {
         tokio::select! {
             _ = renew.tick() => {
-                let renewed = sqlx::query(
-                    "UPDATE run_queue SET lease_until = clock_timestamp() + make_interval(secs => $3::double precision / 1000) \
-                     WHERE run_id = $1 AND worker = $2 AND state = 'running'",
-                )
-                .bind(run_id)
-                .bind(&worker)
-                .bind(lease.as_millis() as i64)
-                .execute(&pool)
-                .await;
-                if matches!(renewed, Ok(done) if done.rows_affected() == 0) {
+                if matches!(lifecycle.renew_lease(run_id, &worker, lease).await, Ok(false)) {
                     lost.cancel();
                     cancelled.cancel();
                     return;
                 }
             }
             _ = poll.tick() => {
-                let found: Result<Option<i32>, _> = sqlx::query_scalar("SELECT 1 FROM events WHERE stream_id = $1 AND event_type = 'RunCancelled' LIMIT 1")
-                    .bind(&stream)
-                    .fetch_optional(&pool)
-                    .await;
-                if matches!(found, Ok(Some(_))) {
+                if matches!(lifecycle.is_cancelled(run_id).await, Ok(true)) {
                     cancelled.cancel();
                 }
             }

@@ -2,10 +2,10 @@
 //! into the engine's domain types, chosen by the stream's type.
 
 use chrono::{DateTime, Utc};
-use shiplog_engine::domain::Name;
 use shiplog_engine::domain::application::ApplicationEvent;
 use shiplog_engine::domain::environment::EnvironmentEvent;
 use shiplog_engine::domain::run::RunEvent;
+use shiplog_engine::domain::{Name, StreamRef, stream};
 use shiplog_engine::store::{Cursor, EventFilter, EventStore, Metadata, RecordedEvent};
 use uuid::Uuid;
 
@@ -48,24 +48,20 @@ impl Fact {
     /// decode is an error: a read model must not silently skip history.
     pub fn decode(e: &RecordedEvent) -> Result<Fact, ProjectionError> {
         let corrupt = |why: String| ProjectionError::Corrupt { cursor: e.cursor, why };
-        let payload = match e.stream_id.split_once('-') {
-            Some(("application", name)) => Payload::Application {
-                application: name.parse().map_err(|err| corrupt(format!("{err}")))?,
-                event: serde_json::from_str(&e.payload).map_err(|err| corrupt(err.to_string()))?,
-            },
-            Some(("environment", names)) => {
-                let (app, env) = names.split_once('.').ok_or_else(|| corrupt("stream id without '.'".into()))?;
-                Payload::Environment {
-                    application: app.parse().map_err(|err| corrupt(format!("{err}")))?,
-                    environment: env.parse().map_err(|err| corrupt(format!("{err}")))?,
-                    event: serde_json::from_str(&e.payload).map_err(|err| corrupt(err.to_string()))?,
-                }
+        let payload = match e.stream_id.parse::<StreamRef>() {
+            Ok(StreamRef::Application(application)) => {
+                Payload::Application { application, event: decode(e, &corrupt)? }
             }
-            Some(("run", id)) => Payload::Run {
-                run_id: id.parse().map_err(|err: uuid::Error| corrupt(err.to_string()))?,
-                event: serde_json::from_str(&e.payload).map_err(|err| corrupt(err.to_string()))?,
-            },
-            _ => Payload::Other,
+            Ok(StreamRef::Environment { application, environment }) => {
+                Payload::Environment { application, environment, event: decode(e, &corrupt)? }
+            }
+            Ok(StreamRef::Run(run_id)) => Payload::Run { run_id, event: decode(e, &corrupt)? },
+            // A stream of a domain type whose id does not parse is damage, not
+            // someone else's stream: a read model must not skip it.
+            Err(err) if [stream::APPLICATION, stream::ENVIRONMENT, stream::RUN].contains(&e.stream_type()) => {
+                return Err(corrupt(err.to_string()));
+            }
+            Err(_) => Payload::Other,
         };
         let metadata: Metadata = serde_json::from_str(&e.metadata).map_err(|err| corrupt(err.to_string()))?;
         Ok(Fact {
@@ -78,6 +74,13 @@ impl Fact {
             payload,
         })
     }
+}
+
+fn decode<E: serde::de::DeserializeOwned>(
+    e: &RecordedEvent,
+    corrupt: &impl Fn(String) -> ProjectionError,
+) -> Result<E, ProjectionError> {
+    serde_json::from_str(&e.payload).map_err(|err| corrupt(err.to_string()))
 }
 
 /// Events read per page when walking a selection of the log: memory stays flat

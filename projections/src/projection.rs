@@ -6,8 +6,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 
+use shiplog_engine::domain::StreamRef;
 use shiplog_engine::domain::run::RunEvent;
+use shiplog_engine::store::EventStore;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use crate::ProjectionError;
 use crate::audit::{self, AuditEntry};
@@ -158,7 +161,7 @@ impl Projection for Audit {
         for fact in facts {
             let run_of = match &fact.payload {
                 Payload::Run { run_id, event: RunEvent::RunCancelled { .. } | RunEvent::RunRetried { .. } } => {
-                    run_environment(conn, &format!("run-{run_id}")).await?
+                    run_environment(conn, *run_id).await?
                 }
                 _ => None,
             };
@@ -170,14 +173,16 @@ impl Projection for Audit {
     }
 }
 
-/// The application and environment of a run, from its first event.
-async fn run_environment(conn: &mut PgConnection, stream: &str) -> Result<Option<(String, String)>, ProjectionError> {
-    let row: Option<(String, String)> = sqlx::query_as(
-        "SELECT payload::jsonb->>'application', payload::jsonb->>'environment' FROM events \
-         WHERE stream_id = $1 AND version = 1",
-    )
-    .bind(stream)
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(row)
+/// The application and environment of a run, from its `RunQueued`.
+async fn run_environment(conn: &mut PgConnection, run_id: Uuid) -> Result<Option<(String, String)>, ProjectionError> {
+    let first = EventStore::read_stream_on(&mut *conn, &(&StreamRef::Run(run_id)).into(), 1, 1).await?;
+    let Some(first) = first.first() else { return Ok(None) };
+    match serde_json::from_str(&first.payload) {
+        Ok(RunEvent::RunQueued { application, environment, .. }) => {
+            Ok(Some((application.to_string(), environment.to_string())))
+        }
+        _ => {
+            Err(ProjectionError::Corrupt { cursor: first.cursor, why: "a run stream must start with RunQueued".into() })
+        }
+    }
 }

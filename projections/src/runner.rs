@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use chrono::Utc;
 use futures::future::BoxFuture;
 use shiplog_engine::store::{Cursor, EventStore};
 use sqlx::{PgConnection, PgPool, Row};
@@ -381,26 +382,25 @@ pub struct Status {
 /// The live generation of every projection and how far behind it is.
 pub async fn status(pool: &PgPool) -> Result<Vec<Status>, ProjectionError> {
     let rows = sqlx::query(
-        "SELECT c.projection, c.version, c.generation, c.tx_id, c.position, c.events, \
-                lag.events AS lag_events, coalesce(extract(epoch FROM now() - lag.oldest), 0)::float8 AS lag_seconds \
-         FROM read.checkpoints c, LATERAL ( \
-             SELECT count(*) AS events, min(recorded_at) AS oldest FROM events e \
-             WHERE (e.tx_id, e.global_position) > (c.tx_id::text::xid8, c.position)) lag \
-         WHERE c.live ORDER BY c.projection",
+        "SELECT projection, version, generation, tx_id, position, events FROM read.checkpoints \
+         WHERE live ORDER BY projection",
     )
     .fetch_all(pool)
     .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Status {
-                name: row.try_get("projection")?,
-                version: row.try_get("version")?,
-                generation: row.try_get("generation")?,
-                cursor: Cursor { tx_id: row.try_get("tx_id")?, position: row.try_get("position")? },
-                events: row.try_get("events")?,
-                lag_events: row.try_get("lag_events")?,
-                lag_seconds: row.try_get::<f64, _>("lag_seconds")?.max(0.0),
-            })
-        })
-        .collect()
+    let store = EventStore::new(pool.clone());
+    let mut statuses = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let cursor = Cursor { tx_id: row.try_get("tx_id")?, position: row.try_get("position")? };
+        let (lag_events, oldest) = store.lag_behind(cursor).await?;
+        statuses.push(Status {
+            name: row.try_get("projection")?,
+            version: row.try_get("version")?,
+            generation: row.try_get("generation")?,
+            cursor,
+            events: row.try_get("events")?,
+            lag_events,
+            lag_seconds: oldest.map_or(0.0, |oldest| (Utc::now() - oldest).as_seconds_f64().max(0.0)),
+        });
+    }
+    Ok(statuses)
 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shiplog_engine::domain::RunKind;
-use shiplog_engine::domain::run::Run;
+use shiplog_engine::domain::StreamRef;
 use shiplog_engine::domain::run::RunEvent;
 use shiplog_engine::store::{Cursor, EventFilter, EventStore};
 use uuid::Uuid;
@@ -102,7 +102,8 @@ fn millis(from: Option<DateTime<Utc>>, to: DateTime<Utc>) -> Option<i64> {
 /// The run as its stream says now, folded with the projection's own fold (no
 /// projection lag); `None` when no such run exists.
 pub async fn load(store: &EventStore, run_id: Uuid) -> Result<Option<RunView>, ProjectionError> {
-    let filter = EventFilter { streams: vec![Run::stream_id(run_id)], past_horizon: true, ..EventFilter::default() };
+    let filter =
+        EventFilter { streams: vec![StreamRef::Run(run_id).to_string()], past_horizon: true, ..EventFilter::default() };
     let mut view = None;
     for_each_event(store, &filter, |event| {
         view = RunView::apply(view.take(), &Fact::decode(event)?);

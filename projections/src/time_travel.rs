@@ -3,9 +3,7 @@
 //! the `lifecycle` projection uses.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use shiplog_engine::domain::Name;
-use shiplog_engine::domain::application::Application;
-use shiplog_engine::domain::environment::Environment;
+use shiplog_engine::domain::{Name, StreamRef};
 use shiplog_engine::store::{Cursor, EventFilter, EventStore};
 
 use crate::ProjectionError;
@@ -31,7 +29,10 @@ pub async fn environment_at(
     environment: &Name,
     as_of: AsOf,
 ) -> Result<Option<EnvironmentView>, ProjectionError> {
-    let streams = vec![Application::stream_id(application), Environment::stream_id(application, environment)];
+    let streams = vec![
+        StreamRef::Application(application.clone()).to_string(),
+        StreamRef::environment(application, environment).to_string(),
+    ];
     let mut state = fold(store, streams, as_of).await?;
     Ok(state.environments.remove(&EnvironmentView::key(application.as_str(), environment.as_str())))
 }
@@ -42,7 +43,7 @@ pub async fn application_at(
     application: &Name,
     as_of: AsOf,
 ) -> Result<Option<ApplicationView>, ProjectionError> {
-    let mut state = fold(store, vec![Application::stream_id(application)], as_of).await?;
+    let mut state = fold(store, vec![StreamRef::Application(application.clone()).to_string()], as_of).await?;
     Ok(state.applications.remove(application.as_str()))
 }
 

@@ -10,8 +10,7 @@
 
 use async_graphql::{Context, ID, Subscription as SubscriptionRoot};
 use futures::{Stream, StreamExt};
-use shiplog_engine::domain::environment::Environment as DomainEnvironment;
-use shiplog_engine::domain::run::Run as DomainRun;
+use shiplog_engine::domain::StreamRef;
 use shiplog_engine::store::{Cursor, EventFilter, RecordedEvent};
 use shiplog_projections::fact::Fact;
 use shiplog_projections::runs::RunView;
@@ -64,7 +63,7 @@ impl Subscription {
         authorize(ctx, Permission::Read, false)?;
         let run_id = existing_run(ctx, &run_id).await?;
         let api = api(ctx);
-        let filter = EventFilter { streams: vec![DomainRun::stream_id(run_id)], ..EventFilter::default() };
+        let filter = EventFilter { streams: vec![StreamRef::Run(run_id).to_string()], ..EventFilter::default() };
         let events = Box::pin(api.feed.follow(filter, Cursor::START).ready_chunks(RUN_CHUNK));
         let open = api.metrics.subscription_opened();
         // State: the events still to come, the run folded so far, and whether it ended.
@@ -104,7 +103,8 @@ impl Subscription {
         if load_environment(ctx, &app, &env).await?.is_none() {
             return Err(coded("NOT_FOUND", format!("environment {app}/{env} does not exist")));
         }
-        let filter = EventFilter { streams: vec![DomainEnvironment::stream_id(&app, &env)], ..EventFilter::default() };
+        let filter =
+            EventFilter { streams: vec![StreamRef::environment(&app, &env).to_string()], ..EventFilter::default() };
         follow_events(ctx, filter, after)
     }
 

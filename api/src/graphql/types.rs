@@ -487,8 +487,7 @@ impl Environment {
             None => 0,
         };
         let stream =
-            shiplog_engine::domain::environment::Environment::stream_id(&self.application_name(), &self.env_name());
-        let stream: StreamId = stream.parse().map_err(|e| internal("naming a stream", e))?;
+            StreamId::from(&shiplog_engine::domain::StreamRef::environment(&self.application_name(), &self.env_name()));
         // By version within the stream: every committed event, in order, at once.
         let events = api(ctx)
             .store()

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{DomainError, Name, TemplateVersions};
+use super::{Aggregate, DomainError, Name, TemplateVersions};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -30,16 +30,6 @@ pub enum ApplicationEvent {
     },
 }
 
-impl ApplicationEvent {
-    pub fn event_type(&self) -> &'static str {
-        match self {
-            ApplicationEvent::ApplicationCreated { .. } => "ApplicationCreated",
-            ApplicationEvent::ApplicationTemplateUpdated { .. } => "ApplicationTemplateUpdated",
-            ApplicationEvent::EnvironmentVariablesUpdated { .. } => "EnvironmentVariablesUpdated",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Application {
     pub name: Option<Name>,
@@ -56,10 +46,6 @@ pub enum ApplicationCommand {
 }
 
 impl Application {
-    pub fn stream_id(name: &Name) -> String {
-        format!("application-{name}")
-    }
-
     /// The templates an environment would be set up with now. An application
     /// without variables has the empty variable set, version 0.
     pub fn current(&self) -> Result<TemplateVersions, DomainError> {
@@ -105,6 +91,23 @@ pub fn decide(app: &Application, command: ApplicationCommand) -> Result<Vec<Appl
                 updated_at: now,
             }])
         }
+    }
+}
+
+impl Aggregate for Application {
+    type Event = ApplicationEvent;
+    type Command = ApplicationCommand;
+
+    fn initial() -> Self {
+        Application::default()
+    }
+
+    fn decide(&self, command: ApplicationCommand) -> Result<Vec<ApplicationEvent>, DomainError> {
+        decide(self, command)
+    }
+
+    fn evolve(self, event: &ApplicationEvent) -> Self {
+        evolve(self, event)
     }
 }
 

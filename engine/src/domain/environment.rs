@@ -5,7 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{CommitId, DomainError, Name, RunKind, TemplateVersions};
+use super::{Aggregate, CommitId, DomainError, Name, RunKind, TemplateVersions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -155,21 +155,6 @@ pub enum EnvironmentEvent {
     },
 }
 
-impl EnvironmentEvent {
-    pub fn event_type(&self) -> &'static str {
-        match self {
-            EnvironmentEvent::EnvironmentCreated { .. } => "EnvironmentCreated",
-            EnvironmentEvent::RunRequested { .. } => "RunRequested",
-            EnvironmentEvent::RunSuperseded { .. } => "RunSuperseded",
-            EnvironmentEvent::RunStarted { .. } => "RunStarted",
-            EnvironmentEvent::RunFinished { .. } => "RunFinished",
-            EnvironmentEvent::DriftDetected { .. } => "DriftDetected",
-            EnvironmentEvent::DriftResolved { .. } => "DriftResolved",
-            EnvironmentEvent::DriftModeChanged { .. } => "DriftModeChanged",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueuedRun {
     pub run_id: Uuid,
@@ -297,10 +282,6 @@ pub enum EnvironmentCommand {
 }
 
 impl Environment {
-    pub fn stream_id(application: &Name, environment: &Name) -> String {
-        format!("environment-{application}.{environment}")
-    }
-
     fn label(&self) -> String {
         self.created
             .as_ref()
@@ -516,6 +497,23 @@ pub fn decide(env: &Environment, command: EnvironmentCommand) -> Result<Vec<Envi
             }
             Ok(env.request(run_id, RunKind::Teardown, None, None, "expired".into(), now, None))
         }
+    }
+}
+
+impl Aggregate for Environment {
+    type Event = EnvironmentEvent;
+    type Command = EnvironmentCommand;
+
+    fn initial() -> Self {
+        Environment::default()
+    }
+
+    fn decide(&self, command: EnvironmentCommand) -> Result<Vec<EnvironmentEvent>, DomainError> {
+        decide(self, command)
+    }
+
+    fn evolve(self, event: &EnvironmentEvent) -> Self {
+        evolve(self, event)
     }
 }
 

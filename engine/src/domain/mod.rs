@@ -2,13 +2,18 @@
 //! Result<Vec<Event>, DomainError>` and `evolve(State, &Event) -> State`; no IO, no
 //! clock (time comes in commands), no randomness (ids come in commands).
 //!
-//! Aggregates, one stream each: an application (`application-<app>`: templates),
-//! an environment (`environment-<app>.<env>`: lifecycle facts and its run queue),
-//! a run (`run-<uuid>`: stages and jobs of one setup, patch or teardown).
+//! Aggregates, one stream each ([`StreamRef`]): an application (templates), an
+//! environment (lifecycle facts and its run queue), a run (stages and jobs of one
+//! setup, patch or teardown). Each is an [`Aggregate`].
 
+pub mod aggregate;
 pub mod application;
 pub mod environment;
 pub mod run;
+pub mod stream;
+
+pub use aggregate::Aggregate;
+pub use stream::StreamRef;
 
 use std::fmt;
 use std::str::FromStr;

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{CommitId, DomainError, Name, RunKind, TemplateVersions};
+use super::{Aggregate, CommitId, DomainError, Name, RunKind, TemplateVersions};
 
 /// What a job does; the executor maps each to runtime calls.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,22 +189,15 @@ pub enum RunEvent {
 }
 
 impl RunEvent {
-    pub fn event_type(&self) -> &'static str {
-        match self {
-            RunEvent::RunQueued { .. } => "RunQueued",
-            RunEvent::RunStarted { .. } => "RunStarted",
-            RunEvent::StageStarted { .. } => "StageStarted",
-            RunEvent::JobStarted { .. } => "JobStarted",
-            RunEvent::JobSucceeded { .. } => "JobSucceeded",
-            RunEvent::JobFailed { .. } => "JobFailed",
-            RunEvent::StageSucceeded { .. } => "StageSucceeded",
-            RunEvent::StageFailed { .. } => "StageFailed",
-            RunEvent::RunSucceeded { .. } => "RunSucceeded",
-            RunEvent::RunFailed { .. } => "RunFailed",
-            RunEvent::RunCancelled { .. } => "RunCancelled",
-            RunEvent::RunSkipped { .. } => "RunSkipped",
-            RunEvent::RunRetried { .. } => "RunRetried",
-        }
+    /// Whether this event ends the run (succeeded, failed, cancelled or skipped).
+    pub fn ends_run(&self) -> bool {
+        matches!(
+            self,
+            RunEvent::RunSucceeded { .. }
+                | RunEvent::RunFailed { .. }
+                | RunEvent::RunCancelled { .. }
+                | RunEvent::RunSkipped { .. }
+        )
     }
 }
 
@@ -267,10 +260,6 @@ pub struct Run {
 }
 
 impl Run {
-    pub fn stream_id(run_id: Uuid) -> String {
-        format!("run-{run_id}")
-    }
-
     /// The output (image) a job of this run recorded. Looked up by stage too: a
     /// template's own job may share a name with a built-in one, never its stage.
     pub fn output_of(&self, stage: &str, job: &str) -> Option<&str> {
@@ -481,6 +470,31 @@ pub fn evolve(mut run: Run, event: &RunEvent) -> Run {
     run
 }
 
+/// A run's stream folds to `None` until its `RunQueued`; a command for a run that
+/// does not exist is refused.
+impl Aggregate for Option<Run> {
+    type Event = RunEvent;
+    type Command = RunCommand;
+
+    fn initial() -> Self {
+        None
+    }
+
+    fn decide(&self, command: RunCommand) -> Result<Vec<RunEvent>, DomainError> {
+        match self {
+            Some(run) => decide(run, command),
+            None => Err(DomainError::NotFound("run".into())),
+        }
+    }
+
+    fn evolve(self, event: &RunEvent) -> Self {
+        match self {
+            Some(run) => Some(evolve(run, event)),
+            None => fold(std::slice::from_ref(event)),
+        }
+    }
+}
+
 /// Folds a run's whole stream; `None` when it does not start with `RunQueued`.
 pub fn fold(events: &[RunEvent]) -> Option<Run> {
     let (first, rest) = events.split_first()?;
@@ -578,9 +592,9 @@ pub(crate) mod tests {
             fold(&self.0).expect("a queued run")
         }
 
-        fn when(&mut self, command: RunCommand) -> Vec<&'static str> {
+        fn when(&mut self, command: RunCommand) -> Vec<String> {
             let events = decide(&self.run(), command).expect("accepted");
-            let types = events.iter().map(RunEvent::event_type).collect();
+            let types = events.iter().map(crate::domain::aggregate::event_type).collect();
             self.0.extend(events);
             types
         }

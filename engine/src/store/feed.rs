@@ -2,7 +2,8 @@
 //! events instead of each polling the database.
 //!
 //! One task per process asks for the head of the readable log (one index probe)
-//! every `poll` and whenever this process has just appended ([`EventFeed::nudge`]),
+//! every `poll` and whenever this process has just appended (the store's
+//! [`committed`](EventStore::committed) signal, raised by every append the engine makes),
 //! and tells every follower when it moved. Followers then read what they select
 //! with the same gap-free read projections use, so they get every event exactly
 //! once, in the global order, whichever process appended it. No trigger or NOTIFY
@@ -33,10 +34,11 @@ pub struct EventFeed {
 }
 
 impl EventFeed {
-    /// Starts watching the head of the log every `poll`.
+    /// Starts watching the head of the log every `poll`, and after every append
+    /// made through `store` or a clone of it.
     pub fn start(store: EventStore, poll: Duration) -> EventFeed {
         let (sender, head) = watch::channel(Cursor::START);
-        let nudge = Arc::new(Notify::new());
+        let nudge = store.appended();
         let stop = CancellationToken::new();
         let (watcher, woken, stopped) = (store.clone(), nudge.clone(), stop.clone());
         tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! The event store: append-only streams in PostgreSQL with per-stream hash chains,
 //! gap-free reading in commit order, seals over the global order, and verification.
-//! DESIGN.md §3 holds the decisions; `docs/audit.md` the byte encodings.
+//! The only module that reads or writes `events`, `streams` and `seals`
+//! (ARCHITECTURE.md, "Invariants"); `docs/audit.md` holds the byte encodings.
 
 mod feed;
 pub mod hash;
@@ -9,14 +10,17 @@ mod verify;
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Row, postgres::PgRow};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::canonical::{self, CanonicalError};
+use crate::domain::{StreamRef, aggregate};
 use hash::{EventFields, GENESIS, Hash};
 
 pub use feed::EventFeed;
@@ -55,6 +59,13 @@ impl FromStr for StreamId {
             && kind.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         let id_ok = !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
         if kind_ok && id_ok && s.len() <= MAX_NAME_LEN { Ok(StreamId(s.to_owned())) } else { Err(bad()) }
+    }
+}
+
+impl From<&StreamRef> for StreamId {
+    /// A domain stream's id; `StreamRef` only writes valid ones.
+    fn from(stream: &StreamRef) -> StreamId {
+        StreamId(stream.to_string())
     }
 }
 
@@ -132,6 +143,17 @@ impl NewEvent {
             payload,
             metadata: Metadata::default(),
         }
+    }
+
+    /// A domain event, stored under the type its serde tag names.
+    pub fn domain<E: Serialize>(event: &E, metadata: &Metadata) -> Self {
+        let (event_type, payload) = aggregate::encode(event);
+        Self::new(event_type, payload).with_metadata(metadata.clone())
+    }
+
+    /// Domain events, each with the same metadata.
+    pub fn domain_all<E: Serialize>(events: &[E], metadata: &Metadata) -> Vec<Self> {
+        events.iter().map(|e| Self::domain(e, metadata)).collect()
     }
 
     /// Builds an event from JSON text, as it arrives from outside.
@@ -221,6 +243,11 @@ impl RecordedEvent {
         self.cursor.position
     }
 
+    /// The part of the stream id before the first `-`.
+    pub fn stream_type(&self) -> &str {
+        self.stream_id.split_once('-').map_or("", |(t, _)| t)
+    }
+
     fn from_row(row: &PgRow) -> sqlx::Result<Self> {
         Ok(RecordedEvent {
             cursor: Cursor { tx_id: row.try_get("tx_number")?, position: row.try_get("global_position")? },
@@ -293,10 +320,13 @@ pub enum AppendError {
     Database(#[from] sqlx::Error),
 }
 
-/// The event store over one PostgreSQL database. Cheap to clone.
+/// The event store over one PostgreSQL database. Cheap to clone; clones share
+/// one appended signal, so the [`EventFeed`] of a process wakes after any append
+/// made through any clone.
 #[derive(Clone)]
 pub struct EventStore {
     pool: PgPool,
+    appended: Arc<Notify>,
 }
 
 /// An event checked and encoded, ready to hash.
@@ -367,7 +397,19 @@ macro_rules! select_events {
 
 impl EventStore {
     pub fn new(pool: PgPool) -> Self {
-        EventStore { pool }
+        EventStore { pool, appended: Arc::default() }
+    }
+
+    /// Tells this process's event feed that events were just committed. The store
+    /// does it after [`append`](Self::append); a caller that used
+    /// [`append_in`](Self::append_in) does it after its transaction commits.
+    pub fn committed(&self) {
+        self.appended.notify_one();
+    }
+
+    /// The signal [`committed`](Self::committed) raises.
+    pub(crate) fn appended(&self) -> Arc<Notify> {
+        self.appended.clone()
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -422,6 +464,7 @@ impl EventStore {
         let mut tx = self.pool.begin().await?;
         let appended = write(&mut tx, stream, expected, events).await?;
         tx.commit().await?;
+        self.committed();
         Ok(appended)
     }
 
@@ -530,13 +573,58 @@ impl EventStore {
         from_version: u64,
         limit: usize,
     ) -> sqlx::Result<Vec<RecordedEvent>> {
+        Self::read_stream_on(&self.pool, stream, from_version, limit).await
+    }
+
+    /// [`read_stream`](Self::read_stream) on a connection the caller holds (a
+    /// projection inside its batch's transaction).
+    pub async fn read_stream_on<'c>(
+        executor: impl sqlx::PgExecutor<'c>,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> sqlx::Result<Vec<RecordedEvent>> {
         let rows = sqlx::query(select_events!("WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3"))
             .bind(stream.as_str())
             .bind(from_version.min(i64::MAX as u64) as i64)
             .bind(limit.min(i64::MAX as usize) as i64)
-            .fetch_all(&self.pool)
+            .fetch_all(executor)
             .await?;
         rows.iter().map(RecordedEvent::from_row).collect()
+    }
+
+    /// The stream's newest event, if it has any.
+    pub async fn last_event(&self, stream: &StreamId) -> sqlx::Result<Option<RecordedEvent>> {
+        let row = sqlx::query(select_events!("WHERE stream_id = $1 ORDER BY version DESC LIMIT 1"))
+            .bind(stream.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(RecordedEvent::from_row).transpose()
+    }
+
+    /// The ids of the streams of `stream_type` that start with `prefix`, in id order.
+    pub async fn stream_ids(&self, stream_type: &str, prefix: &str) -> sqlx::Result<Vec<String>> {
+        let escaped = prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        sqlx::query_scalar(
+            "SELECT stream_id FROM streams WHERE stream_type = $1 AND stream_id LIKE $2 ORDER BY stream_id",
+        )
+        .bind(stream_type)
+        .bind(format!("{escaped}%"))
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// How many committed events come after `after` in the global order, and when
+    /// the oldest of them was recorded: how far a reader at `after` lags.
+    pub async fn lag_behind(&self, after: Cursor) -> sqlx::Result<(i64, Option<DateTime<Utc>>)> {
+        sqlx::query_as(
+            "SELECT count(*), min(recorded_at) FROM events \
+             WHERE (tx_id, global_position) > ($1::bigint::text::xid8, $2)",
+        )
+        .bind(after.tx_id)
+        .bind(after.position)
+        .fetch_one(&self.pool)
+        .await
     }
 
     /// The cursor of the newest readable event (gap-free: no transaction still in

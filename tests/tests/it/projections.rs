@@ -13,10 +13,10 @@ use shiplog_engine::domain::environment::{
     RunOutcome, Tracking,
 };
 use shiplog_engine::domain::run::RunStatus;
-use shiplog_engine::domain::{CommitId, Name};
+use shiplog_engine::domain::{Aggregate, CommitId, Name, StreamRef};
 use shiplog_engine::drift::Reconciler;
-use shiplog_engine::lifecycle::{Lifecycle, encode};
-use shiplog_engine::store::{Cursor, EventFilter, ExpectedVersion, Metadata};
+use shiplog_engine::lifecycle::Lifecycle;
+use shiplog_engine::store::{Cursor, EventFilter, Metadata};
 use shiplog_projections::lifecycle::{DriftVerdictView, EnvironmentView, HealthView, SyncStatus};
 use shiplog_projections::projection::{Audit, Lifecycle as LifecycleProjection, Projection, Runs};
 use shiplog_projections::runner::{self, Runner};
@@ -234,7 +234,7 @@ async fn drift_events(d: &Deployed) -> Vec<String> {
         "SELECT event_type || ' ' || payload FROM events WHERE stream_id = $1 AND event_type LIKE 'Drift%' \
          ORDER BY version",
     )
-    .bind(Environment::stream_id(&d.app, &d.env))
+    .bind(StreamRef::environment(&d.app, &d.env).to_string())
     .fetch_all(&d.db.owner)
     .await
     .unwrap()
@@ -353,14 +353,10 @@ impl Rng {
 
 /// Decides `command` on the environment and appends what the domain decided.
 async fn decide_and_append(lifecycle: &Lifecycle, app: &Name, env: &Name, command: EnvironmentCommand) {
-    let (state, version) = lifecycle.environment(app, env).await.unwrap();
-    let Ok(events) = environment::decide(&state, command) else { return };
-    if events.is_empty() {
-        return;
-    }
-    let stream = Environment::stream_id(app, env).parse().unwrap();
-    let new = encode(&events, EnvironmentEvent::event_type, &by("generator"));
-    lifecycle.store().append(&stream, ExpectedVersion::Exact(version), &new).await.unwrap();
+    let stream = StreamRef::environment(app, env);
+    let (state, version) = lifecycle.load::<Environment>(&stream).await.unwrap();
+    let Ok(events) = state.decide(command) else { return };
+    lifecycle.append(&stream, state, version, &events, &by("generator")).await.unwrap();
 }
 
 /// One random but valid history of an application with two environments.
@@ -524,7 +520,7 @@ async fn the_export_carries_what_an_auditor_needs_and_the_replay_tells_the_story
     let requested = audit::export(&store, &only(&["RunRequested"], &[]), &mut out).await.unwrap();
     assert_eq!(requested, 4, "setup, two patches, the retry's requeue");
     assert!(String::from_utf8(out).unwrap().lines().all(|l| l.contains("\"event_type\":\"RunRequested\"")));
-    let env_stream = Environment::stream_id(&d.app, &d.env);
+    let env_stream = StreamRef::environment(&d.app, &d.env).to_string();
     let in_env = audit::export(&store, &only(&[], &[env_stream]), &mut Vec::new()).await.unwrap();
     assert!(in_env > 4 && in_env < total as u64);
     let first_at: chrono::DateTime<Utc> =

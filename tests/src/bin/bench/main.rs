@@ -62,10 +62,9 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use serde_json::{Value, json};
 use shiplog_engine::canonical;
-use shiplog_engine::domain::application::Application;
-use shiplog_engine::domain::environment::{Created, Environment, EnvironmentKind, Tracking};
-use shiplog_engine::domain::run::{Run, RunStatus};
-use shiplog_engine::domain::{CommitId, Name};
+use shiplog_engine::domain::environment::{Created, EnvironmentKind, Tracking};
+use shiplog_engine::domain::run::RunStatus;
+use shiplog_engine::domain::{CommitId, Name, StreamRef};
 use shiplog_engine::lifecycle::Lifecycle;
 use shiplog_engine::postgres::{self, Cluster, ClusterOptions};
 use shiplog_engine::runtime::process::ProcessRuntime;
@@ -1212,7 +1211,7 @@ impl PatchRuns {
 /// raw baseline.
 async fn measure_patches(fixture: &EngineFixture, db: &BenchDb, runs: usize) -> anyhow::Result<PatchRuns> {
     eprintln!("{WARMUP_CALLS} warm-up patches, then {runs} timed patches, each beside its raw baseline ...");
-    let env_stream = Environment::stream_id(&fixture.app, &fixture.env);
+    let env_stream = StreamRef::environment(&fixture.app, &fixture.env).to_string();
     let mut measured = PatchRuns::default();
     for patch in 0..WARMUP_CALLS + runs {
         let before = next_xid(&db.owner).await?;
@@ -1271,7 +1270,7 @@ async fn events_of_run(owner: &PgPool, env_stream: &str, run_id: Uuid) -> anyhow
          WHERE stream_id = $1 OR (stream_id = $2 AND payload::jsonb ->> 'run_id' = $3) \
          ORDER BY global_position",
     )
-    .bind(Run::stream_id(run_id))
+    .bind(StreamRef::Run(run_id).to_string())
     .bind(env_stream)
     .bind(run_id.to_string())
     .fetch_all(owner)
@@ -1728,7 +1727,6 @@ async fn fill_history(store: &EventStore, target: u64) -> anyhow::Result<u64> {
     use shiplog_engine::domain::environment::{EnvironmentEvent, RunOutcome};
     use shiplog_engine::domain::run::{self, PlanInput, RunCommand, RunEvent};
     use shiplog_engine::domain::{RunKind, TemplateVersions};
-    use shiplog_engine::lifecycle::encode;
 
     let metadata = Metadata { actor: Some("bench".into()), ..Metadata::default() };
     let app: Name = "bench".parse()?;
@@ -1754,10 +1752,8 @@ async fn fill_history(store: &EventStore, target: u64) -> anyhow::Result<u64> {
             updated_at: now,
         },
     ];
-    let app_stream: StreamId = Application::stream_id(&app).parse()?;
-    store
-        .append(&app_stream, ExpectedVersion::NoStream, &encode(&app_events, ApplicationEvent::event_type, &metadata))
-        .await?;
+    let app_stream = StreamId::from(&StreamRef::Application(app.clone()));
+    store.append(&app_stream, ExpectedVersion::NoStream, &NewEvent::domain_all(&app_events, &metadata)).await?;
 
     let input = PlanInput {
         built_services: vec!["web".into()],
@@ -1836,17 +1832,13 @@ async fn fill_history(store: &EventStore, target: u64) -> anyhow::Result<u64> {
                         images: vec![("web".into(), format!("image-{r}"))],
                         finished_at: now,
                     });
-                    let stream: StreamId = Run::stream_id(run_id).parse()?;
-                    store
-                        .append(&stream, ExpectedVersion::NoStream, &encode(&events, RunEvent::event_type, &metadata))
-                        .await?;
+                    let stream = StreamId::from(&StreamRef::Run(run_id));
+                    store.append(&stream, ExpectedVersion::NoStream, &NewEvent::domain_all(&events, &metadata)).await?;
                     written += events.len() as u64;
                 }
-                let stream: StreamId = Environment::stream_id(&app, &env).parse()?;
+                let stream = StreamId::from(&StreamRef::environment(&app, &env));
                 for chunk in env_events.chunks(MAX_BATCH_EVENTS) {
-                    store
-                        .append(&stream, ExpectedVersion::Any, &encode(chunk, EnvironmentEvent::event_type, &metadata))
-                        .await?;
+                    store.append(&stream, ExpectedVersion::Any, &NewEvent::domain_all(chunk, &metadata)).await?;
                 }
                 written += env_events.len() as u64;
             }

@@ -1,30 +1,31 @@
-//! The lifecycle service: what the API (and webhooks, and the expiry loop) ask of
-//! the engine. Each operation loads an aggregate from its stream, lets the pure
-//! domain decide, and appends what it decided with the version it read, retrying
-//! when another writer got there first. Requests for runs write the environment's
-//! events, the run's `RunQueued` and its work-queue row in one transaction.
+//! The lifecycle service: what the API (and webhooks, the expiry loop, the
+//! reconciler and workers) ask of the engine. Every operation goes through the one
+//! path of `aggregates`: load an aggregate from its stream, let the pure domain
+//! decide, append what it decided at the version read. Requests for runs write the
+//! environment's events, the run's `RunQueued` and its work-queue row in one
+//! transaction.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+mod aggregates;
+mod runs;
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::domain::application::{self, Application, ApplicationCommand, ApplicationEvent};
+use crate::domain::application::{Application, ApplicationCommand, ApplicationEvent};
 use crate::domain::environment::{
-    self, Created, DriftMode, Environment, EnvironmentCommand, EnvironmentEvent, Observation, Tracking,
+    Created, DriftMode, Environment, EnvironmentCommand, EnvironmentEvent, Observation, Tracking,
 };
 use crate::domain::run::{self, PlanInput, Run, RunCommand, RunEvent};
-use crate::domain::{CommitId, DomainError, Name, RunKind};
+use crate::domain::{Aggregate, CommitId, DomainError, Name, RunKind, StreamRef, stream};
 use crate::git::{self, GitError};
-use crate::store::{AppendError, EventStore, ExpectedVersion, Metadata, NewEvent, StreamId};
+use crate::store::{AppendError, EventStore, Metadata};
 use crate::template::{self, ApplicationTemplate, Source, TemplateErrors};
+use crate::{run_queue, variable_sets};
 
-/// How often an operation is retried when a concurrent writer changed the stream.
-const CONFLICT_RETRIES: usize = 5;
+pub use aggregates::Change;
+use aggregates::{Cache, append_all};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -55,68 +56,12 @@ impl From<AppendError> for LifecycleError {
     }
 }
 
-/// Events of one typed stream and the version they were read at.
-pub struct Loaded<E> {
-    pub events: Vec<E>,
-    pub version: u64,
-}
-
-/// Reads a whole stream and decodes each payload as `E`.
-pub async fn load<E: DeserializeOwned>(store: &EventStore, stream: &str) -> Result<Loaded<E>, LifecycleError> {
-    load_after(store, stream, 0).await
-}
-
-/// Reads the events of a stream after version `after` and decodes each payload as `E`.
-async fn load_after<E: DeserializeOwned>(
-    store: &EventStore,
-    stream: &str,
-    after: u64,
-) -> Result<Loaded<E>, LifecycleError> {
-    let id: StreamId = stream.parse().map_err(|e| LifecycleError::Corrupt(format!("{e}")))?;
-    let mut events = Vec::new();
-    let mut version = after;
-    loop {
-        let page = store.read_stream(&id, version + 1, 1000).await?;
-        let Some(last) = page.last() else { break };
-        version = last.version;
-        for e in &page {
-            events.push(
-                serde_json::from_str(&e.payload)
-                    .map_err(|err| LifecycleError::Corrupt(format!("{stream} v{}: {err}", e.version)))?,
-            );
-        }
-    }
-    Ok(Loaded { events, version })
-}
-
-/// Encodes domain events for the store.
-pub fn encode<E: Serialize>(
-    events: &[E],
-    event_type: impl Fn(&E) -> &'static str,
-    metadata: &Metadata,
-) -> Vec<NewEvent> {
-    events
-        .iter()
-        .map(|e| {
-            NewEvent::new(event_type(e), serde_json::to_value(e).expect("domain events serialise"))
-                .with_metadata(metadata.clone())
-        })
-        .collect()
-}
-
-fn stream(id: &str) -> StreamId {
-    id.parse().expect("domain stream ids are valid")
-}
-
-/// The engine's entry points, over one event store.
+/// The engine's entry points, over one event store. Cheap to clone; make one per
+/// process, so every caller shares its cache of folded states.
 #[derive(Clone)]
 pub struct Lifecycle {
     store: EventStore,
-    /// Environments as last folded, with the version they were folded at. Events
-    /// never change, so a cached state is always a true prefix: loading reads only
-    /// the events after it. Environment streams grow with every run; without this
-    /// each request would fold the whole history again.
-    environments: Arc<Mutex<HashMap<String, (Environment, u64)>>>,
+    cache: Arc<Cache>,
 }
 
 /// A run request that was accepted.
@@ -129,7 +74,12 @@ pub struct Requested {
 
 impl Lifecycle {
     pub fn new(store: EventStore) -> Self {
-        Lifecycle { store, environments: Arc::default() }
+        Self::with_cache(store, aggregates::CACHED_STATES)
+    }
+
+    /// A lifecycle that keeps at most `states` folded aggregates in memory.
+    pub fn with_cache(store: EventStore, states: usize) -> Self {
+        Lifecycle { store, cache: Arc::new(Cache::new(states)) }
     }
 
     pub fn store(&self) -> &EventStore {
@@ -137,65 +87,16 @@ impl Lifecycle {
     }
 
     pub async fn application(&self, name: &Name) -> Result<(Application, u64), LifecycleError> {
-        let loaded: Loaded<ApplicationEvent> = load(&self.store, &Application::stream_id(name)).await?;
-        Ok((loaded.events.iter().fold(Application::default(), application::evolve), loaded.version))
+        self.load(&StreamRef::Application(name.clone())).await
     }
 
     pub async fn environment(&self, app: &Name, env: &Name) -> Result<(Environment, u64), LifecycleError> {
-        let stream = Environment::stream_id(app, env);
-        let cached = self.environments.lock().expect("not poisoned").get(&stream).cloned();
-        let (state, version) = cached.unwrap_or_default();
-        let loaded: Loaded<EnvironmentEvent> = load_after(&self.store, &stream, version).await?;
-        if loaded.events.is_empty() {
-            return Ok((state, version));
-        }
-        let state = loaded.events.iter().fold(state, environment::evolve);
-        let mut cache = self.environments.lock().expect("not poisoned");
-        // Another task may have cached a newer state meanwhile; keep the newest.
-        if cache.get(&stream).is_none_or(|(_, v)| *v < loaded.version) {
-            cache.insert(stream, (state.clone(), loaded.version));
-        }
-        Ok((state, loaded.version))
+        self.load(&StreamRef::environment(app, env)).await
     }
 
     pub async fn run(&self, run_id: Uuid) -> Result<Option<(Run, u64)>, LifecycleError> {
-        let loaded: Loaded<RunEvent> = load(&self.store, &Run::stream_id(run_id)).await?;
-        Ok(run::fold(&loaded.events).map(|r| (r, loaded.version)))
-    }
-
-    /// Runs `attempt` until it does not hit a version conflict.
-    async fn with_retries<T, F, Fut>(&self, mut attempt: F) -> Result<T, LifecycleError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, LifecycleError>>,
-    {
-        for _ in 0..CONFLICT_RETRIES {
-            match attempt().await {
-                Err(LifecycleError::Store(AppendError::Conflict { .. })) => continue,
-                other => return other,
-            }
-        }
-        Err(LifecycleError::Contended)
-    }
-
-    async fn apply_to_application(
-        &self,
-        name: &Name,
-        command: impl Fn() -> ApplicationCommand,
-        metadata: &Metadata,
-    ) -> Result<Vec<ApplicationEvent>, LifecycleError> {
-        self.with_retries(|| async {
-            let (app, version) = self.application(name).await?;
-            let events = application::decide(&app, command())?;
-            if !events.is_empty() {
-                let new = encode(&events, ApplicationEvent::event_type, metadata);
-                self.store
-                    .append(&stream(&Application::stream_id(name)), ExpectedVersion::Exact(version), &new)
-                    .await?;
-            }
-            Ok(events)
-        })
-        .await
+        let (run, version) = self.load::<Option<Run>>(&StreamRef::Run(run_id)).await?;
+        Ok(run.map(|run| (run, version)))
     }
 
     pub async fn create_application(
@@ -206,7 +107,7 @@ impl Lifecycle {
         now: DateTime<Utc>,
     ) -> Result<(), LifecycleError> {
         let command = || ApplicationCommand::Create { name: name.clone(), repository: repository.to_owned(), now };
-        self.apply_to_application(name, command, metadata).await.map(drop)
+        self.execute::<Application>(&StreamRef::Application(name.clone()), command, metadata).await.map(drop)
     }
 
     /// Validates and stores a new application template; returns its version, or
@@ -222,7 +123,7 @@ impl Lifecycle {
         let digest = parsed.digest();
         let template = serde_json::to_value(&parsed).expect("templates serialise");
         let command = || ApplicationCommand::UpdateTemplate { digest: digest.clone(), template: template.clone(), now };
-        let events = self.apply_to_application(name, command, metadata).await?;
+        let events = self.execute::<Application>(&StreamRef::Application(name.clone()), command, metadata).await?;
         Ok(events.iter().find_map(|e| match e {
             ApplicationEvent::ApplicationTemplateUpdated { version, .. } => Some(*version),
             _ => None,
@@ -242,27 +143,20 @@ impl Lifecycle {
         let parsed = template::parse_variables(yaml)?;
         let digest = parsed.digest();
         let redacted = serde_json::to_value(parsed.redacted()).expect("variables serialise");
+        let stream = StreamRef::Application(name.clone());
         self.with_retries(|| async {
             let (app, version) = self.application(name).await?;
             let command =
                 ApplicationCommand::UpdateVariables { digest: digest.clone(), redacted: redacted.clone(), now };
-            let events = application::decide(&app, command)?;
+            let events = app.decide(command)?;
             let Some(ApplicationEvent::EnvironmentVariablesUpdated { version: new_version, .. }) = events.first()
             else {
                 return Ok(None);
             };
             let mut tx = self.store.pool().begin().await?;
-            let new = encode(&events, ApplicationEvent::event_type, metadata);
-            self.store
-                .append_in(&mut tx, &stream(&Application::stream_id(name)), ExpectedVersion::Exact(version), &new)
-                .await?;
-            sqlx::query("INSERT INTO variable_sets (application, version, yaml) VALUES ($1, $2, $3)")
-                .bind(name.as_str())
-                .bind(*new_version as i64)
-                .bind(yaml)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
+            append_all(&self.store, &mut tx, &[Change::new(&stream, version, &events, metadata)]).await?;
+            variable_sets::insert(&mut tx, name, *new_version, yaml).await?;
+            self.commit(tx).await?;
             Ok(Some(*new_version))
         })
         .await
@@ -281,7 +175,7 @@ impl Lifecycle {
             return Err(DomainError::NotFound(format!("application {app}")).into());
         }
         let command = || EnvironmentCommand::Create { created: spec.clone(), now };
-        self.apply_to_environment(app, name, command, metadata).await.map(drop)
+        self.execute::<Environment>(&StreamRef::environment(app, name), command, metadata).await.map(drop)
     }
 
     /// The commit to deploy: the one asked for, or the head of what the
@@ -364,7 +258,7 @@ impl Lifecycle {
         now: DateTime<Utc>,
     ) -> Result<Vec<EnvironmentEvent>, LifecycleError> {
         let command = || EnvironmentCommand::RecordObservation { observation: observation.clone(), now };
-        self.apply_to_environment(app, env, command, metadata).await
+        self.execute::<Environment>(&StreamRef::environment(app, env), command, metadata).await
     }
 
     /// Sets what the reconciler does about drift: record it (`warn`) or repair it (`auto`).
@@ -377,86 +271,61 @@ impl Lifecycle {
         now: DateTime<Utc>,
     ) -> Result<(), LifecycleError> {
         let command = || EnvironmentCommand::SetDriftMode { mode, now };
-        self.apply_to_environment(app, env, command, metadata).await.map(drop)
+        self.execute::<Environment>(&StreamRef::environment(app, env), command, metadata).await.map(drop)
     }
 
-    async fn apply_to_environment(
-        &self,
-        app: &Name,
-        name: &Name,
-        command: impl Fn() -> EnvironmentCommand,
-        metadata: &Metadata,
-    ) -> Result<Vec<EnvironmentEvent>, LifecycleError> {
-        self.with_retries(|| async {
-            let (env, version) = self.environment(app, name).await?;
-            let events = environment::decide(&env, command())?;
-            if !events.is_empty() {
-                let new = encode(&events, EnvironmentEvent::event_type, metadata);
-                self.store
-                    .append(&stream(&Environment::stream_id(app, name)), ExpectedVersion::Exact(version), &new)
-                    .await?;
-            }
-            Ok(events)
-        })
-        .await
+    /// The aggregates of one stream type whose ids start with `prefix`, in id order.
+    async fn streams(&self, stream_type: &str, prefix: &str) -> Result<Vec<StreamRef>, LifecycleError> {
+        let ids = self.store.stream_ids(stream_type, prefix).await?;
+        // Streams of this type that are not the domain's (none today) are skipped.
+        Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
     }
 
     /// Every environment ever created, as (application, environment), in name order.
     pub async fn environment_names(&self) -> Result<Vec<(Name, Name)>, LifecycleError> {
-        let streams: Vec<String> =
-            sqlx::query_scalar("SELECT stream_id FROM streams WHERE stream_type = 'environment' ORDER BY stream_id")
-                .fetch_all(self.store.pool())
-                .await?;
+        let streams = self.streams(stream::ENVIRONMENT, &format!("{}-", stream::ENVIRONMENT)).await?;
         Ok(streams
-            .iter()
-            .filter_map(|id| {
-                let (app, env) = id.strip_prefix("environment-")?.split_once('.')?;
-                Some((app.parse().ok()?, env.parse().ok()?))
+            .into_iter()
+            .filter_map(|s| match s {
+                StreamRef::Environment { application, environment } => Some((application, environment)),
+                _ => None,
             })
             .collect())
     }
 
     /// Every application ever created, in name order.
     pub async fn application_names(&self) -> Result<Vec<Name>, LifecycleError> {
-        let streams: Vec<String> =
-            sqlx::query_scalar("SELECT stream_id FROM streams WHERE stream_type = 'application' ORDER BY stream_id")
-                .fetch_all(self.store.pool())
-                .await?;
-        Ok(streams.iter().filter_map(|id| id.strip_prefix("application-")?.parse().ok()).collect())
+        let streams = self.streams(stream::APPLICATION, &format!("{}-", stream::APPLICATION)).await?;
+        Ok(streams
+            .into_iter()
+            .filter_map(|s| match s {
+                StreamRef::Application(name) => Some(name),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Every environment ever created of `app` (torn down ones included), folded, in
     /// name order.
     pub async fn environments_of(&self, app: &Name) -> Result<Vec<Environment>, LifecycleError> {
-        // The stream ids of `Environment::stream_id`; names hold no `%`, `_` or `.`, so
-        // the pattern matches this application's environments only.
-        let streams: Vec<String> = sqlx::query_scalar(
-            "SELECT stream_id FROM streams WHERE stream_type = 'environment' AND stream_id LIKE $1 ORDER BY stream_id",
-        )
-        .bind(format!("environment-{app}.%"))
-        .fetch_all(self.store.pool())
-        .await?;
+        let streams = self.streams(stream::ENVIRONMENT, &StreamRef::environments_prefix(app)).await?;
         let mut environments = Vec::with_capacity(streams.len());
-        for name in streams.iter().filter_map(|id| id.rsplit_once('.')?.1.parse::<Name>().ok()) {
-            environments.push(self.environment(app, &name).await?.0);
+        for stream in &streams {
+            environments.push(self.load::<Environment>(stream).await?.0);
         }
         Ok(environments)
     }
 
-    /// Requests a teardown of every environment whose time is up at `now`; returns
-    /// the teardowns requested. Environments already torn down or being torn down
-    /// are left alone, so calling this again changes nothing.
+    /// Requests a teardown of every environment whose time is up at `now`, as the
+    /// environment's own `Expire` decides; returns the teardowns requested.
+    /// Environments already torn down or being torn down are left alone, so
+    /// calling this again changes nothing.
     pub async fn expire_due(&self, metadata: &Metadata, now: DateTime<Utc>) -> Result<Vec<Requested>, LifecycleError> {
         let mut requested = Vec::new();
         for (app, env) in self.environment_names().await? {
             let (environment, _) = self.environment(&app, &env).await?;
             if environment.expires_at.is_some_and(|at| at <= now) {
-                match self.request(&app, &env, Ask::Teardown, None, "expired", metadata, now).await {
-                    Ok(done) => requested.extend(done),
-                    // Torn down or tearing down meanwhile: nothing to do.
-                    Err(LifecycleError::Domain(DomainError::TornDown(_) | DomainError::TeardownPending(_))) => {}
-                    Err(e) => return Err(e),
-                }
+                requested.extend(self.request(&app, &env, Ask::Expire, None, "expired", metadata, now).await?);
             }
         }
         Ok(requested)
@@ -477,11 +346,10 @@ impl Lifecycle {
     ) -> Result<Option<Requested>, LifecycleError> {
         let run_id = Uuid::new_v4();
         let kind = ask.kind();
+        let env_stream = StreamRef::environment(app, env_name);
         self.with_retries(|| {
-            // An automatic repair redeploys what runs now; others deploy the
-            // commit asked for or the head of what the environment tracks.
             let commit_asked = commit.clone();
-            let ask = &ask;
+            let (ask, env_stream) = (&ask, &env_stream);
             async move {
                 let (application, _) = self.application(app).await?;
                 let (env, env_version) = self.environment(app, env_name).await?;
@@ -489,39 +357,44 @@ impl Lifecycle {
                     return Err(DomainError::NotFound(format!("application {app}")).into());
                 }
                 let current = application.current()?;
+                // An automatic repair redeploys what runs now; a teardown deploys
+                // nothing; others deploy the commit asked for or the head of what
+                // the environment tracks.
                 let commit = match ask {
-                    Ask::Teardown => None,
+                    Ask::Teardown | Ask::Expire => None,
                     Ask::AutoSetup { .. } => match &env.commit {
                         Some(deployed) => Some(deployed.clone()),
                         None => return Ok(None),
                     },
-                    _ => Some(self.commit_for(&application, &env, commit_asked).await?),
+                    Ask::Setup | Ask::Patch => Some(self.commit_for(&application, &env, commit_asked).await?),
                 };
+                let resolved = || commit.clone().expect("resolved above");
                 let command = match ask {
                     Ask::AutoSetup { digest } => EnvironmentCommand::RequestAutoSetup {
                         run_id,
-                        commit: commit.clone().expect("resolved"),
+                        commit: resolved(),
                         templates: current.clone(),
                         digest: digest.clone(),
                         now,
                     },
                     Ask::Setup => EnvironmentCommand::RequestSetup {
                         run_id,
-                        commit: commit.clone().expect("resolved"),
+                        commit: resolved(),
                         templates: current.clone(),
                         reason: reason.to_owned(),
                         now,
                     },
                     Ask::Patch => EnvironmentCommand::RequestPatch {
                         run_id,
-                        commit: commit.clone().expect("resolved"),
+                        commit: resolved(),
                         current: current.clone(),
                         reason: reason.to_owned(),
                         now,
                     },
                     Ask::Teardown => EnvironmentCommand::RequestTeardown { run_id, reason: reason.to_owned(), now },
+                    Ask::Expire => EnvironmentCommand::Expire { run_id, now },
                 };
-                let events = environment::decide(&env, command)?;
+                let events = env.decide(command)?;
                 let Some(reason) = events.iter().find_map(|e| match e {
                     EnvironmentEvent::RunRequested { reason, .. } => Some(reason.clone()),
                     _ => None,
@@ -551,65 +424,37 @@ impl Lifecycle {
                         _ => None,
                     })
                     .collect();
+                let why = if kind == RunKind::Teardown {
+                    "cancelled: the environment is being torn down"
+                } else {
+                    "outdated: a newer deploy was requested"
+                };
+                let mut changes = vec![Change::new(env_stream, env_version, &events, metadata)];
+                for old in &superseded {
+                    if let Some((run, version)) = self.run(*old).await? {
+                        let skipped = run::decide(&run, RunCommand::Skip { reason: why.to_owned(), now })?;
+                        changes.push(Change::new(&StreamRef::Run(*old), version, &skipped, metadata));
+                    }
+                }
+                changes.push(Change::new(&StreamRef::Run(run_id), 0, &[queued], metadata));
 
                 let mut tx = self.store.pool().begin().await?;
-                let env_stream = stream(&Environment::stream_id(app, env_name));
-                self.store
-                    .append_in(
-                        &mut tx,
-                        &env_stream,
-                        ExpectedVersion::Exact(env_version),
-                        &encode(&events, EnvironmentEvent::event_type, metadata),
-                    )
-                    .await?;
+                append_all(&self.store, &mut tx, &changes).await?;
                 for old in &superseded {
-                    let why = if kind == RunKind::Teardown {
-                        "cancelled: the environment is being torn down"
-                    } else {
-                        "outdated: a newer deploy was requested"
-                    };
-                    self.skip_in(&mut tx, *old, why, metadata, now).await?;
+                    run_queue::done(&mut tx, *old).await?;
                 }
-                self.store
-                    .append_in(
-                        &mut tx,
-                        &stream(&Run::stream_id(run_id)),
-                        ExpectedVersion::NoStream,
-                        &encode(&[queued], RunEvent::event_type, metadata),
-                    )
-                    .await?;
-                sqlx::query("INSERT INTO run_queue (run_id, environment, state) VALUES ($1, $2, 'queued')")
-                    .bind(run_id)
-                    .bind(env_stream.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
+                run_queue::enqueue(&mut tx, run_id, env_stream).await?;
+                self.commit(tx).await?;
                 Ok(Some(Requested { run_id, superseded }))
             }
         })
         .await
     }
 
-    /// Ends a queued run that will never start, in the caller's transaction.
-    async fn skip_in(
-        &self,
-        tx: &mut PgConnection,
-        run_id: Uuid,
-        reason: &str,
-        metadata: &Metadata,
-        now: DateTime<Utc>,
-    ) -> Result<(), LifecycleError> {
-        let Some((run, version)) = self.run(run_id).await? else { return Ok(()) };
-        let events = run::decide(&run, RunCommand::Skip { reason: reason.to_owned(), now })?;
-        self.store
-            .append_in(
-                tx,
-                &stream(&Run::stream_id(run_id)),
-                ExpectedVersion::Exact(version),
-                &encode(&events, RunEvent::event_type, metadata),
-            )
-            .await?;
-        sqlx::query("UPDATE run_queue SET state = 'done' WHERE run_id = $1").bind(run_id).execute(&mut *tx).await?;
+    /// Commits a transaction that appended events, and wakes this process's event feed.
+    async fn commit(&self, tx: sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), LifecycleError> {
+        tx.commit().await?;
+        self.store.committed();
         Ok(())
     }
 
@@ -622,44 +467,50 @@ impl Lifecycle {
         metadata: &Metadata,
         now: DateTime<Utc>,
     ) -> Result<(), LifecycleError> {
-        self.with_retries(|| async {
-            let (run, version) =
-                self.run(run_id).await?.ok_or_else(|| DomainError::NotFound(format!("run {run_id}")))?;
-            let events = run::decide(&run, RunCommand::Cancel { reason: reason.to_owned(), now })?;
-            self.store
-                .append(
-                    &stream(&Run::stream_id(run_id)),
-                    ExpectedVersion::Exact(version),
-                    &encode(&events, RunEvent::event_type, metadata),
-                )
-                .await?;
-            Ok(())
-        })
-        .await
+        let command = || RunCommand::Cancel { reason: reason.to_owned(), now };
+        self.execute::<Option<Run>>(&StreamRef::Run(run_id), command, metadata)
+            .await
+            .map_err(|e| not_found(e, run_id))?;
+        Ok(())
     }
 
     /// Retries a failed run from its failed stage, as a new attempt.
     pub async fn retry_run(&self, run_id: Uuid, metadata: &Metadata, now: DateTime<Utc>) -> Result<(), LifecycleError> {
         self.with_retries(|| async {
-            let (run, version) = self.run(run_id).await?.ok_or_else(|| DomainError::NotFound(format!("run {run_id}")))?;
+            let (run, version) =
+                self.run(run_id).await?.ok_or_else(|| DomainError::NotFound(format!("run {run_id}")))?;
             let events = run::decide(&run, RunCommand::Retry { now })?;
-            let (env, env_version) = self.environment(&run.application, &run.environment).await?;
+            let env_stream = StreamRef::environment(&run.application, &run.environment);
+            let (env, env_version) = self.load::<Environment>(&env_stream).await?;
             let templates = (run.kind == RunKind::Setup).then(|| run.templates.clone());
             let reason = format!("retry, attempt {}", run.attempt + 1);
-            let requeue = EnvironmentCommand::Requeue { run_id, kind: run.kind, commit: run.commit.clone(), templates, reason, now };
-            let requeue = environment::decide(&env, requeue)?;
+            let requeue = EnvironmentCommand::Requeue {
+                run_id,
+                kind: run.kind,
+                commit: run.commit.clone(),
+                templates,
+                reason,
+                now,
+            };
+            let requeue = env.decide(requeue)?;
+            let changes = [
+                Change::new(&StreamRef::Run(run_id), version, &events, metadata),
+                Change::new(&env_stream, env_version, &requeue, metadata),
+            ];
             let mut tx = self.store.pool().begin().await?;
-            self.store.append_in(&mut tx, &stream(&Run::stream_id(run_id)), ExpectedVersion::Exact(version), &encode(&events, RunEvent::event_type, metadata)).await?;
-            let env_stream = stream(&Environment::stream_id(&run.application, &run.environment));
-            self.store.append_in(&mut tx, &env_stream, ExpectedVersion::Exact(env_version), &encode(&requeue, EnvironmentEvent::event_type, metadata)).await?;
-            sqlx::query("UPDATE run_queue SET state = 'queued', worker = NULL, lease_until = NULL, queued_at = clock_timestamp() WHERE run_id = $1")
-                .bind(run_id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(())
+            append_all(&self.store, &mut tx, &changes).await?;
+            run_queue::requeue(&mut tx, run_id).await?;
+            self.commit(tx).await
         })
         .await
+    }
+}
+
+/// A command for a run that does not exist names the run.
+fn not_found(e: LifecycleError, run_id: Uuid) -> LifecycleError {
+    match e {
+        LifecycleError::Domain(DomainError::NotFound(_)) => DomainError::NotFound(format!("run {run_id}")).into(),
+        other => other,
     }
 }
 
@@ -668,6 +519,8 @@ enum Ask {
     Setup,
     Patch,
     Teardown,
+    /// A teardown if the environment's time is up, as the environment decides.
+    Expire,
     /// A setup the reconciler asks for in `auto` drift mode.
     AutoSetup {
         digest: String,
@@ -679,7 +532,7 @@ impl Ask {
         match self {
             Ask::Setup | Ask::AutoSetup { .. } => RunKind::Setup,
             Ask::Patch => RunKind::Patch,
-            Ask::Teardown => RunKind::Teardown,
+            Ask::Teardown | Ask::Expire => RunKind::Teardown,
         }
     }
 }

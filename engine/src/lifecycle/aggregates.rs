@@ -1,0 +1,163 @@
+//! The one way the engine loads, decides and appends: an aggregate is folded from
+//! its stream (from a bounded cache of folded states, reading only the events
+//! after the cached version), a command is decided against it, and the events are
+//! appended at the version read, so a concurrent writer makes the append fail with
+//! a conflict instead of being overwritten. Several streams that must change
+//! together go in one transaction as a list of [`Change`]s.
+
+use std::any::Any;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use sqlx::PgConnection;
+
+use super::{Lifecycle, LifecycleError};
+use crate::domain::{Aggregate, StreamRef};
+use crate::store::{AppendError, EventStore, ExpectedVersion, Metadata, NewEvent, StreamId};
+
+/// How often an operation is retried when a concurrent writer changed the stream.
+const CONFLICT_RETRIES: usize = 5;
+/// Events read per query when folding a stream.
+const PAGE: usize = 1000;
+/// Folded states kept per process. Streams grow with every run; without a cache
+/// each request would fold an environment's whole history again.
+pub(super) const CACHED_STATES: usize = 10_000;
+
+/// Aggregates as last folded, with the version they were folded at, least
+/// recently used first out. Events never change, so a cached state is always a
+/// true prefix of its stream.
+pub(super) struct Cache(Mutex<lru::LruCache<StreamRef, (Arc<dyn Any + Send + Sync>, u64)>>);
+
+impl Cache {
+    pub(super) fn new(capacity: usize) -> Cache {
+        Cache(Mutex::new(lru::LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN))))
+    }
+
+    fn get<A: Aggregate>(&self, stream: &StreamRef) -> Option<(A, u64)> {
+        let mut cache = self.0.lock().expect("not poisoned");
+        let (state, version) = cache.get(stream)?;
+        Some((state.downcast_ref::<A>()?.clone(), *version))
+    }
+
+    /// Keeps `state` unless a newer one is cached (another task folded further).
+    fn put<A: Aggregate>(&self, stream: &StreamRef, state: &A, version: u64) {
+        let mut cache = self.0.lock().expect("not poisoned");
+        if cache.peek(stream).is_none_or(|(_, cached)| *cached < version) {
+            cache.put(stream.clone(), (Arc::new(state.clone()), version));
+        }
+    }
+}
+
+/// Events one decision appends to one stream, at the version it was decided at.
+pub struct Change {
+    stream: StreamId,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+}
+
+impl Change {
+    pub fn new<E: Serialize>(stream: &StreamRef, version: u64, events: &[E], metadata: &Metadata) -> Change {
+        Change {
+            stream: stream.into(),
+            expected: ExpectedVersion::Exact(version),
+            events: NewEvent::domain_all(events, metadata),
+        }
+    }
+
+    /// The id of the stream this change appends to.
+    pub fn stream(&self) -> &str {
+        self.stream.as_str()
+    }
+}
+
+impl Lifecycle {
+    /// The aggregate as its stream says now, and the version read.
+    pub async fn load<A: Aggregate>(&self, stream: &StreamRef) -> Result<(A, u64), LifecycleError> {
+        let (mut state, mut version) = self.cache.get::<A>(stream).unwrap_or_else(|| (A::initial(), 0));
+        let id = StreamId::from(stream);
+        let start = version;
+        loop {
+            let page = self.store.read_stream(&id, version + 1, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            version = last.version;
+            for e in &page {
+                let event: A::Event = serde_json::from_str(&e.payload)
+                    .map_err(|err| LifecycleError::Corrupt(format!("{stream} v{}: {err}", e.version)))?;
+                state = state.evolve(&event);
+            }
+        }
+        if version > start {
+            self.cache.put(stream, &state, version);
+        }
+        Ok((state, version))
+    }
+
+    /// Loads the aggregate, decides `command` against it and appends what it
+    /// decided, loading again when another writer got there first. Returns the
+    /// events decided (none when the command changes nothing).
+    pub async fn execute<A: Aggregate>(
+        &self,
+        stream: &StreamRef,
+        command: impl Fn() -> A::Command,
+        metadata: &Metadata,
+    ) -> Result<Vec<A::Event>, LifecycleError> {
+        self.with_retries(|| async {
+            let (state, version) = self.load::<A>(stream).await?;
+            let events = state.decide(command())?;
+            self.append(stream, state, version, &events, metadata).await?;
+            Ok(events)
+        })
+        .await
+    }
+
+    /// Appends `events`, decided against `state` at `version`; returns the state
+    /// after them and its version. Fails with a conflict when the stream moved.
+    pub async fn append<A: Aggregate>(
+        &self,
+        stream: &StreamRef,
+        state: A,
+        version: u64,
+        events: &[A::Event],
+        metadata: &Metadata,
+    ) -> Result<(A, u64), LifecycleError> {
+        if events.is_empty() {
+            return Ok((state, version));
+        }
+        let new = NewEvent::domain_all(events, metadata);
+        self.store.append(&stream.into(), ExpectedVersion::Exact(version), &new).await?;
+        let state = events.iter().fold(state, |s, e| s.evolve(e));
+        let version = version + events.len() as u64;
+        self.cache.put(stream, &state, version);
+        Ok((state, version))
+    }
+
+    /// Runs `attempt` until it does not hit a version conflict.
+    pub(super) async fn with_retries<T, F, Fut>(&self, mut attempt: F) -> Result<T, LifecycleError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, LifecycleError>>,
+    {
+        for _ in 0..CONFLICT_RETRIES {
+            match attempt().await {
+                Err(LifecycleError::Store(AppendError::Conflict { .. })) => continue,
+                other => return other,
+            }
+        }
+        Err(LifecycleError::Contended)
+    }
+}
+
+/// Appends every change inside the caller's transaction; changes without events
+/// append nothing. The caller commits, then tells the store
+/// ([`EventStore::committed`]).
+pub(crate) async fn append_all(
+    store: &EventStore,
+    tx: &mut PgConnection,
+    changes: &[Change],
+) -> Result<(), LifecycleError> {
+    for change in changes.iter().filter(|c| !c.events.is_empty()) {
+        store.append_in(tx, &change.stream, change.expected, &change.events).await?;
+    }
+    Ok(())
+}
