@@ -4,7 +4,7 @@
 //! push webhooks of GitHub and GitLab, the command line. It converts engine types
 //! into its own GraphQL types by hand.
 //!
-//! Architecture invariants (DESIGN.md §2): only this crate imports async-graphql or
+//! Architecture invariants (ARCHITECTURE.md): only this crate imports async-graphql or
 //! axum; it never appends events itself, it asks the engine to.
 
 pub mod auth;

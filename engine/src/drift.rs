@@ -1,5 +1,6 @@
-//! Drift (DESIGN.md §6): what the events say should run, compared with what the
-//! runtime really runs, and with the templates the application has now.
+//! Drift (`docs/operations.md`, "Read models and drift"): what the events say
+//! should run, compared with what the runtime really runs, and with the templates
+//! the application has now.
 //!
 //! The [`Reconciler`] observes every set-up environment on an interval (with
 //! jitter, so several `shiplog` processes do not observe in lockstep) and on demand,

@@ -317,7 +317,8 @@ fn run(what: &'static str, command: &mut Command) -> Result<(), ClusterError> {
 }
 
 /// Settings every shiplog connection gets: a transaction left open by a crashed
-/// worker must not stall gap-free readers for long (DESIGN.md §3).
+/// worker must not stall gap-free readers for long (ARCHITECTURE.md, "And from
+/// the event store": readers never pass a transaction still in flight).
 fn session_defaults(options: PgConnectOptions) -> PgConnectOptions {
     options.options([("idle_in_transaction_session_timeout", "60s")]).application_name("shiplog")
 }

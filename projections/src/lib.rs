@@ -7,7 +7,7 @@
 //! into a fresh generation swapped in atomically, time travel (`time_travel`) and
 //! the auditors' export and replay (`audit`).
 //!
-//! Architecture invariants (DESIGN.md §2): this crate never appends an event; it
+//! Architecture invariants (ARCHITECTURE.md): this crate never appends an event; it
 //! reads the log and writes only the `read` schema. Every read model can be
 //! dropped and rebuilt from the log to identical content.
 

@@ -2,6 +2,7 @@
 //! fresh database of a real PostgreSQL (see `shiplog_tests::TestDb`).
 
 mod append;
+mod architecture;
 mod docker;
 mod immutability;
 mod lifecycle;
