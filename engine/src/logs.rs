@@ -35,14 +35,6 @@ pub struct LogLine {
     pub line: String,
 }
 
-fn stream_name(s: LogStream) -> &'static str {
-    match s {
-        LogStream::Stdout => "stdout",
-        LogStream::Stderr => "stderr",
-        LogStream::System => "system",
-    }
-}
-
 /// Reads up to `limit` lines of a run after sequence number `after` (0: from the start).
 pub async fn read(pool: &PgPool, run_id: Uuid, after: i64, limit: i64) -> sqlx::Result<Vec<LogLine>> {
     let rows = sqlx::query(
@@ -55,11 +47,8 @@ pub async fn read(pool: &PgPool, run_id: Uuid, after: i64, limit: i64) -> sqlx::
     .await?;
     rows.iter()
         .map(|r| {
-            let stream = match r.try_get::<&str, _>("stream")? {
-                "stdout" => LogStream::Stdout,
-                "stderr" => LogStream::Stderr,
-                _ => LogStream::System,
-            };
+            // The table's check constraint admits only the three labels.
+            let stream = r.try_get::<&str, _>("stream")?.parse().unwrap_or(LogStream::System);
             Ok(LogLine {
                 seq: r.try_get("seq")?,
                 job: r.try_get("job")?,
@@ -174,7 +163,7 @@ async fn insert(
 ) -> sqlx::Result<()> {
     let seqs: Vec<i64> = (1..=lines.len() as i64).map(|n| after + n).collect();
     let jobs: Vec<&str> = lines.iter().map(|l| &*l.0).collect();
-    let streams: Vec<&str> = lines.iter().map(|l| stream_name(l.1)).collect();
+    let streams: Vec<&str> = lines.iter().map(|l| l.1.as_ref()).collect();
     let texts: Vec<&str> = lines.iter().map(|l| l.2.as_str()).collect();
     let ats: Vec<DateTime<Utc>> = lines.iter().map(|l| l.3).collect();
     // Followers in any shiplog process hear of new lines through NOTIFY, delivered

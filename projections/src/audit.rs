@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use shiplog_engine::domain::application::ApplicationEvent;
-use shiplog_engine::domain::environment::{DriftMode, EnvironmentEvent, Tracking};
+use shiplog_engine::domain::environment::{EnvironmentEvent, Tracking};
 use shiplog_engine::domain::run::RunEvent;
 use shiplog_engine::store::hash::timestamp_text;
 use shiplog_engine::store::{Cursor, EventFilter, EventStore, RecordedEvent};
@@ -97,13 +97,9 @@ pub fn entry(fact: &Fact, run_of: Option<(String, String)>) -> Option<AuditEntry
                     format!("drift {}: {}", serde_label(verdict), reasons.join("; "))
                 }
                 EnvironmentEvent::DriftResolved { .. } => "drift resolved".into(),
-                EnvironmentEvent::DriftModeChanged { mode, .. } => format!(
-                    "set the drift mode to {}",
-                    match mode {
-                        DriftMode::Warn => "warn",
-                        DriftMode::Auto => "auto",
-                    }
-                ),
+                EnvironmentEvent::DriftModeChanged { mode, .. } => {
+                    format!("set the drift mode to {}", serde_label(mode))
+                }
             };
         }
         Payload::Run { run_id, event } => {

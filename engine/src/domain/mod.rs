@@ -111,22 +111,13 @@ impl fmt::Display for CommitId {
 }
 
 /// What a run does to an environment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, strum::Display)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum RunKind {
     Setup,
     Patch,
     Teardown,
-}
-
-impl fmt::Display for RunKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RunKind::Setup => "setup",
-            RunKind::Patch => "patch",
-            RunKind::Teardown => "teardown",
-        })
-    }
 }
 
 /// The digests of the templates a setup applies, and their versions.

@@ -156,8 +156,9 @@ pub enum Health {
     Unhealthy,
 }
 
-/// Which output a log line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Which output a log line came from; stored by its lowercase label (`stdout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::AsRefStr, strum::EnumString)]
+#[strum(serialize_all = "lowercase")]
 pub enum LogStream {
     Stdout,
     Stderr,
