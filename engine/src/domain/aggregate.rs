@@ -101,7 +101,7 @@ pub(crate) mod testing {
         #[track_caller]
         pub(crate) fn then(self, expected: impl IntoIterator<Item = A::Event>) -> Given<A> {
             let expected: Vec<A::Event> = expected.into_iter().collect();
-            let decided = self.accepted(&format!("events {}", lines(&expected)));
+            let decided = self.accepted(&format!("events:{}", lines(&expected)));
             if decided != expected {
                 panic!(
                     "{}: the command decided other events than expected:\n{}\nexpected:{}\ndecided:{}",
@@ -159,7 +159,7 @@ pub(crate) mod testing {
             match &self.decided {
                 Ok(events) => events.clone(),
                 Err(refusal) => panic!(
-                    "{}: expected {expected}, the command was refused: {refusal:?} ({refusal})",
+                    "{}: the command was refused with {refusal:?} ({refusal}); expected {expected}",
                     self.given.types()
                 ),
             }
@@ -179,8 +179,8 @@ pub(crate) mod testing {
     fn differences<E: Serialize>(expected: &[E], decided: &[E]) -> String {
         let mut found = Vec::new();
         for i in 0..expected.len().max(decided.len()) {
-            let expected = expected.get(i).map(|e| encode(e));
-            let decided = decided.get(i).map(|e| encode(e));
+            let expected = expected.get(i).map(encode);
+            let decided = decided.get(i).map(encode);
             match (&expected, &decided) {
                 (Some((expected_type, expected)), Some((decided_type, decided))) if expected_type == decided_type => {
                     compare(format!("event {i} ({expected_type})"), Some(expected), Some(decided), &mut found)
@@ -291,7 +291,7 @@ pub(crate) mod testing {
         }
 
         #[test]
-        #[should_panic(expected = "given [ApplicationCreated]: expected events")]
+        #[should_panic(expected = "given [ApplicationCreated]: the command was refused with AlreadyExists")]
         fn a_refused_command_fails_then() {
             given::<Application>([created("x")]).when(create("y")).then([]);
         }
