@@ -130,14 +130,11 @@ pub fn evolve(mut app: Application, event: &ApplicationEvent) -> Application {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::aggregate::testing::given;
     use serde_json::json;
 
     fn t() -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000, 0).unwrap()
-    }
-
-    fn given(events: &[ApplicationEvent]) -> Application {
-        events.iter().fold(Application::default(), evolve)
     }
 
     fn created() -> ApplicationEvent {
@@ -152,27 +149,32 @@ mod tests {
     fn template_updates_are_versioned_and_repeats_change_nothing() {
         let update =
             |d: &str| ApplicationCommand::UpdateTemplate { digest: d.into(), template: json!({ "d": d }), now: t() };
-        let mut events = vec![created()];
-        let first = decide(&given(&events), update("sha256:a")).unwrap();
-        assert!(matches!(first[..], [ApplicationEvent::ApplicationTemplateUpdated { version: 1, .. }]));
-        events.extend(first);
-        assert_eq!(decide(&given(&events), update("sha256:a")).unwrap(), vec![]);
-        let second = decide(&given(&events), update("sha256:b")).unwrap();
-        assert!(matches!(second[..], [ApplicationEvent::ApplicationTemplateUpdated { version: 2, .. }]));
-        events.extend(second);
-        assert_eq!(given(&events).current().unwrap().template_version, 2);
+        let updated = |version, d: &str| ApplicationEvent::ApplicationTemplateUpdated {
+            version,
+            digest: d.into(),
+            template: json!({ "d": d }),
+            updated_at: t(),
+        };
+        let app = given::<Application>([created()])
+            .when(update("sha256:a"))
+            .then([updated(1, "sha256:a")])
+            .when(update("sha256:a"))
+            .then([])
+            .when(update("sha256:b"))
+            .then([updated(2, "sha256:b")]);
+        assert_eq!(app.state().current().unwrap().template_version, 2);
     }
 
     #[test]
     fn an_application_needs_a_template_before_environments_can_use_it() {
-        assert_eq!(given(&[created()]).current(), Err(DomainError::NoTemplate));
+        assert_eq!(given::<Application>([created()]).state().current(), Err(DomainError::NoTemplate));
     }
 
     #[test]
     fn creating_twice_or_updating_nothing_is_refused() {
         let create = ApplicationCommand::Create { name: "shop".parse().unwrap(), repository: "x".into(), now: t() };
-        assert_eq!(decide(&given(&[created()]), create), Err(DomainError::AlreadyExists("application shop".into())));
+        given::<Application>([created()]).when(create).then_err(DomainError::AlreadyExists("application shop".into()));
         let update = ApplicationCommand::UpdateVariables { digest: "d".into(), redacted: json!({}), now: t() };
-        assert_eq!(decide(&Application::default(), update), Err(DomainError::NotFound("application".into())));
+        given::<Application>([]).when(update).then_err(DomainError::NotFound("application".into()));
     }
 }

@@ -604,7 +604,11 @@ pub fn evolve(mut env: Environment, event: &EnvironmentEvent) -> Environment {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::aggregate::testing::given;
     use crate::domain::run::tests::commit;
+
+    /// How the domain names the environment of these tests in a refusal.
+    const LABEL: &str = "environment shop/staging";
 
     fn t(seconds: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap()
@@ -662,11 +666,6 @@ mod tests {
         }
     }
 
-    /// given(events).when(command) → the events decided, or the refusal.
-    fn given(events: &[EnvironmentEvent]) -> Environment {
-        events.iter().fold(Environment::default(), evolve)
-    }
-
     /// An environment whose setup (run 1, templates v1/v1, commit a) succeeded.
     fn set_up() -> Vec<EnvironmentEvent> {
         vec![
@@ -689,102 +688,100 @@ mod tests {
 
     #[test]
     fn a_patch_is_refused_until_a_setup_has_succeeded() {
-        let env = given(&[created(None)]);
-        assert_eq!(
-            decide(&env, patch(2, 'b', versions(1, 1))),
-            Err(DomainError::SetupRequired(vec!["no setup has succeeded yet".into()]))
-        );
-        let failed_setup = given(&[
+        let no_setup = || DomainError::SetupRequired(vec!["no setup has succeeded yet".into()]);
+        given::<Environment>([created(None)]).when(patch(2, 'b', versions(1, 1))).then_err(no_setup());
+        given::<Environment>([
             created(None),
             requested(1, RunKind::Setup, Some(commit('a')), Some(versions(1, 1)), 1),
             finished(1, RunOutcome::Failed, 5),
-        ]);
-        assert!(matches!(decide(&failed_setup, patch(2, 'b', versions(1, 1))), Err(DomainError::SetupRequired(_))));
+        ])
+        .when(patch(2, 'b', versions(1, 1)))
+        .then_err(no_setup());
     }
 
     #[test]
     fn a_patch_after_setup_is_queued() {
-        let env = given(&set_up());
-        assert_eq!(
-            decide(&env, patch(2, 'b', versions(1, 1))).unwrap(),
-            vec![requested(2, RunKind::Patch, Some(commit('b')), None, 20)]
-        );
+        given::<Environment>(set_up()).when(patch(2, 'b', versions(1, 1))).then([requested(
+            2,
+            RunKind::Patch,
+            Some(commit('b')),
+            None,
+            20,
+        )]);
     }
 
     #[test]
     fn changed_templates_require_setup_and_say_why() {
-        let env = given(&set_up());
-        assert_eq!(
-            decide(&env, patch(2, 'b', versions(2, 3))),
-            Err(DomainError::SetupRequired(vec![
+        given::<Environment>(set_up())
+            .when(patch(2, 'b', versions(2, 3)))
+            .then_err(DomainError::SetupRequired(vec![
                 "application template changed: v1 → v2".into(),
                 "environment-variable template changed: v1 → v3".into(),
             ]))
-        );
-        // Once a setup with the new templates is queued, a patch may queue behind it.
-        let mut events = set_up();
-        events.push(requested(2, RunKind::Setup, Some(commit('b')), Some(versions(2, 3)), 15));
-        assert!(decide(&given(&events), patch(3, 'c', versions(2, 3))).is_ok());
+            // Once a setup with the new templates is queued, a patch may queue behind it.
+            .and([requested(2, RunKind::Setup, Some(commit('b')), Some(versions(2, 3)), 15)])
+            .when(patch(3, 'c', versions(2, 3)))
+            .then([requested(3, RunKind::Patch, Some(commit('c')), None, 20)]);
     }
 
     #[test]
     fn a_newer_patch_supersedes_a_queued_one_but_not_a_running_one() {
-        let mut events = set_up();
-        events.push(requested(2, RunKind::Patch, Some(commit('b')), None, 11));
-        let decided = decide(&given(&events), patch(3, 'c', versions(1, 1))).unwrap();
-        assert_eq!(
-            decided[0],
+        let patch_queued =
+            given::<Environment>(set_up()).and([requested(2, RunKind::Patch, Some(commit('b')), None, 11)]);
+        patch_queued.clone().when(patch(3, 'c', versions(1, 1))).then([
             EnvironmentEvent::RunSuperseded {
                 run_id: run(2),
                 by: run(3),
-                reason: "outdated: a newer deploy was requested".into()
-            }
-        );
-        assert_eq!(decided[1], requested(3, RunKind::Patch, Some(commit('c')), None, 20));
-
-        events.push(EnvironmentEvent::RunStarted { run_id: run(2), started_at: t(12) });
-        let decided = decide(&given(&events), patch(3, 'c', versions(1, 1))).unwrap();
-        assert_eq!(decided, vec![requested(3, RunKind::Patch, Some(commit('c')), None, 20)]);
+                reason: "outdated: a newer deploy was requested".into(),
+            },
+            requested(3, RunKind::Patch, Some(commit('c')), None, 20),
+        ]);
+        patch_queued
+            .and([EnvironmentEvent::RunStarted { run_id: run(2), started_at: t(12) }])
+            .when(patch(3, 'c', versions(1, 1)))
+            .then([requested(3, RunKind::Patch, Some(commit('c')), None, 20)]);
     }
 
     #[test]
     fn teardown_cancels_queued_runs_and_blocks_new_deploys() {
-        let mut events = set_up();
-        events.push(requested(2, RunKind::Patch, Some(commit('b')), None, 11));
-        let env = given(&events);
-        let decided =
-            decide(&env, EnvironmentCommand::RequestTeardown { run_id: run(3), reason: "deleted".into(), now: t(20) })
-                .unwrap();
-        assert_eq!(
-            decided[0],
-            EnvironmentEvent::RunSuperseded {
-                run_id: run(2),
-                by: run(3),
-                reason: "the environment is being torn down".into()
-            }
-        );
-        events.extend(decided);
-        let env = given(&events);
-        assert_eq!(env.queue.iter().map(|q| q.run_id).collect::<Vec<_>>(), vec![run(3)]);
-        assert!(matches!(decide(&env, patch(4, 'd', versions(1, 1))), Err(DomainError::TeardownPending(_))));
-
-        events.push(finished(3, RunOutcome::Succeeded, 30));
-        let env = given(&events);
-        assert_eq!(env.status, Some(Status::TornDown));
-        assert!(matches!(decide(&env, patch(4, 'd', versions(1, 1))), Err(DomainError::TornDown(_))));
+        let env = given::<Environment>(set_up())
+            .and([requested(2, RunKind::Patch, Some(commit('b')), None, 11)])
+            .when(EnvironmentCommand::RequestTeardown { run_id: run(3), reason: "deleted".into(), now: t(20) })
+            .then([
+                EnvironmentEvent::RunSuperseded {
+                    run_id: run(2),
+                    by: run(3),
+                    reason: "the environment is being torn down".into(),
+                },
+                EnvironmentEvent::RunRequested {
+                    run_id: run(3),
+                    kind: RunKind::Teardown,
+                    commit: None,
+                    reason: "deleted".into(),
+                    templates: None,
+                    requested_at: t(20),
+                    auto_for: None,
+                },
+            ]);
+        assert_eq!(env.state().queue.iter().map(|q| q.run_id).collect::<Vec<_>>(), vec![run(3)]);
+        let env = env
+            .when(patch(4, 'd', versions(1, 1)))
+            .then_err(DomainError::TeardownPending(LABEL.into()))
+            .and([finished(3, RunOutcome::Succeeded, 30)]);
+        assert_eq!(env.state().status, Some(Status::TornDown));
+        env.when(patch(4, 'd', versions(1, 1))).then_err(DomainError::TornDown(LABEL.into()));
     }
 
     #[test]
     fn an_expired_environment_is_torn_down_once() {
-        let env = given(&set_up());
+        let env = given::<Environment>(set_up());
         // The successful setup at t=10 extended the 1h TTL to t=3610.
-        assert_eq!(env.expires_at, Some(t(3610)));
+        assert_eq!(env.state().expires_at, Some(t(3610)));
         let expire = |now| EnvironmentCommand::Expire { run_id: run(9), now: t(now) };
-        assert_eq!(decide(&env, expire(3609)).unwrap(), vec![]);
-        let decided = decide(&env, expire(3610)).unwrap();
-        assert_eq!(
-            decided,
-            vec![EnvironmentEvent::RunRequested {
+        env.when(expire(3609))
+            .then([])
+            .when(expire(3610))
+            .then([EnvironmentEvent::RunRequested {
                 run_id: run(9),
                 kind: RunKind::Teardown,
                 commit: None,
@@ -792,19 +789,16 @@ mod tests {
                 templates: None,
                 requested_at: t(3610),
                 auto_for: None,
-            }]
-        );
-        let mut events = set_up();
-        events.extend(decided);
-        assert_eq!(decide(&given(&events), expire(4000)).unwrap(), vec![]);
+            }])
+            .when(expire(4000))
+            .then([]);
     }
 
     #[test]
     fn a_failed_patch_keeps_the_deployed_commit_and_images() {
-        let mut events = set_up();
-        events.push(requested(2, RunKind::Patch, Some(commit('b')), None, 11));
-        events.push(finished(2, RunOutcome::Failed, 12));
-        let env = given(&events);
+        let env = given::<Environment>(set_up())
+            .and([requested(2, RunKind::Patch, Some(commit('b')), None, 11), finished(2, RunOutcome::Failed, 12)])
+            .state();
         assert_eq!(env.status, Some(Status::Failed));
         assert_eq!(env.commit, Some(commit('a')));
         assert_eq!(env.images, vec![("web".to_string(), "img-1".to_string())]);
@@ -813,7 +807,6 @@ mod tests {
 
     #[test]
     fn creating_twice_is_refused() {
-        let env = given(&[created(None)]);
         let again = EnvironmentCommand::Create {
             created: Created {
                 application: "shop".parse().unwrap(),
@@ -825,7 +818,7 @@ mod tests {
             },
             now: t(1),
         };
-        assert_eq!(decide(&env, again), Err(DomainError::AlreadyExists("environment shop/staging".into())));
+        given::<Environment>([created(None)]).when(again).then_err(DomainError::AlreadyExists(LABEL.into()));
     }
 
     fn observe(observation: Observation, at: i64) -> EnvironmentCommand {
@@ -834,36 +827,35 @@ mod tests {
 
     #[test]
     fn drift_is_recorded_only_when_the_verdict_or_its_reasons_change() {
-        let mut events = set_up();
-        assert_eq!(decide(&given(&events), observe(Observation::InSync, 11)).unwrap(), vec![]);
-
         let stopped =
             || Observation::Drifted { reasons: vec!["service web is not running".into()], health: Health::Degraded };
-        let detected = decide(&given(&events), observe(stopped(), 12)).unwrap();
-        assert_eq!(
-            detected,
-            vec![EnvironmentEvent::DriftDetected {
+        let env = given::<Environment>(set_up())
+            .when(observe(Observation::InSync, 11))
+            .then([])
+            .when(observe(stopped(), 12))
+            .then([EnvironmentEvent::DriftDetected {
                 verdict: DriftVerdict::Drifted,
                 reasons: vec!["service web is not running".into()],
                 health: Health::Degraded,
-                observed_at: t(12)
-            }]
-        );
-        events.extend(detected);
-        assert_eq!(decide(&given(&events), observe(stopped(), 13)).unwrap(), vec![], "the same drift again");
-
-        // Observation failing is its own verdict; the drift keeps its start.
-        let unknown = decide(&given(&events), observe(Observation::Unknown("no answer".into()), 14)).unwrap();
-        assert_eq!(unknown.len(), 1);
-        events.extend(unknown);
-        let env = given(&events);
-        let drift = env.drift.as_ref().unwrap();
+                observed_at: t(12),
+            }])
+            // The same drift again.
+            .when(observe(stopped(), 13))
+            .then([])
+            // Observation failing is its own verdict; the drift keeps its start.
+            .when(observe(Observation::Unknown("no answer".into()), 14))
+            .then([EnvironmentEvent::DriftDetected {
+                verdict: DriftVerdict::Unknown,
+                reasons: vec!["no answer".into()],
+                health: Health::Unknown,
+                observed_at: t(14),
+            }]);
+        let drift = env.state().drift.unwrap();
         assert_eq!((drift.verdict, drift.since), (DriftVerdict::Unknown, t(12)));
 
-        let resolved = decide(&env, observe(Observation::InSync, 15)).unwrap();
-        assert_eq!(resolved, vec![EnvironmentEvent::DriftResolved { observed_at: t(15) }]);
-        events.extend(resolved);
-        assert_eq!(given(&events).drift, None);
+        let env =
+            env.when(observe(Observation::InSync, 15)).then([EnvironmentEvent::DriftResolved { observed_at: t(15) }]);
+        assert_eq!(env.state().drift, None);
     }
 
     #[test]
@@ -875,39 +867,40 @@ mod tests {
             digest: digest.into(),
             now: t(30),
         };
-        let mut events = set_up();
-        events.push(EnvironmentEvent::DriftDetected {
+        let repair = |n: u128, digest: &str| EnvironmentEvent::RunRequested {
+            run_id: run(n),
+            kind: RunKind::Setup,
+            commit: Some(commit('a')),
+            reason: "drift (auto): service web is not running".into(),
+            templates: Some(versions(1, 1)),
+            requested_at: t(30),
+            auto_for: Some(digest.into()),
+        };
+        let drifted = |at| EnvironmentEvent::DriftDetected {
             verdict: DriftVerdict::Drifted,
             reasons: vec!["service web is not running".into()],
             health: Health::Degraded,
-            observed_at: t(20),
-        });
-        assert_eq!(decide(&given(&events), auto_setup(2, "d1")).unwrap(), vec![], "warn mode");
-
-        events.push(EnvironmentEvent::DriftModeChanged { mode: DriftMode::Auto, changed_at: t(21) });
-        let requested = decide(&given(&events), auto_setup(2, "d1")).unwrap();
-        let [EnvironmentEvent::RunRequested { kind: RunKind::Setup, auto_for: Some(digest), reason, .. }] =
-            &requested[..]
-        else {
-            panic!("{requested:?}")
+            observed_at: t(at),
         };
-        assert_eq!((digest.as_str(), reason.as_str()), ("d1", "drift (auto): service web is not running"));
-        events.extend(requested);
-        events.push(finished(2, RunOutcome::Failed, 40));
+        let failed_repair = given::<Environment>(set_up())
+            .and([drifted(20)])
+            // Warn mode.
+            .when(auto_setup(2, "d1"))
+            .then([])
+            .and([EnvironmentEvent::DriftModeChanged { mode: DriftMode::Auto, changed_at: t(21) }])
+            .when(auto_setup(2, "d1"))
+            .then([repair(2, "d1")])
+            .and([finished(2, RunOutcome::Failed, 40)]);
 
         // The repair failed and the drift lasts: not retried for the same digest,
         // but a new desired state (a template change) gets its one attempt.
-        assert_eq!(decide(&given(&events), auto_setup(3, "d1")).unwrap(), vec![]);
-        assert_eq!(decide(&given(&events), auto_setup(3, "d2")).unwrap().len(), 1);
+        let failed_repair = failed_repair.when(auto_setup(3, "d1")).then([]);
+        failed_repair.clone().when(auto_setup(3, "d2")).then([repair(3, "d2")]);
 
         // Once resolved, a later drift towards the same state is repaired again.
-        events.push(EnvironmentEvent::DriftResolved { observed_at: t(50) });
-        events.push(EnvironmentEvent::DriftDetected {
-            verdict: DriftVerdict::Drifted,
-            reasons: vec!["service web is not running".into()],
-            health: Health::Degraded,
-            observed_at: t(60),
-        });
-        assert_eq!(decide(&given(&events), auto_setup(4, "d1")).unwrap().len(), 1);
+        failed_repair
+            .and([EnvironmentEvent::DriftResolved { observed_at: t(50) }, drifted(60)])
+            .when(auto_setup(4, "d1"))
+            .then([repair(4, "d1")]);
     }
 }
