@@ -18,6 +18,7 @@ pub mod logs;
 pub mod postgres;
 pub mod push;
 pub mod runtime;
+pub mod secret;
 pub mod store;
 pub mod template;
 pub mod worker;
