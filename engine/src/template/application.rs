@@ -1,5 +1,5 @@
 //! The application template: what to build and run for every environment of an
-//! application — services (see [`super::service`]), release commands, the
+//! application — services (in `service`), release commands, the
 //! template's own stages and their jobs, hooks and previews — and the checks that
 //! turn its YAML into these types.
 

@@ -16,10 +16,11 @@
 //! A successful setup records the digests it applied; a different digest means the
 //! environment needs a setup.
 //!
-//! One concept per module: [`problems`](TemplateErrors) (every problem with its
-//! path), the application template (`application`, its `service`s and `previews`),
-//! the variables template (`variables`, with `interpolation` of `${NAME}`), the
-//! `digest`s, and the one `duration` grammar that the command line shares.
+//! One concept per module: `yaml` reads the loose leaves, `problems` collects what is
+//! wrong with its path, `application`, `service` and `previews` check the application
+//! template, `variables` and `interpolation` (`${NAME}`) the variables template,
+//! `digest` hashes both, and `duration` is the one grammar of durations, which the
+//! command line shares ([`parse_duration`]). Everything public is re-exported here.
 
 mod application;
 mod digest;
