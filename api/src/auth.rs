@@ -8,10 +8,9 @@
 //! | `auditor` | what a viewer may, and read the whole event history, verify it, see projection status |
 //! | `admin` | everything, including applications, templates, variables and tokens |
 
-use std::fmt;
-
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
+use shiplog_engine::secret::Secret;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
@@ -136,15 +135,6 @@ pub struct ApiToken {
     pub revoked_by: Option<String>,
 }
 
-/// A token's secret, shown once when it is created. `Debug` does not print it.
-pub struct TokenSecret(pub String);
-
-impl fmt::Debug for TokenSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TokenSecret(***)")
-    }
-}
-
 /// Tokens start with this, so secret scanners (and people) recognise them.
 const PREFIX: &str = "shiplog_";
 
@@ -152,9 +142,11 @@ fn digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn new_secret() -> TokenSecret {
+/// A token's secret, shown once when it is created.
+fn new_secret() -> Secret {
     // Two v4 UUIDs: 244 random bits from the operating system's generator.
-    TokenSecret(format!("{PREFIX}{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple()))
+    Secret::new(format!("{PREFIX}{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple()))
+        .expect("a token starts with its prefix")
 }
 
 const COLUMNS: &str = "id, name, role, production, created_at, created_by, revoked_at, revoked_by";
@@ -195,7 +187,7 @@ pub async fn create(
     role: Role,
     production: bool,
     created_by: &str,
-) -> sqlx::Result<(ApiToken, TokenSecret)> {
+) -> sqlx::Result<(ApiToken, Secret)> {
     let secret = new_secret();
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO api_tokens (id, name, role, production, digest, created_by) \
@@ -205,7 +197,7 @@ pub async fn create(
     .bind(name)
     .bind(role.as_str())
     .bind(production)
-    .bind(digest(&secret.0))
+    .bind(digest(secret.expose_secret()))
     .bind(created_by)
     .fetch_one(pool)
     .await?;
@@ -250,7 +242,7 @@ pub async fn list(pool: &PgPool) -> sqlx::Result<Vec<ApiToken>> {
 /// On a database without any token, creates the first admin token and returns
 /// its secret; `None` when tokens exist. Safe when several servers start at once:
 /// exactly one creates it.
-pub async fn bootstrap(pool: &PgPool) -> sqlx::Result<Option<TokenSecret>> {
+pub async fn bootstrap(pool: &PgPool) -> sqlx::Result<Option<Secret>> {
     let mut tx = pool.begin().await?;
     // A transaction-scoped lock serialises concurrent first starts.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('shiplog api_tokens bootstrap'))").execute(&mut *tx).await?;
@@ -264,7 +256,7 @@ pub async fn bootstrap(pool: &PgPool) -> sqlx::Result<Option<TokenSecret>> {
          VALUES ($1, 'bootstrap', 'admin', true, $2, 'shiplog:bootstrap')",
     )
     .bind(Uuid::new_v4())
-    .bind(digest(&secret.0))
+    .bind(digest(secret.expose_secret()))
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -8,12 +8,13 @@ use std::time::Duration;
 use std::io::Write;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use shiplog_engine::secret::Secret;
 use shiplog_engine::store::EventFilter;
 use shiplog_projections::{audit, runner};
 
 use crate::graphql::Limits;
 use crate::server::{self, ApiConfig, Database};
-use crate::webhooks::{Secret, WebhookConfig};
+use crate::webhooks::WebhookConfig;
 
 #[derive(Parser, Debug)]
 #[command(name = "shiplog", version, about = "Event-sourced environment lifecycle engine")]

@@ -302,7 +302,7 @@ pub async fn serve(
     println!("shiplog listening on http://{address}");
     if let Some(token) = auth::bootstrap(&database.runtime).await.context("creating the bootstrap token")? {
         // Shown once: only its digest is stored.
-        println!("bootstrap admin token (shown once, store it now): {}", token.0);
+        println!("bootstrap admin token (shown once, store it now): {}", token.expose_secret());
     }
 
     let (stop, stopped) = watch::channel(false);

@@ -25,7 +25,6 @@ mod github;
 mod gitlab;
 
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -39,33 +38,8 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use shiplog_engine::lifecycle::{Lifecycle, LifecycleError};
 use shiplog_engine::push::{Push, PushOutcome};
+use shiplog_engine::secret::Secret;
 use shiplog_engine::store::Metadata;
-
-/// A webhook secret or token. Compared, never shown: `Debug` prints `***`, and it
-/// has no `Display` or `Serialize`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    fn expose(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = String;
-
-    /// Refuses an empty secret: it would authenticate anyone who knows it is empty.
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s.is_empty() { Err("a webhook secret must not be empty".into()) } else { Ok(Secret(s.to_owned())) }
-    }
-}
 
 /// Which webhook endpoints are enabled: each one whose secret is set.
 #[derive(Debug, Clone, Default)]

@@ -21,6 +21,7 @@ pub mod postgres;
 pub mod push;
 pub mod run_queue;
 pub mod runtime;
+pub mod secret;
 pub mod store;
 pub mod template;
 pub mod variable_sets;

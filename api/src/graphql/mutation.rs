@@ -584,7 +584,11 @@ impl Mutation {
                 .await
                 .map_err(|e| internal("creating a token", e))?;
         tracing::info!(token = %token.name, role = token.role.as_str(), by = %caller.actor(), "API token created");
-        Ok(ApiTokenCreatePayload { api_token: Some(ApiToken(token)), token: Some(secret.0), user_errors: vec![] })
+        Ok(ApiTokenCreatePayload {
+            api_token: Some(ApiToken(token)),
+            token: Some(secret.expose_secret().to_owned()),
+            user_errors: vec![],
+        })
     }
 
     /// Revokes an API token at once. Needs the admin role.

@@ -62,7 +62,8 @@ fn verify_signature(secret: &Secret, headers: &HeaderMap, body: &[u8]) -> Result
         .and_then(|v| v.strip_prefix("sha256="))
         .and_then(|hex| hex::decode(hex).ok())
         .ok_or(WebhookError::Unauthorized("X-Hub-Signature-256 is not `sha256=` and a hex digest"))?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose()).expect("HMAC takes a key of any length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes()).expect("HMAC takes a key of any length");
     mac.update(body);
     // `verify_slice` compares in constant time: how long a wrong signature takes to
     // refuse says nothing about how much of it was right.

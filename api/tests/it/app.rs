@@ -77,7 +77,12 @@ impl TestApp {
             let stop = shutdown.clone();
             tokio::spawn(async move { worker.run(Duration::from_millis(20), stop).await });
         }
-        let admin = auth::bootstrap(&db.runtime).await.unwrap().expect("a fresh database has no token").0;
+        let admin = auth::bootstrap(&db.runtime)
+            .await
+            .unwrap()
+            .expect("a fresh database has no token")
+            .expose_secret()
+            .to_owned();
         TestApp { db, scratch, address, admin, shutdown }
     }
 
@@ -89,7 +94,12 @@ impl TestApp {
 
     /// A new token with this role.
     pub async fn token(&self, role: Role, production: bool) -> String {
-        auth::create(&self.db.runtime, &format!("{role:?}"), role, production, "test").await.unwrap().1.0
+        auth::create(&self.db.runtime, &format!("{role:?}"), role, production, "test")
+            .await
+            .unwrap()
+            .1
+            .expose_secret()
+            .to_owned()
     }
 
     /// POSTs a GraphQL operation and returns the whole response (status and body).

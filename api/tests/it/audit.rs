@@ -15,7 +15,7 @@ pub async fn post_graphql(db: &TestDb, query: &str) -> (StatusCode, Value) {
     let token = shiplog::auth::create(&db.runtime, "auditor", role, false, "test").await.unwrap().1;
     let request = Request::post("/graphql")
         .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {}", token.0))
+        .header("authorization", format!("Bearer {}", token.expose_secret()))
         .body(Body::from(json!({ "query": query }).to_string()))
         .unwrap();
     let response = app(state).oneshot(request).await.unwrap();
