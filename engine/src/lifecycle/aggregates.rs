@@ -27,7 +27,10 @@ pub(super) const CACHED_STATES: usize = 10_000;
 /// Aggregates as last folded, with the version they were folded at, least
 /// recently used first out. Events never change, so a cached state is always a
 /// true prefix of its stream.
-pub(super) struct Cache(Mutex<lru::LruCache<StreamRef, (Arc<dyn Any + Send + Sync>, u64)>>);
+pub(super) struct Cache(Mutex<lru::LruCache<StreamRef, (Folded, u64)>>);
+
+/// A folded aggregate of any type; `get` downcasts it to the type asked for.
+type Folded = Arc<dyn Any + Send + Sync>;
 
 impl Cache {
     pub(super) fn new(capacity: usize) -> Cache {
