@@ -4,7 +4,8 @@
 //! environments, `runs`, `audit` → the audit index), their pure folds
 //! (`lifecycle`, `runs`, `audit::entry`), the runner that folds new events with
 //! a checkpoint saved in the same transaction as the writes (`runner`), rebuilds
-//! into a fresh generation swapped in atomically, time travel (`time_travel`) and
+//! into a fresh generation swapped in atomically, the queries the API makes of the
+//! read models (`read`: lists, filters, counts), time travel (`time_travel`) and
 //! the auditors' export and replay (`audit`).
 //!
 //! Architecture invariants (DESIGN.md §2): this crate never appends an event; it
@@ -15,6 +16,7 @@ pub mod audit;
 pub mod fact;
 pub mod lifecycle;
 pub mod projection;
+pub mod read;
 pub mod runner;
 pub mod runs;
 mod table;
