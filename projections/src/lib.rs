@@ -10,7 +10,8 @@
 //!
 //! Architecture invariants (DESIGN.md §2): this crate never appends an event; it
 //! reads the log and writes only the `read` schema. Every read model can be
-//! dropped and rebuilt from the log to identical content.
+//! dropped and rebuilt from the log to identical content. Read-model SQL lives
+//! in this crate only: other crates query the read models through `read`.
 
 pub mod audit;
 pub mod fact;

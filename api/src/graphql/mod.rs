@@ -10,8 +10,12 @@
 //!
 //! Where reads come from: one object looked up by ID or name is folded from its
 //! events (no projection lag, so a mutation's payload and the next query agree);
-//! lists, filters and counts come from the read models, which may trail the log
-//! by a poll interval.
+//! lists, filters and counts come from the read models through
+//! `shiplog_projections::read` (the API holds no read-model SQL), which may trail
+//! the log by a poll interval.
+//!
+//! `types/` holds one module per object, `mutation/` one per object a mutation
+//! changes.
 
 mod ids;
 mod mutation;
