@@ -93,10 +93,7 @@ impl Metrics {
 
 /// Runs by status and projection lag.
 async fn database_metrics(pool: &PgPool, out: &mut String) -> Result<(), shiplog_projections::ProjectionError> {
-    let runs: Vec<(String, i64)> =
-        sqlx::query_as("SELECT status, count(*) FROM read.runs GROUP BY status ORDER BY status")
-            .fetch_all(pool)
-            .await?;
+    let runs = shiplog_projections::read::runs::count_by_status(pool).await?;
     let projections = shiplog_projections::runner::status(pool).await?;
     out.push_str("# HELP shiplog_runs Runs by status, from the runs read model.\n");
     out.push_str("# TYPE shiplog_runs gauge\n");

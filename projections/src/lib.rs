@@ -4,17 +4,20 @@
 //! environments, `runs`, `audit` → the audit index), their pure folds
 //! (`lifecycle`, `runs`, `audit::entry`), the runner that folds new events with
 //! a checkpoint saved in the same transaction as the writes (`runner`), rebuilds
-//! into a fresh generation swapped in atomically, time travel (`time_travel`) and
+//! into a fresh generation swapped in atomically, the queries the API makes of the
+//! read models (`read`: lists, filters, counts), time travel (`time_travel`) and
 //! the auditors' export and replay (`audit`).
 //!
 //! Architecture invariants (ARCHITECTURE.md): this crate never appends an event; it
 //! reads the log and writes only the `read` schema. Every read model can be
-//! dropped and rebuilt from the log to identical content.
+//! dropped and rebuilt from the log to identical content. Read-model SQL lives
+//! in this crate only: other crates query the read models through `read`.
 
 pub mod audit;
 pub mod fact;
 pub mod lifecycle;
 pub mod projection;
+pub mod read;
 pub mod runner;
 pub mod runs;
 mod table;

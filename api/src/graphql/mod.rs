@@ -10,10 +10,13 @@
 //!
 //! Where reads come from: one object looked up by ID or name is folded from its
 //! events (no projection lag, so a mutation's payload and the next query agree);
-//! lists, filters and counts come from the read models, which may trail the log
-//! by a poll interval.
+//! lists, filters and counts come from the read models through
+//! `shiplog_projections::read` (the API holds no read-model SQL), which may trail
+//! the log by a poll interval.
+//!
+//! `types/` holds one module per object, `mutation/` one per object a mutation
+//! changes.
 
-mod audit;
 mod ids;
 mod mutation;
 mod page;
@@ -70,7 +73,7 @@ impl Default for Limits {
 }
 
 pub fn schema(api: Api, limits: Limits) -> ShiplogSchema {
-    let builder = async_graphql::Schema::build(Query, Mutation, Subscription)
+    let builder = async_graphql::Schema::build(Query, Mutation::default(), Subscription)
         .data(api)
         .limit_depth(limits.depth)
         .limit_complexity(limits.complexity);
@@ -79,7 +82,7 @@ pub fn schema(api: Api, limits: Limits) -> ShiplogSchema {
 
 /// The SDL that `schema.graphql` must hold.
 pub fn sdl() -> String {
-    async_graphql::Schema::build(Query, Mutation, Subscription).finish().sdl()
+    async_graphql::Schema::build(Query, Mutation::default(), Subscription).finish().sdl()
 }
 
 /// The caller of the request being resolved: absent when no valid token came with it.

@@ -5,14 +5,13 @@ use async_graphql::{Context, ID, Object, SimpleObject};
 use shiplog_engine::domain::Name;
 use shiplog_engine::store::EventFilter;
 use shiplog_projections::runner;
-use sqlx::QueryBuilder;
 
-use super::audit::{AuditVerification, ProjectionStatus};
 use super::ids::NodeId;
-use super::page::{Counted, Window};
+use super::page::{self, Counted};
 use super::types::{
-    ApiToken, Application, Environment, EnvironmentFilter, Event, EventSelection, Node, Role, decode_rows, keyset,
-    list_environments, list_events, load_application, load_environment, load_run, stream_ids,
+    ApiToken, Application, AuditVerification, Environment, EnvironmentFilter, Event, EventSelection, Node,
+    ProjectionStatus, Role, list_applications, list_environments, list_events, load_application, load_environment,
+    load_run, stream_ids,
 };
 use super::{api, authorize, coded, internal};
 use crate::auth::{self, Permission};
@@ -49,8 +48,8 @@ impl Query {
     #[graphql(complexity = "ids.len() * child_complexity")]
     async fn nodes(&self, ctx: &Context<'_>, ids: Vec<ID>) -> async_graphql::Result<Vec<Option<Node>>> {
         authorize(ctx, Permission::Read, false)?;
-        if ids.len() > super::page::MAX_PAGE as usize {
-            return Err(coded("BAD_USER_INPUT", format!("at most {} ids at once", super::page::MAX_PAGE)));
+        if ids.len() > page::MAX_PAGE as usize {
+            return Err(coded("BAD_USER_INPUT", format!("at most {} ids at once", page::MAX_PAGE)));
         }
         let mut nodes = Vec::with_capacity(ids.len());
         for id in ids {
@@ -63,7 +62,7 @@ impl Query {
     }
 
     /// Applications, by name.
-    #[graphql(complexity = "first.or(last).unwrap_or(super::page::DEFAULT_PAGE) as usize * child_complexity")]
+    #[graphql(complexity = "first.or(last).unwrap_or(page::DEFAULT_PAGE) as usize * child_complexity")]
     async fn applications(
         &self,
         ctx: &Context<'_>,
@@ -73,19 +72,7 @@ impl Query {
         last: Option<i32>,
     ) -> async_graphql::Result<Connection<String, Application, Counted>> {
         authorize(ctx, Permission::Read, false)?;
-        let window = Window::new(after, before, first, last)?;
-        let pool = api(ctx).store().pool();
-        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM read.applications")
-            .fetch_one(pool)
-            .await
-            .map_err(|e| internal("counting applications", e))?;
-        let q = QueryBuilder::new("SELECT key, view FROM read.applications WHERE true");
-        let rows = keyset(q, "key", "text", false, &window)
-            .build_query_as::<(String, serde_json::Value)>()
-            .fetch_all(pool)
-            .await
-            .map_err(|e| internal("listing applications", e))?;
-        Ok(window.connection(decode_rows(rows, Application)?, Counted { total_count: total }))
+        list_applications(ctx, page::window(after, before, first, last)?).await
     }
 
     /// The application with this name; null if there is none.
@@ -96,7 +83,7 @@ impl Query {
     }
 
     /// Environments of every application, by application and name.
-    #[graphql(complexity = "first.or(last).unwrap_or(super::page::DEFAULT_PAGE) as usize * child_complexity")]
+    #[graphql(complexity = "first.or(last).unwrap_or(page::DEFAULT_PAGE) as usize * child_complexity")]
     async fn environments(
         &self,
         ctx: &Context<'_>,
@@ -107,7 +94,8 @@ impl Query {
         last: Option<i32>,
     ) -> async_graphql::Result<Connection<String, Environment, Counted>> {
         authorize(ctx, Permission::Read, false)?;
-        list_environments(ctx, &filter.unwrap_or_default(), Window::new(after, before, first, last)?).await
+        let filter = filter.unwrap_or_default().into();
+        list_environments(ctx, &filter, page::window(after, before, first, last)?).await
     }
 
     /// The environment with this name in this application; null if there is none.
@@ -124,7 +112,7 @@ impl Query {
 
     /// The whole event log in its global order, or the events `filter` selects.
     /// For auditors: `after` takes an event's `cursor`, so a feed can resume.
-    #[graphql(complexity = "first.unwrap_or(super::page::DEFAULT_PAGE) as usize * child_complexity")]
+    #[graphql(complexity = "first.unwrap_or(page::DEFAULT_PAGE) as usize * child_complexity")]
     async fn events(
         &self,
         ctx: &Context<'_>,
@@ -134,7 +122,7 @@ impl Query {
     ) -> async_graphql::Result<Connection<String, Event, EmptyFields>> {
         authorize(ctx, Permission::Audit, false)?;
         let filter = event_filter(filter.unwrap_or_default())?;
-        list_events(ctx, &filter, Window::new(after, None, first, None)?).await
+        list_events(ctx, &filter, page::window(after, None, first, None)?).await
     }
 
     /// Recomputes every stream's hash chain and every seal from the stored bytes and

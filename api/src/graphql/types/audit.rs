@@ -1,9 +1,11 @@
-//! What auditors and operators see: verification of the whole log, projection
-//! status, and the `BigInt` scalar they use.
+//! What auditors and operators see: verification of the whole log and
+//! projection status.
 
-use async_graphql::{Enum, InputValueError, InputValueResult, Scalar, ScalarType, SimpleObject, Value};
+use async_graphql::{Enum, SimpleObject};
 use shiplog_engine::store;
 use shiplog_projections::runner;
+
+use super::BigInt;
 
 /// A projection: the read models it keeps, folded from the event log.
 #[derive(SimpleObject)]
@@ -35,26 +37,6 @@ impl From<runner::Status> for ProjectionStatus {
             lag_events: BigInt(s.lag_events),
             lag_seconds: s.lag_seconds,
         }
-    }
-}
-
-/// A whole number that may exceed 32 bits, sent as a decimal string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BigInt(pub i64);
-
-#[Scalar(name = "BigInt")]
-/// A whole number that may exceed 32 bits; encoded as a decimal string.
-impl ScalarType for BigInt {
-    fn parse(value: Value) -> InputValueResult<Self> {
-        match &value {
-            Value::String(s) => s.parse().map(BigInt).map_err(|_| InputValueError::custom("not a whole number")),
-            Value::Number(n) => n.as_i64().map(BigInt).ok_or_else(|| InputValueError::custom("not a whole number")),
-            _ => Err(InputValueError::expected_type(value)),
-        }
-    }
-
-    fn to_value(&self) -> Value {
-        Value::String(self.0.to_string())
     }
 }
 

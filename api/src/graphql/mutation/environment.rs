@@ -1,0 +1,249 @@
+//! Mutations of an environment: create it, and request a deploy, a setup or a
+//! teardown.
+
+use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
+use chrono::Utc;
+use shiplog_engine::domain::environment::{Created, Tracking};
+use shiplog_engine::domain::{CommitId, DomainError, Name};
+use shiplog_engine::lifecycle::LifecycleError;
+
+use super::user_error::refusal;
+use super::{UserError, UserErrorCode, application_id, authorize_environment, user_error};
+use crate::auth::Permission;
+use crate::graphql::ids::NodeId;
+use crate::graphql::types::{DriftMode, Environment, EnvironmentKind, Run, load_environment, load_run};
+use crate::graphql::{api, authorize, metadata};
+
+/// Inputs of `environmentCreate`.
+#[derive(InputObject)]
+pub struct EnvironmentCreateInput {
+    /// The application's ID.
+    application_id: ID,
+    /// Name, unique within the application.
+    name: String,
+    /// Preview, staging or production.
+    kind: EnvironmentKind,
+    /// Deploy the head of this branch (give this or `tag`).
+    branch: Option<String>,
+    /// Deploy this tag (give this or `branch`).
+    tag: Option<String>,
+    /// Tear down this many seconds after creation and after each deploy.
+    ttl_seconds: Option<i32>,
+    /// What the reconciler does about drift; `WARN` when not given.
+    drift_mode: Option<DriftMode>,
+    /// Request the first setup at once (the default), at the head of what it tracks.
+    #[graphql(default = true)]
+    setup: bool,
+}
+
+/// The result of `environmentCreate`.
+#[derive(SimpleObject, Default)]
+pub struct EnvironmentCreatePayload {
+    /// The new environment; null when refused.
+    environment: Option<Environment>,
+    /// Its first setup, when one was requested.
+    run: Option<Run>,
+    /// Why nothing changed, if it did not.
+    user_errors: Vec<UserError>,
+}
+
+/// Inputs of `environmentDeploy`.
+#[derive(InputObject)]
+pub struct EnvironmentDeployInput {
+    /// The environment's ID.
+    environment_id: ID,
+    /// The full commit id to deploy; the head of what the environment tracks when not given.
+    commit: Option<String>,
+    /// Why, for the run's history.
+    reason: Option<String>,
+}
+
+/// Inputs of `environmentSetup`.
+#[derive(InputObject)]
+pub struct EnvironmentSetupInput {
+    /// The environment's ID.
+    environment_id: ID,
+    /// Why a setup is needed (e.g. "drift: web not running"); recorded with the run.
+    reason: String,
+    /// The full commit id to deploy; what runs now (or the tracked head) when not given.
+    commit: Option<String>,
+}
+
+/// Inputs of `environmentTeardown`.
+#[derive(InputObject)]
+pub struct EnvironmentTeardownInput {
+    /// The environment's ID.
+    environment_id: ID,
+    /// Why, for the run's history.
+    reason: Option<String>,
+}
+
+/// The result of a mutation that requests a run of an environment.
+#[derive(SimpleObject, Default)]
+pub struct EnvironmentRunPayload {
+    /// The environment, with the request recorded.
+    environment: Option<Environment>,
+    /// The run requested; null when refused.
+    run: Option<Run>,
+    /// Why nothing changed, if it did not.
+    user_errors: Vec<UserError>,
+}
+
+/// Which run an environment mutation asks for.
+enum Ask {
+    Deploy,
+    Setup,
+    Teardown,
+}
+
+#[derive(Default)]
+pub struct EnvironmentMutation;
+
+#[Object]
+impl EnvironmentMutation {
+    /// Creates an environment of an application and, unless `setup: false`,
+    /// requests its first setup. Needs the deployer role (with production rights
+    /// for a production environment).
+    async fn environment_create(
+        &self,
+        ctx: &Context<'_>,
+        input: EnvironmentCreateInput,
+    ) -> async_graphql::Result<EnvironmentCreatePayload> {
+        let caller = authorize(ctx, Permission::Deploy, input.kind == EnvironmentKind::Production)?;
+        let app = or_refuse!(application_id(&input.application_id, "applicationId"), EnvironmentCreatePayload);
+        let name = or_refuse!(
+            input.name.parse::<Name>().map_err(|e| user_error(Some("name"), e.to_string(), UserErrorCode::InvalidName)),
+            EnvironmentCreatePayload
+        );
+        let tracking = match (input.branch, input.tag) {
+            (Some(branch), None) if !branch.trim().is_empty() => Tracking::Branch(branch),
+            (None, Some(tag)) if !tag.trim().is_empty() => Tracking::Tag(tag),
+            _ => {
+                let error = user_error(
+                    Some("branch"),
+                    "give a `branch` or a `tag` to track, not both",
+                    UserErrorCode::InvalidInput,
+                );
+                return Ok(EnvironmentCreatePayload { user_errors: vec![error], ..Default::default() });
+            }
+        };
+        let ttl_seconds = match input.ttl_seconds {
+            Some(ttl) if ttl <= 0 => {
+                let error =
+                    user_error(Some("ttlSeconds"), "must be a positive number of seconds", UserErrorCode::InvalidInput);
+                return Ok(EnvironmentCreatePayload { user_errors: vec![error], ..Default::default() });
+            }
+            ttl => ttl.map(|t| t as u64),
+        };
+        let spec = Created {
+            application: app.clone(),
+            name: name.clone(),
+            kind: input.kind.into(),
+            tracking,
+            ttl_seconds,
+            drift_mode: input.drift_mode.map(Into::into).unwrap_or_default(),
+        };
+        let api = api(ctx);
+        let meta = metadata(ctx, caller);
+        if let Err(e) = api.lifecycle.create_environment(&spec, &meta, Utc::now()).await {
+            let field =
+                if matches!(e, LifecycleError::Domain(DomainError::NotFound(_))) { "applicationId" } else { "name" };
+            return Ok(EnvironmentCreatePayload { user_errors: refusal(e, field)?, ..Default::default() });
+        }
+        let mut payload = EnvironmentCreatePayload::default();
+        if input.setup {
+            match api.lifecycle.request_setup(&app, &name, None, "environment created", &meta, Utc::now()).await {
+                Ok(requested) => payload.run = load_run(ctx, requested.run_id).await?,
+                Err(e) => payload.user_errors = refusal(e, "environmentId")?,
+            }
+        }
+        api.feed.nudge();
+        payload.environment = load_environment(ctx, &app, &name).await?;
+        Ok(payload)
+    }
+
+    /// Deploys new code (a patch) at `commit` or the head of what the environment
+    /// tracks. Refused with `SETUP_REQUIRED` until a setup has succeeded with the
+    /// application's current templates. Needs the deployer role.
+    async fn environment_deploy(
+        &self,
+        ctx: &Context<'_>,
+        input: EnvironmentDeployInput,
+    ) -> async_graphql::Result<EnvironmentRunPayload> {
+        let reason = input.reason.unwrap_or_else(|| "deploy requested".into());
+        request(ctx, &input.environment_id, Ask::Deploy, input.commit, reason).await
+    }
+
+    /// Requests a setup: the environment's infrastructure again, then a deploy —
+    /// after a template change, or to repair drift. Needs the deployer role.
+    async fn environment_setup(
+        &self,
+        ctx: &Context<'_>,
+        input: EnvironmentSetupInput,
+    ) -> async_graphql::Result<EnvironmentRunPayload> {
+        if input.reason.trim().is_empty() {
+            authorize(ctx, Permission::Deploy, false)?;
+            let error = user_error(Some("reason"), "say why a setup is needed", UserErrorCode::InvalidInput);
+            return Ok(EnvironmentRunPayload { user_errors: vec![error], ..Default::default() });
+        }
+        request(ctx, &input.environment_id, Ask::Setup, input.commit, input.reason).await
+    }
+
+    /// Requests a teardown: hooks, then everything the runtime created is
+    /// removed. Queued runs are cancelled. Needs the deployer role.
+    async fn environment_teardown(
+        &self,
+        ctx: &Context<'_>,
+        input: EnvironmentTeardownInput,
+    ) -> async_graphql::Result<EnvironmentRunPayload> {
+        let reason = input.reason.unwrap_or_else(|| "teardown requested".into());
+        request(ctx, &input.environment_id, Ask::Teardown, None, reason).await
+    }
+}
+
+/// Requests a run of an environment for the caller.
+async fn request(
+    ctx: &Context<'_>,
+    id: &ID,
+    ask: Ask,
+    commit_input: Option<String>,
+    reason: String,
+) -> async_graphql::Result<EnvironmentRunPayload> {
+    // Refused before the ID is even read: a caller without the role learns nothing.
+    authorize(ctx, Permission::Deploy, false)?;
+    let (app, env) = or_refuse!(environment_id(id), EnvironmentRunPayload);
+    let caller = or_refuse!(authorize_environment(ctx, &app, &env).await?, EnvironmentRunPayload);
+    let commit = or_refuse!(commit(commit_input), EnvironmentRunPayload);
+    let api = api(ctx);
+    let (meta, now) = (metadata(ctx, caller), Utc::now());
+    let requested = match ask {
+        Ask::Deploy => api.lifecycle.request_patch(&app, &env, commit, &reason, &meta, now).await,
+        Ask::Setup => api.lifecycle.request_setup(&app, &env, commit, &reason, &meta, now).await,
+        Ask::Teardown => api.lifecycle.request_teardown(&app, &env, &reason, &meta, now).await,
+    };
+    let mut payload = EnvironmentRunPayload::default();
+    match requested {
+        Ok(requested) => {
+            api.feed.nudge();
+            payload.run = load_run(ctx, requested.run_id).await?;
+        }
+        Err(e) => payload.user_errors = refusal(e, "environmentId")?,
+    }
+    payload.environment = load_environment(ctx, &app, &env).await?;
+    Ok(payload)
+}
+
+fn environment_id(id: &ID) -> Result<(Name, Name), UserError> {
+    match NodeId::parse(id) {
+        Some(NodeId::Environment(app, env)) => Ok((app, env)),
+        _ => Err(user_error(Some("environmentId"), "not the ID of an environment", UserErrorCode::InvalidId)),
+    }
+}
+
+fn commit(commit: Option<String>) -> Result<Option<CommitId>, UserError> {
+    commit
+        .map(|c| {
+            c.parse().map_err(|e: DomainError| user_error(Some("commit"), e.to_string(), UserErrorCode::InvalidCommit))
+        })
+        .transpose()
+}

@@ -1,0 +1,85 @@
+//! `Application`: a repository and its templates.
+
+use async_graphql::connection::Connection;
+use async_graphql::{Context, ID, Object};
+use chrono::{DateTime, Utc};
+use shiplog_engine::domain::Name;
+use shiplog_projections::lifecycle::ApplicationView;
+use shiplog_projections::read::{self, environments};
+use shiplog_projections::time_travel::{self, AsOf};
+
+use super::{Environment, list_environments, name};
+use crate::graphql::ids::NodeId;
+use crate::graphql::page::{self, Counted, Page};
+use crate::graphql::{api, internal};
+
+/// An application: a repository and the templates its environments are set up from.
+pub struct Application(pub ApplicationView);
+
+#[Object]
+impl Application {
+    /// The application's opaque global ID.
+    pub(super) async fn id(&self) -> ID {
+        NodeId::Application(name(&self.0.name)).to_id()
+    }
+    /// Unique name: lowercase letters, digits and `-`.
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    /// The git repository its services are built from.
+    async fn repository(&self) -> &str {
+        &self.0.repository
+    }
+    /// Version of the current application template; null before the first one.
+    async fn template_version(&self) -> Option<i32> {
+        self.0.template_version.map(|v| v as i32)
+    }
+    /// Content digest of the current application template.
+    async fn template_digest(&self) -> Option<&str> {
+        self.0.template_digest.as_deref()
+    }
+    /// Version of the current environment-variable template; 0 before the first one.
+    async fn variables_version(&self) -> i32 {
+        self.0.variables_version as i32
+    }
+    /// When the application was created.
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    /// When the application or one of its templates last changed.
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+    /// The application's environments, by name.
+    #[graphql(complexity = "first.or(last).unwrap_or(page::DEFAULT_PAGE) as usize * child_complexity")]
+    async fn environments(
+        &self,
+        ctx: &Context<'_>,
+        after: Option<String>,
+        before: Option<String>,
+        first: Option<i32>,
+        last: Option<i32>,
+    ) -> async_graphql::Result<Connection<String, Environment, Counted>> {
+        let filter = environments::Filter { application: Some(self.0.name.clone()), ..environments::Filter::default() };
+        list_environments(ctx, &filter, page::window(after, before, first, last)?).await
+    }
+}
+
+/// An application as its events say now.
+pub async fn load_application(ctx: &Context<'_>, app: &Name) -> async_graphql::Result<Option<Application>> {
+    let view = time_travel::application_at(api(ctx).store(), app, AsOf::Latest)
+        .await
+        .map_err(|e| internal("loading an application", e))?;
+    Ok(view.map(Application))
+}
+
+/// Applications from the read model, by name.
+pub async fn list_applications(
+    ctx: &Context<'_>,
+    page: Page,
+) -> async_graphql::Result<Connection<String, Application, Counted>> {
+    let listed = read::applications::list(api(ctx).store().pool(), &page)
+        .await
+        .map_err(|e| internal("listing applications", e))?;
+    Ok(page::counted(&page, listed, Application))
+}

@@ -1,0 +1,49 @@
+//! `LogLine`: one line of a run's log.
+
+use async_graphql::{Enum, Object};
+use chrono::{DateTime, Utc};
+use shiplog_engine::logs::LogLine as EngineLogLine;
+
+use super::BigInt;
+use crate::graphql::ids::encode_cursor;
+
+/// Which output a log line came from.
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+#[graphql(remote = "shiplog_engine::runtime::LogStream")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    /// Written by shiplog itself (e.g. "pulling image").
+    System,
+}
+
+/// One line of a run's log.
+pub struct LogLine(pub EngineLogLine);
+
+#[Object]
+impl LogLine {
+    /// Resume after this line with `logs(after:)` or `runLogs(after:)`.
+    async fn cursor(&self) -> String {
+        encode_cursor(&self.0.seq.to_string())
+    }
+    /// Its number in the run's log, from 1.
+    async fn number(&self) -> BigInt {
+        BigInt(self.0.seq)
+    }
+    /// The job that wrote it.
+    async fn job(&self) -> &str {
+        &self.0.job
+    }
+    /// When it was written.
+    async fn at(&self) -> DateTime<Utc> {
+        self.0.at
+    }
+    /// Which output it came from.
+    async fn stream(&self) -> LogStream {
+        self.0.stream.into()
+    }
+    /// The text, without its line ending.
+    async fn text(&self) -> &str {
+        &self.0.line
+    }
+}

@@ -1,0 +1,14 @@
+//! Queries of `read.applications` (the `lifecycle` projection).
+
+use sqlx::PgPool;
+
+use super::{List, Listed, Page};
+use crate::ProjectionError;
+use crate::lifecycle::ApplicationView;
+
+const LIST: List = List { table: "applications", key: "key", cast: "text", descending: false };
+
+/// Every application, by name.
+pub async fn list(pool: &PgPool, page: &Page) -> Result<Listed<ApplicationView>, ProjectionError> {
+    LIST.read(pool, |_| {}, page).await
+}
