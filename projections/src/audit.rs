@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::ProjectionError;
 use crate::fact::{Fact, Payload, for_each_event};
 use crate::lifecycle::{EnvironmentView, LifecycleState};
+use shiplog_engine::domain::label;
 
 /// One line of the audit index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,7 +73,7 @@ pub fn entry(fact: &Fact, run_of: Option<(String, String)>) -> Option<AuditEntry
                         Tracking::Branch(b) => format!("branch {b}"),
                         Tracking::Tag(t) => format!("tag {t}"),
                     };
-                    format!("created a {} environment tracking {tracking}", serde_label(kind))
+                    format!("created a {} environment tracking {tracking}", label(kind))
                 }
                 EnvironmentEvent::RunRequested { run_id, kind, commit, reason, .. } => {
                     entry.run_id = Some(*run_id);
@@ -91,14 +92,14 @@ pub fn entry(fact: &Fact, run_of: Option<(String, String)>) -> Option<AuditEntry
                 }
                 EnvironmentEvent::RunFinished { run_id, outcome, .. } => {
                     entry.run_id = Some(*run_id);
-                    format!("run {}", serde_label(outcome))
+                    format!("run {}", label(outcome))
                 }
                 EnvironmentEvent::DriftDetected { verdict, reasons, .. } => {
-                    format!("drift {}: {}", serde_label(verdict), reasons.join("; "))
+                    format!("drift {}: {}", label(verdict), reasons.join("; "))
                 }
                 EnvironmentEvent::DriftResolved { .. } => "drift resolved".into(),
                 EnvironmentEvent::DriftModeChanged { mode, .. } => {
-                    format!("set the drift mode to {}", serde_label(mode))
+                    format!("set the drift mode to {}", label(mode))
                 }
             };
         }
@@ -116,11 +117,6 @@ pub fn entry(fact: &Fact, run_of: Option<(String, String)>) -> Option<AuditEntry
         Payload::Other => return None,
     }
     Some(entry)
-}
-
-/// A domain enum's wire name (`staging`, `succeeded`, `drifted`).
-fn serde_label<T: Serialize>(value: &T) -> String {
-    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 /// One exported event: everything stored, payload and metadata as the exact
@@ -177,11 +173,11 @@ fn describe(view: &EnvironmentView) -> String {
         |reasons: &[String]| if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join("; ")) };
     format!(
         "status {} · commit {commit} · sync {}{} · health {} · drift {}{}",
-        serde_label(&view.status),
-        serde_label(&view.sync_status),
+        label(&view.status),
+        label(&view.sync_status),
         why(&view.sync_reasons),
-        serde_label(&view.health),
-        serde_label(&view.drift.verdict),
+        label(&view.health),
+        label(&view.drift.verdict),
         why(&view.drift.reasons),
     )
 }

@@ -120,6 +120,12 @@ pub enum RunKind {
     Teardown,
 }
 
+/// The label serde gives a unit variant (`torn_down`, `in_sync`): what read models
+/// store and people read. Empty for a value that does not serialise to a string.
+pub fn label<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
 /// The digests of the templates a setup applies, and their versions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TemplateVersions {

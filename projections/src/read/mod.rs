@@ -8,11 +8,11 @@ pub mod applications;
 pub mod environments;
 pub mod runs;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 
 use crate::ProjectionError;
+use shiplog_engine::domain::label;
 
 /// Which slice of a list to read, in the list's order, by its unique key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,12 +43,6 @@ pub struct Listed<V> {
     pub rows: Vec<(String, V)>,
     /// How many rows the whole list holds, over all pages.
     pub total: i64,
-}
-
-/// A domain or view enum's label as its read-model column holds it: the view's
-/// serde name (`staging`, `torn_down`, `in_sync`).
-fn label<T: Serialize>(value: &T) -> String {
-    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 /// A list of one read model: its unique key column, ordered ascending (or
