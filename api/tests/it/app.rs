@@ -41,6 +41,7 @@ impl Drop for TestApp {
 #[derive(Debug)]
 pub struct Answer {
     pub status: u16,
+    /// One `name: value` line per header, names in lower case.
     pub headers: String,
     pub body: String,
 }
