@@ -1,19 +1,24 @@
 //! The `shiplog` command line.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use std::io::Write;
-
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use shiplog_engine::secret::Secret;
 use shiplog_engine::store::EventFilter;
 use shiplog_projections::{audit, runner};
+use tokio_util::sync::CancellationToken;
 
+use crate::config::{
+    ApiConfig, DEFAULT_IDLE_POLL, DatabaseConfig, RuntimeConfig, ServerConfig, WorkConfig, WorkerConfig,
+};
+use crate::database::Database;
 use crate::graphql::Limits;
-use crate::server::{self, ApiConfig, Database};
+use crate::server;
 use crate::webhooks::WebhookConfig;
 
 #[derive(Parser, Debug)]
@@ -101,49 +106,71 @@ enum ProjectionsCommand {
 
 /// Where the database is.
 #[derive(Args, Debug, Clone)]
-pub struct DatabaseArgs {
+struct DatabaseArgs {
     /// PostgreSQL to use; without it shiplog runs a private cluster in --data-dir.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    database_url: Option<String>,
     /// Data directory of the private cluster (ignored with DATABASE_URL).
     #[arg(long, env = "SHIPLOG_DATA_DIR", default_value = ".shiplog/pg")]
-    pub data_dir: PathBuf,
+    data_dir: PathBuf,
+}
+
+impl From<DatabaseArgs> for DatabaseConfig {
+    fn from(args: DatabaseArgs) -> Self {
+        DatabaseConfig { url: args.database_url, data_dir: args.data_dir }
+    }
 }
 
 /// How runs are executed.
 #[derive(Args, Debug, Clone)]
-pub struct WorkerArgs {
+struct WorkerArgs {
     #[command(flatten)]
-    pub database: DatabaseArgs,
+    database: DatabaseArgs,
     /// Where services, release commands and jobs run.
     #[arg(long, env = "SHIPLOG_RUNTIME", value_enum, default_value_t = RuntimeKind::Process)]
-    pub runtime: RuntimeKind,
+    runtime: RuntimeKind,
     /// Where the process runtime keeps images, services and their state.
     #[arg(long, env = "SHIPLOG_PROCESS_ROOT", default_value = ".shiplog/process")]
-    pub process_root: PathBuf,
+    process_root: PathBuf,
     /// The image the docker runtime runs jobs and hooks from when they have none
     /// of their own.
     #[arg(long, env = "SHIPLOG_DOCKER_JOB_IMAGE", default_value = shiplog_engine::runtime::docker::DEFAULT_JOB_IMAGE)]
-    pub docker_job_image: String,
+    docker_job_image: String,
     /// Where repositories are checked out for builds.
     #[arg(long, env = "SHIPLOG_WORK_DIR", default_value = ".shiplog/work")]
-    pub work_dir: PathBuf,
+    work_dir: PathBuf,
     /// How long a claimed run stays claimed without a heartbeat; after that another
     /// worker resumes it.
-    #[arg(long, env = "SHIPLOG_LEASE", default_value = "30s", value_parser = parse_duration)]
-    pub lease: Duration,
+    #[arg(long, env = "SHIPLOG_LEASE", default_value = "30s", value_parser = shiplog_engine::template::parse_duration)]
+    lease: Duration,
     /// This worker's name in run events (default: host name and process id).
     #[arg(long, env = "SHIPLOG_WORKER_ID")]
-    pub worker_id: Option<String>,
+    worker_id: Option<String>,
 }
 
 /// The runtimes `--runtime` offers.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RuntimeKind {
+enum RuntimeKind {
     /// Local processes (the embedded default; no Docker needed).
     Process,
     /// Containers on the Docker engine of DOCKER_HOST, or of /var/run/docker.sock.
     Docker,
+}
+
+impl WorkerArgs {
+    /// The database, the runtime and the worker these flags name.
+    fn config(self) -> WorkConfig {
+        let runtime = match self.runtime {
+            RuntimeKind::Process => RuntimeConfig::Process { root: self.process_root },
+            RuntimeKind::Docker => RuntimeConfig::Docker { job_image: self.docker_job_image },
+        };
+        let id = self.worker_id.unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        let worker = WorkerConfig { id, work_dir: self.work_dir, lease: self.lease, idle_poll: DEFAULT_IDLE_POLL };
+        WorkConfig { database: self.database.into(), runtime, worker }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -154,10 +181,10 @@ struct ServeArgs {
     #[arg(long, env = "SHIPLOG_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// How often the sealer extends the seal chain over new events.
-    #[arg(long, env = "SHIPLOG_SEAL_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "SHIPLOG_SEAL_INTERVAL", default_value = "10s", value_parser = shiplog_engine::template::parse_duration)]
     seal_interval: Duration,
     /// How often every environment is observed for drift (±10% jitter).
-    #[arg(long, env = "SHIPLOG_DRIFT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "SHIPLOG_DRIFT_INTERVAL", default_value = "30s", value_parser = shiplog_engine::template::parse_duration)]
     drift_interval: Duration,
     #[command(flatten)]
     api: ApiArgs,
@@ -200,29 +227,18 @@ impl ApiArgs {
 /// Push webhooks; each endpoint is enabled by its secret. Prefer the environment
 /// variables: a command-line argument is visible to every user of the machine.
 #[derive(Args, Debug, Clone, Default)]
-pub struct WebhookArgs {
+struct WebhookArgs {
     /// Enables POST /webhooks/github: the secret set in the GitHub webhook's settings.
     #[arg(long, env = "SHIPLOG_GITHUB_WEBHOOK_SECRET", hide_env_values = true, value_name = "SECRET")]
-    pub github_webhook_secret: Option<Secret>,
+    github_webhook_secret: Option<Secret>,
     /// Enables POST /webhooks/gitlab: the secret token set in the GitLab webhook's settings.
     #[arg(long, env = "SHIPLOG_GITLAB_WEBHOOK_TOKEN", hide_env_values = true, value_name = "TOKEN")]
-    pub gitlab_webhook_token: Option<Secret>,
+    gitlab_webhook_token: Option<Secret>,
 }
 
 impl From<WebhookArgs> for WebhookConfig {
     fn from(args: WebhookArgs) -> Self {
         WebhookConfig { github_secret: args.github_webhook_secret, gitlab_token: args.gitlab_webhook_token }
-    }
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 500ms, 10s or 5m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{text:?} is not a duration such as 500ms, 10s or 5m")),
     }
 }
 
@@ -247,23 +263,46 @@ impl Cli {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let database = Database::open(&args.worker.database).await?;
-    let config = ApiConfig { webhooks: args.webhooks.into(), ..args.api.config() };
-    let outcome =
-        server::serve(&database, &args.worker, args.listen, args.seal_interval, args.drift_interval, config).await;
-    database.close().await?;
-    outcome.map(|()| ExitCode::SUCCESS)
+    let WorkConfig { database, runtime, worker } = args.worker.config();
+    let config = ServerConfig {
+        database,
+        runtime,
+        worker: Some(worker),
+        api: ApiConfig { webhooks: args.webhooks.into(), ..args.api.config() },
+        seal_interval: args.seal_interval,
+        drift_interval: args.drift_interval,
+    };
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    server::run(listener, config, cancelled_on_signal("shutting down")).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
-    let database = Database::open(&args.database).await?;
-    let outcome = server::work(&database, &args).await;
-    database.close().await?;
-    outcome.map(|()| ExitCode::SUCCESS)
+    let shutdown = cancelled_on_signal("shutting down; the run in progress is finished first");
+    server::work(args.config(), shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM, which logs `why` then.
+fn cancelled_on_signal(why: &'static str) -> CancellationToken {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    let shutdown = CancellationToken::new();
+    let cancel = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("{why}");
+        cancel.cancel();
+    });
+    shutdown
 }
 
 async fn verify(args: DatabaseArgs) -> anyhow::Result<ExitCode> {
-    let database = Database::open(&args).await?;
+    let database = Database::open(&args.into()).await?;
     let report = database.store().verify().await;
     database.close().await?;
     let report = report?;
@@ -293,7 +332,7 @@ async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         until: args.until,
         ..EventFilter::default()
     };
-    let database = Database::open(&args.database).await?;
+    let database = Database::open(&args.database.into()).await?;
     let mut out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
@@ -307,7 +346,7 @@ async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let database = Database::open(&args.database).await?;
+    let database = Database::open(&args.database.into()).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let replayed =
         audit::replay(&database.store(), args.application.as_deref(), args.environment.as_deref(), &mut out).await;
@@ -324,7 +363,7 @@ async fn rebuild(args: DatabaseArgs, name: Option<String>) -> anyhow::Result<Exi
         Some(name) => vec![runner::Descriptor::named(&name)?],
         None => runner::all().to_vec(),
     };
-    let database = Database::open(&args).await?;
+    let database = Database::open(&args.into()).await?;
     let rebuilt = runner::rebuild(&database.store(), &projections, runner::DEFAULT_BATCH).await;
     database.close().await?;
     for r in rebuilt? {
@@ -334,7 +373,7 @@ async fn rebuild(args: DatabaseArgs, name: Option<String>) -> anyhow::Result<Exi
 }
 
 async fn projection_status(args: DatabaseArgs) -> anyhow::Result<ExitCode> {
-    let database = Database::open(&args).await?;
+    let database = Database::open(&args.into()).await?;
     let status = runner::status(database.store().pool()).await;
     database.close().await?;
     for s in status? {

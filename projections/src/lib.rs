@@ -37,6 +37,7 @@ pub enum ProjectionError {
     #[error("unknown projection {0:?}; the projections are lifecycle, runs and audit")]
     Unknown(String),
     /// A failure a test injected at a named point (see `Runner::crash_before_checkpoint`).
+    #[cfg(feature = "failpoints")]
     #[error("failure injected {0}")]
     Injected(&'static str),
 }

@@ -8,8 +8,6 @@
 //! runners), folds the last events and swaps the views in one transaction.
 
 use std::marker::PhantomData;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -112,20 +110,14 @@ async fn read_batch(store: &EventStore, after: Cursor, batch: usize) -> Result<O
 }
 
 /// Folds `batch` into each target generation on `conn` (inside a transaction)
-/// and moves their checkpoints. `crash` is the tests' failure injection.
+/// and moves their checkpoints.
 async fn apply_batch(
     conn: &mut PgConnection,
     targets: &[(Descriptor, i32)],
     batch: &Batch,
-    crash: Option<&AtomicUsize>,
 ) -> Result<(), ProjectionError> {
     for (projection, generation) in targets {
         (projection.apply)(conn, *generation, &batch.facts).await?;
-    }
-    if let Some(left) = crash
-        && left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err()
-    {
-        return Err(ProjectionError::Injected("before saving the checkpoint"));
     }
     for (projection, generation) in targets {
         sqlx::query(
@@ -154,7 +146,7 @@ async fn fold_rest(
 ) -> Result<(u64, Cursor), ProjectionError> {
     let mut events = 0;
     while let Some(read) = read_batch(store, after, batch).await? {
-        apply_batch(conn, targets, &read, None).await?;
+        apply_batch(conn, targets, &read).await?;
         (after, events) = (read.last, events + read.facts.len() as u64);
     }
     Ok((events, after))
@@ -165,25 +157,24 @@ pub struct Runner<P> {
     store: EventStore,
     batch: usize,
     /// Batches left before the injected crash, if one is armed.
-    crash_after: Option<Arc<AtomicUsize>>,
+    #[cfg(feature = "failpoints")]
+    crash_after: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
     projection: PhantomData<P>,
 }
 
 impl<P: Projection> Runner<P> {
     pub fn new(store: EventStore) -> Self {
-        Runner { store, batch: DEFAULT_BATCH, crash_after: None, projection: PhantomData }
+        Runner {
+            store,
+            batch: DEFAULT_BATCH,
+            #[cfg(feature = "failpoints")]
+            crash_after: None,
+            projection: PhantomData,
+        }
     }
 
     pub fn with_batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
-        self
-    }
-
-    /// Failure injection for tests: the batch after `batches` successful ones
-    /// fails after writing its read-model rows and before saving the checkpoint,
-    /// as a process killed there would. Its transaction rolls back.
-    pub fn crash_before_checkpoint(mut self, batches: usize) -> Self {
-        self.crash_after = Some(Arc::new(AtomicUsize::new(batches)));
         self
     }
 
@@ -208,7 +199,9 @@ impl<P: Projection> Runner<P> {
         let Some(live) = live_checkpoint(&mut tx, P::NAME, true).await? else { return Ok(0) };
         let Some(batch) = read_batch(&self.store, live.cursor, self.batch).await? else { return Ok(0) };
         let targets = [(Descriptor::of::<P>(), live.generation)];
-        apply_batch(&mut tx, &targets, &batch, self.crash_after.as_deref()).await?;
+        apply_batch(&mut tx, &targets, &batch).await?;
+        #[cfg(feature = "failpoints")]
+        self.crash_if_armed()?;
         tx.commit().await?;
         Ok(batch.facts.len())
     }
@@ -245,6 +238,28 @@ impl<P: Projection> Runner<P> {
                 () = shutdown.cancelled() => {}
                 () = tokio::time::sleep(FOLLOW_POLL) => {}
             }
+        }
+    }
+}
+
+/// Failure injection at named points, for tests (the `failpoints` feature).
+#[cfg(feature = "failpoints")]
+impl<P> Runner<P> {
+    /// The batch after `batches` successful ones fails after writing its
+    /// read-model rows and moving the checkpoint, before committing them, as a
+    /// process killed there would. Its transaction rolls back.
+    pub fn crash_before_checkpoint(mut self, batches: usize) -> Self {
+        self.crash_after = Some(std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(batches)));
+        self
+    }
+
+    fn crash_if_armed(&self) -> Result<(), ProjectionError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        match &self.crash_after {
+            Some(left) if left.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_err() => {
+                Err(ProjectionError::Injected("before saving the checkpoint"))
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -315,7 +330,7 @@ pub async fn rebuild(
         // transaction, concurrently, from the batch decoded once.
         futures::future::try_join_all(targets.iter().map(|target| async {
             let mut tx = pool.begin().await?;
-            apply_batch(&mut tx, std::slice::from_ref(target), &read, None).await?;
+            apply_batch(&mut tx, std::slice::from_ref(target), &read).await?;
             tx.commit().await?;
             Ok::<_, ProjectionError>(())
         }))

@@ -2,8 +2,7 @@
 //! its own in a scratch directory, on a free port, with helpers to commit new
 //! versions and read the page it serves.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -82,13 +81,13 @@ impl ExampleRepo {
 
     /// The page the environment serves on 127.0.0.1 (the process runtime), or
     /// `None` when nothing answers.
-    pub fn page(&self) -> Option<String> {
-        self.page_at(IpAddr::from([127, 0, 0, 1]))
+    pub async fn page(&self) -> Option<String> {
+        self.page_at(IpAddr::from([127, 0, 0, 1])).await
     }
 
     /// The page served on `ip` (a container's address), or `None` when nothing answers.
-    pub fn page_at(&self, ip: IpAddr) -> Option<String> {
-        http_get(SocketAddr::new(ip, self.port))
+    pub async fn page_at(&self, ip: IpAddr) -> Option<String> {
+        http_get(SocketAddr::new(ip, self.port)).await
     }
 }
 
@@ -139,14 +138,17 @@ impl Drop for Gate {
     }
 }
 
-/// The trimmed body of `GET /` on `address`, or `None` when nothing answers.
-pub fn http_get(address: SocketAddr) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split("\r\n\r\n").nth(1).map(|body| body.trim().to_owned())
+/// The trimmed body of `GET /` on `address` (whatever the status), or `None`
+/// when nothing answers within 5 seconds.
+pub async fn http_get(address: SocketAddr) -> Option<String> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .ok()?;
+    let response = client.get(format!("http://{address}/")).send().await.ok()?;
+    Some(response.text().await.ok()?.trim().to_owned())
 }
 
 pub fn git(repo: &Path, args: &[&str]) {

@@ -1,22 +1,19 @@
-//! `TestApp`: the API served on port 0 over a fresh database, with projection
-//! runners and (when asked) a worker on the process runtime, driven as a
-//! frontend would: JSON over HTTP and `graphql-transport-ws` over a real
-//! websocket.
+//! `TestApp`: a server as `shiplog serve` runs it (`server::run`: the API, the
+//! projection runners, the sealer, expiry and drift loops and, unless the test
+//! turns it off, a worker on the process runtime) on port 0 over a fresh
+//! database, driven as a frontend would: JSON over HTTP and
+//! `graphql-transport-ws` over a real websocket.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use shiplog::auth::{self, Role};
-use shiplog::server::{ApiConfig, AppState, app};
-use shiplog_engine::lifecycle::Lifecycle;
-use shiplog_engine::runtime::process::ProcessRuntime;
-use shiplog_engine::worker::Worker;
-use shiplog_tests::TestDb;
+use shiplog::config::{ApiConfig, DatabaseConfig, RuntimeConfig, ServerConfig, WorkerConfig};
+use shiplog::server;
 use shiplog_tests::example::Scratch;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use shiplog_tests::{TestDb, eventually};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -44,6 +41,7 @@ impl Drop for TestApp {
 #[derive(Debug)]
 pub struct Answer {
     pub status: u16,
+    /// One `name: value` line per header, names in lower case.
     pub headers: String,
     pub body: String,
 }
@@ -55,41 +53,60 @@ impl Answer {
 }
 
 impl TestApp {
-    /// The API with projection runners, no worker: runs stay queued.
+    /// A server without a worker: runs stay queued.
     pub async fn start() -> TestApp {
-        Self::start_with(ApiConfig::default(), false).await
+        Self::start_with(|config| ServerConfig { worker: None, ..config }).await
     }
 
-    /// The API, projection runners and a worker on the process runtime.
+    /// A server with a worker on the process runtime.
     pub async fn with_worker() -> TestApp {
-        Self::start_with(ApiConfig::default(), true).await
+        Self::start_with(|config| config).await
     }
 
-    pub async fn start_with(config: ApiConfig, worker: bool) -> TestApp {
+    /// A server configured by `configure` from [`TestApp::config`]'s.
+    pub async fn start_with(configure: impl FnOnce(ServerConfig) -> ServerConfig) -> TestApp {
         let db = TestDb::new().await;
         let scratch = Scratch::new("shiplog-api");
-        let shutdown = CancellationToken::new();
-        let address = serve(&db, config, shutdown.clone()).await;
-        tokio::spawn(shiplog_projections::runner::run_all(db.store(), shutdown.clone()));
-        if worker {
-            let runtime = Arc::new(ProcessRuntime::new(scratch.path().join("process")));
-            let worker = Worker::new(Lifecycle::new(db.store()), runtime, "api-test", scratch.path().join("work"));
-            let stop = shutdown.clone();
-            tokio::spawn(async move { worker.run(Duration::from_millis(20), stop).await });
-        }
-        let admin = auth::bootstrap(&db.runtime)
-            .await
-            .unwrap()
-            .expect("a fresh database has no token")
+        // Taken before the server starts, which then finds a token and prints none.
+        let admin = auth::bootstrap(&db.runtime).await.unwrap().expect("a fresh database has no token")
             .expose_secret()
             .to_owned();
+        let shutdown = CancellationToken::new();
+        let address = serve(configure(Self::config(&db, &scratch)), shutdown.clone()).await;
+        // Every projection has its first generation before the test (or a second
+        // server's runners) can race its creation.
+        eventually("every projection live", PATIENCE, || async {
+            let live = shiplog_projections::runner::status(&db.runtime).await.unwrap_or_default();
+            (live.len() == shiplog_projections::runner::NAMES.len()).then_some(())
+        })
+        .await;
         TestApp { db, scratch, address, admin, shutdown }
     }
 
-    /// Another server on the same database, with its own log hub and event feed:
-    /// what a second `shiplog` process would be.
+    /// The configuration `shiplog serve` would have here, with a worker that
+    /// polls often. Drift is observed only at start (an empty database): a
+    /// verdict recorded mid-test would interleave with the events tests assert.
+    pub fn config(db: &TestDb, scratch: &Scratch) -> ServerConfig {
+        ServerConfig {
+            database: DatabaseConfig { url: Some(db.url()), data_dir: scratch.path().join("pg") },
+            runtime: RuntimeConfig::Process { root: scratch.path().join("process") },
+            worker: Some(WorkerConfig {
+                id: "api-test".into(),
+                work_dir: scratch.path().join("work"),
+                lease: shiplog_engine::worker::DEFAULT_LEASE,
+                idle_poll: Duration::from_millis(20),
+            }),
+            api: ApiConfig::default(),
+            seal_interval: Duration::from_secs(10),
+            drift_interval: Duration::from_secs(3600),
+        }
+    }
+
+    /// Another server on the same database, without a worker, with its own
+    /// pools, log hub and event feed: what a second `shiplog` process would be.
     pub async fn second_server(&self) -> SocketAddr {
-        serve(&self.db, ApiConfig::default(), self.shutdown.clone()).await
+        let config = ServerConfig { worker: None, ..Self::config(&self.db, &self.scratch) };
+        serve(config, self.shutdown.clone()).await
     }
 
     /// A new token with this role.
@@ -133,35 +150,28 @@ impl TestApp {
     }
 }
 
-/// Serves the API of `db` on a free port until `shutdown`.
-async fn serve(db: &TestDb, config: ApiConfig, shutdown: CancellationToken) -> SocketAddr {
-    let mut state = AppState::new(db.store(), config).await.unwrap();
-    state.closing = shutdown.child_token();
+/// Runs `server::run` on a free port until `shutdown`; the port is bound (so
+/// requests wait in its backlog) before this returns.
+async fn serve(config: ServerConfig, shutdown: CancellationToken) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, app(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await.unwrap();
-    });
+    tokio::spawn(async move { server::run(listener, config, shutdown).await.unwrap() });
     address
 }
 
-/// One HTTP/1.1 request on a fresh connection.
+/// One HTTP request; the answer whatever its status.
 pub async fn http(address: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
-    let mut stream = TcpStream::connect(address).await.unwrap();
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = client.request(method, format!("http://{address}{path}")).body(body.to_vec());
     for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
+        request = request.header(*name, *value);
     }
-    request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    stream.write_all(request.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut raw = Vec::new();
-    // The server may answer (e.g. 413) before reading the whole body and close.
-    let _ = stream.read_to_end(&mut raw).await;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status: {text}"));
-    Answer { status, headers: head.to_owned(), body: body.to_owned() }
+    let response = request.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+    let status = response.status().as_u16();
+    let headers = response.headers().iter().map(|(name, value)| format!("{name}: {}", value.to_str().unwrap_or("")));
+    let headers = headers.collect::<Vec<_>>().join("\r\n");
+    Answer { status, headers, body: response.text().await.unwrap() }
 }
 
 /// A subscription over `graphql-transport-ws`.

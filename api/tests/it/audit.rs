@@ -3,14 +3,17 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
-use shiplog::server::{ApiConfig, AppState, app};
+use shiplog::config::ApiConfig;
+use shiplog::http::{AppState, app};
+use shiplog_engine::lifecycle::Lifecycle;
 use shiplog_engine::store::{ExpectedVersion, NewEvent};
 use shiplog_tests::{TestDb, wait_readable};
 use tower::ServiceExt;
 
 /// Posts `query` with an auditor's token through the real router.
 pub async fn post_graphql(db: &TestDb, query: &str) -> (StatusCode, Value) {
-    let state = AppState::new(db.store(), ApiConfig::default()).await.unwrap();
+    let (store, closing) = (db.store(), Default::default());
+    let state = AppState::new(store.clone(), Lifecycle::new(store), ApiConfig::default(), closing).await.unwrap();
     let role = shiplog::auth::Role::Auditor;
     let token = shiplog::auth::create(&db.runtime, "auditor", role, false, "test").await.unwrap().1;
     let request = Request::post("/graphql")

@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 use shiplog::auth::Role;
+use shiplog::config::{ApiConfig, ServerConfig};
 use shiplog_tests::eventually;
 use shiplog_tests::example::ExampleRepo;
 
@@ -124,7 +125,7 @@ async fn a_frontend_drives_the_whole_lifecycle_over_http_and_a_websocket() {
     assert_eq!((env["status"].as_str(), env["commit"].as_str()), (Some("READY"), Some(v1.as_str())), "{env:#}");
     assert_eq!(env["syncStatus"], "SYNCED");
     assert_eq!(env["lastRun"]["id"], run_id);
-    assert!(repo.page().unwrap().contains("v1"));
+    assert!(repo.page().await.unwrap().contains("v1"));
 
     // Patch: a new commit on main, deployed by the deployer.
     repo.commit_version(2);
@@ -133,7 +134,7 @@ async fn a_frontend_drives_the_whole_lifecycle_over_http_and_a_websocket() {
     let run = &deploy["environmentDeploy"]["run"];
     assert_eq!((run["kind"].as_str(), run["commit"].as_str()), (Some("PATCH"), Some(v2.as_str())));
     assert_eq!(finished(&app, &viewer, &run["id"]).await["status"], "SUCCEEDED");
-    assert!(repo.page().unwrap().contains("v2"));
+    assert!(repo.page().await.unwrap().contains("v2"));
 
     // The list (a read model) catches up.
     let list = "query { environments(filter: { application: \"hello\", status: READY }) { totalCount nodes { name commit } } }";
@@ -148,7 +149,7 @@ async fn a_frontend_drives_the_whole_lifecycle_over_http_and_a_websocket() {
     assert_eq!(finished(&app, &viewer, &teardown["environmentTeardown"]["run"]["id"]).await["status"], "SUCCEEDED");
     let env = app.data(&viewer, ENVIRONMENT, json!({ "app": "hello", "env": "staging" })).await["environment"].clone();
     assert_eq!(env["status"], "TORN_DOWN");
-    assert_eq!(repo.page(), None);
+    assert_eq!(repo.page().await, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,14 +289,15 @@ async fn domain_refusals_are_user_errors_with_codes_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_edge_refuses_what_it_must_with_clear_errors() {
-    let app = TestApp::start_with(
-        shiplog::server::ApiConfig {
+    let app = TestApp::start_with(|config| ServerConfig {
+        worker: None,
+        api: ApiConfig {
             limits: shiplog::graphql::Limits { depth: 5, complexity: 500, introspection: false },
             max_body: 4096,
-            ..Default::default()
+            ..config.api
         },
-        false,
-    )
+        ..config
+    })
     .await;
     let viewer = app.token(Role::Viewer, false).await;
 

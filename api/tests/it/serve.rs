@@ -1,8 +1,7 @@
 //! The binary as a newcomer runs it: `shiplog serve` with no DATABASE_URL starts a
 //! private PostgreSQL, serves, and on SIGTERM stops everything cleanly.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,6 +9,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use shiplog_tests::example::Scratch;
+use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn shiplog(data_dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_shiplog"));
@@ -17,12 +18,9 @@ fn shiplog(data_dir: &Path) -> Command {
     command
 }
 
-fn http(address: &str, request: &str) -> String {
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
+/// The test is synchronous (it drives a child process), so its HTTP client blocks.
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().no_proxy().build().unwrap()
 }
 
 fn wait_for_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
@@ -62,33 +60,28 @@ fn serve_runs_a_private_postgres_and_stops_it_on_sigterm() {
         .unwrap_or_else(|| panic!("{second_line:?}"))
         .to_owned();
 
-    assert!(
-        http(&address, "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").starts_with("HTTP/1.1 200")
-    );
-    let ready = http(&address, "GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    assert!(ready.starts_with("HTTP/1.1 200") && ready.contains("\"ready\""), "{ready}");
-    let body = r#"{"query":"{ auditVerification { intact eventsChecked } }"}"#;
-    let answer = http(
-        &address,
-        &format!(
-            "POST /graphql HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        ),
-    );
+    let client = client();
+    assert_eq!(client.get(format!("http://{address}/healthz")).send().unwrap().status(), 200);
+    let ready = client.get(format!("http://{address}/readyz")).send().unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready = ready.text().unwrap();
+    assert!(ready.contains("\"ready\""), "{ready}");
+    let answer = client
+        .post(format!("http://{address}/graphql"))
+        .bearer_auth(&token)
+        .header("Content-Type", "application/json")
+        .body(r#"{"query":"{ auditVerification { intact eventsChecked } }"}"#)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     assert!(answer.contains(r#"{"data":{"auditVerification":{"intact":true,"eventsChecked":"0"}}}"#), "{answer}");
 
     // An open websocket does not keep the server from stopping.
-    let mut socket = TcpStream::connect(&address).unwrap();
-    socket
-        .write_all(
-            b"GET /graphql/ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-              Sec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n",
-        )
-        .unwrap();
-    let mut upgraded = [0u8; 12];
-    socket.read_exact(&mut upgraded).unwrap();
-    assert_eq!(&upgraded, b"HTTP/1.1 101");
+    let mut request = format!("ws://{address}/graphql/ws").into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().unwrap());
+    let (_socket, upgraded) = tungstenite::connect(request).unwrap();
+    assert_eq!(upgraded.status(), 101);
 
     let postmaster_pid: i32 =
         std::fs::read_to_string(data_dir.join("postmaster.pid")).unwrap().lines().next().unwrap().parse().unwrap();

@@ -230,7 +230,7 @@ async fn a_signed_github_push_to_main_patches_staging_and_a_worker_deploys_the_p
     }
     let (env, _) = hooks.lifecycle.environment(app, staging).await.unwrap();
     assert_eq!(env.commit, Some(pushed.parse::<CommitId>().unwrap()));
-    assert_eq!(hooks.repo.page().as_deref(), Some("<h1>hello from shiplog v2</h1>"));
+    assert_eq!(hooks.repo.page().await.as_deref(), Some("<h1>hello from shiplog v2</h1>"));
 
     // Stop the service the setup started.
     hooks.lifecycle.request_teardown(app, staging, "done", &meta, Utc::now()).await.unwrap();

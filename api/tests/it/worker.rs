@@ -84,7 +84,7 @@ async fn a_killed_worker_is_replaced_and_no_finished_job_runs_twice() {
     })
     .await;
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
-    assert_eq!(repo.page().as_deref(), Some("<h1>hello from shiplog v1</h1>"));
+    assert_eq!(repo.page().await.as_deref(), Some("<h1>hello from shiplog v1</h1>"));
 
     // The build had succeeded before the kill: it was not run again. The release
     // command had not finished: it ran again, and succeeded once.

@@ -118,7 +118,7 @@ impl Fixture {
     /// The page the serving web container answers with, if any.
     async fn page(&self) -> Option<String> {
         let ip = self.runtime.service_address(&self.env, "web").await.unwrap()?;
-        http_get(SocketAddr::new(ip, 8080))
+        http_get(SocketAddr::new(ip, 8080)).await
     }
 
     async fn observe(&self) -> Vec<ObservedService> {

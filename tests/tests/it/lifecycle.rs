@@ -129,10 +129,10 @@ impl Example {
     /// The page the environment's web service serves, or `None` when nothing answers.
     pub(crate) async fn page(&self) -> Option<String> {
         match &*self.runtime {
-            AnyRuntime::Process(_) => self.repo.page(),
+            AnyRuntime::Process(_) => self.repo.page().await,
             AnyRuntime::Docker(docker) => {
                 let ip = docker.service_address(&self.env_ref(), "web").await.unwrap()?;
-                self.repo.page_at(ip)
+                self.repo.page_at(ip).await
             }
         }
     }

@@ -18,8 +18,7 @@ use shiplog_engine::runtime::{LogSink, LogStream};
 use shiplog_engine::store::{EventStore, Metadata};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -332,10 +331,12 @@ async fn list_benchmark(db: &BenchDb, server: &ShiplogServer, environments: usiz
     }
 
     let query = json!({ "query": "{ environments(first: 50, filter: { application: \"many\" }) { totalCount pageInfo { endCursor } nodes { id name kind status health syncStatus drift { verdict } } } }" }).to_string();
+    // One client, its connections kept alive, as the SQL baseline keeps its pool's.
+    let client = reqwest::Client::builder().no_proxy().build()?;
     let shiplog = concurrently(8, 50, || {
-        let (address, token, query) = (server.address, server.token.clone(), query.clone());
+        let (client, address, token, query) = (client.clone(), server.address, server.token.clone(), query.clone());
         async move {
-            let body = post(address, &token, &query).await?;
+            let body = post(&client, address, &token, query).await?;
             anyhow::ensure!(body.contains("\"totalCount\""), "unexpected answer: {body}");
             Ok(())
         }
@@ -392,15 +393,8 @@ where
 }
 
 /// POSTs a GraphQL request; returns the body.
-async fn post(address: SocketAddr, token: &str, body: &str) -> anyhow::Result<String> {
-    let mut stream = TcpStream::connect(address).await?;
-    let request = format!(
-        "POST /graphql HTTP/1.1\r\nHost: bench\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         Authorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await?;
-    Ok(answer)
+async fn post(client: &reqwest::Client, address: SocketAddr, token: &str, body: String) -> anyhow::Result<String> {
+    let request = client.post(format!("http://{address}/graphql")).bearer_auth(token);
+    let response = request.header("Content-Type", "application/json").body(body).send().await?;
+    Ok(response.error_for_status()?.text().await?)
 }
