@@ -14,6 +14,9 @@ use crate::config::DatabaseConfig;
 pub struct Database {
     owner: PgPool,
     runtime: PgPool,
+    /// The one store of the process: its clones share the signal that wakes the
+    /// event feed after an append.
+    store: EventStore,
     cluster: Option<Cluster>,
 }
 
@@ -32,11 +35,13 @@ impl Database {
         let owner = postgres::owner_pool(options.clone(), 5).await.context("connecting to PostgreSQL")?;
         postgres::migrate(&owner).await.context("applying migrations")?;
         let runtime = postgres::runtime_pool(options, 20).await.context("connecting as shiplog_runtime")?;
-        Ok(Database { owner, runtime, cluster })
+        let store = EventStore::new(runtime.clone());
+        Ok(Database { owner, runtime, store, cluster })
     }
 
+    /// The process's event store (a clone of the one store).
     pub fn store(&self) -> EventStore {
-        EventStore::new(self.runtime.clone())
+        self.store.clone()
     }
 
     /// Closes every connection, then stops the private cluster if this process started it.

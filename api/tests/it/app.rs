@@ -68,7 +68,10 @@ impl TestApp {
         let db = TestDb::new().await;
         let scratch = Scratch::new("shiplog-api");
         // Taken before the server starts, which then finds a token and prints none.
-        let admin = auth::bootstrap(&db.runtime).await.unwrap().expect("a fresh database has no token")
+        let admin = auth::bootstrap(&db.runtime)
+            .await
+            .unwrap()
+            .expect("a fresh database has no token")
             .expose_secret()
             .to_owned();
         let shutdown = CancellationToken::new();

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{Cursor, EventFilter, EventStore, RecordedEvent};
@@ -29,7 +29,6 @@ const PAGE: usize = 500;
 pub struct EventFeed {
     store: EventStore,
     head: watch::Receiver<Cursor>,
-    nudge: Arc<Notify>,
     _stop: Arc<DropGuard>,
 }
 
@@ -56,13 +55,7 @@ impl EventFeed {
                 }
             }
         });
-        EventFeed { store, head, nudge, _stop: Arc::new(stop.drop_guard()) }
-    }
-
-    /// Looks for new events now: call after appending, so followers in this
-    /// process see the change without waiting for the next poll.
-    pub fn nudge(&self) {
-        self.nudge.notify_one();
+        EventFeed { store, head, _stop: Arc::new(stop.drop_guard()) }
     }
 
     /// The events `filter` selects after `after`: those stored first, then each

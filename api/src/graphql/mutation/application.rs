@@ -95,7 +95,6 @@ impl ApplicationMutation {
         if let Err(e) = api.lifecycle.create_application(&name, repository, &metadata(ctx, caller), Utc::now()).await {
             return Ok(ApplicationCreatePayload { user_errors: refusal(e, "name")?, ..Default::default() });
         }
-        api.feed.nudge();
         Ok(ApplicationCreatePayload { application: load_application(ctx, &name).await?, user_errors: vec![] })
     }
 
@@ -118,7 +117,6 @@ impl ApplicationMutation {
                 return Ok(ApplicationTemplateUpdatePayload { user_errors: refusal(e, field)?, ..Default::default() });
             }
         };
-        api.feed.nudge();
         Ok(ApplicationTemplateUpdatePayload {
             application: load_application(ctx, &name).await?,
             changed,
@@ -146,7 +144,6 @@ impl ApplicationMutation {
                 return Ok(EnvironmentVariablesUpdatePayload { user_errors: refusal(e, field)?, ..Default::default() });
             }
         };
-        api.feed.nudge();
         Ok(EnvironmentVariablesUpdatePayload {
             application: load_application(ctx, &name).await?,
             changed,

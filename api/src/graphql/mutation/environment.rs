@@ -157,7 +157,6 @@ impl EnvironmentMutation {
                 Err(e) => payload.user_errors = refusal(e, "environmentId")?,
             }
         }
-        api.feed.nudge();
         payload.environment = load_environment(ctx, &app, &name).await?;
         Ok(payload)
     }
@@ -224,7 +223,6 @@ async fn request(
     let mut payload = EnvironmentRunPayload::default();
     match requested {
         Ok(requested) => {
-            api.feed.nudge();
             payload.run = load_run(ctx, requested.run_id).await?;
         }
         Err(e) => payload.user_errors = refusal(e, "environmentId")?,

@@ -50,7 +50,6 @@ impl RunMutation {
         if let Err(e) = api.lifecycle.retry_run(id, &metadata(ctx, caller), Utc::now()).await {
             return Ok(RunPayload { user_errors: refusal(e, "runId")?, ..Default::default() });
         }
-        api.feed.nudge();
         Ok(RunPayload { run: load_run(ctx, id).await?, user_errors: vec![] })
     }
 
@@ -63,7 +62,6 @@ impl RunMutation {
         if let Err(e) = api.lifecycle.cancel_run(id, &reason, &metadata(ctx, caller), Utc::now()).await {
             return Ok(RunPayload { user_errors: refusal(e, "runId")?, ..Default::default() });
         }
-        api.feed.nudge();
         Ok(RunPayload { run: load_run(ctx, id).await?, user_errors: vec![] })
     }
 }
