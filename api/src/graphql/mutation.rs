@@ -653,7 +653,5 @@ async fn authorize_run<'a>(ctx: &Context<'a>, id: Uuid) -> async_graphql::Result
     let Some(run) = load_run(ctx, id).await? else {
         return Ok(Err(user_error(Some("runId"), format!("run {id} does not exist"), UserErrorCode::NotFound)));
     };
-    let app: Name = run.0.application.parse().map_err(|e| internal("reading a run", e))?;
-    let env: Name = run.0.environment.parse().map_err(|e| internal("reading a run", e))?;
-    authorize_environment(ctx, &app, &env).await
+    authorize_environment(ctx, &run.0.state.application, &run.0.state.environment).await
 }
