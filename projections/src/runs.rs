@@ -82,3 +82,194 @@ impl RunView {
         duration_ms(self.state.started_at, self.state.finished_at)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The view against the engine: every history of up to [`DEPTH`] run commands
+    //! (each decided by `run::decide`), folded by both, compared after every event.
+
+    use chrono::{DateTime, Utc};
+    use shiplog_engine::domain::run::{self, JobFailure, PlanInput, Run, RunCommand, RunEvent, RunStatus};
+    use shiplog_engine::domain::{RunKind, TemplateVersions};
+    use shiplog_engine::store::Cursor;
+    use uuid::Uuid;
+
+    use super::RunView;
+    use crate::fact::{Fact, Payload};
+
+    /// What can be asked of a run; `decide` refuses what is out of turn.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    enum Ask {
+        Start,
+        Succeed,
+        FailWithExitCode,
+        Fail,
+        Cancel,
+        Skip,
+        Retry,
+    }
+
+    const ASKS: [Ask; 7] =
+        [Ask::Start, Ask::Succeed, Ask::FailWithExitCode, Ask::Fail, Ask::Cancel, Ask::Skip, Ask::Retry];
+
+    /// Commands per history: enough for a run to be retried four times, or to
+    /// succeed, fail, be cancelled or be skipped after two retries.
+    const DEPTH: usize = 13;
+
+    const RUN_ID: Uuid = Uuid::from_u128(11);
+
+    fn t(s: usize) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s as i64, 0).unwrap()
+    }
+
+    impl Ask {
+        /// The `n`-th command of a history, and who gives it.
+        fn command(self, n: usize) -> (RunCommand, String) {
+            let (now, worker, person) = (t(n), format!("worker:w{n}"), format!("person-{n}"));
+            let failed = |exit_code| RunCommand::JobFinished {
+                result: Err(JobFailure { error: format!("job {n} failed"), exit_code }),
+                now,
+            };
+            match self {
+                Ask::Start => (RunCommand::Start { worker: format!("w{n}"), now }, worker),
+                Ask::Succeed => (RunCommand::JobFinished { result: Ok(Some(format!("image-{n}"))), now }, worker),
+                Ask::FailWithExitCode => (failed(Some(n as i32)), worker),
+                Ask::Fail => (failed(None), worker),
+                Ask::Cancel => (RunCommand::Cancel { reason: format!("cancel {n}"), now }, person),
+                Ask::Skip => (RunCommand::Skip { reason: format!("skip {n}"), now }, person),
+                Ask::Retry => (RunCommand::Retry { now }, person),
+            }
+        }
+    }
+
+    /// Three stages, the first with two jobs: fail fast and a retry's resumption
+    /// show within a stage and across stages.
+    fn queued() -> RunEvent {
+        let input = PlanInput {
+            extra_stages: vec![("test".into(), vec!["unit".into(), "lint".into()])],
+            built_services: vec!["web".into()],
+            services: vec!["web".into()],
+            ..PlanInput::default()
+        };
+        RunEvent::RunQueued {
+            run_id: RUN_ID,
+            application: "shop".parse().unwrap(),
+            environment: "staging".parse().unwrap(),
+            kind: RunKind::Patch,
+            commit: Some("a".repeat(40).parse().unwrap()),
+            repository: "/srv/shop.git".into(),
+            reason: "push".into(),
+            template: serde_json::json!({ "services": { "web": { "image": "nginx" } } }),
+            templates: TemplateVersions {
+                template_version: 1,
+                template_digest: "sha256:t".into(),
+                variables_version: 1,
+                variables_digest: "sha256:v".into(),
+            },
+            plan: run::plan(RunKind::Patch, &input),
+            queued_at: t(0),
+        }
+    }
+
+    /// One history so far.
+    #[derive(Clone)]
+    struct History {
+        asks: Vec<Ask>,
+        events: Vec<RunEvent>,
+        view: Option<RunView>,
+        /// Who asked for each attempt: who queued the run, then each retrier.
+        requested_by: Vec<String>,
+    }
+
+    impl History {
+        fn queued() -> History {
+            let mut history = History { asks: vec![], events: vec![], view: None, requested_by: vec!["alice".into()] };
+            history.record(queued(), "alice");
+            history
+        }
+
+        /// Appends `event`, written by `actor`, folds it into the view, and
+        /// compares the view with the engine's fold of the stream so far.
+        fn record(&mut self, event: RunEvent, actor: &str) {
+            self.events.push(event.clone());
+            let n = self.events.len();
+            let cursor = Cursor { tx_id: n as i64, position: 10 * n as i64 };
+            let fact = Fact {
+                cursor,
+                stream_id: Run::stream_id(RUN_ID),
+                version: n as u64,
+                event_type: event.event_type().into(),
+                recorded_at: t(n),
+                actor: Some(actor.into()),
+                payload: Payload::Run { run_id: RUN_ID, event },
+            };
+            let at = format!("{:?}, event {n} ({})", self.asks, fact.event_type);
+            let view = RunView::apply(self.view.take(), &fact).unwrap_or_else(|| panic!("no view: {at}"));
+            let engine = run::fold(&self.events).expect("a queued run");
+            assert_eq!(view.state, engine, "the view is not the engine's fold: {at}");
+            let attempts = 1..=engine.attempts.len() as u32;
+            let triggered_by: Vec<_> = attempts.map(|a| view.triggered_by(a).unwrap_or("nobody")).collect();
+            assert_eq!(triggered_by, self.requested_by, "who asked: {at}");
+            assert_eq!((view.position, view.cursor), (10, cursor), "{at}");
+            assert_eq!(RunView::apply(Some(view.clone()), &fact).as_ref(), Some(&view), "folded twice: {at}");
+            let row: RunView = serde_json::from_value(serde_json::to_value(&view).unwrap()).unwrap();
+            assert_eq!(row, view, "as a row stores it: {at}");
+            self.view = Some(view);
+        }
+    }
+
+    /// Each command `decide` accepted, with the run's status before it and
+    /// whether the run had been retried.
+    type Coverage = Vec<(Ask, RunStatus, bool)>;
+
+    /// Tries every command on `history`, records what `decide` decides, and goes on
+    /// from each result; returns how many histories it saw.
+    fn explore(history: &History, coverage: &mut Coverage) -> usize {
+        if history.asks.len() == DEPTH {
+            return 1;
+        }
+        let run = &history.view.as_ref().expect("a view").state;
+        let mut seen = 1;
+        for ask in ASKS {
+            let (command, actor) = ask.command(history.asks.len() + 1);
+            let Ok(events) = run::decide(run, command) else { continue };
+            if !coverage.contains(&(ask, run.status, run.attempt > 1)) {
+                coverage.push((ask, run.status, run.attempt > 1));
+            }
+            let mut next = history.clone();
+            next.asks.push(ask);
+            if ask == Ask::Retry {
+                next.requested_by.push(actor.clone());
+            }
+            for event in events {
+                next.record(event, &actor);
+            }
+            seen += explore(&next, coverage);
+        }
+        seen
+    }
+
+    #[test]
+    fn the_view_of_every_run_history_is_the_engines_fold_after_every_event() {
+        let mut coverage = Coverage::new();
+        let histories = explore(&History::queued(), &mut coverage);
+        let mut expected = Coverage::new();
+        for retried in [false, true] {
+            for (ask, status) in [
+                (Ask::Start, RunStatus::Queued),
+                (Ask::Succeed, RunStatus::Running),
+                (Ask::FailWithExitCode, RunStatus::Running),
+                (Ask::Fail, RunStatus::Running),
+                (Ask::Cancel, RunStatus::Queued),
+                (Ask::Cancel, RunStatus::Running),
+                (Ask::Skip, RunStatus::Queued),
+                (Ask::Retry, RunStatus::Failed),
+            ] {
+                expected.push((ask, status, retried));
+            }
+        }
+        coverage.sort_by_key(|c| expected.iter().position(|e| e == c));
+        assert_eq!(coverage, expected, "every command in every state that accepts it, before and after a retry");
+        assert_eq!(histories, 2020, "histories of up to {DEPTH} commands");
+    }
+}
