@@ -772,6 +772,38 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_retry_opens_an_attempt_and_forgets_what_the_retried_stages_did() {
+        let mut run = Given(vec![queued(RunKind::Patch)]);
+        run.when(RunCommand::Start { worker: "w1".into(), now: t(1) });
+        run.when(ok(None));
+        run.when(ok(Some("img-1")));
+        let failed = JobFailure { error: "release-migrate exited with 3".into(), exit_code: Some(3) };
+        run.when(RunCommand::JobFinished { result: Err(failed), now: t(3) });
+        let state = run.run();
+        let migrate = &state.stages[2].jobs[0];
+        assert_eq!((migrate.exit_code, migrate.started_at, migrate.finished_at), (Some(3), Some(t(2)), Some(t(3))));
+        assert_eq!(
+            (state.started_at, state.finished_at, state.attempts[0].worker.as_deref()),
+            (Some(t(1)), Some(t(3)), Some("w1"))
+        );
+        run.when(RunCommand::Retry { now: t(4) });
+        run.when(RunCommand::Start { worker: "w2".into(), now: t(5) });
+        let retried = run.run();
+        let migrate = &retried.stages[2].jobs[0];
+        assert_eq!((migrate.attempt, migrate.exit_code, migrate.error.as_deref()), (2, None, None));
+        assert_eq!((retried.stages[1].attempt, retried.output_of("build", "build-web")), (1, Some("img-1")));
+        let second = &retried.attempts[1];
+        assert_eq!((second.from_stage.as_deref(), second.worker.as_deref()), (Some("release"), Some("w2")));
+        assert_eq!((retried.started_at, retried.finished_at), (Some(t(1)), None), "from the first start, not ended");
+        run.when(RunCommand::Cancel { reason: "wrong commit".into(), now: t(6) });
+        let cancelled = run.run();
+        assert_eq!(
+            (cancelled.error.as_deref(), cancelled.attempts[1].finished_at),
+            (Some("cancelled: wrong commit"), Some(t(6)))
+        );
+    }
+
+    #[test]
     fn commands_out_of_turn_are_refused() {
         let mut run = Given(vec![queued(RunKind::Teardown)]);
         assert!(matches!(decide(&run.run(), ok(None)), Err(DomainError::RunState { action: "finishing a job", .. })));
