@@ -15,12 +15,12 @@ use shiplog_engine::domain::application::ApplicationEvent;
 use shiplog_engine::domain::environment::{
     self, DriftVerdict, Environment, EnvironmentEvent, EnvironmentKind, Health, RunOutcome, Status,
 };
+use shiplog_engine::domain::run::RunStatus;
 use shiplog_engine::domain::{Name, RunKind, TemplateVersions};
 use shiplog_engine::store::Cursor;
 use uuid::Uuid;
 
 use crate::fact::{Fact, Payload};
-use crate::runs::RunState;
 
 /// An application as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,7 +93,7 @@ pub enum DriftVerdictView {
 pub struct LastRun {
     pub run_id: Uuid,
     pub kind: RunKind,
-    pub status: RunState,
+    pub status: RunStatus,
     pub reason: String,
     pub requested_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -179,21 +179,21 @@ impl EnvironmentView {
                 self.last_run = Some(LastRun {
                     run_id: *run_id,
                     kind: *kind,
-                    status: RunState::Queued,
+                    status: RunStatus::Queued,
                     reason: reason.clone(),
                     requested_at: *requested_at,
                     finished_at: None,
                 })
             }
-            EnvironmentEvent::RunStarted { run_id, .. } => status(run_id, RunState::Running, None, &mut self.last_run),
+            EnvironmentEvent::RunStarted { run_id, .. } => status(run_id, RunStatus::Running, None, &mut self.last_run),
             EnvironmentEvent::RunSuperseded { run_id, .. } => {
-                status(run_id, RunState::Skipped, None, &mut self.last_run)
+                status(run_id, RunStatus::Skipped, None, &mut self.last_run)
             }
             EnvironmentEvent::RunFinished { run_id, outcome, finished_at, .. } => {
                 let outcome = match outcome {
-                    RunOutcome::Succeeded => RunState::Succeeded,
-                    RunOutcome::Failed => RunState::Failed,
-                    RunOutcome::Cancelled => RunState::Cancelled,
+                    RunOutcome::Succeeded => RunStatus::Succeeded,
+                    RunOutcome::Failed => RunStatus::Failed,
+                    RunOutcome::Cancelled => RunStatus::Cancelled,
                 };
                 status(run_id, outcome, Some(*finished_at), &mut self.last_run)
             }

@@ -102,7 +102,8 @@ pub struct Runs;
 
 impl Projection for Runs {
     const NAME: &'static str = "runs";
-    const VERSION: i32 = 1;
+    // 2: a row is the engine's run state (`run::evolve`) plus who asked for each attempt.
+    const VERSION: i32 = 2;
     const TABLES: &'static [TableDef] = &[TableDef {
         name: "runs",
         columns: ", application text GENERATED ALWAYS AS (view->>'application') STORED\

@@ -50,7 +50,7 @@ async fn rebuild_export_and_replay_from_the_command_line() {
     assert!(rebuilt.contains("lifecycle: generation 1 from 3 events"), "{rebuilt}");
     assert!(rebuilt.contains("audit: generation 1 from 3 events"), "{rebuilt}");
     let status = stdout(&shiplog(&db, &["projections", "status"]));
-    assert!(status.contains("runs: version 1 generation 1") && status.contains("0 behind"), "{status}");
+    assert!(status.contains("runs: version 2 generation 1") && status.contains("0 behind"), "{status}");
     let staging: String = sqlx::query_scalar("SELECT status FROM read.environments WHERE key = 'shop/staging'")
         .fetch_one(&db.runtime)
         .await

@@ -218,6 +218,8 @@ impl RunStatus {
     }
 }
 
+/// Where a stage or job is. One the run ended before reaching stays `Pending`:
+/// whether the run still can reach it is the run's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
@@ -231,15 +233,40 @@ pub enum StepStatus {
 pub struct JobState {
     pub job: PlannedJob,
     pub status: StepStatus,
+    /// The attempt that last started it.
+    pub attempt: u32,
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it last ended; `None` while it runs or waits to run again.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// What it produced (a build's image).
     pub output: Option<String>,
     pub error: Option<String>,
+    /// For a task that exited non-zero.
+    pub exit_code: Option<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageState {
     pub name: String,
     pub status: StepStatus,
+    /// The attempt that last started it.
+    pub attempt: u32,
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it last ended; `None` while it runs or waits to run again.
+    pub finished_at: Option<DateTime<Utc>>,
     pub jobs: Vec<JobState>,
+}
+
+/// One attempt of a run: the first, or a retry from a failed stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub attempt: u32,
+    /// The worker that started it.
+    pub worker: Option<String>,
+    /// The stage a retry resumed from; `None` for the first attempt.
+    pub from_stage: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
 }
 
 /// The run folded from its events.
@@ -251,12 +278,24 @@ pub struct Run {
     pub kind: RunKind,
     pub commit: Option<CommitId>,
     pub repository: String,
+    /// Why it was requested.
+    pub reason: String,
     pub template: serde_json::Value,
     pub templates: TemplateVersions,
     pub status: RunStatus,
+    /// The current attempt: 1, then one more per retry.
     pub attempt: u32,
+    /// Every attempt so far, first to last.
+    pub attempts: Vec<Attempt>,
     pub stages: Vec<StageState>,
+    /// Why it did not succeed: the failed job's error, or why it was cancelled or
+    /// skipped. Cleared by a retry.
     pub error: Option<String>,
+    pub queued_at: DateTime<Utc>,
+    /// When a worker first started it.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended; `None` again once retried.
+    pub finished_at: Option<DateTime<Utc>>,
 }
 
 impl Run {
@@ -408,14 +447,26 @@ fn advance(run: &Run, mut events: Vec<RunEvent>, now: DateTime<Utc>) -> Vec<RunE
     }
 }
 
-fn set_stage(run: &mut Run, stage: &str, status: StepStatus) {
-    if let Some(s) = run.stages.iter_mut().find(|s| s.name == stage) {
-        s.status = status;
-    }
+fn stage_mut<'a>(run: &'a mut Run, stage: &str) -> Option<&'a mut StageState> {
+    run.stages.iter_mut().find(|s| s.name == stage)
 }
 
 fn job_mut<'a>(run: &'a mut Run, stage: &str, job: &str) -> Option<&'a mut JobState> {
-    run.stages.iter_mut().find(|s| s.name == stage)?.jobs.iter_mut().find(|j| j.job.name == job)
+    stage_mut(run, stage)?.jobs.iter_mut().find(|j| j.job.name == job)
+}
+
+fn end_stage(run: &mut Run, stage: &str, status: StepStatus, at: DateTime<Utc>) {
+    if let Some(s) = stage_mut(run, stage) {
+        (s.status, s.finished_at) = (status, Some(at));
+    }
+}
+
+/// Ends the run and closes its attempt.
+fn end(run: &mut Run, status: RunStatus, at: DateTime<Utc>) {
+    (run.status, run.finished_at) = (status, Some(at));
+    if let Some(attempt) = run.attempts.last_mut() {
+        attempt.finished_at = Some(at);
+    }
 }
 
 /// Folds one event. `RunQueued` must come first; `evolve` of other events on an
@@ -423,48 +474,67 @@ fn job_mut<'a>(run: &'a mut Run, stage: &str, job: &str) -> Option<&'a mut JobSt
 pub fn evolve(mut run: Run, event: &RunEvent) -> Run {
     match event {
         RunEvent::RunQueued { .. } => {}
-        RunEvent::RunStarted { .. } => run.status = RunStatus::Running,
-        RunEvent::StageStarted { stage, .. } => set_stage(&mut run, stage, StepStatus::Running),
-        RunEvent::JobStarted { stage, job, .. } => {
-            if let Some(j) = job_mut(&mut run, stage, job) {
-                j.status = StepStatus::Running;
+        RunEvent::RunStarted { worker, at, .. } => {
+            run.status = RunStatus::Running;
+            run.started_at.get_or_insert(*at);
+            if let Some(attempt) = run.attempts.last_mut() {
+                (attempt.worker, attempt.started_at) = (Some(worker.clone()), Some(*at));
             }
         }
-        RunEvent::JobSucceeded { stage, job, output, .. } => {
-            if let Some(j) = job_mut(&mut run, stage, job) {
-                j.status = StepStatus::Succeeded;
-                j.output = output.clone();
+        RunEvent::StageStarted { stage, attempt, at } => {
+            if let Some(s) = stage_mut(&mut run, stage) {
+                (s.status, s.attempt, s.started_at, s.finished_at) = (StepStatus::Running, *attempt, Some(*at), None);
             }
         }
-        RunEvent::JobFailed { stage, job, error, .. } => {
+        RunEvent::JobStarted { stage, job, attempt, at } => {
             if let Some(j) = job_mut(&mut run, stage, job) {
-                j.status = StepStatus::Failed;
-                j.error = Some(error.clone());
+                (j.status, j.attempt, j.started_at, j.finished_at) = (StepStatus::Running, *attempt, Some(*at), None);
             }
         }
-        RunEvent::StageSucceeded { stage, .. } => set_stage(&mut run, stage, StepStatus::Succeeded),
-        RunEvent::StageFailed { stage, .. } => set_stage(&mut run, stage, StepStatus::Failed),
-        RunEvent::RunSucceeded { .. } => run.status = RunStatus::Succeeded,
-        RunEvent::RunFailed { error, .. } => {
-            run.status = RunStatus::Failed;
+        RunEvent::JobSucceeded { stage, job, output, at, .. } => {
+            if let Some(j) = job_mut(&mut run, stage, job) {
+                (j.status, j.finished_at, j.output) = (StepStatus::Succeeded, Some(*at), output.clone());
+            }
+        }
+        RunEvent::JobFailed { stage, job, error, exit_code, at, .. } => {
+            if let Some(j) = job_mut(&mut run, stage, job) {
+                (j.status, j.finished_at) = (StepStatus::Failed, Some(*at));
+                (j.error, j.exit_code) = (Some(error.clone()), *exit_code);
+            }
+        }
+        RunEvent::StageSucceeded { stage, at, .. } => end_stage(&mut run, stage, StepStatus::Succeeded, *at),
+        RunEvent::StageFailed { stage, at, .. } => end_stage(&mut run, stage, StepStatus::Failed, *at),
+        RunEvent::RunSucceeded { at, .. } => end(&mut run, RunStatus::Succeeded, *at),
+        RunEvent::RunFailed { error, at, .. } => {
             run.error = Some(error.clone());
+            end(&mut run, RunStatus::Failed, *at);
         }
-        RunEvent::RunCancelled { .. } => run.status = RunStatus::Cancelled,
-        RunEvent::RunSkipped { .. } => run.status = RunStatus::Skipped,
+        RunEvent::RunCancelled { reason, at } => {
+            run.error = Some(format!("cancelled: {reason}"));
+            end(&mut run, RunStatus::Cancelled, *at);
+        }
+        RunEvent::RunSkipped { reason, at } => {
+            run.error = Some(format!("skipped: {reason}"));
+            end(&mut run, RunStatus::Skipped, *at);
+        }
         RunEvent::RunRetried { attempt, from_stage, .. } => {
-            run.status = RunStatus::Queued;
-            run.attempt = *attempt;
-            run.error = None;
+            (run.status, run.attempt, run.error, run.finished_at) = (RunStatus::Queued, *attempt, None, None);
             // Stages before the failed one keep their results (and images).
             let from = run.stages.iter().position(|s| &s.name == from_stage).unwrap_or(0);
             for stage in &mut run.stages[from..] {
-                stage.status = StepStatus::Pending;
+                (stage.status, stage.finished_at) = (StepStatus::Pending, None);
                 for job in &mut stage.jobs {
-                    job.status = StepStatus::Pending;
-                    job.output = None;
-                    job.error = None;
+                    (job.status, job.finished_at) = (StepStatus::Pending, None);
+                    (job.output, job.error, job.exit_code) = (None, None, None);
                 }
             }
+            run.attempts.push(Attempt {
+                attempt: *attempt,
+                worker: None,
+                from_stage: Some(from_stage.clone()),
+                started_at: None,
+                finished_at: None,
+            });
         }
     }
     run
@@ -505,13 +575,24 @@ pub fn fold(events: &[RunEvent]) -> Option<Run> {
         kind,
         commit,
         repository,
+        reason,
         template,
         templates,
         plan,
-        ..
+        queued_at,
     } = first
     else {
         return None;
+    };
+    let job = |job: &PlannedJob| JobState {
+        job: job.clone(),
+        status: StepStatus::Pending,
+        attempt: 1,
+        started_at: None,
+        finished_at: None,
+        output: None,
+        error: None,
+        exit_code: None,
     };
     let run = Run {
         run_id: *run_id,
@@ -520,23 +601,27 @@ pub fn fold(events: &[RunEvent]) -> Option<Run> {
         kind: *kind,
         commit: commit.clone(),
         repository: repository.clone(),
+        reason: reason.clone(),
         template: template.clone(),
         templates: templates.clone(),
         status: RunStatus::Queued,
         attempt: 1,
+        attempts: vec![Attempt { attempt: 1, worker: None, from_stage: None, started_at: None, finished_at: None }],
         stages: plan
             .iter()
             .map(|s| StageState {
                 name: s.name.clone(),
                 status: StepStatus::Pending,
-                jobs: s
-                    .jobs
-                    .iter()
-                    .map(|j| JobState { job: j.clone(), status: StepStatus::Pending, output: None, error: None })
-                    .collect(),
+                attempt: 1,
+                started_at: None,
+                finished_at: None,
+                jobs: s.jobs.iter().map(job).collect(),
             })
             .collect(),
         error: None,
+        queued_at: *queued_at,
+        started_at: None,
+        finished_at: None,
     };
     Some(rest.iter().fold(run, evolve))
 }
@@ -698,6 +783,38 @@ pub(crate) mod tests {
         let resumed = run.run();
         assert_eq!(current_job(&resumed).unwrap().1.name, "build-web");
         assert_eq!(resumed.stages[0].jobs[0].status, StepStatus::Succeeded);
+    }
+
+    #[test]
+    fn a_retry_opens_an_attempt_and_forgets_what_the_retried_stages_did() {
+        let mut run = Given(vec![queued(RunKind::Patch)]);
+        run.when(RunCommand::Start { worker: "w1".into(), now: t(1) });
+        run.when(ok(None));
+        run.when(ok(Some("img-1")));
+        let failed = JobFailure { error: "release-migrate exited with 3".into(), exit_code: Some(3) };
+        run.when(RunCommand::JobFinished { result: Err(failed), now: t(3) });
+        let state = run.run();
+        let migrate = &state.stages[2].jobs[0];
+        assert_eq!((migrate.exit_code, migrate.started_at, migrate.finished_at), (Some(3), Some(t(2)), Some(t(3))));
+        assert_eq!(
+            (state.started_at, state.finished_at, state.attempts[0].worker.as_deref()),
+            (Some(t(1)), Some(t(3)), Some("w1"))
+        );
+        run.when(RunCommand::Retry { now: t(4) });
+        run.when(RunCommand::Start { worker: "w2".into(), now: t(5) });
+        let retried = run.run();
+        let migrate = &retried.stages[2].jobs[0];
+        assert_eq!((migrate.attempt, migrate.exit_code, migrate.error.as_deref()), (2, None, None));
+        assert_eq!((retried.stages[1].attempt, retried.output_of("build", "build-web")), (1, Some("img-1")));
+        let second = &retried.attempts[1];
+        assert_eq!((second.from_stage.as_deref(), second.worker.as_deref()), (Some("release"), Some("w2")));
+        assert_eq!((retried.started_at, retried.finished_at), (Some(t(1)), None), "from the first start, not ended");
+        run.when(RunCommand::Cancel { reason: "wrong commit".into(), now: t(6) });
+        let cancelled = run.run();
+        assert_eq!(
+            (cancelled.error.as_deref(), cancelled.attempts[1].finished_at),
+            (Some("cancelled: wrong commit"), Some(t(6)))
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use shiplog_engine::domain::environment::{
     self, Created, DriftMode, Environment, EnvironmentCommand, EnvironmentEvent, EnvironmentKind, Health, Observation,
     RunOutcome, Tracking,
 };
-use shiplog_engine::domain::run::RunStatus;
+use shiplog_engine::domain::run::{RunStatus, StepStatus};
 use shiplog_engine::domain::{Aggregate, CommitId, Name, StreamRef};
 use shiplog_engine::drift::Reconciler;
 use shiplog_engine::lifecycle::Lifecycle;
@@ -20,7 +20,7 @@ use shiplog_engine::store::{Cursor, EventFilter, Metadata};
 use shiplog_projections::lifecycle::{DriftVerdictView, EnvironmentView, HealthView, SyncStatus};
 use shiplog_projections::projection::{Audit, Lifecycle as LifecycleProjection, Projection, Runs};
 use shiplog_projections::runner::{self, Runner};
-use shiplog_projections::runs::{RunState, RunView, StepState};
+use shiplog_projections::runs::{RunView, duration_ms};
 use shiplog_projections::time_travel::{AsOf, environment_at};
 use shiplog_projections::{ProjectionError, audit};
 use shiplog_tests::{TestDb, eventually, wait_readable};
@@ -126,12 +126,12 @@ async fn read_models_show_the_history_and_rebuild_to_identical_rows() {
     assert_eq!(env.state.images.len(), 1);
 
     let run: RunView = view(&d.db.runtime, "runs", &failed.to_string()).await.unwrap();
-    assert_eq!((run.status, run.attempt, run.triggered_by.as_deref()), (RunState::Succeeded, 2, Some("bob")));
-    assert_eq!(run.attempts[1].triggered_by.as_deref(), Some("carol"));
-    assert_eq!(run.attempts[1].from_stage.as_deref(), Some("release"));
-    let release = run.stages.iter().find(|s| s.name == "release").unwrap();
-    assert_eq!((release.status, release.attempt), (StepState::Succeeded, 2));
-    assert!(run.duration_ms.is_some() && release.duration_ms.is_some());
+    assert_eq!((run.state.status, run.state.attempt, run.triggered_by(1)), (RunStatus::Succeeded, 2, Some("bob")));
+    assert_eq!(run.triggered_by(2), Some("carol"));
+    assert_eq!(run.state.attempts[1].from_stage.as_deref(), Some("release"));
+    let release = run.state.stages.iter().find(|s| s.name == "release").unwrap();
+    assert_eq!((release.status, release.attempt), (StepStatus::Succeeded, 2));
+    assert!(run.duration_ms().is_some() && duration_ms(release.started_at, release.finished_at).is_some());
     // The failed attempt's exit code is in the log of events, and in the audit trail.
     let first_attempt_failure: String =
         sqlx::query_scalar("SELECT payload FROM events WHERE stream_id = $1 AND event_type = 'JobFailed'")

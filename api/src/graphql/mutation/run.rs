@@ -2,7 +2,6 @@
 
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 use chrono::Utc;
-use shiplog_engine::domain::Name;
 use uuid::Uuid;
 
 use super::user_error::refusal;
@@ -10,7 +9,7 @@ use super::{UserError, UserErrorCode, authorize_environment, user_error};
 use crate::auth::{Permission, Principal};
 use crate::graphql::ids::NodeId;
 use crate::graphql::types::{Run, load_run};
-use crate::graphql::{api, authorize, internal, metadata};
+use crate::graphql::{api, authorize, metadata};
 
 /// Inputs of `runRetry`.
 #[derive(InputObject)]
@@ -73,9 +72,7 @@ async fn authorize_run<'a>(ctx: &Context<'a>, id: Uuid) -> async_graphql::Result
     let Some(run) = load_run(ctx, id).await? else {
         return Ok(Err(user_error(Some("runId"), format!("run {id} does not exist"), UserErrorCode::NotFound)));
     };
-    let app: Name = run.0.application.parse().map_err(|e| internal("reading a run", e))?;
-    let env: Name = run.0.environment.parse().map_err(|e| internal("reading a run", e))?;
-    authorize_environment(ctx, &app, &env).await
+    authorize_environment(ctx, &run.0.state.application, &run.0.state.environment).await
 }
 
 fn run_id(id: &ID) -> Result<Uuid, UserError> {

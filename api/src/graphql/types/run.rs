@@ -4,9 +4,10 @@
 use async_graphql::connection::{Connection, EmptyFields};
 use async_graphql::{Context, Enum, ID, Object};
 use chrono::{DateTime, Utc};
-use shiplog_projections::runs::{JobView, RunView, StageView};
+use shiplog_engine::domain::run::{self as run, JobState, StageState};
+use shiplog_projections::runs::{RunView, duration_ms};
 
-use super::{BigInt, Environment, LogLine, load_environment, name};
+use super::{BigInt, Environment, LogLine, load_environment};
 use crate::graphql::ids::NodeId;
 use crate::graphql::page;
 use crate::graphql::{api, coded, internal};
@@ -17,7 +18,7 @@ pub struct Run(pub RunView);
 impl Run {
     /// Whether the run has ended: it is neither queued nor running.
     pub fn is_final(&self) -> bool {
-        !matches!(RunStatus::from(self.0.status), RunStatus::Queued | RunStatus::Running)
+        self.0.state.status.is_final()
     }
 }
 
@@ -25,61 +26,62 @@ impl Run {
 impl Run {
     /// The run's opaque global ID.
     pub(super) async fn id(&self) -> ID {
-        NodeId::Run(self.0.run_id).to_id()
+        NodeId::Run(self.0.state.run_id).to_id()
     }
     /// Setup, patch or teardown.
     async fn kind(&self) -> RunKind {
-        self.0.kind.into()
+        self.0.state.kind.into()
     }
     /// Where the run is.
     async fn status(&self) -> RunStatus {
-        self.0.status.into()
+        self.0.state.status.into()
     }
     /// The environment it runs for.
     async fn environment(&self, ctx: &Context<'_>) -> async_graphql::Result<Environment> {
-        load_environment(ctx, &name(&self.0.application), &name(&self.0.environment))
+        load_environment(ctx, &self.0.state.application, &self.0.state.environment)
             .await?
             .ok_or_else(|| internal("loading a run's environment", "environment missing"))
     }
     /// The commit it deploys; null for a teardown.
     async fn commit(&self) -> Option<&str> {
-        self.0.commit.as_deref()
+        self.0.state.commit.as_ref().map(|c| c.as_str())
     }
     /// Why it was requested.
     async fn reason(&self) -> &str {
-        &self.0.reason
+        &self.0.state.reason
     }
     /// Who requested it (e.g. `token:ci`, `github:alice`, `shiplog:drift`).
     async fn triggered_by(&self) -> Option<&str> {
-        self.0.triggered_by.as_deref()
+        self.0.triggered_by(1)
     }
     /// The attempt: 1, then one more per retry.
     async fn attempt(&self) -> i32 {
-        self.0.attempt as i32
+        self.0.state.attempt as i32
     }
     /// Why it failed, if it did.
     async fn error(&self) -> Option<&str> {
-        self.0.error.as_deref()
+        self.0.state.error.as_deref()
     }
     /// Its stages, in order, with their jobs.
     async fn stages(&self) -> Vec<Stage> {
-        self.0.stages.iter().cloned().map(Stage).collect()
+        let run = self.0.state.status;
+        self.0.state.stages.iter().map(|stage| Stage { stage: stage.clone(), run }).collect()
     }
     /// When it was queued.
     async fn queued_at(&self) -> DateTime<Utc> {
-        self.0.queued_at
+        self.0.state.queued_at
     }
     /// When a worker started it.
     async fn started_at(&self) -> Option<DateTime<Utc>> {
-        self.0.started_at
+        self.0.state.started_at
     }
     /// When it ended.
     async fn finished_at(&self) -> Option<DateTime<Utc>> {
-        self.0.finished_at
+        self.0.state.finished_at
     }
     /// How long it ran, in milliseconds.
     async fn duration_ms(&self) -> Option<BigInt> {
-        self.0.duration_ms.map(BigInt)
+        self.0.duration_ms().map(BigInt)
     }
     /// Its log lines, in order. `after` is a line's cursor.
     #[graphql(complexity = "first.unwrap_or(page::DEFAULT_PAGE) as usize * child_complexity")]
@@ -94,7 +96,7 @@ impl Run {
             Some(key) => key.parse::<i64>().map_err(|_| coded("BAD_USER_INPUT", "`after` is not a log cursor"))?,
             None => 0,
         };
-        let lines = shiplog_engine::logs::read(api(ctx).store().pool(), self.0.run_id, after, page.fetch())
+        let lines = shiplog_engine::logs::read(api(ctx).store().pool(), self.0.state.run_id, after, page.fetch())
             .await
             .map_err(|e| internal("reading logs", e))?;
         Ok(page::plain(&page, lines.into_iter().map(|l| (l.seq.to_string(), LogLine(l))).collect()))
@@ -102,80 +104,88 @@ impl Run {
 }
 
 /// A stage of a run: its jobs run after the previous stage succeeded.
-pub struct Stage(StageView);
+pub struct Stage {
+    stage: StageState,
+    /// The run's status, which says whether a pending stage was skipped.
+    run: run::RunStatus,
+}
 
 #[Object]
 impl Stage {
     /// e.g. `build`, `release`, `deploy`, or a template's own stage.
     async fn name(&self) -> &str {
-        &self.0.name
+        &self.stage.name
     }
     /// Where the stage is.
     async fn status(&self) -> StepStatus {
-        self.0.status.into()
+        StepStatus::of(self.stage.status, self.run)
     }
     /// The attempt that last ran it.
     async fn attempt(&self) -> i32 {
-        self.0.attempt as i32
+        self.stage.attempt as i32
     }
     /// When it started.
     async fn started_at(&self) -> Option<DateTime<Utc>> {
-        self.0.started_at
+        self.stage.started_at
     }
     /// When it ended.
     async fn finished_at(&self) -> Option<DateTime<Utc>> {
-        self.0.finished_at
+        self.stage.finished_at
     }
     /// How long it ran, in milliseconds.
     async fn duration_ms(&self) -> Option<BigInt> {
-        self.0.duration_ms.map(BigInt)
+        duration_ms(self.stage.started_at, self.stage.finished_at).map(BigInt)
     }
     /// Its jobs.
     async fn jobs(&self) -> Vec<Job> {
-        self.0.jobs.iter().cloned().map(Job).collect()
+        self.stage.jobs.iter().map(|job| Job { job: job.clone(), run: self.run }).collect()
     }
 }
 
 /// One job of a stage: a build, a release command, a roll-out, a hook.
-pub struct Job(JobView);
+pub struct Job {
+    job: JobState,
+    /// The run's status, which says whether a pending job was skipped.
+    run: run::RunStatus,
+}
 
 #[Object]
 impl Job {
     /// e.g. `build-web`, `release-migrate`, `deploy-web`.
     async fn name(&self) -> &str {
-        &self.0.name
+        &self.job.job.name
     }
     /// Where the job is.
     async fn status(&self) -> StepStatus {
-        self.0.status.into()
+        StepStatus::of(self.job.status, self.run)
     }
     /// The attempt that last ran it.
     async fn attempt(&self) -> i32 {
-        self.0.attempt as i32
+        self.job.attempt as i32
     }
     /// When it started.
     async fn started_at(&self) -> Option<DateTime<Utc>> {
-        self.0.started_at
+        self.job.started_at
     }
     /// When it ended.
     async fn finished_at(&self) -> Option<DateTime<Utc>> {
-        self.0.finished_at
+        self.job.finished_at
     }
     /// How long it ran, in milliseconds.
     async fn duration_ms(&self) -> Option<BigInt> {
-        self.0.duration_ms.map(BigInt)
+        duration_ms(self.job.started_at, self.job.finished_at).map(BigInt)
     }
     /// The exit code of its command, when it ran one and failed.
     async fn exit_code(&self) -> Option<i32> {
-        self.0.exit_code
+        self.job.exit_code
     }
     /// Why it failed.
     async fn error(&self) -> Option<&str> {
-        self.0.error.as_deref()
+        self.job.error.as_deref()
     }
     /// What it produced (a build's image).
     async fn output(&self) -> Option<&str> {
-        self.0.output.as_deref()
+        self.job.output.as_deref()
     }
 }
 
@@ -200,7 +210,7 @@ pub enum RunKind {
 
 /// Where a run is.
 #[derive(Enum, Clone, Copy, PartialEq, Eq)]
-#[graphql(remote = "shiplog_projections::runs::RunState")]
+#[graphql(remote = "shiplog_engine::domain::run::RunStatus")]
 pub enum RunStatus {
     Queued,
     Running,
@@ -213,7 +223,6 @@ pub enum RunStatus {
 
 /// Where a stage or job is.
 #[derive(Enum, Clone, Copy, PartialEq, Eq)]
-#[graphql(remote = "shiplog_projections::runs::StepState")]
 pub enum StepStatus {
     Pending,
     Running,
@@ -221,4 +230,17 @@ pub enum StepStatus {
     Failed,
     /// Never reached: the run ended before it.
     Skipped,
+}
+
+impl StepStatus {
+    /// A step's status as shown: one still pending when its run ended was skipped.
+    fn of(status: run::StepStatus, run: run::RunStatus) -> Self {
+        match status {
+            run::StepStatus::Pending if run.is_final() => StepStatus::Skipped,
+            run::StepStatus::Pending => StepStatus::Pending,
+            run::StepStatus::Running => StepStatus::Running,
+            run::StepStatus::Succeeded => StepStatus::Succeeded,
+            run::StepStatus::Failed => StepStatus::Failed,
+        }
+    }
 }
