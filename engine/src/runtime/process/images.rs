@@ -15,8 +15,7 @@ use crate::runtime::{
     BuildRequest, Image, LogSink, LogStream, RuntimeError, copy_tree, fmt_duration, name_or_digest, sha256_hex,
 };
 
-/// Builds the image as [`ProcessRuntime::build`](super::ProcessRuntime) describes,
-/// under the runtime's `root`.
+/// Builds the image (see `ProcessRuntime`'s `build`) under the runtime's `root`.
 pub(super) async fn build(root: &Path, req: &BuildRequest, logs: &dyn LogSink) -> Result<Image, RuntimeError> {
     let (context, source) = req.context_dir()?;
     if let Some(dockerfile) = &req.dockerfile {

@@ -71,7 +71,7 @@ use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
 
 use self::groups::stop_all;
-use self::records::{AnyRecord, EnvDirs, ServiceState, io_error, json_files, read_json};
+use self::records::{EnvDirs, ServiceState, io_error, json_files, read_json};
 use super::{
     BuildRequest, EnvironmentRef, Image, LogSink, ObservedService, Runtime, RuntimeError, ServiceRequest, TaskOutcome,
     TaskRequest, check_name,
@@ -159,18 +159,7 @@ impl Runtime for ProcessRuntime {
         if !dirs.root.exists() {
             return Ok(());
         }
-        let mut processes = Vec::new();
-        for dir in [dirs.services(), dirs.candidates(), dirs.tasks()] {
-            for path in json_files(&dir)? {
-                match read_json::<AnyRecord>(&path) {
-                    Ok(Some(record)) => processes.push(record.process),
-                    Ok(None) => {}
-                    // Records are replaced atomically, so this is not a torn write; an
-                    // unreadable record must not make the environment impossible to remove.
-                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "skipping an unreadable record"),
-                }
-            }
-        }
+        let processes = dirs.recorded_processes()?;
         stop_all(&processes).await?;
         match fs::remove_dir_all(&dirs.root) {
             Ok(()) => {}

@@ -56,6 +56,24 @@ impl EnvDirs {
         self.root.join("volumes").join(name)
     }
 
+    /// The process groups recorded for the environment: its services, candidates
+    /// and running tasks. An unreadable record is skipped with a warning: records
+    /// are replaced atomically, so it is not a torn write, and it must not make the
+    /// environment impossible to remove.
+    pub(super) fn recorded_processes(&self) -> Result<Vec<ProcRef>, RuntimeError> {
+        let mut processes = Vec::new();
+        for dir in [self.services(), self.candidates(), self.tasks()] {
+            for path in json_files(&dir)? {
+                match read_json::<AnyRecord>(&path) {
+                    Ok(Some(record)) => processes.push(record.process),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "skipping an unreadable record"),
+                }
+            }
+        }
+        Ok(processes)
+    }
+
     /// Creates the environment's directories and the given volumes. The directories
     /// holding state and logs (which contain secrets) are private to the user.
     pub(super) fn ensure(&self, volumes: &[&str]) -> Result<(), RuntimeError> {
@@ -118,7 +136,7 @@ pub(super) struct AnyRecord {
     pub(super) process: ProcRef,
 }
 
-pub(super) fn create_private_dir(dir: &Path) -> Result<(), RuntimeError> {
+fn create_private_dir(dir: &Path) -> Result<(), RuntimeError> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

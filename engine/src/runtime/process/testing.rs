@@ -14,7 +14,7 @@ use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
 use super::ProcessRuntime;
-use super::records::{AnyRecord, ServiceState, json_files, read_json};
+use super::records::{ServiceState, read_json};
 use crate::runtime::{BuildRequest, EnvironmentRef, Image, LogSink, LogStream, Runtime, ServiceRequest, TaskRequest};
 
 /// Collects log lines; cancels `trigger.1` when a line equal to `trigger.0` arrives.
@@ -98,13 +98,10 @@ impl Drop for Fixture {
     /// Whatever a failing test left running goes (http.server would run forever).
     fn drop(&mut self) {
         let Ok(envs) = fs::read_dir(self.runtime.root().join("environments/shop")) else { return };
-        for env in envs.flatten() {
-            for dir in ["services", "candidates", "tasks"] {
-                for path in json_files(&env.path().join(dir)).unwrap_or_default() {
-                    if let Ok(Some(record)) = read_json::<AnyRecord>(&path) {
-                        let _ = record.process.signal(Signal::SIGKILL);
-                    }
-                }
+        for name in envs.flatten().filter_map(|entry| entry.file_name().into_string().ok()) {
+            let Ok(dirs) = self.runtime.env_dirs(&env(&name)) else { continue };
+            for process in dirs.recorded_processes().unwrap_or_default() {
+                let _ = process.signal(Signal::SIGKILL);
             }
         }
     }
