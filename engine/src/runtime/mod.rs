@@ -1,15 +1,29 @@
 //! Runtimes: where an environment's services, release commands, jobs and hooks
-//! actually run. One trait, one implementation per backend (DESIGN.md §5):
+//! actually run. One trait, [`Runtime`], and one implementation per backend:
 //! `process` (local processes, the embedded default), `docker` (containers on one
 //! Docker engine), later `kubernetes`. Only modules under `runtime/` may import
 //! bollard or kube. [`AnyRuntime`] picks one at run time.
 //!
-//! Every operation is idempotent ("ensure" semantics) or safe to repeat after a
-//! crash: a worker that resumes a run may call any of them again.
+//! The contract every backend keeps:
+//! - Every operation is idempotent ("ensure" semantics) or safe to repeat after a
+//!   crash: a worker that resumes a run may call any of them again, from another
+//!   process. So a backend keeps its state where any shiplog process finds it (state
+//!   files under one root, labels on the Docker engine), never only in memory.
+//! - A roll-out ends with one version serving: the new one once it is healthy, or
+//!   else the one that served before (kept, or put back), and then the call fails.
+//! - Output reaches the [`LogSink`] line by line while the step runs.
+//! - Names reaching a backend are checked ([`check_name`]) before they become
+//!   paths, container names or labels.
+//!
+//! What the backends share lives here too: the waits and limits (`policy`), output
+//! as lines (`output`), and waiting for health (`health`). ARCHITECTURE.md's code
+//! map (`runtime/`) says which file holds what.
 
 mod any;
 pub mod docker;
 mod health;
+mod output;
+mod policy;
 pub mod process;
 
 pub use any::AnyRuntime;
@@ -20,6 +34,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 /// Which environment an operation is for. Names are already validated by the domain
@@ -132,6 +147,33 @@ pub struct ServiceRequest {
     pub health_timeout: Duration,
     /// Named volumes: (name, mount path).
     pub volumes: Vec<(String, String)>,
+}
+
+impl ServiceRequest {
+    /// Says in the roll-out's log that `runtime`, which runs one `unit` per service,
+    /// gives a service asking for more replicas one.
+    pub(crate) fn note_one_replica(&self, runtime: &str, unit: &str, logs: &dyn LogSink) {
+        if self.replicas > 1 {
+            logs.line(
+                LogStream::System,
+                &format!(
+                    "the {runtime} runtime runs one {unit} per service: {} asked for {} replicas and gets 1",
+                    self.service, self.replicas
+                ),
+            );
+        }
+    }
+}
+
+/// The variables a service version gets from its request: `PORT` = the first port
+/// (unless the request sets `PORT` itself), then the request's own.
+pub(crate) fn service_variables(ports: &[u16], env_vars: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut vars = BTreeMap::new();
+    if let Some(port) = ports.first() {
+        vars.insert("PORT".to_string(), port.to_string());
+    }
+    vars.extend(env_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+    vars
 }
 
 /// What really runs for one service.
@@ -255,6 +297,22 @@ pub(crate) fn check_name(kind: &str, name: &str) -> Result<(), RuntimeError> {
     }
 }
 
+/// `text` where it is `plain`, otherwise `h` and a digest of it: free-form text
+/// (commits, task names) as part of a path, tag or container name.
+pub(crate) fn name_or_digest(text: &str, plain: bool) -> String {
+    if plain { text.to_string() } else { format!("h{}", &sha256_hex(text)[..40]) }
+}
+
+/// A task name as part of a file or container name (task names are unique within a
+/// run, but not checked names).
+pub(crate) fn task_component(name: &str) -> String {
+    name_or_digest(name, check_name("task", name).is_ok())
+}
+
+pub(crate) fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
 /// Now plus `timeout`, or in a year for timeouts too large to add.
 pub(crate) fn deadline_after(timeout: Duration) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
@@ -303,4 +361,16 @@ pub(crate) fn copy_tree(source: &Path, target: &Path, skip: Option<&Path>) -> st
     // Last, in case the directory is read-only.
     std::fs::set_permissions(target, std::fs::metadata(source)?.permissions())?;
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(fmt_duration(Duration::from_secs(30)), "30s");
+        assert_eq!(fmt_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(fmt_duration(Duration::from_millis(300)), "300ms");
+    }
 }

@@ -8,11 +8,10 @@ use bollard::body_full;
 use bollard::errors::Error as DockerError;
 use bollard::query_parameters::BuildImageOptionsBuilder;
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 
-use super::output::Lines;
 use super::{DockerRuntime, LABEL_APPLICATION, LABEL_SERVICE, backend, is_not_found};
-use crate::runtime::{BuildRequest, Image, LogSink, LogStream, RuntimeError};
+use crate::runtime::output::Lines;
+use crate::runtime::{BuildRequest, Image, LogSink, LogStream, RuntimeError, name_or_digest, sha256_hex};
 
 /// On the image: a digest of what else than the commit decides its content (the
 /// context, Dockerfile, arguments and target), so a tag is only reused for the same.
@@ -109,12 +108,12 @@ fn build_failure(service: &str, e: DockerError, logs: &dyn LogSink) -> RuntimeEr
 /// The commit as an image tag: itself if it is a plain revision id.
 fn tag_of(commit: &str) -> String {
     let plain = !commit.is_empty() && commit.len() <= 128 && commit.bytes().all(|b| b.is_ascii_alphanumeric());
-    if plain { commit.to_string() } else { format!("h{}", &hex::encode(Sha256::digest(commit.as_bytes()))[..40]) }
+    name_or_digest(commit, plain)
 }
 
 fn build_key(context: &str, dockerfile: &str, req: &BuildRequest) -> String {
     let what = serde_json::json!([context, dockerfile, req.args, req.target]);
-    hex::encode(Sha256::digest(what.to_string().as_bytes()))[..16].to_string()
+    sha256_hex(&what.to_string())[..16].to_string()
 }
 
 /// The directory as a tar archive, without `.git` entries at any depth, symlinks

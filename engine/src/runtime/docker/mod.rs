@@ -79,33 +79,33 @@
 //!   configuration: anyone who can use the Docker socket can read them.
 
 mod build;
-mod output;
 mod rollout;
 mod task;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::time::Duration;
 
 use bollard::Docker;
+use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerInspectResponse, NetworkCreateRequest, VolumeCreateRequest};
 use bollard::query_parameters::{
     InspectContainerOptions, ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
     RemoveContainerOptionsBuilder, RemoveVolumeOptions, StopContainerOptionsBuilder,
 };
+use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
+use super::output::Lines;
+use super::policy::STOP_GRACE;
 use super::{
-    BuildRequest, EnvironmentRef, Health, Image, LogSink, ObservedService, Runtime, RuntimeError, ServiceRequest,
-    TaskOutcome, TaskRequest, check_name,
+    BuildRequest, EnvironmentRef, Health, Image, LogSink, LogStream, ObservedService, Runtime, RuntimeError,
+    ServiceRequest, TaskOutcome, TaskRequest, check_name,
 };
 
 /// The image tasks without an image of their own (jobs, hooks before any deploy)
 /// run from, unless [`DockerRuntime::with_job_image`] says otherwise.
 pub const DEFAULT_JOB_IMAGE: &str = "busybox:latest";
-/// How long a container may take to stop after SIGTERM before it gets SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(5);
 
 const LABEL_APPLICATION: &str = "shiplog.application";
 const LABEL_ENVIRONMENT: &str = "shiplog.environment";
@@ -416,6 +416,28 @@ impl DockerRuntime {
             other => other.map_err(backend(format!("removing container {id}"))),
         }
     }
+}
+
+/// Forwards a container's output (a task's, a failed version's, a command check's)
+/// line by line until it ends.
+pub(super) async fn forward_output(
+    mut output: impl Stream<Item = Result<LogOutput, DockerError>> + Unpin,
+    logs: &dyn LogSink,
+) {
+    let (mut stdout, mut stderr) = (Lines::new(LogStream::Stdout), Lines::new(LogStream::Stderr));
+    while let Some(chunk) = output.next().await {
+        match chunk {
+            Ok(LogOutput::StdErr { message }) => stderr.push(&message, logs),
+            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => stdout.push(&message, logs),
+            Ok(LogOutput::StdIn { .. }) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a container's output");
+                break;
+            }
+        }
+    }
+    stdout.finish(logs);
+    stderr.finish(logs);
 }
 
 fn is_not_found(e: &DockerError) -> bool {

@@ -1,37 +1,26 @@
 //! Rolling a service out: start the new version beside the old, wait until it is
 //! healthy, move the service's network alias to it, remove the old one.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use bollard::container::LogOutput;
 use bollard::exec::StartExecResults;
 use bollard::models::{
     ContainerCreateBody, ContainerUpdateBody, EndpointSettings, ExecConfig, HealthStatusEnum, HostConfig,
     NetworkConnectRequest, NetworkDisconnectRequest, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{CreateContainerOptionsBuilder, InspectContainerOptions, LogsOptionsBuilder};
-use futures::StreamExt;
-use sha2::{Digest, Sha256};
 
-use super::output::Lines;
 use super::task::HOST_GATEWAY;
-use super::{DockerRuntime, LABEL_IMAGE, LABEL_SERVICE, Names, ServiceContainer, backend};
-use crate::runtime::health::http_probe;
-use crate::runtime::{
-    HealthCheck, LogSink, LogStream, RuntimeError, ServiceRequest, check_name, deadline_after, fmt_duration,
+use super::{DockerRuntime, LABEL_IMAGE, LABEL_SERVICE, Names, ServiceContainer, backend, forward_output};
+use crate::runtime::health::{
+    self, Unhealthy, Verdict, command_failure, command_probe_timeout, http_probe, http_probe_timeout,
 };
-
-/// Interval between health checks.
-const HEALTH_POLL: Duration = Duration::from_millis(250);
-/// Without any health check, a version is healthy once it has run this long.
-const SETTLE: Duration = Duration::from_millis(300);
-/// The longest one HTTP health check may take.
-const HTTP_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// The shortest time a command health check is given, even at the deadline.
-const MIN_COMMAND_PROBE: Duration = Duration::from_secs(1);
-/// How much of a failed version's output is shown in the roll-out's log.
-const FAILED_OUTPUT_LINES: &str = "40";
+use crate::runtime::output::LastLine;
+use crate::runtime::policy::{FAILED_OUTPUT_LINES, SETTLE};
+use crate::runtime::{
+    HealthCheck, LogSink, LogStream, RuntimeError, ServiceRequest, check_name, fmt_duration, service_variables,
+    sha256_hex,
+};
 
 /// See the module docs of `docker`.
 pub(super) async fn roll_out(
@@ -66,15 +55,7 @@ pub(super) async fn roll_out(
         }
         return Ok(());
     }
-    if req.replicas > 1 {
-        logs.line(
-            LogStream::System,
-            &format!(
-                "the docker runtime runs one container per service: {service} asked for {} replicas and gets 1",
-                req.replicas
-            ),
-        );
-    }
+    req.note_one_replica("docker", "container", logs);
 
     let name = format!("{}_{service}_{}", names.prefix, spec_hash(req));
     if serving.iter().any(|c| c.name == name) {
@@ -94,13 +75,7 @@ pub(super) async fn roll_out(
     let id = runtime.create_version(&names, req, &name).await?;
     logs.line(LogStream::System, &format!("started {name} from {}", req.image.0));
     if let Err(unhealthy) = wait_healthy(runtime, &names, req, &id).await {
-        let failure = match unhealthy {
-            Unhealthy::TimedOut { last_check } => {
-                logs.line(LogStream::System, &format!("last health check of {service}: {last_check}"));
-                format!("{service} did not become healthy within {}", fmt_duration(req.health_timeout))
-            }
-            Unhealthy::Exited(code) => format!("{service} exited with code {code} before becoming healthy"),
-        };
+        let failure = unhealthy.failure(service, req.health_timeout, logs);
         show_output(runtime, &id, logs).await;
         logs.line(LogStream::System, &format!("removing {name}: {failure}"));
         runtime.remove_container(&id).await?;
@@ -132,7 +107,9 @@ impl DockerRuntime {
         let config = ContainerCreateBody {
             image: Some(req.image.0.clone()),
             cmd: (!req.command.is_empty()).then(|| req.command.clone()),
-            env: Some(service_env(req).into_iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            env: Some(
+                service_variables(&req.ports, &req.env_vars).into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            ),
             labels: Some(labels),
             host_config: Some(HostConfig {
                 network_mode: Some(names.network().to_string()),
@@ -180,72 +157,50 @@ impl DockerRuntime {
     }
 }
 
-/// The variables a version gets: `PORT` (the first port), then the request's.
-fn service_env(req: &ServiceRequest) -> BTreeMap<String, String> {
-    let mut vars = BTreeMap::new();
-    if let Some(port) = req.ports.first() {
-        vars.insert("PORT".to_string(), port.to_string());
-    }
-    vars.extend(req.env_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
-    vars
-}
-
 /// A digest of everything that runs: equal requests run the same container.
 fn spec_hash(req: &ServiceRequest) -> String {
     let spec = serde_json::json!([req.image.0, req.command, req.env_vars, req.ports, req.volumes]);
-    hex::encode(Sha256::digest(spec.to_string().as_bytes()))[..12].to_string()
-}
-
-enum Unhealthy {
-    TimedOut { last_check: String },
-    Exited(i64),
+    sha256_hex(&spec.to_string())[..12].to_string()
 }
 
 /// Waits until the version passes its health check (see the module docs of
 /// `docker`), exits, or the health timeout passes.
 async fn wait_healthy(runtime: &DockerRuntime, names: &Names, req: &ServiceRequest, id: &str) -> Result<(), Unhealthy> {
     let started = Instant::now();
-    let deadline = deadline_after(req.health_timeout);
-    loop {
-        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let check = match runtime.docker.inspect_container(id, None::<InspectContainerOptions>).await {
-            Err(e) => Err(format!("inspecting the container: {e}")),
-            Ok(inspect) => {
-                let state = inspect.state.clone().unwrap_or_default();
-                if !state.running.unwrap_or(false) && !state.restarting.unwrap_or(false) {
-                    return Err(Unhealthy::Exited(state.exit_code.unwrap_or(-1)));
-                }
-                let docker_health = state.health.and_then(|h| h.status);
-                match (&req.health_check, ServiceContainer::of(names, inspect)) {
-                    (Some(HealthCheck::Http { path, port }), Some(container)) => match container.address {
-                        Some(ip) => http_probe(ip, *port, path, remaining.min(HTTP_PROBE_TIMEOUT)).await,
-                        None => Err(format!("{} has no address on {}", container.name, names.network())),
-                    },
-                    (Some(HealthCheck::Command(command)), _) => {
-                        exec_probe(runtime, id, command, remaining.max(MIN_COMMAND_PROBE)).await
-                    }
-                    (Some(HealthCheck::Http { .. }), None) => Err("the container is not a service".to_string()),
-                    (None, _) => match docker_health {
-                        Some(HealthStatusEnum::HEALTHY) => Ok(()),
-                        Some(status @ (HealthStatusEnum::STARTING | HealthStatusEnum::UNHEALTHY)) => {
-                            Err(format!("the image's HEALTHCHECK reports {status}"))
-                        }
-                        _ if started.elapsed() >= SETTLE => Ok(()),
-                        _ => Err("starting".to_string()),
-                    },
-                }
-            }
+    health::poll(req.health_timeout, |remaining| async move {
+        let inspect = match runtime.docker.inspect_container(id, None::<InspectContainerOptions>).await {
+            Ok(inspect) => inspect,
+            Err(e) => return Verdict::NotYet(format!("inspecting the container: {e}")),
         };
-        let last_check = match check {
-            Ok(()) => return Ok(()),
-            Err(why) => why,
-        };
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            return Err(Unhealthy::TimedOut { last_check });
+        let state = inspect.state.clone().unwrap_or_default();
+        if !state.running.unwrap_or(false) && !state.restarting.unwrap_or(false) {
+            return Verdict::Exited(format!("exited with code {}", state.exit_code.unwrap_or(-1)));
         }
-        tokio::time::sleep_until((now + HEALTH_POLL).min(deadline)).await;
-    }
+        let docker_health = state.health.and_then(|h| h.status);
+        let check = match (&req.health_check, ServiceContainer::of(names, inspect)) {
+            (Some(HealthCheck::Http { path, port }), Some(container)) => match container.address {
+                Some(ip) => http_probe(ip, *port, path, http_probe_timeout(remaining)).await,
+                None => Err(format!("{} has no address on {}", container.name, names.network())),
+            },
+            (Some(HealthCheck::Command(command)), _) => {
+                exec_probe(runtime, id, command, command_probe_timeout(remaining)).await
+            }
+            (Some(HealthCheck::Http { .. }), None) => Err("the container is not a service".to_string()),
+            (None, _) => match docker_health {
+                Some(HealthStatusEnum::HEALTHY) => Ok(()),
+                Some(status @ (HealthStatusEnum::STARTING | HealthStatusEnum::UNHEALTHY)) => {
+                    Err(format!("the image's HEALTHCHECK reports {status}"))
+                }
+                _ if started.elapsed() >= SETTLE => Ok(()),
+                _ => Err("starting".to_string()),
+            },
+        };
+        match check {
+            Ok(()) => Verdict::Healthy,
+            Err(why) => Verdict::NotYet(why),
+        }
+    })
+    .await
 }
 
 /// Runs a command health check in the container (with the container's
@@ -258,48 +213,31 @@ async fn exec_probe(runtime: &DockerRuntime, id: &str, command: &[String], timeo
         attach_stderr: Some(true),
         ..Default::default()
     };
+    let last_line = LastLine::default();
     let probe = async {
         let created = runtime.docker.create_exec(id, exec).await.map_err(|e| e.to_string())?;
-        let mut last_line = None;
-        if let StartExecResults::Attached { mut output, .. } =
+        if let StartExecResults::Attached { output, .. } =
             runtime.docker.start_exec(&created.id, None).await.map_err(|e| e.to_string())?
         {
-            while let Some(Ok(chunk)) = output.next().await {
-                let text = String::from_utf8_lossy(chunk.as_ref()).into_owned();
-                if let Some(line) = text.lines().rev().find(|l| !l.trim().is_empty()) {
-                    last_line = Some(line.to_string());
-                }
-            }
+            forward_output(output, &last_line).await;
         }
         let inspect = runtime.docker.inspect_exec(&created.id).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>((inspect.exit_code, last_line))
+        Ok::<_, String>(inspect.exit_code)
     };
     match tokio::time::timeout(timeout, probe).await {
         Err(_) => Err(format!("`{program}` did not finish within {}", fmt_duration(timeout))),
         Ok(Err(e)) => Err(format!("`{program}` could not run: {e}")),
-        Ok(Ok((Some(0), _))) => Ok(()),
-        Ok(Ok((code, last_line))) => {
+        Ok(Ok(Some(0))) => Ok(()),
+        Ok(Ok(code)) => {
             let how = code.map_or("did not report an exit code".to_string(), |code| format!("exited with code {code}"));
-            match last_line {
-                Some(line) => Err(format!("`{program}` {how}: {line}")),
-                None => Err(format!("`{program}` {how}")),
-            }
+            Err(command_failure(&program, &how, last_line.get()))
         }
     }
 }
 
 /// Writes the last lines of a failed version's output into the roll-out's log.
 async fn show_output(runtime: &DockerRuntime, id: &str, logs: &dyn LogSink) {
-    let options = LogsOptionsBuilder::new().stdout(true).stderr(true).tail(FAILED_OUTPUT_LINES).build();
-    let (mut stdout, mut stderr) = (Lines::new(LogStream::Stdout), Lines::new(LogStream::Stderr));
-    let mut output = runtime.docker.logs(id, Some(options));
-    while let Some(Ok(chunk)) = output.next().await {
-        match chunk {
-            LogOutput::StdErr { message } => stderr.push(&message, logs),
-            LogOutput::StdOut { message } | LogOutput::Console { message } => stdout.push(&message, logs),
-            LogOutput::StdIn { .. } => {}
-        }
-    }
-    stdout.finish(logs);
-    stderr.finish(logs);
+    let tail = FAILED_OUTPUT_LINES.to_string();
+    let options = LogsOptionsBuilder::new().stdout(true).stderr(true).tail(&tail).build();
+    forward_output(runtime.docker.logs(id, Some(options)), logs).await;
 }

@@ -1,26 +1,21 @@
 //! One-off containers: release commands, jobs and teardown hooks.
 
 use std::pin::pin;
-use std::time::Duration;
 
-use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
 };
-use futures::{Stream, StreamExt};
-use sha2::{Digest, Sha256};
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::output::Lines;
-use super::{DockerRuntime, LABEL_TASK, Names, backend, is_not_found};
-use crate::runtime::{LogSink, LogStream, RuntimeError, TaskOutcome, TaskRequest, check_name};
+use super::{DockerRuntime, LABEL_TASK, Names, backend, forward_output, is_not_found};
+use crate::runtime::policy::OUTPUT_DRAIN;
+use crate::runtime::{LogSink, LogStream, RuntimeError, TaskOutcome, TaskRequest, task_component};
 
 /// Where a task on a checkout finds it, and its working directory.
 const WORKSPACE: &str = "/workspace";
-/// How long a task's output is still read once its container has ended.
-const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 /// Containers reach the Docker host under this name, as on Docker Desktop.
 pub(super) const HOST_GATEWAY: &str = "host.docker.internal:host-gateway";
 
@@ -37,7 +32,7 @@ pub(super) async fn run(
         return Err(RuntimeError::Failed(format!("task `{}` has no command", req.name)));
     }
     runtime.ensure_network(&names).await?;
-    let name = format!("{}_task_{}", names.prefix, container_part(&req.name));
+    let name = format!("{}_task_{}", names.prefix, task_component(&req.name));
     match runtime.docker.inspect_container(&name, None::<InspectContainerOptions>).await {
         Ok(_) => {
             logs.line(LogStream::System, &format!("removing {name}, left by an earlier attempt"));
@@ -94,7 +89,7 @@ pub(super) async fn run(
     runtime.docker.start_container(&id, None).await.map_err(backend(format!("starting container {name}")))?;
     tracing::debug!(task = %req.name, container = %name, "task started");
 
-    let mut forwarding = pin!(forward(attached.output, logs));
+    let mut forwarding = pin!(forward_output(attached.output, logs));
     let mut ended = pin!(async {
         let outcome = tokio::select! {
             code = exit_code(runtime, &id) => return code.map(|code| TaskOutcome::Exited(code as i32)),
@@ -134,37 +129,11 @@ async fn exit_code(runtime: &DockerRuntime, id: &str) -> Result<i64, RuntimeErro
     }
 }
 
-/// Forwards the container's output line by line until it ends.
-async fn forward(mut output: impl Stream<Item = Result<LogOutput, DockerError>> + Unpin, logs: &dyn LogSink) {
-    let (mut stdout, mut stderr) = (Lines::new(LogStream::Stdout), Lines::new(LogStream::Stderr));
-    while let Some(chunk) = output.next().await {
-        match chunk {
-            Ok(LogOutput::StdErr { message }) => stderr.push(&message, logs),
-            Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => stdout.push(&message, logs),
-            Ok(LogOutput::StdIn { .. }) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read a task's output");
-                break;
-            }
-        }
-    }
-    stdout.finish(logs);
-    stderr.finish(logs);
-}
-
 fn describe(outcome: TaskOutcome) -> &'static str {
     match outcome {
         TaskOutcome::TimedOut => "timed out",
         TaskOutcome::Cancelled => "cancelled",
         TaskOutcome::Exited(_) | TaskOutcome::Signalled(_) => "ended",
-    }
-}
-
-/// A task name as part of a container name: itself when it is a plain name.
-fn container_part(name: &str) -> String {
-    match check_name("task", name) {
-        Ok(()) => name.to_string(),
-        Err(_) => format!("h{}", &hex::encode(Sha256::digest(name.as_bytes()))[..40]),
     }
 }
 

@@ -1,26 +1,27 @@
-//! Container and builder output as log lines: the engine sends chunks that need
-//! not end at a line break, so each stream keeps its unfinished line until the
+//! Output as log lines: a process's pipes and the Docker engine deliver chunks that
+//! need not end at a line break, so each stream keeps its unfinished line until the
 //! rest arrives.
 
-use crate::runtime::{LogSink, LogStream};
+use std::sync::Mutex;
 
-/// Longer lines are forwarded in pieces of this many bytes.
-const MAX_LINE: usize = 64 * 1024;
+use super::policy::MAX_LINE;
+use super::{LogSink, LogStream};
 
 /// Splits chunks of one stream into lines for a [`LogSink`].
-pub(super) struct Lines {
+pub(crate) struct Lines {
     stream: LogStream,
     partial: Vec<u8>,
 }
 
 impl Lines {
-    pub(super) fn new(stream: LogStream) -> Lines {
+    pub(crate) fn new(stream: LogStream) -> Lines {
         Lines { stream, partial: Vec::new() }
     }
 
     /// Forwards every line `chunk` completes; keeps the rest. A `\r` before the
-    /// line break is dropped; invalid UTF-8 is replaced.
-    pub(super) fn push(&mut self, chunk: &[u8], logs: &dyn LogSink) {
+    /// line break is dropped; invalid UTF-8 is replaced; lines longer than
+    /// [`MAX_LINE`] come in pieces.
+    pub(crate) fn push(&mut self, chunk: &[u8], logs: &dyn LogSink) {
         for &byte in chunk {
             if byte == b'\n' {
                 self.emit(logs);
@@ -34,7 +35,7 @@ impl Lines {
     }
 
     /// Forwards the unfinished last line, if any.
-    pub(super) fn finish(&mut self, logs: &dyn LogSink) {
+    pub(crate) fn finish(&mut self, logs: &dyn LogSink) {
         if !self.partial.is_empty() {
             self.emit(logs);
         }
@@ -49,10 +50,27 @@ impl Lines {
     }
 }
 
+/// Keeps the last non-blank line of output (a failing health check's reason,
+/// usually).
+#[derive(Default)]
+pub(crate) struct LastLine(Mutex<Option<String>>);
+
+impl LastLine {
+    pub(crate) fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl LogSink for LastLine {
+    fn line(&self, stream: LogStream, line: &str) {
+        if stream != LogStream::System && !line.trim().is_empty() {
+            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(line.to_string());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use super::*;
 
     #[derive(Default)]
@@ -85,5 +103,15 @@ mod tests {
         lines.finish(&logs);
         let got = logs.0.lock().unwrap();
         assert_eq!(got.iter().map(String::len).collect::<Vec<_>>(), [MAX_LINE, 10]);
+    }
+
+    #[test]
+    fn the_last_line_is_the_last_one_with_text() {
+        let last = LastLine::default();
+        assert_eq!(last.get(), None);
+        last.line(LogStream::Stderr, "not ready");
+        last.line(LogStream::Stdout, "  ");
+        last.line(LogStream::System, "a note of shiplog's");
+        assert_eq!(last.get().as_deref(), Some("not ready"));
     }
 }
