@@ -129,6 +129,14 @@ pub(crate) mod testing {
             self.given.and(decided)
         }
 
+        /// Appends what the command decided, whatever it was (it must have been
+        /// accepted): a step of a scenario that another assertion pins.
+        #[track_caller]
+        pub(crate) fn then_go_on(self) -> Given<A> {
+            let decided = self.accepted("it to be accepted");
+            self.given.and(decided)
+        }
+
         /// The events decided (the command must have been accepted).
         #[track_caller]
         pub(crate) fn decided(self) -> Vec<A::Event> {

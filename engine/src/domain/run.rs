@@ -629,6 +629,7 @@ pub fn fold(events: &[RunEvent]) -> Option<Run> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::domain::aggregate::testing::given;
 
     pub(crate) fn commit(c: char) -> CommitId {
         c.to_string().repeat(40).parse().unwrap()
@@ -669,22 +670,6 @@ pub(crate) mod tests {
         }
     }
 
-    /// given(events) → the folded run; then decide and fold what it decided.
-    struct Given(Vec<RunEvent>);
-
-    impl Given {
-        fn run(&self) -> Run {
-            fold(&self.0).expect("a queued run")
-        }
-
-        fn when(&mut self, command: RunCommand) -> Vec<String> {
-            let events = decide(&self.run(), command).expect("accepted");
-            let types = events.iter().map(crate::domain::aggregate::event_type).collect();
-            self.0.extend(events);
-            types
-        }
-    }
-
     fn ok(output: Option<&str>) -> RunCommand {
         RunCommand::JobFinished { result: Ok(output.map(str::to_owned)), now: t(2) }
     }
@@ -719,19 +704,21 @@ pub(crate) mod tests {
 
     #[test]
     fn a_run_walks_its_stages_and_jobs_in_order() {
-        let mut run = Given(vec![queued(RunKind::Patch)]);
-        assert_eq!(
-            run.when(RunCommand::Start { worker: "w1".into(), now: t(1) }),
-            ["RunStarted", "StageStarted", "JobStarted"]
-        );
-        assert_eq!(current_job(&run.run()).unwrap().1.name, "unit");
-        assert_eq!(run.when(ok(None)), ["JobSucceeded", "StageSucceeded", "StageStarted", "JobStarted"]);
-        assert_eq!(run.when(ok(Some("img-1"))), ["JobSucceeded", "StageSucceeded", "StageStarted", "JobStarted"]);
-        assert_eq!(run.when(ok(None)), ["JobSucceeded", "JobStarted"]);
-        assert_eq!(run.when(ok(None)), ["JobSucceeded", "StageSucceeded", "StageStarted", "JobStarted"]);
-        assert_eq!(run.when(ok(None)), ["JobSucceeded", "JobStarted"]);
-        assert_eq!(run.when(ok(None)), ["JobSucceeded", "StageSucceeded", "RunSucceeded"]);
-        let done = run.run();
+        let run = given::<Option<Run>>([queued(RunKind::Patch)]);
+        let run = run.when(RunCommand::Start { worker: "w1".into(), now: t(1) }).then_types(&[
+            "RunStarted",
+            "StageStarted",
+            "JobStarted",
+        ]);
+        assert_eq!(current_job(&run.state().expect("a queued run")).unwrap().1.name, "unit");
+        let run = run.when(ok(None)).then_types(&["JobSucceeded", "StageSucceeded", "StageStarted", "JobStarted"]);
+        let run =
+            run.when(ok(Some("img-1"))).then_types(&["JobSucceeded", "StageSucceeded", "StageStarted", "JobStarted"]);
+        let run = run.when(ok(None)).then_types(&["JobSucceeded", "JobStarted"]);
+        let run = run.when(ok(None)).then_types(&["JobSucceeded", "StageSucceeded", "StageStarted", "JobStarted"]);
+        let run = run.when(ok(None)).then_types(&["JobSucceeded", "JobStarted"]);
+        let run = run.when(ok(None)).then_types(&["JobSucceeded", "StageSucceeded", "RunSucceeded"]);
+        let done = run.state().expect("a queued run");
         assert_eq!(done.status, RunStatus::Succeeded);
         assert_eq!(done.output_of("build", "build-web"), Some("img-1"));
         assert_eq!(current_job(&done), None);
@@ -739,16 +726,16 @@ pub(crate) mod tests {
 
     #[test]
     fn a_failed_job_fails_the_stage_and_the_run_at_once() {
-        let mut run = Given(vec![queued(RunKind::Patch)]);
-        run.when(RunCommand::Start { worker: "w1".into(), now: t(1) });
-        run.when(ok(None));
-        run.when(ok(Some("img-1")));
+        let run = given::<Option<Run>>([queued(RunKind::Patch)]);
+        let run = run.when(RunCommand::Start { worker: "w1".into(), now: t(1) }).then_go_on();
+        let run = run.when(ok(None)).then_go_on();
+        let run = run.when(ok(Some("img-1"))).then_go_on();
         let failed = RunCommand::JobFinished {
             result: Err(JobFailure { error: "release-migrate exited with 3".into(), exit_code: Some(3) }),
             now: t(3),
         };
-        assert_eq!(run.when(failed), ["JobFailed", "StageFailed", "RunFailed"]);
-        let state = run.run();
+        let run = run.when(failed).then_types(&["JobFailed", "StageFailed", "RunFailed"]);
+        let state = run.state().expect("a queued run");
         assert_eq!(state.status, RunStatus::Failed);
         assert_eq!(state.error.as_deref(), Some("release-migrate exited with 3"));
         // Fail fast: release-notify and deploy never started.
@@ -757,60 +744,61 @@ pub(crate) mod tests {
 
     #[test]
     fn a_retry_resumes_from_the_failed_stage_keeping_earlier_outputs() {
-        let mut run = Given(vec![queued(RunKind::Patch)]);
-        run.when(RunCommand::Start { worker: "w1".into(), now: t(1) });
-        run.when(ok(None));
-        run.when(ok(Some("img-1")));
-        run.when(RunCommand::JobFinished { result: Err("boom".into()), now: t(3) });
-        assert_eq!(run.when(RunCommand::Retry { now: t(4) }), ["RunRetried"]);
-        let retried = run.run();
+        let run = given::<Option<Run>>([queued(RunKind::Patch)]);
+        let run = run.when(RunCommand::Start { worker: "w1".into(), now: t(1) }).then_go_on();
+        let run = run.when(ok(None)).then_go_on();
+        let run = run.when(ok(Some("img-1"))).then_go_on();
+        let run = run.when(RunCommand::JobFinished { result: Err("boom".into()), now: t(3) }).then_go_on();
+        let run = run.when(RunCommand::Retry { now: t(4) }).then_types(&["RunRetried"]);
+        let retried = run.state().expect("a queued run");
         assert_eq!((retried.status, retried.attempt), (RunStatus::Queued, 2));
         assert_eq!(retried.output_of("build", "build-web"), Some("img-1"));
-        assert_eq!(
-            run.when(RunCommand::Start { worker: "w2".into(), now: t(5) }),
-            ["RunStarted", "StageStarted", "JobStarted"]
-        );
-        assert_eq!(current_job(&run.run()).unwrap().1.name, "release-migrate");
+        let run = run.when(RunCommand::Start { worker: "w2".into(), now: t(5) }).then_types(&[
+            "RunStarted",
+            "StageStarted",
+            "JobStarted",
+        ]);
+        assert_eq!(current_job(&run.state().expect("a queued run")).unwrap().1.name, "release-migrate");
     }
 
     #[test]
     fn a_resumed_run_reexecutes_only_the_unfinished_job() {
-        let mut run = Given(vec![queued(RunKind::Patch)]);
-        run.when(RunCommand::Start { worker: "w1".into(), now: t(1) });
-        run.when(ok(None));
+        let run = given::<Option<Run>>([queued(RunKind::Patch)]);
+        let run = run.when(RunCommand::Start { worker: "w1".into(), now: t(1) }).then_go_on();
+        let run = run.when(ok(None)).then_go_on();
         // The worker died here: build-web was started, never finished. Another
         // worker folds the same events and is told to run build-web, not unit.
-        let resumed = run.run();
+        let resumed = run.state().expect("a queued run");
         assert_eq!(current_job(&resumed).unwrap().1.name, "build-web");
         assert_eq!(resumed.stages[0].jobs[0].status, StepStatus::Succeeded);
     }
 
     #[test]
     fn a_retry_opens_an_attempt_and_forgets_what_the_retried_stages_did() {
-        let mut run = Given(vec![queued(RunKind::Patch)]);
-        run.when(RunCommand::Start { worker: "w1".into(), now: t(1) });
-        run.when(ok(None));
-        run.when(ok(Some("img-1")));
+        let run = given::<Option<Run>>([queued(RunKind::Patch)]);
+        let run = run.when(RunCommand::Start { worker: "w1".into(), now: t(1) }).then_go_on();
+        let run = run.when(ok(None)).then_go_on();
+        let run = run.when(ok(Some("img-1"))).then_go_on();
         let failed = JobFailure { error: "release-migrate exited with 3".into(), exit_code: Some(3) };
-        run.when(RunCommand::JobFinished { result: Err(failed), now: t(3) });
-        let state = run.run();
+        let run = run.when(RunCommand::JobFinished { result: Err(failed), now: t(3) }).then_go_on();
+        let state = run.state().expect("a queued run");
         let migrate = &state.stages[2].jobs[0];
         assert_eq!((migrate.exit_code, migrate.started_at, migrate.finished_at), (Some(3), Some(t(2)), Some(t(3))));
         assert_eq!(
             (state.started_at, state.finished_at, state.attempts[0].worker.as_deref()),
             (Some(t(1)), Some(t(3)), Some("w1"))
         );
-        run.when(RunCommand::Retry { now: t(4) });
-        run.when(RunCommand::Start { worker: "w2".into(), now: t(5) });
-        let retried = run.run();
+        let run = run.when(RunCommand::Retry { now: t(4) }).then_go_on();
+        let run = run.when(RunCommand::Start { worker: "w2".into(), now: t(5) }).then_go_on();
+        let retried = run.state().expect("a queued run");
         let migrate = &retried.stages[2].jobs[0];
         assert_eq!((migrate.attempt, migrate.exit_code, migrate.error.as_deref()), (2, None, None));
         assert_eq!((retried.stages[1].attempt, retried.output_of("build", "build-web")), (1, Some("img-1")));
         let second = &retried.attempts[1];
         assert_eq!((second.from_stage.as_deref(), second.worker.as_deref()), (Some("release"), Some("w2")));
         assert_eq!((retried.started_at, retried.finished_at), (Some(t(1)), None), "from the first start, not ended");
-        run.when(RunCommand::Cancel { reason: "wrong commit".into(), now: t(6) });
-        let cancelled = run.run();
+        let run = run.when(RunCommand::Cancel { reason: "wrong commit".into(), now: t(6) }).then_go_on();
+        let cancelled = run.state().expect("a queued run");
         assert_eq!(
             (cancelled.error.as_deref(), cancelled.attempts[1].finished_at),
             (Some("cancelled: wrong commit"), Some(t(6)))
@@ -819,11 +807,17 @@ pub(crate) mod tests {
 
     #[test]
     fn commands_out_of_turn_are_refused() {
-        let mut run = Given(vec![queued(RunKind::Teardown)]);
-        assert!(matches!(decide(&run.run(), ok(None)), Err(DomainError::RunState { action: "finishing a job", .. })));
-        assert!(decide(&run.run(), RunCommand::Retry { now: t(1) }).is_err());
-        assert_eq!(run.when(RunCommand::Skip { reason: "outdated".into(), now: t(1) }), ["RunSkipped"]);
-        assert!(decide(&run.run(), RunCommand::Start { worker: "w".into(), now: t(2) }).is_err());
-        assert!(decide(&run.run(), RunCommand::Cancel { reason: "x".into(), now: t(2) }).is_err());
+        let run = given::<Option<Run>>([queued(RunKind::Teardown)]);
+        let refused = |status: &str, action| DomainError::RunState {
+            run: Uuid::from_u128(7).to_string(),
+            status: status.into(),
+            action,
+        };
+        let run = run.when(ok(None)).then_err(refused("queued", "finishing a job"));
+        let run = run.when(RunCommand::Retry { now: t(1) }).then_err(refused("queued", "retrying it"));
+        let run = run.when(RunCommand::Skip { reason: "outdated".into(), now: t(1) }).then_types(&["RunSkipped"]);
+        let run =
+            run.when(RunCommand::Start { worker: "w".into(), now: t(2) }).then_err(refused("skipped", "starting it"));
+        run.when(RunCommand::Cancel { reason: "x".into(), now: t(2) }).then_err(refused("skipped", "cancelling it"));
     }
 }
