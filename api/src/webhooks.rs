@@ -60,11 +60,12 @@ pub fn router(lifecycle: Lifecycle, config: WebhookConfig) -> Router {
         .route("/webhooks/github", post(github_hook))
         .route("/webhooks/gitlab", post(gitlab_hook))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(Hooks { lifecycle, config: Arc::new(config) })
+        .with_state(WebhookState { lifecycle, config: Arc::new(config) })
 }
 
+/// What the webhook routes share: the process's lifecycle and the forges' secrets.
 #[derive(Clone)]
-struct Hooks {
+struct WebhookState {
     lifecycle: Lifecycle,
     config: Arc<WebhookConfig>,
 }
@@ -114,7 +115,7 @@ enum Received {
     },
 }
 
-async fn github_hook(State(hooks): State<Hooks>, headers: HeaderMap, body: Bytes) -> Response {
+async fn github_hook(State(hooks): State<WebhookState>, headers: HeaderMap, body: Bytes) -> Response {
     let received = match &hooks.config.github_secret {
         Some(secret) => github::receive(secret, &headers, &body),
         None => Err(WebhookError::NotConfigured(Provider::GitHub)),
@@ -122,7 +123,7 @@ async fn github_hook(State(hooks): State<Hooks>, headers: HeaderMap, body: Bytes
     hooks.answer(Provider::GitHub, received).await
 }
 
-async fn gitlab_hook(State(hooks): State<Hooks>, headers: HeaderMap, body: Bytes) -> Response {
+async fn gitlab_hook(State(hooks): State<WebhookState>, headers: HeaderMap, body: Bytes) -> Response {
     let received = match &hooks.config.gitlab_token {
         Some(token) => gitlab::receive(token, &headers, &body),
         None => Err(WebhookError::NotConfigured(Provider::GitLab)),
@@ -130,7 +131,7 @@ async fn gitlab_hook(State(hooks): State<Hooks>, headers: HeaderMap, body: Bytes
     hooks.answer(Provider::GitLab, received).await
 }
 
-impl Hooks {
+impl WebhookState {
     async fn answer(&self, provider: Provider, received: Result<Received, WebhookError>) -> Response {
         match self.act(provider, received).await {
             Ok(response) => response,

@@ -42,7 +42,7 @@ pub fn judge(
         match observed.iter().find(|o| &o.service == service) {
             None => reasons.push(format!("service {service} is missing")),
             Some(o) if !o.running => reasons.push(format!("service {service} is not running")),
-            Some(o) if o.health == Some(runtime::Health::Unhealthy) => {
+            Some(o) if o.health == Some(runtime::ServiceHealth::Unhealthy) => {
                 reasons.push(format!("service {service} fails its health check"))
             }
             Some(o) if &o.image.0 != image => {
@@ -216,7 +216,7 @@ mod tests {
             })
         );
         let mut failing = running("web", "img-web");
-        failing.health = Some(runtime::Health::Unhealthy);
+        failing.health = Some(runtime::ServiceHealth::Unhealthy);
         assert_eq!(
             judge(&deployed(), &versions(3), Ok(&[running("api", "img-api"), failing])),
             Some(Observation::Drifted {

@@ -16,7 +16,7 @@ use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 use crate::domain::application::Application;
-use crate::domain::environment::{Created, Environment, EnvironmentKind, Status, Tracking};
+use crate::domain::environment::{Environment, EnvironmentKind, EnvironmentSpec, Status, Tracking};
 use crate::domain::{CommitId, DomainError, Name, RunKind};
 use crate::lifecycle::{Lifecycle, LifecycleError, Requested};
 use crate::store::Metadata;
@@ -144,7 +144,7 @@ impl Lifecycle {
             Tracking::Tag(name) => ("tag", name),
         };
         let reason = format!("push to {what} {name} by {} ({})", push.pusher, push.via);
-        let tracking: Vec<&Created> = environments
+        let tracking: Vec<&EnvironmentSpec> = environments
             .iter()
             .filter(|env| live(env))
             .filter_map(|env| env.created.as_ref())
@@ -165,7 +165,7 @@ impl Lifecycle {
             let first = preview_names(branch).next().expect("there is always a first name");
             return outcome.fail(app, &first, error.into());
         };
-        let spec = Created {
+        let spec = EnvironmentSpec {
             application: app.clone(),
             name: name.clone(),
             kind: EnvironmentKind::Preview,
@@ -187,7 +187,7 @@ impl Lifecycle {
     /// meanwhile: a push must not deploy to someone else's environment.
     async fn create_preview(
         &self,
-        spec: &Created,
+        spec: &EnvironmentSpec,
         metadata: &Metadata,
         now: DateTime<Utc>,
     ) -> Result<bool, LifecycleError> {

@@ -37,9 +37,9 @@ pub trait Projection: Send + Sync + 'static {
 
 /// Applications and environments: one projection, because an environment's sync
 /// status depends on its application's templates.
-pub struct Lifecycle;
+pub struct LifecycleProjection;
 
-impl Projection for Lifecycle {
+impl Projection for LifecycleProjection {
     const NAME: &'static str = "lifecycle";
     const VERSION: i32 = 1;
     const TABLES: &'static [TableDef] = &[
@@ -98,9 +98,9 @@ impl Projection for Lifecycle {
 }
 
 /// Runs: stages, jobs, attempts, durations, exit codes, who and why.
-pub struct Runs;
+pub struct RunsProjection;
 
-impl Projection for Runs {
+impl Projection for RunsProjection {
     const NAME: &'static str = "runs";
     // 2: a row is the engine's run state (`run::evolve`) plus who asked for each attempt.
     const VERSION: i32 = 2;
@@ -142,9 +142,9 @@ impl Projection for Runs {
 }
 
 /// The audit index: who did what, when, to which environment.
-pub struct Audit;
+pub struct AuditProjection;
 
-impl Projection for Audit {
+impl Projection for AuditProjection {
     const NAME: &'static str = "audit";
     const VERSION: i32 = 1;
     const TABLES: &'static [TableDef] = &[TableDef {

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ProjectionError;
 use crate::fact::Fact;
-use crate::projection::{Audit, Lifecycle, Projection, Runs};
+use crate::projection::{AuditProjection, LifecycleProjection, Projection, RunsProjection};
 use crate::table::{self, TableDef};
 
 /// Events folded per transaction.
@@ -30,7 +30,7 @@ pub const DEFAULT_BATCH: usize = 2000;
 pub const FOLLOW_POLL: Duration = Duration::from_millis(250);
 
 /// Every projection's name.
-pub const NAMES: [&str; 3] = [Lifecycle::NAME, Runs::NAME, Audit::NAME];
+pub const NAMES: [&str; 3] = [LifecycleProjection::NAME, RunsProjection::NAME, AuditProjection::NAME];
 
 /// Where one generation of a projection stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +92,7 @@ impl Descriptor {
 
 /// Every projection, in the order their locks are taken.
 pub fn all() -> [Descriptor; 3] {
-    [Descriptor::of::<Lifecycle>(), Descriptor::of::<Runs>(), Descriptor::of::<Audit>()]
+    [Descriptor::of::<LifecycleProjection>(), Descriptor::of::<RunsProjection>(), Descriptor::of::<AuditProjection>()]
 }
 
 /// One batch read from the log and decoded.
@@ -375,8 +375,11 @@ pub async fn rebuild(
 
 /// Runs every projection until `shutdown`; returns when all have stopped.
 pub async fn run_all(store: EventStore, shutdown: CancellationToken) {
-    let (lifecycle, runs, audit) =
-        (Runner::<Lifecycle>::new(store.clone()), Runner::<Runs>::new(store.clone()), Runner::<Audit>::new(store));
+    let (lifecycle, runs, audit) = (
+        Runner::<LifecycleProjection>::new(store.clone()),
+        Runner::<RunsProjection>::new(store.clone()),
+        Runner::<AuditProjection>::new(store),
+    );
     tokio::join!(lifecycle.run(shutdown.clone()), runs.run(shutdown.clone()), audit.run(shutdown));
 }
 

@@ -4,7 +4,7 @@
 use std::process::{Command, Output};
 
 use chrono::Utc;
-use shiplog_engine::domain::environment::{Created, EnvironmentKind, Tracking};
+use shiplog_engine::domain::environment::{EnvironmentKind, EnvironmentSpec, Tracking};
 use shiplog_engine::lifecycle::Lifecycle;
 use shiplog_engine::store::Metadata;
 use shiplog_tests::{TestDb, wait_readable};
@@ -35,7 +35,7 @@ async fn rebuild_export_and_replay_from_the_command_line() {
     let app = "shop".parse().unwrap();
     lifecycle.create_application(&app, "/repo", &alice, Utc::now()).await.unwrap();
     lifecycle.update_template(&app, "services:\n  web:\n    image: \"img\"\n", &alice, Utc::now()).await.unwrap();
-    let created = Created {
+    let created = EnvironmentSpec {
         application: app.clone(),
         name: "staging".parse().unwrap(),
         kind: EnvironmentKind::Staging,

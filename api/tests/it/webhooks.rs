@@ -15,7 +15,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use shiplog::webhooks::{self, WebhookConfig};
-use shiplog_engine::domain::environment::{Created, EnvironmentKind, Tracking};
+use shiplog_engine::domain::environment::{EnvironmentKind, EnvironmentSpec, Tracking};
 use shiplog_engine::domain::run::RunStatus;
 use shiplog_engine::domain::{CommitId, Name};
 use shiplog_engine::lifecycle::{Lifecycle, LifecycleError};
@@ -35,7 +35,7 @@ const ZEROS: &str = "0000000000000000000000000000000000000000";
 
 /// The example application `hello` in a local repository, its `staging`
 /// environment tracking `main` (never set up), and the webhook routes over them.
-struct Hooks {
+struct WebhookFixture {
     db: TestDb,
     lifecycle: Lifecycle,
     scratch: Scratch,
@@ -44,13 +44,13 @@ struct Hooks {
     app: Name,
 }
 
-impl Hooks {
-    async fn new() -> Hooks {
-        Hooks::with_template(|template| template).await
+impl WebhookFixture {
+    async fn new() -> WebhookFixture {
+        WebhookFixture::with_template(|template| template).await
     }
 
     /// With the example's template changed by `edit`.
-    async fn with_template(edit: impl FnOnce(String) -> String) -> Hooks {
+    async fn with_template(edit: impl FnOnce(String) -> String) -> WebhookFixture {
         let db = TestDb::new().await;
         let scratch = Scratch::new("shiplog-webhooks");
         let repo = ExampleRepo::create(&scratch);
@@ -59,7 +59,7 @@ impl Hooks {
         let meta = Metadata::default();
         lifecycle.create_application(&app, repo.dir.to_str().unwrap(), &meta, Utc::now()).await.unwrap();
         lifecycle.update_template(&app, &edit(repo.template()), &meta, Utc::now()).await.unwrap();
-        let hooks = Hooks {
+        let hooks = WebhookFixture {
             router: webhooks::router(
                 lifecycle.clone(),
                 WebhookConfig {
@@ -78,7 +78,7 @@ impl Hooks {
     }
 
     async fn create_environment(&self, name: &str, kind: EnvironmentKind, tracking: Tracking) {
-        let spec = Created {
+        let spec = EnvironmentSpec {
             application: self.app.clone(),
             name: name.parse().unwrap(),
             kind,
@@ -199,7 +199,7 @@ fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_github_push_to_main_patches_staging_and_a_worker_deploys_the_pushed_commit() {
-    let hooks = Hooks::new().await;
+    let hooks = WebhookFixture::new().await;
     let (app, staging) = (&hooks.app, &"staging".parse::<Name>().unwrap());
     let worker = hooks.worker();
     let meta = Metadata::default();
@@ -239,7 +239,7 @@ async fn a_signed_github_push_to_main_patches_staging_and_a_worker_deploys_the_p
 
 #[tokio::test]
 async fn a_gitlab_push_sets_up_what_was_never_set_up_and_a_tag_push_reaches_what_tracks_the_tag() {
-    let hooks = Hooks::new().await;
+    let hooks = WebhookFixture::new().await;
     hooks.create_environment("production", EnvironmentKind::Production, Tracking::Tag("v1".into())).await;
     let head = rev_parse(&hooks.repo.dir, "HEAD");
 
@@ -263,7 +263,7 @@ async fn a_gitlab_push_sets_up_what_was_never_set_up_and_a_tag_push_reaches_what
 
 #[tokio::test]
 async fn requests_without_the_right_signature_or_token_are_refused_and_change_nothing() {
-    let hooks = Hooks::new().await;
+    let hooks = WebhookFixture::new().await;
     let head = rev_parse(&hooks.repo.dir, "HEAD");
     let body = hooks.github_push("refs/heads/main", &head).to_string();
     let before = hooks.counts().await;
@@ -311,7 +311,7 @@ async fn requests_without_the_right_signature_or_token_are_refused_and_change_no
 
 #[tokio::test]
 async fn a_replayed_delivery_is_refused_and_requests_nothing_more() {
-    let hooks = Hooks::new().await;
+    let hooks = WebhookFixture::new().await;
     let payload = hooks.github_push("refs/heads/main", &rev_parse(&hooks.repo.dir, "HEAD"));
     let (status, answer) = hooks.github("push", "d-1", &payload).await;
     assert_eq!((status, runs(&answer)), (StatusCode::ACCEPTED, pairs(&[("staging", "setup")])));
@@ -327,7 +327,7 @@ async fn a_replayed_delivery_is_refused_and_requests_nothing_more() {
 
 #[tokio::test]
 async fn malformed_or_incomplete_deliveries_are_refused_with_a_clear_error_and_change_nothing() {
-    let hooks = Hooks::new().await;
+    let hooks = WebhookFixture::new().await;
     let head = rev_parse(&hooks.repo.dir, "HEAD");
     let before = hooks.counts().await;
     let github = |body: &str, delivery: Option<&'static str>, content_type: &'static str| {
@@ -391,7 +391,7 @@ async fn an_endpoint_whose_secret_is_not_configured_is_not_found() {
 
 #[tokio::test]
 async fn pings_other_events_and_pushes_nothing_tracks_request_nothing() {
-    let hooks = Hooks::new().await;
+    let hooks = WebhookFixture::new().await;
     let head = rev_parse(&hooks.repo.dir, "HEAD");
     let before = hooks.counts().await.0;
 
@@ -428,7 +428,8 @@ async fn pings_other_events_and_pushes_nothing_tracks_request_nothing() {
 
 #[tokio::test]
 async fn a_branch_matching_previews_gets_a_preview_environment_until_the_branch_is_deleted() {
-    let hooks = Hooks::with_template(|t| format!("{t}previews: {{ branches: [\"feature/*\"], ttl: 72h }}\n")).await;
+    let hooks =
+        WebhookFixture::with_template(|t| format!("{t}previews: {{ branches: [\"feature/*\"], ttl: 72h }}\n")).await;
     git(&hooks.repo.dir, &["checkout", "--quiet", "-b", "feature/Login"]);
     hooks.repo.commit_version(2);
     let first = rev_parse(&hooks.repo.dir, "HEAD");
@@ -469,7 +470,7 @@ async fn a_branch_matching_previews_gets_a_preview_environment_until_the_branch_
 
 #[tokio::test]
 async fn a_bad_previews_key_is_refused_with_every_problem_and_its_path() {
-    let hooks = Hooks::new().await;
+    let hooks = WebhookFixture::new().await;
     let template = format!("{}previews: {{ branches: [\"refs/heads/x\", \"\"], ttl: 30 }}\n", hooks.repo.template());
     let error = hooks.lifecycle.update_template(&hooks.app, &template, &Metadata::default(), Utc::now()).await;
     let Err(LifecycleError::Template(errors)) = error else { panic!("expected template problems, got {error:?}") };

@@ -9,7 +9,7 @@ use chrono::Utc;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use shiplog_engine::domain::Name;
-use shiplog_engine::domain::environment::{Created, EnvironmentKind, Tracking};
+use shiplog_engine::domain::environment::{EnvironmentKind, EnvironmentSpec, Tracking};
 use shiplog_engine::domain::run::RunStatus;
 use shiplog_engine::lifecycle::Lifecycle;
 use shiplog_engine::store::Metadata;
@@ -52,7 +52,7 @@ async fn a_killed_worker_is_replaced_and_no_finished_job_runs_twice() {
     lifecycle.create_application(&app, repo.dir.to_str().unwrap(), &meta, Utc::now()).await.unwrap();
     lifecycle.update_template(&app, &repo.template(), &meta, Utc::now()).await.unwrap();
     lifecycle.update_variables(&app, &format!("MARKS: \"{}\"\n", marks.display()), &meta, Utc::now()).await.unwrap();
-    let spec = Created {
+    let spec = EnvironmentSpec {
         application: app.clone(),
         name: env.clone(),
         kind: EnvironmentKind::Staging,

@@ -168,7 +168,7 @@ pub struct QueuedRun {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
-    /// Created; no setup has succeeded yet.
+    /// EnvironmentSpec; no setup has succeeded yet.
     Pending,
     /// The last setup or patch succeeded.
     Ready,
@@ -180,7 +180,9 @@ pub enum Status {
 /// The environment folded from its events.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Environment {
-    pub created: Option<Created>,
+    /// What the environment was created as (and its drift mode since); `None`
+    /// until it exists. Stored in read-model views under this name.
+    pub created: Option<EnvironmentSpec>,
     pub status: Option<Status>,
     /// The templates the last successful setup applied.
     pub applied: Option<TemplateVersions>,
@@ -197,8 +199,10 @@ pub struct Environment {
     pub auto_setup_for: Option<String>,
 }
 
+/// What an environment is: its application and name, kind, what it tracks, its
+/// TTL and drift mode. Given when it is created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Created {
+pub struct EnvironmentSpec {
     pub application: Name,
     pub name: Name,
     pub kind: EnvironmentKind,
@@ -209,7 +213,7 @@ pub struct Created {
 
 pub enum EnvironmentCommand {
     Create {
-        created: Created,
+        created: EnvironmentSpec,
         now: DateTime<Utc>,
     },
     /// Set up (again): infrastructure, then deploy `commit` with `templates`.
@@ -368,7 +372,7 @@ pub fn decide(env: &Environment, command: EnvironmentCommand) -> Result<Vec<Envi
         if env.created.is_some() {
             return Err(DomainError::AlreadyExists(env.label()));
         }
-        let Created { application, name, kind, tracking, ttl_seconds, drift_mode } = created;
+        let EnvironmentSpec { application, name, kind, tracking, ttl_seconds, drift_mode } = created;
         return Ok(vec![EnvironmentEvent::EnvironmentCreated {
             application,
             name,
@@ -528,7 +532,7 @@ pub fn evolve(mut env: Environment, event: &EnvironmentEvent) -> Environment {
             drift_mode,
             created_at,
         } => {
-            env.created = Some(Created {
+            env.created = Some(EnvironmentSpec {
                 application: application.clone(),
                 name: name.clone(),
                 kind: *kind,
@@ -808,7 +812,7 @@ mod tests {
     #[test]
     fn creating_twice_is_refused() {
         let again = EnvironmentCommand::Create {
-            created: Created {
+            created: EnvironmentSpec {
                 application: "shop".parse().unwrap(),
                 name: "staging".parse().unwrap(),
                 kind: EnvironmentKind::Staging,

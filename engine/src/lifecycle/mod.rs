@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::domain::application::{Application, ApplicationCommand, ApplicationEvent};
 use crate::domain::environment::{
-    Created, DriftMode, Environment, EnvironmentCommand, EnvironmentEvent, Observation, Tracking,
+    DriftMode, Environment, EnvironmentCommand, EnvironmentEvent, EnvironmentSpec, Observation, Tracking,
 };
 use crate::domain::run::{self, PlanInput, Run, RunCommand, RunEvent};
 use crate::domain::{Aggregate, CommitId, DomainError, Name, RunKind, StreamRef, stream};
@@ -165,7 +165,7 @@ impl Lifecycle {
     /// Creates an environment of an existing application.
     pub async fn create_environment(
         &self,
-        spec: &Created,
+        spec: &EnvironmentSpec,
         metadata: &Metadata,
         now: DateTime<Utc>,
     ) -> Result<(), LifecycleError> {

@@ -186,12 +186,12 @@ pub struct ObservedService {
     /// What the backend's own health checking says, where it has any (a Docker
     /// `HEALTHCHECK`); `None` when nothing checks the service continuously.
     #[serde(default)]
-    pub health: Option<Health>,
+    pub health: Option<ServiceHealth>,
 }
 
 /// The health a backend reports for a running service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Health {
+pub enum ServiceHealth {
     /// Checked, but not passed yet.
     Starting,
     Healthy,

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use shiplog_engine::domain::environment::{Created, EnvironmentKind, Status, Tracking};
+use shiplog_engine::domain::environment::{EnvironmentKind, EnvironmentSpec, Status, Tracking};
 use shiplog_engine::domain::run::RunStatus;
 use shiplog_engine::domain::{DomainError, Name};
 use shiplog_engine::lifecycle::{Lifecycle, LifecycleError};
@@ -46,8 +46,8 @@ pub(crate) struct Example {
 }
 
 /// An environment of `app` tracking `main`.
-fn environment(app: &Name, name: &Name, kind: EnvironmentKind, ttl_seconds: Option<u64>) -> Created {
-    Created {
+fn environment(app: &Name, name: &Name, kind: EnvironmentKind, ttl_seconds: Option<u64>) -> EnvironmentSpec {
+    EnvironmentSpec {
         application: app.clone(),
         name: name.clone(),
         kind,

@@ -9,8 +9,8 @@ use std::time::Duration;
 use crate::lifecycle::{Backend, Example};
 use chrono::Utc;
 use shiplog_engine::domain::environment::{
-    self, Created, DriftMode, Environment, EnvironmentCommand, EnvironmentEvent, EnvironmentKind, Health, Observation,
-    RunOutcome, Tracking,
+    self, DriftMode, Environment, EnvironmentCommand, EnvironmentEvent, EnvironmentKind, EnvironmentSpec, Health,
+    Observation, RunOutcome, Tracking,
 };
 use shiplog_engine::domain::run::{RunStatus, StepStatus};
 use shiplog_engine::domain::{Aggregate, CommitId, Name, StreamRef};
@@ -18,7 +18,7 @@ use shiplog_engine::drift::Reconciler;
 use shiplog_engine::lifecycle::Lifecycle;
 use shiplog_engine::store::{Cursor, EventFilter, Metadata};
 use shiplog_projections::lifecycle::{DriftVerdictView, EnvironmentView, HealthView, SyncStatus};
-use shiplog_projections::projection::{Audit, Lifecycle as LifecycleProjection, Projection, Runs};
+use shiplog_projections::projection::{AuditProjection, LifecycleProjection, Projection, RunsProjection};
 use shiplog_projections::runner::{self, Runner};
 use shiplog_projections::runs::{RunView, duration_ms};
 use shiplog_projections::time_travel::{AsOf, environment_at};
@@ -75,8 +75,8 @@ impl Deployed {
     async fn catch_up_all(&self) {
         wait_readable(&self.db.store(), self.event_count().await).await;
         catch_up::<LifecycleProjection>(self).await;
-        catch_up::<Runs>(self).await;
-        catch_up::<Audit>(self).await;
+        catch_up::<RunsProjection>(self).await;
+        catch_up::<AuditProjection>(self).await;
     }
 
     async fn environment_row(&self) -> EnvironmentView {
@@ -214,8 +214,8 @@ async fn a_runner_killed_mid_batch_resumes_to_the_same_read_models() {
     d.history().await;
     wait_readable(&d.db.store(), d.event_count().await).await;
     crash_and_resume::<LifecycleProjection>(&d, "environments").await;
-    crash_and_resume::<Runs>(&d, "runs").await;
-    crash_and_resume::<Audit>(&d, "audit_index").await;
+    crash_and_resume::<RunsProjection>(&d, "runs").await;
+    crash_and_resume::<AuditProjection>(&d, "audit_index").await;
     d.tear_down().await;
 }
 
@@ -365,7 +365,7 @@ async fn generated_step(lifecycle: &Lifecycle, rng: &mut Rng, app: &Name, envs: 
     let env = &envs[rng.below(envs.len())];
     let (state, _) = lifecycle.environment(app, env).await.unwrap();
     if state.created.is_none() {
-        let created = Created {
+        let created = EnvironmentSpec {
             application: app.clone(),
             name: env.clone(),
             kind: [EnvironmentKind::Preview, EnvironmentKind::Staging][rng.below(2)],

@@ -3,7 +3,7 @@
 
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 use chrono::Utc;
-use shiplog_engine::domain::environment::{Created, Tracking};
+use shiplog_engine::domain::environment::{EnvironmentSpec, Tracking};
 use shiplog_engine::domain::{CommitId, DomainError, Name};
 use shiplog_engine::lifecycle::LifecycleError;
 
@@ -90,7 +90,7 @@ pub struct EnvironmentRunPayload {
 }
 
 /// Which run an environment mutation asks for.
-enum Ask {
+enum RunAction {
     Deploy,
     Setup,
     Teardown,
@@ -135,7 +135,7 @@ impl EnvironmentMutation {
             }
             ttl => ttl.map(|t| t as u64),
         };
-        let spec = Created {
+        let spec = EnvironmentSpec {
             application: app.clone(),
             name: name.clone(),
             kind: input.kind.into(),
@@ -170,7 +170,7 @@ impl EnvironmentMutation {
         input: EnvironmentDeployInput,
     ) -> async_graphql::Result<EnvironmentRunPayload> {
         let reason = input.reason.unwrap_or_else(|| "deploy requested".into());
-        request(ctx, &input.environment_id, Ask::Deploy, input.commit, reason).await
+        request(ctx, &input.environment_id, RunAction::Deploy, input.commit, reason).await
     }
 
     /// Requests a setup: the environment's infrastructure again, then a deploy —
@@ -185,7 +185,7 @@ impl EnvironmentMutation {
             let error = user_error(Some("reason"), "say why a setup is needed", UserErrorCode::InvalidInput);
             return Ok(EnvironmentRunPayload { user_errors: vec![error], ..Default::default() });
         }
-        request(ctx, &input.environment_id, Ask::Setup, input.commit, input.reason).await
+        request(ctx, &input.environment_id, RunAction::Setup, input.commit, input.reason).await
     }
 
     /// Requests a teardown: hooks, then everything the runtime created is
@@ -196,7 +196,7 @@ impl EnvironmentMutation {
         input: EnvironmentTeardownInput,
     ) -> async_graphql::Result<EnvironmentRunPayload> {
         let reason = input.reason.unwrap_or_else(|| "teardown requested".into());
-        request(ctx, &input.environment_id, Ask::Teardown, None, reason).await
+        request(ctx, &input.environment_id, RunAction::Teardown, None, reason).await
     }
 }
 
@@ -204,7 +204,7 @@ impl EnvironmentMutation {
 async fn request(
     ctx: &Context<'_>,
     id: &ID,
-    ask: Ask,
+    action: RunAction,
     commit_input: Option<String>,
     reason: String,
 ) -> async_graphql::Result<EnvironmentRunPayload> {
@@ -215,10 +215,10 @@ async fn request(
     let commit = or_refuse!(commit(commit_input), EnvironmentRunPayload);
     let api = api(ctx);
     let (meta, now) = (metadata(ctx, caller), Utc::now());
-    let requested = match ask {
-        Ask::Deploy => api.lifecycle.request_patch(&app, &env, commit, &reason, &meta, now).await,
-        Ask::Setup => api.lifecycle.request_setup(&app, &env, commit, &reason, &meta, now).await,
-        Ask::Teardown => api.lifecycle.request_teardown(&app, &env, &reason, &meta, now).await,
+    let requested = match action {
+        RunAction::Deploy => api.lifecycle.request_patch(&app, &env, commit, &reason, &meta, now).await,
+        RunAction::Setup => api.lifecycle.request_setup(&app, &env, commit, &reason, &meta, now).await,
+        RunAction::Teardown => api.lifecycle.request_teardown(&app, &env, &reason, &meta, now).await,
     };
     let mut payload = EnvironmentRunPayload::default();
     match requested {

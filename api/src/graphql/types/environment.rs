@@ -241,7 +241,7 @@ pub enum EnvironmentKind {
 #[derive(Enum, Clone, Copy, PartialEq, Eq)]
 #[graphql(remote = "shiplog_engine::domain::environment::Status")]
 pub enum EnvironmentStatus {
-    /// Created; no setup has succeeded yet.
+    /// EnvironmentSpec; no setup has succeeded yet.
     Pending,
     /// The last setup or patch succeeded.
     Ready,

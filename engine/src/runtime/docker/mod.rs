@@ -99,7 +99,7 @@ use tokio_util::sync::CancellationToken;
 use super::output::Lines;
 use super::policy::STOP_GRACE;
 use super::{
-    BuildRequest, EnvironmentRef, Health, Image, LogSink, LogStream, ObservedService, Runtime, RuntimeError,
+    BuildRequest, EnvironmentRef, Image, LogSink, LogStream, ObservedService, Runtime, RuntimeError, ServiceHealth,
     ServiceRequest, TaskOutcome, TaskRequest, check_name,
 };
 
@@ -215,7 +215,7 @@ struct ServiceContainer {
     serving: bool,
     /// Its address on the environment's network, while it runs.
     address: Option<IpAddr>,
-    health: Option<Health>,
+    health: Option<ServiceHealth>,
     created: String,
 }
 
@@ -232,9 +232,9 @@ impl ServiceContainer {
         let health = state.health.and_then(|h| h.status).and_then(|status| {
             use bollard::models::HealthStatusEnum as S;
             match status {
-                S::STARTING => Some(Health::Starting),
-                S::HEALTHY => Some(Health::Healthy),
-                S::UNHEALTHY => Some(Health::Unhealthy),
+                S::STARTING => Some(ServiceHealth::Starting),
+                S::HEALTHY => Some(ServiceHealth::Healthy),
+                S::UNHEALTHY => Some(ServiceHealth::Unhealthy),
                 S::NONE | S::EMPTY => None,
             }
         });

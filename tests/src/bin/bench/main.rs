@@ -62,7 +62,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use serde_json::{Value, json};
 use shiplog_engine::canonical;
-use shiplog_engine::domain::environment::{Created, EnvironmentKind, Tracking};
+use shiplog_engine::domain::environment::{EnvironmentKind, EnvironmentSpec, Tracking};
 use shiplog_engine::domain::run::RunStatus;
 use shiplog_engine::domain::{CommitId, Name, StreamRef};
 use shiplog_engine::lifecycle::Lifecycle;
@@ -971,8 +971,8 @@ jobs:
 }
 
 /// An environment of `app` tracking `branch`, no TTL, drift mode `warn`.
-fn environment(app: &Name, name: &Name, kind: EnvironmentKind, branch: &str) -> Created {
-    Created {
+fn environment(app: &Name, name: &Name, kind: EnvironmentKind, branch: &str) -> EnvironmentSpec {
+    EnvironmentSpec {
         application: app.clone(),
         name: name.clone(),
         kind,
