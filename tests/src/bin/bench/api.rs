@@ -24,7 +24,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use uuid::Uuid;
 
-use super::{ApiArgs, BenchDb, Figure, Pair, Report, environment};
+use crate::ApiArgs;
+use crate::engine::environment;
+use crate::report::{Figure, Pair, Report};
+use crate::server::BenchDb;
 
 /// Lines sent one by one, spaced out, to time delivery.
 const LATENCY_LINES: usize = 300;
