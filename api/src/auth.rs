@@ -14,8 +14,9 @@ use shiplog_engine::secret::Secret;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-/// What a token's holder is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a token's holder is; stored by its lowercase label (`viewer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "lowercase")]
 pub enum Role {
     Viewer,
     Deployer,
@@ -25,22 +26,7 @@ pub enum Role {
 
 impl Role {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Deployer => "deployer",
-            Role::Admin => "admin",
-            Role::Auditor => "auditor",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Role> {
-        Some(match s {
-            "viewer" => Role::Viewer,
-            "deployer" => Role::Deployer,
-            "admin" => Role::Admin,
-            "auditor" => Role::Auditor,
-            _ => return None,
-        })
+        self.into()
     }
 }
 
@@ -156,7 +142,7 @@ fn token(row: &sqlx::postgres::PgRow) -> sqlx::Result<ApiToken> {
     Ok(ApiToken {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
-        role: Role::parse(&role).ok_or_else(|| sqlx::Error::Decode(format!("unknown role {role:?}").into()))?,
+        role: role.parse().map_err(|_| sqlx::Error::Decode(format!("unknown role {role:?}").into()))?,
         production: row.try_get("production")?,
         created_at: row.try_get("created_at")?,
         created_by: row.try_get("created_by")?,
