@@ -168,7 +168,7 @@ pub struct QueuedRun {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
-    /// EnvironmentSpec; no setup has succeeded yet.
+    /// Created; no setup has succeeded yet.
     Pending,
     /// The last setup or patch succeeded.
     Ready,

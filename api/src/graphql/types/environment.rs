@@ -241,7 +241,7 @@ pub enum EnvironmentKind {
 #[derive(Enum, Clone, Copy, PartialEq, Eq)]
 #[graphql(remote = "shiplog_engine::domain::environment::Status")]
 pub enum EnvironmentStatus {
-    /// EnvironmentSpec; no setup has succeeded yet.
+    /// Created; no setup has succeeded yet.
     Pending,
     /// The last setup or patch succeeded.
     Ready,
