@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 use shiplog_engine::lifecycle::Lifecycle;
 use shiplog_engine::logs::LogHub;
-use shiplog_engine::store::{EventFeed, EventStore};
+use shiplog_engine::store::EventFeed;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -41,14 +41,11 @@ pub struct AppState {
 impl AppState {
     /// Starts what the API needs besides the database: the log hub's listener and
     /// the event feed's poller (both stop when the last clone of the state is
-    /// dropped). `lifecycle` is the process's one; open websockets close when
-    /// `closing` is cancelled.
-    pub async fn new(
-        store: EventStore,
-        lifecycle: Lifecycle,
-        config: ApiConfig,
-        closing: CancellationToken,
-    ) -> anyhow::Result<AppState> {
+    /// dropped). `lifecycle` is the process's one, and its store is the one the
+    /// feed follows, so every append the engine commits wakes the feed; open
+    /// websockets close when `closing` is cancelled.
+    pub async fn new(lifecycle: Lifecycle, config: ApiConfig, closing: CancellationToken) -> anyhow::Result<AppState> {
+        let store = lifecycle.store().clone();
         let metrics = Metrics::default();
         let api = Api {
             logs: LogHub::start(store.pool().clone()).await.context("listening for run logs")?,

@@ -69,7 +69,7 @@ async fn serve(
     let runtime = Arc::new(runtime(&config.runtime).await?);
     let store = database.store();
     let lifecycle = Lifecycle::new(store.clone());
-    let state = AppState::new(store.clone(), lifecycle.clone(), config.api, shutdown.clone()).await?;
+    let state = AppState::new(lifecycle.clone(), config.api, shutdown.clone()).await?;
     // Printed on stdout so scripts (and tests) can find a port chosen with :0.
     println!("shiplog listening on http://{}", listener.local_addr()?);
     if let Some(token) = auth::bootstrap(store.pool()).await.context("creating the bootstrap token")? {

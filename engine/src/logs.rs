@@ -282,8 +282,14 @@ impl LogHub {
         }
         let (sender, receiver) = broadcast::channel(TAIL_BACKLOG);
         tails.insert(run_id, sender.clone());
-        let tail =
-            Tail { pool: self.pool.clone(), news: self.news.subscribe(), tails: self.tails.clone(), run_id, sender };
+        let tail = Tail {
+            pool: self.pool.clone(),
+            store: EventStore::new(self.pool.clone()),
+            news: self.news.subscribe(),
+            tails: self.tails.clone(),
+            run_id,
+            sender,
+        };
         tokio::spawn(tail.run());
         receiver
     }
@@ -292,6 +298,8 @@ impl LogHub {
 /// The one reader of a run's new lines in this process.
 struct Tail {
     pool: PgPool,
+    /// Asked whether the run has ended when no line is new.
+    store: EventStore,
     news: broadcast::Receiver<Uuid>,
     tails: Arc<Mutex<HashMap<Uuid, broadcast::Sender<Batch>>>>,
     run_id: Uuid,
@@ -321,7 +329,7 @@ impl Tail {
                     let _ = self.sender.send(Batch::Lines(lines.into()));
                     continue;
                 }
-                Ok(_) => match run_ended(&EventStore::new(self.pool.clone()), self.run_id).await {
+                Ok(_) => match run_ended(&self.store, self.run_id).await {
                     Ok(true) => {
                         let _ = self.sender.send(Batch::End);
                         return self.close();

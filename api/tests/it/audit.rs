@@ -12,8 +12,7 @@ use tower::ServiceExt;
 
 /// Posts `query` with an auditor's token through the real router.
 pub async fn post_graphql(db: &TestDb, query: &str) -> (StatusCode, Value) {
-    let (store, closing) = (db.store(), Default::default());
-    let state = AppState::new(store.clone(), Lifecycle::new(store), ApiConfig::default(), closing).await.unwrap();
+    let state = AppState::new(Lifecycle::new(db.store()), ApiConfig::default(), Default::default()).await.unwrap();
     let role = shiplog::auth::Role::Auditor;
     let token = shiplog::auth::create(&db.runtime, "auditor", role, false, "test").await.unwrap().1;
     let request = Request::post("/graphql")

@@ -74,12 +74,7 @@ pub struct Requested {
 
 impl Lifecycle {
     pub fn new(store: EventStore) -> Self {
-        Self::with_cache(store, aggregates::CACHED_STATES)
-    }
-
-    /// A lifecycle that keeps at most `states` folded aggregates in memory.
-    pub fn with_cache(store: EventStore, states: usize) -> Self {
-        Lifecycle { store, cache: Arc::new(Cache::new(states)) }
+        Lifecycle { store, cache: Arc::new(Cache::new(aggregates::CACHED_STATES)) }
     }
 
     pub fn store(&self) -> &EventStore {
@@ -467,11 +462,13 @@ impl Lifecycle {
         metadata: &Metadata,
         now: DateTime<Utc>,
     ) -> Result<(), LifecycleError> {
-        let command = || RunCommand::Cancel { reason: reason.to_owned(), now };
-        self.execute::<Option<Run>>(&StreamRef::Run(run_id), command, metadata)
-            .await
-            .map_err(|e| not_found(e, run_id))?;
-        Ok(())
+        self.with_retries(|| async {
+            let (run, version) =
+                self.run(run_id).await?.ok_or_else(|| DomainError::NotFound(format!("run {run_id}")))?;
+            let events = run::decide(&run, RunCommand::Cancel { reason: reason.to_owned(), now })?;
+            self.append(&StreamRef::Run(run_id), Some(run), version, &events, metadata).await.map(drop)
+        })
+        .await
     }
 
     /// Retries a failed run from its failed stage, as a new attempt.
@@ -503,14 +500,6 @@ impl Lifecycle {
             self.commit(tx).await
         })
         .await
-    }
-}
-
-/// A command for a run that does not exist names the run.
-fn not_found(e: LifecycleError, run_id: Uuid) -> LifecycleError {
-    match e {
-        LifecycleError::Domain(DomainError::NotFound(_)) => DomainError::NotFound(format!("run {run_id}")).into(),
-        other => other,
     }
 }
 
