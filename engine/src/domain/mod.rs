@@ -9,6 +9,7 @@
 pub mod aggregate;
 pub mod application;
 pub mod environment;
+pub mod release;
 pub mod run;
 pub mod stream;
 
