@@ -100,6 +100,7 @@ impl Fixture {
             health_check: Some(HealthCheck::Http { path: "/".to_string(), port: 8080 }),
             health_timeout: Duration::from_secs(20),
             volumes: vec![("data".to_string(), "/data".to_string())],
+            pull_secrets: Vec::new(),
         }
     }
 
@@ -112,6 +113,7 @@ impl Fixture {
             command: vec!["sh".into(), "-c".into(), script.into()],
             env_vars: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
             timeout,
+            pull_secrets: Vec::new(),
         }
     }
 
