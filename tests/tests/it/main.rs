@@ -8,4 +8,5 @@ mod immutability;
 mod lifecycle;
 mod projections;
 mod reading;
+mod registry;
 mod tamper;
