@@ -3,6 +3,7 @@
 
 mod append;
 mod architecture;
+mod deploy;
 mod docker;
 mod immutability;
 mod lifecycle;
