@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use shiplog_engine::runtime::Registry;
 use shiplog_engine::secret::Secret;
 use shiplog_engine::store::EventFilter;
 use shiplog_projections::{audit, runner};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    ApiConfig, DEFAULT_IDLE_POLL, DatabaseConfig, RuntimeConfig, ServerConfig, WorkConfig, WorkerConfig,
+    ApiConfig, DEFAULT_IDLE_POLL, DatabaseConfig, ReleaseConfig, RuntimeConfig, ServerConfig, WorkConfig, WorkerConfig,
 };
 use crate::database::Database;
 use crate::graphql::Limits;
@@ -136,6 +137,15 @@ struct WorkerArgs {
     /// of their own.
     #[arg(long, env = "SHIPLOG_DOCKER_JOB_IMAGE", default_value = shiplog_engine::runtime::docker::DEFAULT_JOB_IMAGE)]
     docker_job_image: String,
+    /// The registry the release stage pushes built images to, as
+    /// `<registry>/<app>/<service>:<commit>`, and deploys them from by digest, e.g.
+    /// `127.0.0.1:5000/team` (loopback registries are reached over plain HTTP).
+    #[arg(long, env = "SHIPLOG_REGISTRY", value_parser = clap::value_parser!(Registry))]
+    registry: Option<Registry>,
+    /// A Secret of the cluster that holds the registry's credentials, given to
+    /// pods as `imagePullSecrets` (repeat for several; kubernetes runtime).
+    #[arg(long = "image-pull-secret", env = "SHIPLOG_IMAGE_PULL_SECRETS", value_delimiter = ',')]
+    image_pull_secrets: Vec<String>,
     /// Where repositories are checked out for builds.
     #[arg(long, env = "SHIPLOG_WORK_DIR", default_value = ".shiplog/work")]
     work_dir: PathBuf,
@@ -169,7 +179,8 @@ impl WorkerArgs {
             format!("{}-{}", host.trim(), std::process::id())
         });
         let worker = WorkerConfig { id, work_dir: self.work_dir, lease: self.lease, idle_poll: DEFAULT_IDLE_POLL };
-        WorkConfig { database: self.database.into(), runtime, worker }
+        let release = ReleaseConfig { registry: self.registry, pull_secrets: self.image_pull_secrets };
+        WorkConfig { database: self.database.into(), runtime, release, worker }
     }
 }
 
@@ -263,10 +274,11 @@ impl Cli {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let WorkConfig { database, runtime, worker } = args.worker.config();
+    let WorkConfig { database, runtime, release, worker } = args.worker.config();
     let config = ServerConfig {
         database,
         runtime,
+        release,
         worker: Some(worker),
         api: ApiConfig { webhooks: args.webhooks.into(), ..args.api.config() },
         seal_interval: args.seal_interval,

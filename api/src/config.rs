@@ -7,6 +7,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use shiplog_engine::runtime::Registry;
+
 use crate::graphql::Limits;
 use crate::webhooks::WebhookConfig;
 
@@ -27,6 +29,16 @@ pub enum RuntimeConfig {
     /// Containers on the Docker engine; jobs and hooks without an image of their
     /// own run from `job_image`.
     Docker { job_image: String },
+}
+
+/// The release stage: where built images are pushed, and the credentials a
+/// cluster pulls them with.
+#[derive(Debug, Clone, Default)]
+pub struct ReleaseConfig {
+    /// `None`: no push; services run from the image their build made.
+    pub registry: Option<Registry>,
+    /// Names of the cluster's Secrets given to pods as `imagePullSecrets`.
+    pub pull_secrets: Vec<String>,
 }
 
 /// How a worker claims and executes runs.
@@ -76,6 +88,8 @@ pub struct ServerConfig {
     pub database: DatabaseConfig,
     /// The runtime the worker executes runs on and the drift reconciler observes.
     pub runtime: RuntimeConfig,
+    /// Runs planned by this server push to its registry; its worker pulls with its secrets.
+    pub release: ReleaseConfig,
     /// `None` serves without a worker: runs stay queued for other processes.
     pub worker: Option<WorkerConfig>,
     pub api: ApiConfig,
@@ -90,5 +104,6 @@ pub struct ServerConfig {
 pub struct WorkConfig {
     pub database: DatabaseConfig,
     pub runtime: RuntimeConfig,
+    pub release: ReleaseConfig,
     pub worker: WorkerConfig,
 }

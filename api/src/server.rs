@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth;
-use crate::config::{RuntimeConfig, ServerConfig, WorkConfig, WorkerConfig};
+use crate::config::{ReleaseConfig, RuntimeConfig, ServerConfig, WorkConfig, WorkerConfig};
 use crate::database::Database;
 use crate::http::{AppState, app};
 
@@ -48,7 +48,8 @@ pub async fn work(config: WorkConfig, shutdown: CancellationToken) -> anyhow::Re
     let database = Database::open(&config.database).await?;
     let worked = async {
         let runtime = Arc::new(runtime(&config.runtime).await?);
-        let (idle_poll, worker) = worker(Lifecycle::new(database.store()), runtime, config.worker);
+        let lifecycle = Lifecycle::new(database.store()).with_registry(config.release.registry.clone());
+        let (idle_poll, worker) = worker(lifecycle, runtime, config.worker, &config.release);
         println!("shiplog worker started");
         worker.run(idle_poll, shutdown).await;
         anyhow::Ok(())
@@ -68,7 +69,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let runtime = Arc::new(runtime(&config.runtime).await?);
     let store = database.store();
-    let lifecycle = Lifecycle::new(store.clone());
+    let lifecycle = Lifecycle::new(store.clone()).with_registry(config.release.registry.clone());
     let state = AppState::new(lifecycle.clone(), config.api, shutdown.clone()).await?;
     // Printed on stdout so scripts (and tests) can find a port chosen with :0.
     println!("shiplog listening on http://{}", listener.local_addr()?);
@@ -84,8 +85,9 @@ async fn serve(
     let reconciler = Reconciler::new(lifecycle.clone(), runtime.clone());
     let (interval, stop) = (config.drift_interval, shutdown.clone());
     tasks.spawn(async move { reconciler.run(interval, Arc::default(), stop).await });
+    let release = config.release;
     if let Some(config) = config.worker {
-        let (idle_poll, worker) = worker(lifecycle, runtime, config);
+        let (idle_poll, worker) = worker(lifecycle, runtime, config, &release);
         let stop = shutdown.clone();
         tasks.spawn(async move { worker.run(idle_poll, stop).await });
     }
@@ -110,8 +112,15 @@ async fn runtime(config: &RuntimeConfig) -> anyhow::Result<AnyRuntime> {
 }
 
 /// A worker as configured, with how often it polls when idle.
-fn worker(lifecycle: Lifecycle, runtime: Arc<AnyRuntime>, config: WorkerConfig) -> (Duration, Worker<AnyRuntime>) {
-    let worker = Worker::new(lifecycle, runtime, config.id, config.work_dir).with_lease(config.lease);
+fn worker(
+    lifecycle: Lifecycle,
+    runtime: Arc<AnyRuntime>,
+    config: WorkerConfig,
+    release: &ReleaseConfig,
+) -> (Duration, Worker<AnyRuntime>) {
+    let worker = Worker::new(lifecycle, runtime, config.id, config.work_dir)
+        .with_lease(config.lease)
+        .with_pull_secrets(release.pull_secrets.clone());
     (config.idle_poll, worker)
 }
 

@@ -22,8 +22,8 @@ use crate::git;
 use crate::lifecycle::{Lifecycle, LifecycleError};
 use crate::logs::RunLog;
 use crate::runtime::{
-    BuildRequest, EnvironmentRef, Image, LogSink, LogStream, Runtime, RuntimeError, ServiceRequest, TaskOutcome,
-    TaskRequest,
+    BuildRequest, EnvironmentRef, Image, ImageRefError, LogSink, LogStream, PushRequest, Repository, Runtime,
+    RuntimeError, ServiceRequest, TaskOutcome, TaskRequest,
 };
 use crate::store::{AppendError, Metadata};
 use crate::template::{self, ApplicationTemplate, Source};
@@ -64,11 +64,20 @@ pub struct Worker<R> {
     lease: Duration,
     /// Where repositories are checked out for builds.
     work_dir: PathBuf,
+    /// `imagePullSecrets` handed to every service and task (kubernetes runtime).
+    pull_secrets: Vec<String>,
 }
 
 impl<R: Runtime> Worker<R> {
     pub fn new(lifecycle: Lifecycle, runtime: Arc<R>, id: impl Into<String>, work_dir: PathBuf) -> Self {
-        Worker { lifecycle, runtime, id: id.into(), lease: DEFAULT_LEASE, work_dir }
+        Worker { lifecycle, runtime, id: id.into(), lease: DEFAULT_LEASE, work_dir, pull_secrets: Vec::new() }
+    }
+
+    /// Names of the cluster's Secrets that hold the registry's credentials, given
+    /// to every service and task as `imagePullSecrets`.
+    pub fn with_pull_secrets(mut self, names: Vec<String>) -> Self {
+        self.pull_secrets = names;
+        self
     }
 
     pub fn with_lease(mut self, lease: Duration) -> Self {
@@ -232,6 +241,20 @@ impl<R: Runtime> Worker<R> {
                 };
                 self.runtime.build(&request, &log).await.map(|image| Some(image.0)).map_err(failure)
             }
+            Action::Push { service, repository } => {
+                let built = run
+                    .output_of("build", &format!("build-{service}"))
+                    .ok_or_else(|| format!("service {service} has no image to push: its build did not run"))?;
+                let repository: Repository = repository.parse().map_err(|e: ImageRefError| e.to_string())?;
+                let request = PushRequest {
+                    env,
+                    service: service.clone(),
+                    image: Image(built.to_owned()),
+                    repository,
+                    tag: run.commit.as_ref().map(|c| c.to_string()).ok_or("the run has no commit to tag")?,
+                };
+                self.runtime.push(&request, &log).await.map(|image| Some(image.to_string())).map_err(failure)
+            }
             Action::Infrastructure => {
                 self.runtime.ensure_infrastructure(&env, &t.volume_names()).await.map(|()| None).map_err(failure)
             }
@@ -249,6 +272,7 @@ impl<R: Runtime> Worker<R> {
                     command: spec.command.clone(),
                     env_vars: ctx.variables.clone(),
                     timeout: spec.timeout(),
+                    pull_secrets: self.pull_secrets.clone(),
                 };
                 self.task(&request, &log, cancel).await
             }
@@ -268,6 +292,7 @@ impl<R: Runtime> Worker<R> {
                     command: spec.command.clone(),
                     env_vars: ctx.variables.clone(),
                     timeout: spec.timeout(),
+                    pull_secrets: self.pull_secrets.clone(),
                 };
                 self.task(&request, &log, cancel).await
             }
@@ -292,6 +317,7 @@ impl<R: Runtime> Worker<R> {
                     command: spec.command.clone(),
                     env_vars: ctx.variables.clone(),
                     timeout: spec.timeout(),
+                    pull_secrets: self.pull_secrets.clone(),
                 };
                 self.task(&request, &log, cancel).await
             }
@@ -311,6 +337,7 @@ impl<R: Runtime> Worker<R> {
                     health_check: spec.health_check(),
                     health_timeout: spec.health_timeout(),
                     volumes: spec.volumes.iter().map(|v| (v.name.clone(), v.path.clone())).collect(),
+                    pull_secrets: self.pull_secrets.clone(),
                 };
                 self.runtime.roll_out(&request, &log).await.map(|()| None).map_err(failure)
             }
@@ -391,8 +418,12 @@ fn failure(e: RuntimeError) -> JobFailure {
     e.to_string().into()
 }
 
-/// The image each service runs after this run: built by it, or prebuilt.
+/// The image each service runs after this run: pushed by it (pinned by digest),
+/// built by it, or prebuilt.
 fn service_image(run: &Run, t: &ApplicationTemplate, service: &str) -> Result<Image, String> {
+    if let Some(pushed) = run.output_of("release", &format!("push-{service}")) {
+        return Ok(Image(pushed.to_owned()));
+    }
     if let Some(built) = run.output_of("build", &format!("build-{service}")) {
         return Ok(Image(built.to_owned()));
     }

@@ -8,6 +8,7 @@
 
 pub mod docker;
 pub mod example;
+pub mod registry;
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};

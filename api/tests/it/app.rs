@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use shiplog::auth::{self, Role};
-use shiplog::config::{ApiConfig, DatabaseConfig, RuntimeConfig, ServerConfig, WorkerConfig};
+use shiplog::config::{ApiConfig, DatabaseConfig, ReleaseConfig, RuntimeConfig, ServerConfig, WorkerConfig};
 use shiplog::server;
 use shiplog_tests::example::Scratch;
 use shiplog_tests::{TestDb, eventually};
@@ -93,6 +93,7 @@ impl TestApp {
         ServerConfig {
             database: DatabaseConfig { url: Some(db.url()), data_dir: scratch.path().join("pg") },
             runtime: RuntimeConfig::Process { root: scratch.path().join("process") },
+            release: ReleaseConfig::default(),
             worker: Some(WorkerConfig {
                 id: "api-test".into(),
                 work_dir: scratch.path().join("work"),

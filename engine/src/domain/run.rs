@@ -23,6 +23,11 @@ pub enum Action {
     Build { service: String },
     /// Create the environment's infrastructure (setup only).
     Infrastructure,
+    /// Push a built image to the registry (`repository`, e.g.
+    /// `127.0.0.1:5000/team/hello/web`), tagged with the run's commit; its output is
+    /// the image pinned by the digest the registry stored (`…@sha256:…`), which
+    /// later jobs deploy.
+    Push { service: String, repository: String },
     /// Run a release command from the new image.
     Release { command: String },
     /// Roll a service out to its new image.
@@ -55,6 +60,9 @@ pub struct PlanInput {
     pub extra_stages: Vec<(String, Vec<String>)>,
     /// Services built from source (the others use a prebuilt image).
     pub built_services: Vec<String>,
+    /// Built services pushed to a registry in the release stage, with the
+    /// repository each goes to; empty without a registry.
+    pub pushed_services: Vec<(String, String)>,
     /// Every service, in the order they roll out.
     pub services: Vec<String>,
     pub release_commands: Vec<String>,
@@ -87,14 +95,13 @@ pub fn plan(kind: RunKind, input: &PlanInput) -> Vec<PlannedStage> {
     if kind == RunKind::Setup {
         stage("setup", vec![job("infrastructure".into(), Action::Infrastructure)]);
     }
-    stage(
-        "release",
-        input
-            .release_commands
-            .iter()
-            .map(|c| job(format!("release-{c}"), Action::Release { command: c.clone() }))
-            .collect(),
-    );
+    // Pushes come first: release commands run from the pushed image.
+    let pushes = input.pushed_services.iter().map(|(s, repository)| {
+        job(format!("push-{s}"), Action::Push { service: s.clone(), repository: repository.clone() })
+    });
+    let commands =
+        input.release_commands.iter().map(|c| job(format!("release-{c}"), Action::Release { command: c.clone() }));
+    stage("release", pushes.chain(commands).collect());
     stage(
         "deploy",
         input.services.iter().map(|s| job(format!("deploy-{s}"), Action::Deploy { service: s.clone() })).collect(),
@@ -643,6 +650,7 @@ pub(crate) mod tests {
         PlanInput {
             extra_stages: vec![("test".into(), vec!["unit".into()])],
             built_services: vec!["web".into()],
+            pushed_services: Vec::new(),
             services: vec!["web".into(), "cache".into()],
             release_commands: vec!["migrate".into(), "notify".into()],
             teardown_hooks: vec!["destroy".into()],
@@ -698,6 +706,17 @@ pub(crate) mod tests {
             ["test", "build", "release", "deploy"]
         );
         assert_eq!(names(RunKind::Teardown), vec![("teardown".into(), s(&["hook-destroy", "remove"]))]);
+        let pushed = PlanInput { pushed_services: vec![("web".into(), "127.0.0.1:5000/t/shop/web".into())], ..input() };
+        let release = plan(RunKind::Patch, &pushed).into_iter().find(|s| s.name == "release").unwrap();
+        assert_eq!(
+            release.jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>(),
+            ["push-web", "release-migrate", "release-notify"],
+            "images are pushed before release commands run from them"
+        );
+        assert_eq!(
+            release.jobs[0].action,
+            Action::Push { service: "web".into(), repository: "127.0.0.1:5000/t/shop/web".into() }
+        );
         let bare = PlanInput { services: vec!["web".into()], ..PlanInput::default() };
         assert_eq!(plan(RunKind::Patch, &bare).len(), 1, "stages without jobs are left out");
     }

@@ -20,6 +20,7 @@ use crate::domain::environment::{
 use crate::domain::run::{self, PlanInput, Run, RunCommand, RunEvent};
 use crate::domain::{Aggregate, CommitId, DomainError, Name, RunKind, StreamRef, stream};
 use crate::git::{self, GitError};
+use crate::runtime::Registry;
 use crate::store::{AppendError, EventStore, Metadata};
 use crate::template::{self, ApplicationTemplate, Source, TemplateErrors};
 use crate::{run_queue, variable_sets};
@@ -62,6 +63,9 @@ impl From<AppendError> for LifecycleError {
 pub struct Lifecycle {
     store: EventStore,
     cache: Arc<Cache>,
+    /// Where the release stage pushes built images; `None`: no push, services run
+    /// from the image their build made.
+    registry: Option<Registry>,
 }
 
 /// A run request that was accepted.
@@ -74,7 +78,14 @@ pub struct Requested {
 
 impl Lifecycle {
     pub fn new(store: EventStore) -> Self {
-        Lifecycle { store, cache: Arc::new(Cache::new(aggregates::CACHED_STATES)) }
+        Lifecycle { store, cache: Arc::new(Cache::new(aggregates::CACHED_STATES)), registry: None }
+    }
+
+    /// Runs planned from now on push their built images to `registry` in the
+    /// release stage and deploy them by digest.
+    pub fn with_registry(mut self, registry: Option<Registry>) -> Self {
+        self.registry = registry;
+        self
     }
 
     pub fn store(&self) -> &EventStore {
@@ -409,7 +420,7 @@ impl Lifecycle {
                     reason,
                     template,
                     templates: current.clone(),
-                    plan: run::plan(kind, &plan_input(&parsed)),
+                    plan: run::plan(kind, &plan_input(app, &parsed, self.registry.as_ref())),
                     queued_at: now,
                 };
                 let superseded: Vec<Uuid> = events
@@ -531,9 +542,19 @@ fn decided(requested: Option<Requested>) -> Requested {
     requested.expect("a requested setup, patch or teardown decides a run or is refused")
 }
 
-/// What a template contributes to run plans.
-pub fn plan_input(t: &ApplicationTemplate) -> PlanInput {
+/// What a template contributes to run plans; with a registry, every built service
+/// of `application` is pushed to `<registry>/<application>/<service>` (a name the
+/// registry would refuse fails that push job, saying why).
+pub fn plan_input(application: &Name, t: &ApplicationTemplate, registry: Option<&Registry>) -> PlanInput {
+    let pushed_services = registry.map_or_else(Vec::new, |registry| {
+        t.services
+            .iter()
+            .filter(|(_, s)| matches!(s.source, Source::Build(_)))
+            .map(|(name, _)| (name.clone(), format!("{registry}/{application}/{name}")))
+            .collect()
+    });
     PlanInput {
+        pushed_services,
         extra_stages: t
             .stages
             .iter()

@@ -7,8 +7,8 @@ use tokio_util::sync::CancellationToken;
 use super::docker::DockerRuntime;
 use super::process::ProcessRuntime;
 use super::{
-    BuildRequest, EnvironmentRef, Image, LogSink, ObservedService, Runtime, RuntimeError, ServiceRequest, TaskOutcome,
-    TaskRequest,
+    BuildRequest, EnvironmentRef, Image, ImageRef, LogSink, ObservedService, PushRequest, Runtime, RuntimeError,
+    ServiceRequest, TaskOutcome, TaskRequest,
 };
 
 /// One of shiplog's runtimes.
@@ -23,6 +23,13 @@ impl Runtime for AnyRuntime {
         match self {
             AnyRuntime::Process(runtime) => runtime.build(req, logs).await,
             AnyRuntime::Docker(runtime) => runtime.build(req, logs).await,
+        }
+    }
+
+    async fn push(&self, req: &PushRequest, logs: &dyn LogSink) -> Result<ImageRef, RuntimeError> {
+        match self {
+            AnyRuntime::Process(runtime) => runtime.push(req, logs).await,
+            AnyRuntime::Docker(runtime) => runtime.push(req, logs).await,
         }
     }
 

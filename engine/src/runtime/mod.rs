@@ -22,11 +22,13 @@
 mod any;
 pub mod docker;
 mod health;
+mod image;
 mod output;
 mod policy;
 pub mod process;
 
 pub use any::AnyRuntime;
+pub use image::{ImageDigest, ImageRef, ImageRefError, Registry, Repository};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -105,6 +107,9 @@ pub struct TaskRequest {
     pub command: Vec<String>,
     pub env_vars: BTreeMap<String, String>,
     pub timeout: Duration,
+    /// Names of the cluster's Secrets holding the registry's credentials
+    /// (`imagePullSecrets`); only the kubernetes runtime uses them.
+    pub pull_secrets: Vec<String>,
 }
 
 /// How a task ended.
@@ -147,6 +152,23 @@ pub struct ServiceRequest {
     pub health_timeout: Duration,
     /// Named volumes: (name, mount path).
     pub volumes: Vec<(String, String)>,
+    /// Names of the cluster's Secrets holding the registry's credentials
+    /// (`imagePullSecrets`); only the kubernetes runtime uses them.
+    pub pull_secrets: Vec<String>,
+}
+
+/// Push a built image to a registry (the release stage), so that it can be
+/// deployed by digest from anywhere that reaches the registry.
+#[derive(Debug, Clone)]
+pub struct PushRequest {
+    pub env: EnvironmentRef,
+    pub service: String,
+    /// What [`Runtime::build`] returned for the service.
+    pub image: Image,
+    /// `<registry>/<app>/<service>`.
+    pub repository: Repository,
+    /// The tag pushed beside the digest: the run's commit.
+    pub tag: String,
 }
 
 impl ServiceRequest {
@@ -233,6 +255,16 @@ pub trait Runtime: Send + Sync + 'static {
     /// Builds (or reuses, for the same commit and context) the service's image.
     fn build(&self, req: &BuildRequest, logs: &dyn LogSink)
     -> impl Future<Output = Result<Image, RuntimeError>> + Send;
+
+    /// Pushes the built image to `req.repository` as `req.tag` and returns it pinned
+    /// by the digest the registry stored. Pushing the same image again returns the
+    /// same digest. A registry that refuses the push fails the call with the
+    /// registry's message.
+    fn push(
+        &self,
+        req: &PushRequest,
+        logs: &dyn LogSink,
+    ) -> impl Future<Output = Result<ImageRef, RuntimeError>> + Send;
 
     /// Ensures the environment's infrastructure exists: its network or working
     /// directory, and the named volumes. Running it twice changes nothing.

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Collects log lines; fires `trigger.1` when a line containing `trigger.0` arrives.
 #[derive(Default)]
-struct Collect {
+pub(crate) struct Collect {
     lines: Mutex<Vec<(LogStream, String)>>,
     trigger: Option<(String, CancellationToken)>,
 }
@@ -42,21 +42,21 @@ impl Collect {
         self.lines.lock().unwrap().iter().any(|(s, l)| *s == stream && l.contains(needle))
     }
 
-    fn dump(&self) -> String {
+    pub(crate) fn dump(&self) -> String {
         self.lines.lock().unwrap().iter().map(|(s, l)| format!("{s:?}: {l}\n")).collect()
     }
 }
 
 /// An environment of its own on the engine, and a scratch directory for build
 /// contexts; whatever carries the environment's labels is removed on drop.
-struct Fixture {
-    runtime: DockerRuntime,
-    env: EnvironmentRef,
+pub(crate) struct Fixture {
+    pub(crate) runtime: DockerRuntime,
+    pub(crate) env: EnvironmentRef,
     scratch: Scratch,
 }
 
 impl Fixture {
-    async fn new() -> Option<Fixture> {
+    pub(crate) async fn new() -> Option<Fixture> {
         let runtime = docker::docker().await?;
         Some(Fixture { runtime, env: docker::unique_env("review-1"), scratch: Scratch::new("shiplog-docker") })
     }
@@ -81,14 +81,14 @@ impl Fixture {
     }
 
     /// An image whose web root `/www` holds an `index.html` reading `version`.
-    async fn image(&self, version: &str) -> Image {
+    pub(crate) async fn image(&self, version: &str) -> Image {
         let dockerfile = format!("ARG BASE\nFROM ${{BASE}}\nRUN mkdir /www && echo {version} > /www/index.html\n");
         let logs = Collect::default();
         self.build(version, &dockerfile, &logs).await.unwrap_or_else(|e| panic!("{e}\n{}", logs.dump()))
     }
 
     /// The web service serving `/www` on port 8080 from `image`, with an HTTP health check.
-    fn web(&self, image: &Image) -> ServiceRequest {
+    pub(crate) fn web(&self, image: &Image) -> ServiceRequest {
         ServiceRequest {
             env: self.env.clone(),
             service: "web".to_string(),
@@ -100,6 +100,7 @@ impl Fixture {
             health_check: Some(HealthCheck::Http { path: "/".to_string(), port: 8080 }),
             health_timeout: Duration::from_secs(20),
             volumes: vec![("data".to_string(), "/data".to_string())],
+            pull_secrets: Vec::new(),
         }
     }
 
@@ -112,16 +113,17 @@ impl Fixture {
             command: vec!["sh".into(), "-c".into(), script.into()],
             env_vars: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
             timeout,
+            pull_secrets: Vec::new(),
         }
     }
 
     /// The page the serving web container answers with, if any.
-    async fn page(&self) -> Option<String> {
+    pub(crate) async fn page(&self) -> Option<String> {
         let ip = self.runtime.service_address(&self.env, "web").await.unwrap()?;
         http_get(SocketAddr::new(ip, 8080)).await
     }
 
-    async fn observe(&self) -> Vec<ObservedService> {
+    pub(crate) async fn observe(&self) -> Vec<ObservedService> {
         self.runtime.observe(&self.env).await.unwrap()
     }
 

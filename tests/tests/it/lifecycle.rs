@@ -13,7 +13,7 @@ use shiplog_engine::domain::run::RunStatus;
 use shiplog_engine::domain::{DomainError, Name};
 use shiplog_engine::lifecycle::{Lifecycle, LifecycleError};
 use shiplog_engine::runtime::process::ProcessRuntime;
-use shiplog_engine::runtime::{AnyRuntime, Runtime};
+use shiplog_engine::runtime::{AnyRuntime, Registry, Runtime};
 use shiplog_engine::store::Metadata;
 use shiplog_engine::worker::{Tick, Worker};
 use shiplog_engine::{logs, runtime::EnvironmentRef};
@@ -69,6 +69,12 @@ impl Example {
     /// The example on `backend`; `None` when that is Docker and no engine answers
     /// (the test then skips, unless SHIPLOG_REQUIRE_DOCKER=1 makes it fail).
     pub(crate) async fn on(backend: Backend) -> Option<Example> {
+        Example::pushing_to(backend, None).await
+    }
+
+    /// The example on `backend`, its runs pushing built images to `registry` in
+    /// their release stage.
+    pub(crate) async fn pushing_to(backend: Backend, registry: Option<Registry>) -> Option<Example> {
         let scratch = Scratch::new("shiplog-e2e");
         let (runtime, app, gate_host) = match backend {
             Backend::Process => {
@@ -100,7 +106,7 @@ impl Example {
             marks.display()
         );
 
-        let lifecycle = Lifecycle::new(db.store());
+        let lifecycle = Lifecycle::new(db.store()).with_registry(registry);
         let (app, env): (Name, Name) = (app.parse().unwrap(), "staging".parse().unwrap());
         let now = Utc::now();
         lifecycle.create_application(&app, repo.dir.to_str().unwrap(), &metadata(), now).await.unwrap();
@@ -163,7 +169,7 @@ impl Example {
         .unwrap()
     }
 
-    async fn log_text(&self, run_id: Uuid) -> String {
+    pub(crate) async fn log_text(&self, run_id: Uuid) -> String {
         logs::read(&self.db.runtime, run_id, 0, 10_000)
             .await
             .unwrap()

@@ -3,9 +3,11 @@
 
 mod append;
 mod architecture;
+mod deploy;
 mod docker;
 mod immutability;
 mod lifecycle;
 mod projections;
 mod reading;
+mod registry;
 mod tamper;

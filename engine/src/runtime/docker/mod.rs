@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! image      shiplog/<app>/<service>:<commit>              built from the service's context
+//! image      <registry>/<app>/<service>:<commit>           the same, pushed (release stage)
 //! network    shiplog_<app>_<env>                           one bridge network per environment
 //! volume     shiplog_<app>_<env>_<volume>                  named volumes
 //! container  shiplog_<app>_<env>_<service>_<spec hash>     a version of a service
@@ -51,6 +52,12 @@
 //! their volumes at their mount paths, and the Docker host as
 //! `host.docker.internal` (as on Docker Desktop).
 //!
+//! # Registry
+//!
+//! With a registry configured, the release stage pushes each built image
+//! (`registry.rs`) and services and tasks run from the pushed image by digest
+//! (`<registry>/<app>/<service>@sha256:…`); an engine that lacks it pulls it first.
+//!
 //! # Tasks
 //!
 //! A task is a one-off container on the environment's network, from the task's
@@ -79,6 +86,7 @@
 //!   configuration: anyone who can use the Docker socket can read them.
 
 mod build;
+mod registry;
 mod rollout;
 mod task;
 
@@ -99,8 +107,8 @@ use tokio_util::sync::CancellationToken;
 use super::output::Lines;
 use super::policy::STOP_GRACE;
 use super::{
-    BuildRequest, EnvironmentRef, Image, LogSink, LogStream, ObservedService, Runtime, RuntimeError, ServiceHealth,
-    ServiceRequest, TaskOutcome, TaskRequest, check_name,
+    BuildRequest, EnvironmentRef, Image, ImageRef, LogSink, LogStream, ObservedService, PushRequest, Runtime,
+    RuntimeError, ServiceHealth, ServiceRequest, TaskOutcome, TaskRequest, check_name,
 };
 
 /// The image tasks without an image of their own (jobs, hooks before any deploy)
@@ -257,6 +265,12 @@ impl Runtime for DockerRuntime {
     /// (`sha256:…`), so deploys run exactly what was built.
     async fn build(&self, req: &BuildRequest, logs: &dyn LogSink) -> Result<Image, RuntimeError> {
         build::build(self, req, logs).await
+    }
+
+    /// Tags the built image `<repository>:<tag>`, pushes it through the engine and
+    /// returns it by the registry's digest (see `registry.rs`).
+    async fn push(&self, req: &PushRequest, logs: &dyn LogSink) -> Result<ImageRef, RuntimeError> {
+        self.push_image(req, logs).await
     }
 
     /// Creates the environment's network and volumes if they do not exist.

@@ -72,7 +72,7 @@ pub(super) async fn roll_out(
         return Ok(());
     }
 
-    let id = runtime.create_version(&names, req, &name).await?;
+    let id = runtime.create_version(&names, req, &name, logs).await?;
     logs.line(LogStream::System, &format!("started {name} from {}", req.image.0));
     if let Err(unhealthy) = wait_healthy(runtime, &names, req, &id).await {
         let failure = unhealthy.failure(service, req.health_timeout, logs);
@@ -100,7 +100,14 @@ pub(super) async fn roll_out(
 impl DockerRuntime {
     /// Creates and starts a version of the service on the environment's network,
     /// without the service's alias and without a restart policy. Returns its id.
-    async fn create_version(&self, names: &Names, req: &ServiceRequest, name: &str) -> Result<String, RuntimeError> {
+    async fn create_version(
+        &self,
+        names: &Names,
+        req: &ServiceRequest,
+        name: &str,
+        logs: &dyn LogSink,
+    ) -> Result<String, RuntimeError> {
+        self.ensure_image(&req.image.0, logs).await?;
         let mut labels = names.labels();
         labels.insert(LABEL_SERVICE.to_string(), req.service.clone());
         labels.insert(LABEL_IMAGE.to_string(), req.image.0.clone());

@@ -43,6 +43,7 @@ pub(super) async fn run(
     }
 
     let image = req.image.as_ref().map_or_else(|| runtime.job_image.clone(), |image| image.0.clone());
+    runtime.ensure_image(&image, logs).await?;
     let mut labels = names.labels();
     labels.insert(LABEL_TASK.to_string(), req.name.clone());
     let mounts = req.source_dir.as_ref().map(|source| {

@@ -73,8 +73,8 @@ use tokio_util::sync::CancellationToken;
 use self::groups::stop_all;
 use self::records::{EnvDirs, ServiceState, io_error, json_files, read_json};
 use super::{
-    BuildRequest, EnvironmentRef, Image, LogSink, ObservedService, Runtime, RuntimeError, ServiceRequest, TaskOutcome,
-    TaskRequest, check_name,
+    BuildRequest, EnvironmentRef, Image, ImageRef, LogSink, ObservedService, PushRequest, Runtime, RuntimeError,
+    ServiceRequest, TaskOutcome, TaskRequest, check_name,
 };
 
 pub use self::services::volume_variable;
@@ -113,6 +113,16 @@ impl Runtime for ProcessRuntime {
     /// and renamed into place, so an image directory is always complete.
     async fn build(&self, req: &BuildRequest, logs: &dyn LogSink) -> Result<Image, RuntimeError> {
         images::build(&self.root, req, logs).await
+    }
+
+    /// Images here are directories, which no registry takes: a run that has a
+    /// release stage to push fails there, saying so.
+    async fn push(&self, req: &PushRequest, _logs: &dyn LogSink) -> Result<ImageRef, RuntimeError> {
+        Err(RuntimeError::Failed(format!(
+            "the process runtime cannot push {} to {}: its images are directories; use the docker or kubernetes \
+             runtime with a registry",
+            req.service, req.repository
+        )))
     }
 
     /// Creates the environment's working directory and `volumes/<name>/` for each

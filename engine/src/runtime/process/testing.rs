@@ -124,6 +124,7 @@ pub(super) fn task(command: Vec<String>, image: Option<Image>, timeout: Duration
         command,
         env_vars: BTreeMap::new(),
         timeout,
+        pull_secrets: Vec::new(),
     }
 }
 
@@ -139,6 +140,7 @@ pub(super) fn service(image: &Image, command: Vec<String>) -> ServiceRequest {
         health_check: None,
         health_timeout: Duration::from_secs(10),
         volumes: Vec::new(),
+        pull_secrets: Vec::new(),
     }
 }
 
