@@ -162,8 +162,12 @@ async fn a_frontend_drives_the_whole_lifecycle_over_http_and_a_websocket() {
     // Teardown removes everything.
     let teardown = app.data(&deployer, ENVIRONMENT_TEARDOWN, json!({ "input": { "environmentId": env_id } })).await;
     assert_eq!(finished(&app, &viewer, &teardown["environmentTeardown"]["run"]["id"]).await["status"], "SUCCEEDED");
-    let env = app.data(&viewer, ENVIRONMENT, json!({ "app": "hello", "env": "staging" })).await["environment"].clone();
-    assert_eq!(env["status"], "TORN_DOWN");
+    // The run's end and the environment's record of it are two transactions.
+    eventually("the environment to be torn down", PATIENCE, || async {
+        let env = app.data(&viewer, ENVIRONMENT, json!({ "app": "hello", "env": "staging" })).await["environment"].clone();
+        (env["status"] == "TORN_DOWN").then_some(())
+    })
+    .await;
     assert_eq!(repo.page().await, None);
 }
 
