@@ -282,7 +282,7 @@ impl LogHub {
     fn follower(&self, run_id: Uuid, after: i64) -> Follow {
         Follow {
             hub: self.clone(),
-            batches: self.tail(run_id),
+            batches: self.tail(run_id, after),
             run_id,
             queued: after,
             pending: VecDeque::new(),
@@ -292,7 +292,10 @@ impl LogHub {
     }
 
     /// A receiver of the run's tail, starting the tail if the run has none here.
-    fn tail(&self, run_id: Uuid) -> broadcast::Receiver<Batch> {
+    /// A new tail reads from `after`, the position of the follower that starts it:
+    /// were it to start from the lines stored when its task first runs, a line
+    /// stored between the follower's own read and that moment would reach neither.
+    fn tail(&self, run_id: Uuid, after: i64) -> broadcast::Receiver<Batch> {
         let mut tails = self.tails.lock().expect("not poisoned");
         if let Some(tail) = tails.get(&run_id) {
             return tail.subscribe();
@@ -307,7 +310,7 @@ impl LogHub {
             run_id,
             sender,
         };
-        tokio::spawn(tail.run());
+        tokio::spawn(tail.run(after));
         receiver
     }
 }
@@ -324,18 +327,7 @@ struct Tail {
 }
 
 impl Tail {
-    async fn run(mut self) {
-        let mut cursor = match sqlx::query_scalar::<_, Option<i64>>("SELECT max(seq) FROM run_logs WHERE run_id = $1")
-            .bind(self.run_id)
-            .fetch_one(&self.pool)
-            .await
-        {
-            Ok(last) => last.unwrap_or(0),
-            Err(e) => {
-                tracing::warn!(run_id = %self.run_id, error = %e, "starting a log tail failed");
-                return self.close();
-            }
-        };
+    async fn run(mut self, mut cursor: i64) {
         loop {
             if self.unfollowed() {
                 return;
@@ -474,7 +466,7 @@ impl Follow {
             // join a new one, then read what it may not have.
             Err(broadcast::error::RecvError::Closed) => {
                 tokio::time::sleep(FOLLOW_FALLBACK).await;
-                self.batches = self.hub.tail(self.run_id);
+                self.batches = self.hub.tail(self.run_id, self.queued);
                 self.caught_up = false;
             }
         }
