@@ -259,23 +259,43 @@ impl LogHub {
     /// ended and every line is delivered. A slow follower reads what it missed from
     /// the database, so it never loses lines.
     pub fn follow(&self, run_id: Uuid, after: i64) -> impl Stream<Item = sqlx::Result<LogLine>> + Send + 'static {
-        let follow = Follow {
-            hub: self.clone(),
-            batches: self.tail(run_id),
-            run_id,
-            queued: after,
-            pending: VecDeque::new(),
-            caught_up: false,
-            ended: false,
-        };
-        futures::stream::try_unfold(follow, |mut f| async move {
+        futures::stream::try_unfold(self.follower(run_id, after), |mut f| async move {
             let line = f.next_line().await?;
             Ok(line.map(|line| (line, f)))
         })
     }
 
+    /// Like [`follow`](Self::follow), the same lines in the same order, but in
+    /// chunks: each item holds every line available when it is taken (never
+    /// empty), so a follower pays per chunk, not per line.
+    pub fn follow_chunks(
+        &self,
+        run_id: Uuid,
+        after: i64,
+    ) -> impl Stream<Item = sqlx::Result<Vec<LogLine>>> + Send + 'static {
+        futures::stream::try_unfold(self.follower(run_id, after), |mut f| async move {
+            let chunk = f.next_chunk().await?;
+            Ok(chunk.map(|chunk| (chunk, f)))
+        })
+    }
+
+    fn follower(&self, run_id: Uuid, after: i64) -> Follow {
+        Follow {
+            hub: self.clone(),
+            batches: self.tail(run_id, after),
+            run_id,
+            queued: after,
+            pending: VecDeque::new(),
+            caught_up: false,
+            ended: false,
+        }
+    }
+
     /// A receiver of the run's tail, starting the tail if the run has none here.
-    fn tail(&self, run_id: Uuid) -> broadcast::Receiver<Batch> {
+    /// A new tail reads from `after`, the position of the follower that starts it:
+    /// were it to start from the lines stored when its task first runs, a line
+    /// stored between the follower's own read and that moment would reach neither.
+    fn tail(&self, run_id: Uuid, after: i64) -> broadcast::Receiver<Batch> {
         let mut tails = self.tails.lock().expect("not poisoned");
         if let Some(tail) = tails.get(&run_id) {
             return tail.subscribe();
@@ -290,7 +310,7 @@ impl LogHub {
             run_id,
             sender,
         };
-        tokio::spawn(tail.run());
+        tokio::spawn(tail.run(after));
         receiver
     }
 }
@@ -307,18 +327,7 @@ struct Tail {
 }
 
 impl Tail {
-    async fn run(mut self) {
-        let mut cursor = match sqlx::query_scalar::<_, Option<i64>>("SELECT max(seq) FROM run_logs WHERE run_id = $1")
-            .bind(self.run_id)
-            .fetch_one(&self.pool)
-            .await
-        {
-            Ok(last) => last.unwrap_or(0),
-            Err(e) => {
-                tracing::warn!(run_id = %self.run_id, error = %e, "starting a log tail failed");
-                return self.close();
-            }
-        };
+    async fn run(mut self, mut cursor: i64) {
         loop {
             if self.unfollowed() {
                 return;
@@ -389,12 +398,37 @@ struct Follow {
 
 impl Follow {
     async fn next_line(&mut self) -> sqlx::Result<Option<LogLine>> {
+        Ok(if self.wait().await? { self.pending.pop_front() } else { None })
+    }
+
+    /// Every line available now (at least one), in order; `None` once the run has
+    /// ended and every line was handed out. Batches the tail has already sent are
+    /// taken too, so a follower that fell behind catches up in one chunk.
+    async fn next_chunk(&mut self) -> sqlx::Result<Option<Vec<LogLine>>> {
+        if !self.wait().await? {
+            return Ok(None);
+        }
+        while self.caught_up && !self.ended {
+            match self.batches.try_recv() {
+                Ok(batch) => self.take(Ok(batch)).await?,
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    self.take(Err(broadcast::error::RecvError::Lagged(n))).await?
+                }
+                Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => break,
+            }
+        }
+        Ok(Some(self.pending.drain(..).collect()))
+    }
+
+    /// Waits until a line is pending; false once the run has ended and every line
+    /// was handed out.
+    async fn wait(&mut self) -> sqlx::Result<bool> {
         loop {
-            if let Some(line) = self.pending.pop_front() {
-                return Ok(Some(line));
+            if !self.pending.is_empty() {
+                return Ok(true);
             }
             if self.ended {
-                return Ok(None);
+                return Ok(false);
             }
             if !self.caught_up {
                 // The follower joined the tail before reading, so nothing written
@@ -402,33 +436,41 @@ impl Follow {
                 self.read_from_database(FOLLOW_PAGE).await?;
                 continue;
             }
-            match self.batches.recv().await {
-                Ok(Batch::Lines(lines)) => {
-                    let Some(first) = lines.iter().find(|l| l.seq > self.queued).map(|l| l.seq) else { continue };
-                    if first > self.queued + 1 {
-                        // Lines in between were read by the tail before this follower
-                        // caught up: they are in the database.
-                        self.caught_up = false;
-                        continue;
-                    }
-                    self.pending.extend(lines.iter().filter(|l| l.seq > self.queued).cloned());
-                    self.queued = self.pending.back().map_or(self.queued, |l| l.seq);
-                }
-                // Every line is stored before the event that ends the run.
-                Ok(Batch::End) => {
-                    self.read_from_database(i64::MAX).await?;
-                    self.ended = true;
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => self.caught_up = false,
-                // The tail stopped without seeing the end (it could not start):
-                // join a new one, then read what it may not have.
-                Err(broadcast::error::RecvError::Closed) => {
-                    tokio::time::sleep(FOLLOW_FALLBACK).await;
-                    self.batches = self.hub.tail(self.run_id);
+            let received = self.batches.recv().await;
+            self.take(received).await?;
+        }
+    }
+
+    /// Queues what the tail sent, or falls back to the database when the batch
+    /// does not continue where this follower is.
+    async fn take(&mut self, received: Result<Batch, broadcast::error::RecvError>) -> sqlx::Result<()> {
+        match received {
+            Ok(Batch::Lines(lines)) => {
+                let Some(first) = lines.iter().find(|l| l.seq > self.queued).map(|l| l.seq) else { return Ok(()) };
+                if first > self.queued + 1 {
+                    // Lines in between were read by the tail before this follower
+                    // caught up: they are in the database.
                     self.caught_up = false;
+                    return Ok(());
                 }
+                self.pending.extend(lines.iter().filter(|l| l.seq > self.queued).cloned());
+                self.queued = self.pending.back().map_or(self.queued, |l| l.seq);
+            }
+            // Every line is stored before the event that ends the run.
+            Ok(Batch::End) => {
+                self.read_from_database(i64::MAX).await?;
+                self.ended = true;
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => self.caught_up = false,
+            // The tail stopped without seeing the end (it could not start):
+            // join a new one, then read what it may not have.
+            Err(broadcast::error::RecvError::Closed) => {
+                tokio::time::sleep(FOLLOW_FALLBACK).await;
+                self.batches = self.hub.tail(self.run_id, self.queued);
+                self.caught_up = false;
             }
         }
+        Ok(())
     }
 
     async fn read_from_database(&mut self, limit: i64) -> sqlx::Result<()> {

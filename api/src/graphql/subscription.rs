@@ -37,19 +37,34 @@ impl Subscription {
         run_id: ID,
         after: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<LogLine>>> {
-        authorize(ctx, Permission::Read, false)?;
-        let run_id = existing_run(ctx, &run_id).await?;
-        let after = match after {
-            Some(cursor) => decode_cursor(&cursor)
-                .and_then(|key| key.parse::<i64>().ok())
-                .ok_or_else(|| coded("BAD_USER_INPUT", "`after` is not a log line's cursor"))?,
-            None => 0,
-        };
+        let (run_id, after) = log_subscription(ctx, &run_id, after).await?;
         let api = api(ctx);
         let open = api.metrics.subscription_opened();
         Ok(api.logs.follow(run_id, after).map(move |line| {
             let _open = &open;
             line.map(LogLine).map_err(|e| internal("following a run's log", e))
+        }))
+    }
+
+    /// The lines `runLogs` delivers, in the same order, in chunks: each message
+    /// holds every line available when it is sent (never none), each line with its
+    /// cursor, so a client following a busy log gets one message per batch of
+    /// output instead of one per line. Completes when the run has ended and every
+    /// line was sent.
+    async fn run_log_chunks(
+        &self,
+        ctx: &Context<'_>,
+        run_id: ID,
+        after: Option<String>,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Vec<LogLine>>>> {
+        let (run_id, after) = log_subscription(ctx, &run_id, after).await?;
+        let api = api(ctx);
+        let open = api.metrics.subscription_opened();
+        Ok(api.logs.follow_chunks(run_id, after).map(move |chunk| {
+            let _open = &open;
+            chunk
+                .map(|lines| lines.into_iter().map(LogLine).collect())
+                .map_err(|e| internal("following a run's log", e))
         }))
     }
 
@@ -144,6 +159,23 @@ fn fold(mut view: Option<RunView>, chunk: Vec<sqlx::Result<RecordedEvent>>) -> R
         view = RunView::apply(view, &Fact::decode(&event).map_err(|e| e.to_string())?);
     }
     view.ok_or_else(|| "a run stream without RunQueued".to_owned())
+}
+
+/// The run and the line number a log subscription starts after.
+async fn log_subscription(
+    ctx: &Context<'_>,
+    run_id: &ID,
+    after: Option<String>,
+) -> async_graphql::Result<(uuid::Uuid, i64)> {
+    authorize(ctx, Permission::Read, false)?;
+    let run_id = existing_run(ctx, run_id).await?;
+    let after = match after {
+        Some(cursor) => decode_cursor(&cursor)
+            .and_then(|key| key.parse::<i64>().ok())
+            .ok_or_else(|| coded("BAD_USER_INPUT", "`after` is not a log line's cursor"))?,
+        None => 0,
+    };
+    Ok((run_id, after))
 }
 
 /// The run an ID names, if it exists; a top-level error otherwise.

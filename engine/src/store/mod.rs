@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::canonical::{self, CanonicalError};
 use crate::domain::{StreamRef, aggregate};
-use hash::{EventFields, GENESIS, Hash};
+use hash::Hash;
 
 pub use feed::EventFeed;
 pub use seal::SealOutcome;
@@ -461,9 +461,8 @@ impl EventStore {
         expected: ExpectedVersion,
         events: &[Encoded],
     ) -> Result<Appended, AppendError> {
-        let mut tx = self.pool.begin().await?;
-        let appended = write(&mut tx, stream, expected, events).await?;
-        tx.commit().await?;
+        let mut conn = self.pool.acquire().await?;
+        let appended = write(&mut conn, stream, expected, events).await?;
         self.committed();
         Ok(appended)
     }
@@ -658,111 +657,43 @@ impl EventStore {
 }
 
 /// Locks the stream, checks the expected version, and inserts the events with their
-/// hashes, all on `tx`, which must be inside a transaction.
+/// hashes, on `conn` (autocommit, or inside the caller's transaction): one call of
+/// `shiplog_append` (migrations/0010_append_in_one_call.sql), so one round trip. The
+/// function chains the hashes in SQL with the bytes of [`hash::event_hash`]
+/// (docs/audit.md), since the previous hash is only known under the stream's lock.
 async fn write(
-    tx: &mut PgConnection,
+    conn: &mut PgConnection,
     stream: &StreamId,
     expected: ExpectedVersion,
     events: &[Encoded],
 ) -> Result<Appended, AppendError> {
-    // Lock the stream row so appends to one stream are serialised; create it on
-    // the first append. A concurrent creator makes the insert do nothing, and
-    // the loop then locks the row it created.
-    let (version, last_hash, recorded_at) = loop {
-        let locked = sqlx::query(
-            "SELECT version, last_hash, clock_timestamp() AS now FROM streams WHERE stream_id = $1 FOR UPDATE",
-        )
-        .bind(stream.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = locked {
-            let version: i64 = row.try_get("version")?;
-            let last_hash: Vec<u8> = row.try_get("last_hash")?;
-            break (version as u64, hash::from_column(&last_hash), row.try_get::<DateTime<Utc>, _>("now")?);
-        }
-        let created = sqlx::query(
-            "INSERT INTO streams (stream_id, stream_type, version, last_hash) VALUES ($1, $2, 0, $3) \
-             ON CONFLICT (stream_id) DO NOTHING RETURNING clock_timestamp() AS now",
-        )
-        .bind(stream.as_str())
-        .bind(stream.stream_type())
-        .bind(&GENESIS[..])
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = created {
-            break (0, GENESIS, row.try_get("now")?);
-        }
+    let expected_version = match expected {
+        ExpectedVersion::Any => None,
+        ExpectedVersion::NoStream => Some(0),
+        ExpectedVersion::Exact(n) => Some(n.min(i64::MAX as u64) as i64),
     };
-
-    let matches = match expected {
-        ExpectedVersion::Any => true,
-        ExpectedVersion::NoStream => version == 0,
-        ExpectedVersion::Exact(n) => version == n,
-    };
-    if !matches {
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let schemas: Vec<i32> = events.iter().map(|e| e.schema_version as i32).collect();
+    let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
+    let metas: Vec<&str> = events.iter().map(|e| e.metadata.as_str()).collect();
+    let (actual, positions): (i64, Option<Vec<i64>>) =
+        sqlx::query_as("SELECT actual_version, positions FROM shiplog_append($1, $2, $3, $4, $5, $6, $7, $8)")
+            .bind(stream.as_str())
+            .bind(stream.stream_type())
+            .bind(expected_version)
+            .bind(&ids)
+            .bind(&types)
+            .bind(&schemas)
+            .bind(&payloads)
+            .bind(&metas)
+            .fetch_one(&mut *conn)
+            .await?;
+    let version = actual as u64;
+    let Some(positions) = positions else {
         return Err(AppendError::Conflict { stream_id: stream.to_string(), expected, actual: version });
-    }
-
-    let n = events.len();
-    let (mut versions, mut ids, mut types, mut schemas) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut payloads, mut metas, mut prevs, mut hashes) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    let mut prev = last_hash;
-    for (i, e) in events.iter().enumerate() {
-        let v = version + 1 + i as u64;
-        let h = hash::event_hash(&EventFields {
-            prev_hash: &prev,
-            stream_id: stream.as_str(),
-            version: v,
-            event_id: e.event_id,
-            event_type: &e.event_type,
-            schema_version: e.schema_version,
-            recorded_at,
-            payload: &e.payload,
-            metadata: &e.metadata,
-        });
-        versions.push(v as i64);
-        ids.push(e.event_id);
-        types.push(e.event_type.as_str());
-        schemas.push(e.schema_version as i32);
-        payloads.push(e.payload.as_str());
-        metas.push(e.metadata.as_str());
-        prevs.push(prev.to_vec());
-        hashes.push(h.to_vec());
-        prev = h;
-    }
-    let last_version = version + n as u64;
-
-    // One statement inserts every event and moves the stream row forward.
-    let positions: Vec<i64> = sqlx::query_scalar(
-        "WITH inserted AS ( \
-           INSERT INTO events (stream_id, version, event_id, event_type, schema_version, payload, \
-                               metadata, recorded_at, prev_hash, hash) \
-           SELECT $1, v, id, t, s, p, m, $8, ph, h \
-           FROM UNNEST($2::bigint[], $3::uuid[], $4::text[], $5::int[], $6::text[], $7::text[], \
-                       $9::bytea[], $10::bytea[]) AS x(v, id, t, s, p, m, ph, h) \
-           RETURNING global_position, version \
-         ), moved AS ( \
-           UPDATE streams SET version = $11, last_hash = $12 WHERE stream_id = $1 \
-         ) \
-         SELECT global_position FROM inserted ORDER BY version",
-    )
-    .bind(stream.as_str())
-    .bind(&versions)
-    .bind(&ids)
-    .bind(&types)
-    .bind(&schemas)
-    .bind(&payloads)
-    .bind(&metas)
-    .bind(recorded_at)
-    .bind(&prevs)
-    .bind(&hashes)
-    .bind(last_version as i64)
-    .bind(&prev[..])
-    .fetch_all(&mut *tx)
-    .await?;
-    Ok(Appended { first_version: version + 1, last_version, positions, already_stored: false })
+    };
+    Ok(Appended { first_version: version + 1, last_version: version + events.len() as u64, positions, already_stored: false })
 }
 
 fn is_constraint(e: &sqlx::Error, name: &str) -> bool {

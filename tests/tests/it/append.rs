@@ -231,3 +231,103 @@ async fn the_store_works_through_the_runtime_role() {
     let store = EventStore::new(db.runtime.clone());
     store.append(&stream("environment-a"), ExpectedVersion::NoStream, &[event(1)]).await.unwrap();
 }
+
+/// The append chains hashes in SQL (`shiplog_append`); the encoding it must match is
+/// the Rust one of `store::hash`, which the verifier and docs/audit.md use.
+#[tokio::test]
+async fn the_one_call_append_hashes_exactly_as_the_rust_encoding() {
+    use chrono::DateTime;
+    use shiplog_engine::store::Metadata;
+    use shiplog_engine::store::hash::{EventFields, GENESIS, event_hash};
+
+    let db = TestDb::new().await;
+    let store = db.store();
+
+    // docs/audit.md's worked example, hashed by the database function.
+    let documented: Vec<u8> = sqlx::query_scalar(
+        "SELECT shiplog_event_hash($1, 'environment-1', 1, '00000000-0000-0000-0000-000000000000', \
+         'EnvironmentCreated', 1, '2023-11-14T22:13:20.123456Z', '{\"name\":\"web\"}', '{}')",
+    )
+    .bind(&GENESIS[..])
+    .fetch_one(&db.owner)
+    .await
+    .unwrap();
+    assert_eq!(hex::encode(&documented), "1c792eb09578b6aba49d7da6e5919d551b2100018c60063346d26a018b947671");
+
+    // Appends of every shape (a first batch, single events, a retry, through
+    // `append_in`), with multi-byte text, long payloads and full metadata; each
+    // stored hash must be what the Rust encoding gives for the stored fields.
+    let s = stream("run-hash_check.1");
+    let metadata = Metadata {
+        actor: Some("zoë ✓".into()),
+        correlation_id: Some(uuid::Uuid::new_v4()),
+        causation_id: Some(uuid::Uuid::new_v4()),
+        request_id: Some("req-1".into()),
+    };
+    let mut batch: Vec<NewEvent> = (0..5)
+        .map(|n| {
+            NewEvent::new("step.finished", json!({ "n": n, "text": "ünïcødé \u{1F680} \"quoted\"\n", "long": "x".repeat(n * 4000) }))
+                .with_metadata(metadata.clone())
+        })
+        .collect();
+    batch[2].schema_version = 7;
+    store.append(&s, ExpectedVersion::NoStream, &batch).await.unwrap();
+    store.append(&s, ExpectedVersion::NoStream, &batch).await.unwrap();
+    store.append(&s, ExpectedVersion::Exact(5), &[event(6)]).await.unwrap();
+    let mut tx = db.owner.begin().await.unwrap();
+    store.append_in(&mut tx, &s, ExpectedVersion::Any, &[event(7), event(8)]).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let stored = store.read_stream(&s, 1, 100).await.unwrap();
+    assert_eq!(stored.len(), 8);
+    let mut prev = GENESIS;
+    for e in &stored {
+        let expected = event_hash(&EventFields {
+            prev_hash: &prev,
+            stream_id: &e.stream_id,
+            version: e.version,
+            event_id: e.event_id,
+            event_type: &e.event_type,
+            schema_version: e.schema_version,
+            recorded_at: e.recorded_at,
+            payload: &e.payload,
+            metadata: &e.metadata,
+        });
+        assert_eq!(e.prev_hash, prev, "version {}", e.version);
+        assert_eq!(hex::encode(e.hash), hex::encode(expected), "version {}", e.version);
+        prev = e.hash;
+    }
+    let (version, last_hash): (i64, Vec<u8>) =
+        sqlx::query_as("SELECT version, last_hash FROM streams WHERE stream_id = $1")
+            .bind(s.as_str())
+            .fetch_one(&db.owner)
+            .await
+            .unwrap();
+    assert_eq!((version, last_hash), (8, prev.to_vec()));
+
+    // Timestamps with trailing zeros and in other zones hash as the Rust text does.
+    for at in ["2023-11-14T22:13:20.120000Z", "1999-01-02T03:04:05Z", "2024-02-29T23:59:59.000001+05:30"] {
+        let parsed = DateTime::parse_from_rfc3339(at).unwrap().to_utc();
+        let sql: Vec<u8> = sqlx::query_scalar(
+            "SELECT shiplog_event_hash($1, 'environment-1', 3, '00000000-0000-0000-0000-000000000000', 'X', 2, $2, '{}', '{}')",
+        )
+        .bind(&GENESIS[..])
+        .bind(parsed)
+        .fetch_one(&db.owner)
+        .await
+        .unwrap();
+        let rust = event_hash(&EventFields {
+            prev_hash: &GENESIS,
+            stream_id: "environment-1",
+            version: 3,
+            event_id: uuid::Uuid::nil(),
+            event_type: "X",
+            schema_version: 2,
+            recorded_at: parsed,
+            payload: "{}",
+            metadata: "{}",
+        });
+        assert_eq!(hex::encode(sql), hex::encode(rust), "{at}");
+    }
+    assert!(store.verify().await.unwrap().is_intact());
+}

@@ -395,6 +395,62 @@ async fn followers_sharing_one_tail_each_get_every_line_once_however_late_or_slo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_follower_gets_every_line_once_in_order_with_all_that_is_stored_at_once() {
+    use futures::{StreamExt, TryStreamExt};
+    use shiplog_engine::runtime::{LogSink, LogStream};
+    let ex = Example::new().await;
+    let hub = logs::LogHub::start(ex.db.runtime.clone()).await.unwrap();
+    // A queued run nobody executes: the test writes its log and then ends it.
+    let setup = ex.lifecycle.request_setup(&ex.app, &ex.env, None, "created", &metadata(), Utc::now()).await.unwrap();
+    let log = logs::RunLog::open(ex.db.runtime.clone(), setup.run_id, vec![]).await.unwrap();
+    let job = log.job("test");
+
+    let early = tokio::spawn(hub.follow_chunks(setup.run_id, 0).try_collect::<Vec<_>>());
+    // A slow follower takes its first chunk, then nothing while more batches pass
+    // than the tail keeps.
+    let mut slow = Box::pin(hub.follow_chunks(setup.run_id, 0));
+    job.line(LogStream::Stdout, "line 1");
+    let first: Vec<i64> = slow.next().await.unwrap().unwrap().iter().map(|l| l.seq).collect();
+    assert_eq!(first, vec![1]);
+    for n in 2..=400 {
+        job.line(LogStream::Stdout, &format!("line {n}"));
+        log.flush().await; // one chunk, one notification, one batch per line
+    }
+    // A follower resuming from line 100's cursor gets every stored line after it
+    // in its first chunk.
+    let mut late = Box::pin(hub.follow_chunks(setup.run_id, 100));
+    let late_first = late.next().await.unwrap().unwrap();
+    assert_eq!(late_first.first().map(|l| l.seq), Some(101));
+    assert!(late_first.len() >= 300, "{} lines", late_first.len());
+    let late_rest = tokio::spawn(late.try_collect::<Vec<_>>());
+    for n in 401..=600 {
+        job.line(LogStream::Stdout, &format!("line {n}"));
+    }
+    log.flush().await;
+    ex.lifecycle.cancel_run(setup.run_id, "done", &metadata(), Utc::now()).await.unwrap();
+
+    let numbers = |chunks: Vec<Vec<logs::LogLine>>| {
+        assert!(chunks.iter().all(|c| !c.is_empty()), "an empty chunk");
+        chunks.into_iter().flatten().map(|l| l.seq).collect::<Vec<_>>()
+    };
+    let patience = Duration::from_secs(30);
+    let early = tokio::time::timeout(patience, early).await.expect("the follow ended").unwrap().unwrap();
+    assert_eq!(numbers(early), (1..=600).collect::<Vec<_>>());
+    let late_rest = tokio::time::timeout(patience, late_rest).await.expect("the follow ended").unwrap().unwrap();
+    let mut late = vec![late_first];
+    late.extend(late_rest);
+    assert_eq!(numbers(late), (101..=600).collect::<Vec<_>>());
+    let slow: Vec<_> = tokio::time::timeout(patience, slow.try_collect()).await.expect("the follow ended").unwrap();
+    assert_eq!(numbers(slow), (2..=600).collect::<Vec<_>>());
+    // The same lines as the line-by-line subscription and the stored log.
+    let stored = logs::read(&ex.db.runtime, setup.run_id, 0, 10_000).await.unwrap();
+    let followed: Vec<_> = hub.follow(setup.run_id, 0).try_collect().await.unwrap();
+    let chunked: Vec<_> = hub.follow_chunks(setup.run_id, 0).try_collect::<Vec<_>>().await.unwrap();
+    assert_eq!(chunked.concat(), stored);
+    assert_eq!(followed, stored);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_environment_past_its_ttl_is_torn_down_once() {
     let ex = Example::new().await;
     let preview: Name = "preview-1".parse().unwrap();
