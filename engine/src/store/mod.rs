@@ -658,7 +658,7 @@ impl EventStore {
 
 /// Locks the stream, checks the expected version, and inserts the events with their
 /// hashes, on `conn` (autocommit, or inside the caller's transaction): one call of
-/// `shiplog_append` (migrations/0010_append_in_one_call.sql), so one round trip. The
+/// `shiplog_append` (migrations/0006_append_in_one_call.sql), so one round trip. The
 /// function chains the hashes in SQL with the bytes of [`hash::event_hash`]
 /// (docs/audit.md), since the previous hash is only known under the stream's lock.
 async fn write(
