@@ -9,6 +9,7 @@
 pub mod aggregate;
 pub mod application;
 pub mod environment;
+pub mod merge_request;
 pub mod run;
 pub mod stream;
 
