@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use shiplog_engine::runtime::Registry;
+use shiplog_engine::forge::ForgeConfig;
 use shiplog_engine::secret::Secret;
 use shiplog_engine::store::EventFilter;
 use shiplog_projections::{audit, runner};
@@ -201,6 +202,8 @@ struct ServeArgs {
     api: ApiArgs,
     #[command(flatten)]
     webhooks: WebhookArgs,
+    #[command(flatten)]
+    forge: ForgeArgs,
 }
 
 /// Limits of the GraphQL API.
@@ -247,6 +250,46 @@ struct WebhookArgs {
     gitlab_webhook_token: Option<Secret>,
 }
 
+/// Deployment status back to the forges; each forge is reported to once its
+/// token is set. Prefer the environment variables for the tokens.
+#[derive(Args, Debug, Clone)]
+struct ForgeArgs {
+    /// A GitHub token that may create deployments and deployment statuses
+    /// (`deployments: write`) in the repositories of merge requests shiplog deploys.
+    #[arg(long, env = "SHIPLOG_GITHUB_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    github_token: Option<Secret>,
+    /// GitHub's REST API (`https://<host>/api/v3` for GitHub Enterprise Server).
+    #[arg(long, env = "SHIPLOG_GITHUB_API_URL", default_value = "https://api.github.com")]
+    github_api_url: String,
+    /// A GitLab token with the `api` scope, for commit statuses.
+    #[arg(long, env = "SHIPLOG_GITLAB_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    gitlab_token: Option<Secret>,
+    /// The GitLab instance.
+    #[arg(long, env = "SHIPLOG_GITLAB_URL", default_value = "https://gitlab.com")]
+    gitlab_url: String,
+    /// Where this shiplog is reached, for the log and environment links in statuses.
+    #[arg(long, env = "SHIPLOG_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// A deployed environment's address, with `{application}` and `{environment}`
+    /// replaced, e.g. `https://{environment}.{application}.example.com`.
+    #[arg(long, env = "SHIPLOG_ENVIRONMENT_URL")]
+    environment_url: Option<String>,
+}
+
+impl From<ForgeArgs> for ForgeConfig {
+    fn from(args: ForgeArgs) -> Self {
+        ForgeConfig {
+            github_token: args.github_token,
+            github_api_url: args.github_api_url,
+            gitlab_token: args.gitlab_token,
+            gitlab_url: args.gitlab_url,
+            public_url: args.public_url,
+            environment_url: args.environment_url,
+            ..ForgeConfig::default()
+        }
+    }
+}
+
 impl From<WebhookArgs> for WebhookConfig {
     fn from(args: WebhookArgs) -> Self {
         WebhookConfig { github_secret: args.github_webhook_secret, gitlab_token: args.gitlab_webhook_token }
@@ -283,6 +326,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         api: ApiConfig { webhooks: args.webhooks.into(), ..args.api.config() },
         seal_interval: args.seal_interval,
         drift_interval: args.drift_interval,
+        forge: args.forge.into(),
     };
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use shiplog_engine::runtime::Registry;
+use shiplog_engine::forge::ForgeConfig;
 
 use crate::graphql::Limits;
 use crate::webhooks::WebhookConfig;
@@ -97,6 +98,9 @@ pub struct ServerConfig {
     pub seal_interval: Duration,
     /// How often every environment is observed for drift (±10% jitter).
     pub drift_interval: Duration,
+    /// Deployment status back to GitHub and GitLab (reported only to a forge
+    /// whose token is set).
+    pub forge: ForgeConfig,
 }
 
 /// Everything `shiplog worker` runs: a worker alone.

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shiplog_engine::drift::Reconciler;
+use shiplog_engine::forge::Reporter;
 use shiplog_engine::lifecycle::Lifecycle;
 use shiplog_engine::runtime::AnyRuntime;
 use shiplog_engine::runtime::docker::DockerRuntime;
@@ -29,7 +30,8 @@ use crate::database::Database;
 use crate::http::{AppState, app};
 
 /// Serves the API on `listener`, with the sealer, the expiry loop, the drift
-/// reconciler, the projection runners and (when configured) a worker, until
+/// reconciler, the projection runners, the forge reporter (when a forge token is
+/// set) and (when configured) a worker, until
 /// `shutdown` is cancelled; then lets what is in flight finish and closes the
 /// database.
 ///
@@ -86,6 +88,11 @@ async fn serve(
     let (interval, stop) = (config.drift_interval, shutdown.clone());
     tasks.spawn(async move { reconciler.run(interval, Arc::default(), stop).await });
     let release = config.release;
+    if config.forge.enabled() {
+        let reporter = Reporter::new(lifecycle.clone(), config.forge);
+        let stop = shutdown.clone();
+        tasks.spawn(async move { reporter.run(FORGE_POLL, stop).await });
+    }
     if let Some(config) = config.worker {
         let (idle_poll, worker) = worker(lifecycle, runtime, config, &release);
         let stop = shutdown.clone();
@@ -123,6 +130,9 @@ fn worker(
         .with_pull_secrets(release.pull_secrets.clone());
     (config.idle_poll, worker)
 }
+
+/// How often the forge reporter follows the log and posts what is due.
+const FORGE_POLL: Duration = Duration::from_millis(250);
 
 /// How often the server looks for environments whose TTL has run out.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(30);

@@ -1,5 +1,7 @@
-//! Push webhooks: `POST /webhooks/github` and `POST /webhooks/gitlab` deploy what was
-//! pushed (see `Lifecycle::handle_push` for what a push does).
+//! Webhooks: `POST /webhooks/github` and `POST /webhooks/gitlab` deploy what was
+//! pushed and what pull or merge requests ask for (see `Lifecycle::handle_push` and
+//! `Lifecycle::handle_merge_request`: the engine decides, this module only
+//! authenticates and parses).
 //!
 //! A request is taken through these steps; the first that fails answers it:
 //!
@@ -7,16 +9,23 @@
 //! 2. the request is authentic: GitHub's `X-Hub-Signature-256` is the HMAC-SHA256 of
 //!    the raw body under the secret, GitLab's `X-Gitlab-Token` is the token (both
 //!    compared in constant time): otherwise **401**;
-//! 3. the event is a push: a GitHub `ping` answers **200**, any other event **202**
-//!    with an `ignored` note;
-//! 4. the delivery id is there and the body is a push payload: otherwise **400**;
-//! 5. the delivery has not been received before (it is recorded in
-//!    `webhook_deliveries`): otherwise **409**;
-//! 6. the engine acts on the push: **202** with the runs requested, `{"runs": [...]}`.
+//! 3. the event is a push, a GitHub `pull_request` or a GitLab `Merge Request Hook`
+//!    with an action shiplog acts on: a GitHub `ping` answers **200**, any other
+//!    event or action **202** with an `ignored` note;
+//! 4. the delivery id is there and the body is such a payload: otherwise **400**;
+//! 5. the delivery is claimed in `webhook_deliveries`: refused with **409** when it
+//!    was acted on before (or another server is acting on it right now);
+//! 6. the engine acts on it: **202** with the runs requested, `{"runs": [...]}`
+//!    (and the previews created, the requests skipped and why); the delivery is
+//!    recorded as `done` with its runs.
 //!
-//! Nothing is written before step 5, so every refusal changes nothing; recording the
-//! delivery first means it is acted on at most once, even when two server instances
-//! receive it at the same moment. The provider modules only read requests
+//! Deliveries are at least once. Nothing is written before step 5, so every refusal
+//! changes nothing. A delivery that an internal error stopped (the database, say) is
+//! recorded as `failed` and answered **500**, so the forge's redelivery of it is
+//! acted on again; so is one whose server died while acting on it, after
+//! [`STALE_CLAIM`]. Acting again requests no run twice: the engine deploys once
+//! per commit and environment, and every run's events carry the delivery id
+//! (`request_id`) in the same transaction as the run. The provider modules only read requests
 //! ([`github`], [`gitlab`]); errors become responses in one place
 //! ([`WebhookError`]'s `IntoResponse`), which logs internal errors and never sends
 //! their text.
@@ -37,6 +46,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use shiplog_engine::lifecycle::{Lifecycle, LifecycleError};
+use shiplog_engine::merge_request::MergeRequestEvent;
 use shiplog_engine::push::{Push, PushOutcome};
 use shiplog_engine::secret::Secret;
 use shiplog_engine::store::Metadata;
@@ -113,7 +123,15 @@ enum Received {
         delivery: String,
         push: Push,
     },
+    MergeRequest {
+        delivery: String,
+        event: MergeRequestEvent,
+    },
 }
+
+/// How long a claimed delivery may stay `processing` before a redelivery may take
+/// it over (its server died while acting on it).
+const STALE_CLAIM: &str = "5 minutes";
 
 async fn github_hook(State(hooks): State<WebhookState>, headers: HeaderMap, body: Bytes) -> Response {
     let received = match &hooks.config.github_secret {
@@ -144,45 +162,83 @@ impl WebhookState {
         provider: Provider,
         received: Result<Received, WebhookError>,
     ) -> Result<Response, WebhookError> {
-        let (delivery, push) = match received? {
+        let received = received?;
+        let (delivery, actor, note) = match &received {
             Received::Ping => return Ok((StatusCode::OK, Json(json!({ "ok": true }))).into_response()),
             Received::Ignored(note) => {
-                let ignored = Accepted { ignored: Some(note), ..Accepted::from(PushOutcome::default()) };
+                let ignored = Accepted { ignored: Some(note.clone()), ..Accepted::from(PushOutcome::default()) };
                 return Ok((StatusCode::ACCEPTED, Json(ignored)).into_response());
             }
-            Received::Push { delivery, push } => (delivery, push),
+            Received::Push { delivery, push } => (delivery.clone(), push.pusher.clone(), "push"),
+            Received::MergeRequest { delivery, event } => (delivery.clone(), event.request.actor.clone(), "merge request"),
         };
-        self.record(provider, &delivery).await?;
+        self.claim(provider, &delivery).await?;
         let metadata = Metadata {
-            actor: Some(format!("{}:{}", provider.id(), push.pusher)),
+            actor: Some(format!("{}:{actor}", provider.id())),
             request_id: Some(format!("{}:{delivery}", provider.id())),
             ..Metadata::default()
         };
-        let outcome = self.lifecycle.handle_push(&push, &metadata, chrono::Utc::now()).await?;
+        let now = chrono::Utc::now();
+        let handled = match received {
+            Received::Push { push, .. } => self.lifecycle.handle_push(&push, &metadata, now).await,
+            Received::MergeRequest { event, .. } => self.lifecycle.handle_merge_request(&event, &metadata, now).await,
+            _ => unreachable!("answered above"),
+        };
+        let outcome = match handled {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                self.finish(provider, &delivery, "failed", &[]).await?;
+                return Err(error.into());
+            }
+        };
+        // An environment that failed for an internal reason may succeed when the
+        // forge redelivers; a refusal (a torn-down environment) would not.
+        let internal = outcome.failed.iter().any(|f| client_message(&f.error) == INTERNAL);
+        let runs: Vec<String> = outcome.runs.iter().map(|run| run.run_id.to_string()).collect();
+        self.finish(provider, &delivery, if internal { "failed" } else { "done" }, &runs).await?;
         tracing::info!(
             provider = provider.id(),
             delivery,
-            reference = ?push.target,
             runs = outcome.runs.len(),
             created = outcome.created.len(),
+            skipped = outcome.skipped.len(),
             failed = outcome.failed.len(),
-            "push webhook handled"
+            "{note} webhook handled"
         );
-        Ok((StatusCode::ACCEPTED, Json(Accepted::from(outcome))).into_response())
+        let status = if internal { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::ACCEPTED };
+        Ok((status, Json(Accepted::from(outcome))).into_response())
     }
 
-    /// Records the delivery; [`WebhookError::Replayed`] when it was recorded before.
-    async fn record(&self, provider: Provider, delivery: &str) -> Result<(), WebhookError> {
-        let inserted = sqlx::query(
-            "INSERT INTO webhook_deliveries (provider, delivery_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
+    /// Claims the delivery for acting on it: new, or recorded as `failed`, or left
+    /// `processing` for longer than [`STALE_CLAIM`]; [`WebhookError::Replayed`]
+    /// otherwise.
+    async fn claim(&self, provider: Provider, delivery: &str) -> Result<(), WebhookError> {
+        let claimed = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO webhook_deliveries (provider, delivery_id) VALUES ($1, $2) \
+             ON CONFLICT (provider, delivery_id) DO UPDATE SET outcome = 'processing', claimed_at = now() \
+             WHERE webhook_deliveries.outcome = 'failed' \
+                OR (webhook_deliveries.outcome = 'processing' \
+                    AND webhook_deliveries.claimed_at < now() - interval '{STALE_CLAIM}')"
+        )))
         .bind(provider.id())
         .bind(delivery)
         .execute(self.lifecycle.store().pool())
         .await?;
-        if inserted.rows_affected() == 0 {
+        if claimed.rows_affected() == 0 {
             return Err(WebhookError::Replayed(delivery.to_owned()));
         }
+        Ok(())
+    }
+
+    /// Records what came of a claimed delivery: `done` with its runs, or `failed`.
+    async fn finish(&self, provider: Provider, delivery: &str, outcome: &str, runs: &[String]) -> Result<(), WebhookError> {
+        sqlx::query("UPDATE webhook_deliveries SET outcome = $3, runs = $4 WHERE provider = $1 AND delivery_id = $2")
+            .bind(provider.id())
+            .bind(delivery)
+            .bind(outcome)
+            .bind(sqlx::types::Json(runs))
+            .execute(self.lifecycle.store().pool())
+            .await?;
         Ok(())
     }
 }
@@ -197,8 +253,17 @@ struct Accepted {
     created: Vec<CreatedEnvironment>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     failed: Vec<FailedEnvironment>,
+    /// Merge requests recorded as skipped (drafts, `WIP:` titles), and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    skipped: Vec<SkippedRequest>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ignored: Option<String>,
+}
+
+#[derive(Serialize)]
+struct SkippedRequest {
+    application: String,
+    reason: String,
 }
 
 #[derive(Serialize)]
@@ -252,6 +317,11 @@ impl From<PushOutcome> for Accepted {
                     error: client_message(&failure.error),
                 })
                 .collect(),
+            skipped: outcome
+                .skipped
+                .into_iter()
+                .map(|(app, reason)| SkippedRequest { application: app.into(), reason })
+                .collect(),
             ignored: None,
         }
     }
@@ -263,9 +333,12 @@ fn client_message(error: &LifecycleError) -> String {
     match error {
         LifecycleError::Domain(e) => e.to_string(),
         LifecycleError::Template(e) => e.to_string(),
-        _ => "internal error".into(),
+        _ => INTERNAL.into(),
     }
 }
+
+/// What a client reads of an internal error.
+const INTERNAL: &str = "internal error";
 
 /// Why a webhook request was refused or failed. Turned into a response in one place,
 /// its `IntoResponse`: `{"error": "..."}` with the status the module doc lists.
@@ -310,7 +383,7 @@ impl IntoResponse for WebhookError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
             }
             WebhookError::Lifecycle(e) => {
-                tracing::error!(error = %e, "handling a push webhook failed");
+                tracing::error!(error = %e, "handling a webhook delivery failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
             }
         };
@@ -338,10 +411,16 @@ fn delivery_id(headers: &HeaderMap, names: &[&str]) -> Result<String, WebhookErr
 
 /// The body as a push payload of type `T`.
 fn push_payload<T: DeserializeOwned>(body: &[u8]) -> Result<T, WebhookError> {
+    payload(body, "push")
+}
+
+/// The body as a payload of type `T`, described as `what` (`push`, `pull_request`)
+/// when it is not one.
+fn payload<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, WebhookError> {
     serde_json::from_slice(body).map_err(|e| {
         use serde_json::error::Category;
         WebhookError::BadRequest(match e.classify() {
-            Category::Data => format!("not a push payload: {e}"),
+            Category::Data => format!("not a {what} payload: {e}"),
             Category::Syntax | Category::Eof | Category::Io => format!("malformed JSON: {e}"),
         })
     })

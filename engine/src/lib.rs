@@ -3,20 +3,24 @@
 //! Owns the event store (`store`), canonical JSON for stored events (`canonical`),
 //! the PostgreSQL it runs on (`postgres`), the pure domain (`domain`: decide/evolve),
 //! templates (`template`), the lifecycle service the API calls (`lifecycle`), what a
-//! push to a repository deploys (`push`), the workers that execute runs (`worker`),
+//! push to a repository deploys (`push`), what a merge request does
+//! (`merge_request`), the workers that execute runs (`worker`),
 //! run logs (`logs`), git and the runtimes.
 //!
 //! Architecture invariants (ARCHITECTURE.md): only this crate appends events, and
 //! within it only `store/` touches `events` and `streams`; `run_queue` owns the work
 //! queue and `variable_sets` the variable values; nothing here knows about GraphQL
-//! or HTTP; only `runtime/*` may import bollard or kube.
+//! or serving HTTP (`forge` is an HTTP client of the forges' APIs); only
+//! `runtime/*` may import bollard or kube.
 
 pub mod canonical;
 pub mod domain;
 pub mod drift;
+pub mod forge;
 pub mod git;
 pub mod lifecycle;
 pub mod logs;
+pub mod merge_request;
 pub mod postgres;
 pub mod push;
 pub mod run_queue;

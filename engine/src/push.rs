@@ -58,6 +58,8 @@ pub struct PushOutcome {
     pub created: Vec<(Name, Name)>,
     /// Environments whose request failed; the others went ahead regardless.
     pub failed: Vec<PushFailure>,
+    /// Merge requests recorded as skipped, by application, and why.
+    pub skipped: Vec<(Name, String)>,
 }
 
 /// One run a push requested.
@@ -82,7 +84,8 @@ impl Lifecycle {
     ///
     /// - a new commit on a branch or tag: every environment tracking it that is not
     ///   torn down (nor being torn down) gets a patch to that commit, or a setup when
-    ///   the domain refuses the patch with [`DomainError::SetupRequired`];
+    ///   one is needed first, unless it is on (or queued to be on) that commit already;
+    ///   an environment deploying a merge request follows the request's source branch;
     /// - a new commit on a branch that nothing tracks and that the application's
     ///   `previews` match: a `preview` environment is created for the branch, with the
     ///   template's TTL, and set up at that commit (named by [`preview_names`]);
@@ -100,17 +103,8 @@ impl Lifecycle {
         metadata: &Metadata,
         now: DateTime<Utc>,
     ) -> Result<PushOutcome, LifecycleError> {
-        let pushed: BTreeSet<String> =
-            push.repository_urls.iter().map(|url| repository_key(url)).filter(|key| !key.is_empty()).collect();
         let mut outcome = PushOutcome::default();
-        // Every application is read to compare its repository: fine for the tens of
-        // applications one shiplog runs; a read model keyed by repository would replace
-        // this scan if that grew.
-        for app in self.application_names().await? {
-            let (application, _) = self.application(&app).await?;
-            if !pushed.contains(&repository_key(&application.repository)) {
-                continue;
-            }
+        for (app, application) in self.applications_of(&push.repository_urls).await? {
             let environments = self.environments_of(&app).await?;
             match &push.commit {
                 Some(commit) => {
@@ -144,14 +138,14 @@ impl Lifecycle {
             Tracking::Tag(name) => ("tag", name),
         };
         let reason = format!("push to {what} {name} by {} ({})", push.pusher, push.via);
+        // An environment deploying a merge request follows the request's branch.
         let tracking: Vec<&EnvironmentSpec> = environments
             .iter()
-            .filter(|env| live(env))
+            .filter(|env| live(env) && env.follows().as_ref() == Some(&push.target))
             .filter_map(|env| env.created.as_ref())
-            .filter(|created| created.tracking == push.target)
             .collect();
         for created in &tracking {
-            let result = self.deploy(app, &created.name, commit, &reason, metadata, now).await;
+            let result = self.request_deploy(app, &created.name, Some(commit.clone()), None, &reason, metadata, now).await;
             outcome.record(app, &created.name, result);
         }
         let (Some(previews), Tracking::Branch(branch), true) = (previews, &push.target, tracking.is_empty()) else {
@@ -178,14 +172,14 @@ impl Lifecycle {
             Ok(false) => {}
             Err(error) => return outcome.fail(app, &name, error),
         }
-        let result = self.deploy(app, &name, commit, &reason, metadata, now).await;
+        let result = self.request_deploy(app, &name, Some(commit.clone()), None, &reason, metadata, now).await;
         outcome.record(app, &name, result);
     }
 
     /// Creates the preview `spec` describes; `false` when another delivery for the same
     /// branch created it a moment ago. Refused when the name was taken by anything else
     /// meanwhile: a push must not deploy to someone else's environment.
-    async fn create_preview(
+    pub(crate) async fn create_preview(
         &self,
         spec: &EnvironmentSpec,
         metadata: &Metadata,
@@ -200,27 +194,6 @@ impl Lifecycle {
                 } else {
                     Err(DomainError::AlreadyExists(what).into())
                 }
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// A patch to `commit`, or a setup when the environment needs one first.
-    async fn deploy(
-        &self,
-        app: &Name,
-        env: &Name,
-        commit: &CommitId,
-        reason: &str,
-        metadata: &Metadata,
-        now: DateTime<Utc>,
-    ) -> Result<(RunKind, Requested), LifecycleError> {
-        match self.request_patch(app, env, Some(commit.clone()), reason, metadata, now).await {
-            Ok(requested) => Ok((RunKind::Patch, requested)),
-            Err(LifecycleError::Domain(DomainError::SetupRequired(why))) => {
-                let reason = format!("{reason}; a setup is needed first: {}", why.join("; "));
-                let requested = self.request_setup(app, env, Some(commit.clone()), &reason, metadata, now).await?;
-                Ok((RunKind::Setup, requested))
             }
             Err(e) => Err(e),
         }
@@ -242,40 +215,68 @@ impl Lifecycle {
             let Some(created) = env.created.as_ref() else { continue };
             if created.kind == EnvironmentKind::Preview && created.tracking == push.target {
                 let result = self.request_teardown(app, &created.name, &reason, metadata, now).await;
-                outcome.record(app, &created.name, result.map(|requested| (RunKind::Teardown, requested)));
+                outcome.record(app, &created.name, result.map(Some));
             }
         }
     }
 }
 
+impl Lifecycle {
+    /// The applications whose repository is one of `urls` (however written, see
+    /// [`repository_key`]), in name order.
+    pub(crate) async fn applications_of(&self, urls: &[String]) -> Result<Vec<(Name, Application)>, LifecycleError> {
+        let keys: BTreeSet<String> = urls.iter().map(|url| repository_key(url)).filter(|key| !key.is_empty()).collect();
+        let mut found = Vec::new();
+        // Every application is read to compare its repository: fine for the tens of
+        // applications one shiplog runs; a read model keyed by repository would replace
+        // this scan if that grew.
+        for app in self.application_names().await? {
+            let (application, _) = self.application(&app).await?;
+            if keys.contains(&repository_key(&application.repository)) {
+                found.push((app, application));
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The application's current template, parsed; `None` before its first.
+pub(crate) fn template_of(application: &Application) -> Result<Option<ApplicationTemplate>, LifecycleError> {
+    let Some((_, _, template)) = &application.template else { return Ok(None) };
+    serde_json::from_value(template.clone())
+        .map(Some)
+        .map_err(|e| LifecycleError::Corrupt(format!("stored application template: {e}")))
+}
+
 /// The application's `previews` when they ask for a preview of the pushed ref (a
 /// branch they match).
 fn previews_for(application: &Application, target: &Tracking) -> Result<Option<Previews>, LifecycleError> {
-    let (Some((_, _, template)), Tracking::Branch(branch)) = (&application.template, target) else { return Ok(None) };
-    let template: ApplicationTemplate = serde_json::from_value(template.clone())
-        .map_err(|e| LifecycleError::Corrupt(format!("stored application template: {e}")))?;
-    Ok(template.previews.filter(|previews| previews.matches(branch)))
+    let Tracking::Branch(branch) = target else { return Ok(None) };
+    Ok(template_of(application)?.and_then(|t| t.previews).filter(|previews| previews.matches(branch)))
 }
 
 /// Neither torn down nor being torn down: a push may still deploy to it.
-fn live(env: &Environment) -> bool {
+pub(crate) fn live(env: &Environment) -> bool {
     env.status != Some(Status::TornDown) && !env.teardown_pending()
 }
 
 impl PushOutcome {
-    fn record(&mut self, app: &Name, env: &Name, result: Result<(RunKind, Requested), LifecycleError>) {
+    /// Records what a request for `env` led to: a run, nothing (the environment is
+    /// on that commit already), or a failure.
+    pub(crate) fn record(&mut self, app: &Name, env: &Name, result: Result<Option<Requested>, LifecycleError>) {
         match result {
-            Ok((kind, requested)) => self.runs.push(PushRun {
+            Ok(Some(requested)) => self.runs.push(PushRun {
                 application: app.clone(),
                 environment: env.clone(),
-                kind,
+                kind: requested.kind,
                 run_id: requested.run_id,
             }),
+            Ok(None) => {}
             Err(error) => self.fail(app, env, error),
         }
     }
 
-    fn fail(&mut self, app: &Name, env: &Name, error: LifecycleError) {
+    pub(crate) fn fail(&mut self, app: &Name, env: &Name, error: LifecycleError) {
         tracing::warn!(application = %app, environment = %env, error = %error, "a push could not be acted on");
         self.failed.push(PushFailure { application: app.clone(), environment: env.clone(), error });
     }

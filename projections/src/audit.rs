@@ -62,6 +62,9 @@ pub fn entry(fact: &Fact, run_of: Option<(String, String)>) -> Option<AuditEntry
                 ApplicationEvent::EnvironmentVariablesUpdated { version, .. } => {
                     format!("updated the environment variables to v{version}")
                 }
+                ApplicationEvent::MergeRequestSkipped { request, commit, reason, .. } => {
+                    format!("skipped {} at {}: {reason}", request.forge.reference(request.number), commit.short())
+                }
             };
         }
         Payload::Environment { application, environment, event } => {
@@ -100,6 +103,12 @@ pub fn entry(fact: &Fact, run_of: Option<(String, String)>) -> Option<AuditEntry
                 EnvironmentEvent::DriftResolved { .. } => "drift resolved".into(),
                 EnvironmentEvent::DriftModeChanged { mode, .. } => {
                     format!("set the drift mode to {}", label(mode))
+                }
+                EnvironmentEvent::MergeRequestAttached { request, .. } => {
+                    format!("deploys {} \"{}\" by {}", request.forge.reference(request.number), request.title, request.author)
+                }
+                EnvironmentEvent::MergeRequestDetached { number, reason, .. } => {
+                    format!("no longer deploys request {number}: {reason}")
                 }
             };
         }

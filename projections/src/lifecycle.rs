@@ -242,7 +242,9 @@ impl LifecycleState {
                     cursor: fact.cursor,
                 })
             }
-            (_, None) | (ApplicationEvent::ApplicationCreated { .. }, Some(_)) => return,
+            (_, None)
+            | (ApplicationEvent::ApplicationCreated { .. }, Some(_))
+            | (ApplicationEvent::MergeRequestSkipped { .. }, Some(_)) => return,
             (ApplicationEvent::ApplicationTemplateUpdated { version, digest, updated_at, .. }, Some(app)) => {
                 app.template_version = Some(*version);
                 app.template_digest = Some(digest.clone());

@@ -7,6 +7,7 @@
 //! private cluster listens on a Unix socket in its own temporary directory.
 
 pub mod docker;
+pub mod forge;
 pub mod example;
 pub mod registry;
 

@@ -103,6 +103,7 @@ impl TestApp {
             api: ApiConfig::default(),
             seal_interval: Duration::from_secs(10),
             drift_interval: Duration::from_secs(3600),
+            forge: Default::default(),
         }
     }
 

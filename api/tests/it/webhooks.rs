@@ -27,30 +27,30 @@ use shiplog_tests::example::{ExampleRepo, Scratch, git};
 use tower::ServiceExt;
 
 /// The example secret of GitHub's documentation on validating deliveries.
-const GITHUB_SECRET: &str = "It's a Secret to Everybody";
-const GITLAB_TOKEN: &str = "glwt-5f0c2d9e8a7b";
+pub(crate) const GITHUB_SECRET: &str = "It's a Secret to Everybody";
+pub(crate) const GITLAB_TOKEN: &str = "glwt-5f0c2d9e8a7b";
 const GITHUB_PUSH: &str = include_str!("fixtures/github-push.json");
 const GITLAB_PUSH: &str = include_str!("fixtures/gitlab-push.json");
 const ZEROS: &str = "0000000000000000000000000000000000000000";
 
 /// The example application `hello` in a local repository, its `staging`
 /// environment tracking `main` (never set up), and the webhook routes over them.
-struct WebhookFixture {
-    db: TestDb,
-    lifecycle: Lifecycle,
-    scratch: Scratch,
-    repo: ExampleRepo,
+pub(crate) struct WebhookFixture {
+    pub(crate) db: TestDb,
+    pub(crate) lifecycle: Lifecycle,
+    pub(crate) scratch: Scratch,
+    pub(crate) repo: ExampleRepo,
     router: Router,
-    app: Name,
+    pub(crate) app: Name,
 }
 
 impl WebhookFixture {
-    async fn new() -> WebhookFixture {
+    pub(crate) async fn new() -> WebhookFixture {
         WebhookFixture::with_template(|template| template).await
     }
 
     /// With the example's template changed by `edit`.
-    async fn with_template(edit: impl FnOnce(String) -> String) -> WebhookFixture {
+    pub(crate) async fn with_template(edit: impl FnOnce(String) -> String) -> WebhookFixture {
         let db = TestDb::new().await;
         let scratch = Scratch::new("shiplog-webhooks");
         let repo = ExampleRepo::create(&scratch);
@@ -77,7 +77,7 @@ impl WebhookFixture {
         hooks
     }
 
-    async fn create_environment(&self, name: &str, kind: EnvironmentKind, tracking: Tracking) {
+    pub(crate) async fn create_environment(&self, name: &str, kind: EnvironmentKind, tracking: Tracking) {
         let spec = EnvironmentSpec {
             application: self.app.clone(),
             name: name.parse().unwrap(),
@@ -89,13 +89,13 @@ impl WebhookFixture {
         self.lifecycle.create_environment(&spec, &Metadata::default(), Utc::now()).await.unwrap();
     }
 
-    fn worker(&self) -> Worker<ProcessRuntime> {
+    pub(crate) fn worker(&self) -> Worker<ProcessRuntime> {
         let runtime = Arc::new(ProcessRuntime::new(self.scratch.path().join("process")));
         Worker::new(self.lifecycle.clone(), runtime, "w", self.scratch.path().join("work"))
     }
 
     /// GitHub's push payload for this repository: `reference` now at `after`.
-    fn github_push(&self, reference: &str, after: &str) -> Value {
+    pub(crate) fn github_push(&self, reference: &str, after: &str) -> Value {
         let mut payload: Value = serde_json::from_str(GITHUB_PUSH).unwrap();
         payload["ref"] = json!(reference);
         payload["after"] = json!(after);
@@ -105,7 +105,7 @@ impl WebhookFixture {
     }
 
     /// GitLab's push payload for this repository: `reference` now at `after`.
-    fn gitlab_push(&self, reference: &str, after: &str) -> Value {
+    pub(crate) fn gitlab_push(&self, reference: &str, after: &str) -> Value {
         let mut payload: Value = serde_json::from_str(GITLAB_PUSH).unwrap();
         payload["ref"] = json!(reference);
         payload["after"] = json!(after);
@@ -115,7 +115,7 @@ impl WebhookFixture {
     }
 
     /// A correctly signed GitHub delivery.
-    async fn github(&self, event: &str, delivery: &str, payload: &Value) -> (StatusCode, Value) {
+    pub(crate) async fn github(&self, event: &str, delivery: &str, payload: &Value) -> (StatusCode, Value) {
         let body = payload.to_string();
         let signature = sign(GITHUB_SECRET, &body);
         let headers = [("x-github-event", event), ("x-github-delivery", delivery), ("x-hub-signature-256", &signature)];
@@ -123,17 +123,17 @@ impl WebhookFixture {
     }
 
     /// A GitLab delivery with the right token.
-    async fn gitlab(&self, event: &str, delivery: &str, payload: &Value) -> (StatusCode, Value) {
+    pub(crate) async fn gitlab(&self, event: &str, delivery: &str, payload: &Value) -> (StatusCode, Value) {
         let headers = [("x-gitlab-event", event), ("x-gitlab-event-uuid", delivery), ("x-gitlab-token", GITLAB_TOKEN)];
         self.post("/webhooks/gitlab", &headers, payload.to_string()).await
     }
 
-    async fn post(&self, path: &str, headers: &[(&str, &str)], body: String) -> (StatusCode, Value) {
+    pub(crate) async fn post(&self, path: &str, headers: &[(&str, &str)], body: String) -> (StatusCode, Value) {
         send(&self.router, path, headers, body).await
     }
 
     /// Every event in the log, and every delivery recorded.
-    async fn counts(&self) -> (i64, i64) {
+    pub(crate) async fn counts(&self) -> (i64, i64) {
         let count = |table: &'static str| async move {
             let sql = format!("SELECT count(*) FROM {table}");
             sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).fetch_one(&self.db.owner).await.unwrap()
@@ -142,7 +142,7 @@ impl WebhookFixture {
     }
 
     /// The commit, reason and actor a queued run was requested with.
-    async fn queued(&self, run_id: &Value) -> (String, String, String) {
+    pub(crate) async fn queued(&self, run_id: &Value) -> (String, String, String) {
         sqlx::query_as(
             "SELECT payload::jsonb->>'commit', payload::jsonb->>'reason', metadata::jsonb->>'actor' \
              FROM events WHERE stream_id = $1 AND event_type = 'RunQueued'",
@@ -154,7 +154,7 @@ impl WebhookFixture {
     }
 }
 
-async fn send(router: &Router, path: &str, headers: &[(&str, &str)], body: String) -> (StatusCode, Value) {
+pub(crate) async fn send(router: &Router, path: &str, headers: &[(&str, &str)], body: String) -> (StatusCode, Value) {
     let mut request = Request::post(path);
     if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type")) {
         request = request.header("content-type", "application/json");
@@ -168,20 +168,20 @@ async fn send(router: &Router, path: &str, headers: &[(&str, &str)], body: Strin
     (status, serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&bytes))))
 }
 
-fn sign(secret: &str, body: &str) -> String {
+pub(crate) fn sign(secret: &str, body: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(body.as_bytes());
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-fn rev_parse(repo: &Path, rev: &str) -> String {
+pub(crate) fn rev_parse(repo: &Path, rev: &str) -> String {
     let out = Command::new("git").args(["rev-parse", rev]).current_dir(repo).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// The runs of a 202 answer as (environment, kind).
-fn runs(answer: &Value) -> Vec<(String, String)> {
+pub(crate) fn runs(answer: &Value) -> Vec<(String, String)> {
     let runs = answer["runs"].as_array().unwrap_or_else(|| panic!("no runs in {answer}"));
     runs.iter().map(|r| (r["environment"].as_str().unwrap().into(), r["kind"].as_str().unwrap().into())).collect()
 }
@@ -193,7 +193,7 @@ fn deletion(mut payload: Value) -> Value {
     payload
 }
 
-fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+pub(crate) fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
     items.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
 }
 
@@ -399,12 +399,12 @@ async fn pings_other_events_and_pushes_nothing_tracks_request_nothing() {
     assert_eq!(hooks.github("ping", "p1", &ping).await, (StatusCode::OK, json!({ "ok": true })));
     assert_eq!(
         hooks.github("issues", "i1", &json!({ "action": "opened" })).await,
-        (StatusCode::ACCEPTED, json!({ "runs": [], "ignored": "`issues` events are not acted on, only `push`" }))
+        (StatusCode::ACCEPTED, json!({ "runs": [], "ignored": "`issues` events are not acted on, only `push` and `pull_request`" }))
     );
-    let (status, answer) = hooks.gitlab("Merge Request Hook", "m1", &json!({ "object_kind": "merge_request" })).await;
+    let (status, answer) = hooks.gitlab("Issue Hook", "m1", &json!({ "object_kind": "issue" })).await;
     assert_eq!(
         (status, &answer["ignored"]),
-        (StatusCode::ACCEPTED, &json!("`Merge Request Hook` events are not acted on, only pushes"))
+        (StatusCode::ACCEPTED, &json!("`Issue Hook` events are not acted on, only pushes and merge requests"))
     );
 
     let nothing = (StatusCode::ACCEPTED, json!({ "runs": [] }));

@@ -5,7 +5,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Aggregate, DomainError, Name, TemplateVersions};
+use std::collections::BTreeMap;
+
+use super::merge_request::MergeRequestInfo;
+use super::{Aggregate, CommitId, DomainError, Name, TemplateVersions};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -28,6 +31,13 @@ pub enum ApplicationEvent {
         variables: serde_json::Value,
         updated_at: DateTime<Utc>,
     },
+    /// A merge request's event deployed nothing, and why (a draft, a `WIP:` title).
+    MergeRequestSkipped {
+        request: MergeRequestInfo,
+        commit: CommitId,
+        reason: String,
+        skipped_at: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -37,12 +47,19 @@ pub struct Application {
     pub template: Option<(u64, String, serde_json::Value)>,
     /// Version and digest; the values live outside the log (secrets).
     pub variables: Option<(u64, String)>,
+    /// The last skip recorded per request number, so that the same skip (a draft
+    /// whose description was edited) is recorded once.
+    #[serde(default)]
+    pub skipped_requests: BTreeMap<u64, (MergeRequestInfo, CommitId, String)>,
 }
 
 pub enum ApplicationCommand {
     Create { name: Name, repository: String, now: DateTime<Utc> },
     UpdateTemplate { digest: String, template: serde_json::Value, now: DateTime<Utc> },
     UpdateVariables { digest: String, redacted: serde_json::Value, now: DateTime<Utc> },
+    /// Record that a request's event at `commit` deployed nothing, and why; nothing
+    /// when that is what was recorded last for the request.
+    SkipMergeRequest { request: MergeRequestInfo, commit: CommitId, reason: String, now: DateTime<Utc> },
 }
 
 impl Application {
@@ -91,6 +108,13 @@ pub fn decide(app: &Application, command: ApplicationCommand) -> Result<Vec<Appl
                 updated_at: now,
             }])
         }
+        ApplicationCommand::SkipMergeRequest { request, commit, reason, now } => {
+            let last = app.skipped_requests.get(&request.number);
+            if last.is_some_and(|(r, c, why)| r == &request && c == &commit && why == &reason) {
+                return Ok(vec![]);
+            }
+            Ok(vec![ApplicationEvent::MergeRequestSkipped { request, commit, reason, skipped_at: now }])
+        }
     }
 }
 
@@ -122,6 +146,9 @@ pub fn evolve(mut app: Application, event: &ApplicationEvent) -> Application {
         }
         ApplicationEvent::EnvironmentVariablesUpdated { version, digest, .. } => {
             app.variables = Some((*version, digest.clone()));
+        }
+        ApplicationEvent::MergeRequestSkipped { request, commit, reason, .. } => {
+            app.skipped_requests.insert(request.number, (request.clone(), commit.clone(), reason.clone()));
         }
     }
     app

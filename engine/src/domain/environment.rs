@@ -5,6 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::merge_request::MergeRequestInfo;
 use super::{Aggregate, CommitId, DomainError, Name, RunKind, TemplateVersions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +154,18 @@ pub enum EnvironmentEvent {
         mode: DriftMode,
         changed_at: DateTime<Utc>,
     },
+    /// The environment deploys this merge request now (or its title, draft state …
+    /// changed); it follows the request's source branch until detached.
+    MergeRequestAttached {
+        request: MergeRequestInfo,
+        attached_at: DateTime<Utc>,
+    },
+    /// The request was closed or merged: the environment follows what it tracks again.
+    MergeRequestDetached {
+        number: u64,
+        reason: String,
+        detached_at: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,6 +210,9 @@ pub struct Environment {
     /// The desired-state digest an automatic setup was requested for during the
     /// current drift; cleared when the drift is resolved.
     pub auto_setup_for: Option<String>,
+    /// The merge request the environment deploys, while it does.
+    #[serde(default)]
+    pub merge_request: Option<MergeRequestInfo>,
 }
 
 /// What an environment is: its application and name, kind, what it tracks, its
@@ -274,6 +290,25 @@ pub enum EnvironmentCommand {
         mode: DriftMode,
         now: DateTime<Utc>,
     },
+    /// Deploy `commit` as a forge event asks (a push, a merge request): a patch, or a
+    /// setup when one is needed first; nothing when the environment already is, or
+    /// is about to be, on `commit` (one run per commit and environment, whichever
+    /// events announce it). With `merge_request`, the environment deploys that
+    /// request from now on (recorded when it changed).
+    RequestDeploy {
+        run_id: Uuid,
+        commit: CommitId,
+        current: TemplateVersions,
+        merge_request: Option<MergeRequestInfo>,
+        reason: String,
+        now: DateTime<Utc>,
+    },
+    /// Request `number` is over; nothing when the environment does not deploy it.
+    DetachMergeRequest {
+        number: u64,
+        reason: String,
+        now: DateTime<Utc>,
+    },
     /// Queue a failed run again for its retry.
     Requeue {
         run_id: Uuid,
@@ -311,6 +346,26 @@ impl Environment {
             ));
         }
         reasons
+    }
+
+    /// The commit the environment will be on once its queue has run: the newest
+    /// queued setup or patch's, or else the deployed one while it is ready.
+    pub fn destined_commit(&self) -> Option<&CommitId> {
+        let queued = self.queue.iter().rev().find(|q| q.kind != RunKind::Teardown);
+        match queued {
+            Some(q) => q.commit.as_ref(),
+            None if self.status == Some(Status::Ready) => self.commit.as_ref(),
+            None => None,
+        }
+    }
+
+    /// What pushes deploy here: the source branch of the merge request it deploys,
+    /// else what it tracks.
+    pub fn follows(&self) -> Option<Tracking> {
+        match &self.merge_request {
+            Some(request) => Some(Tracking::Branch(request.source_branch.clone())),
+            None => self.created.as_ref().map(|c| c.tracking.clone()),
+        }
     }
 
     /// Whether a teardown is queued or running.
@@ -438,6 +493,38 @@ pub fn decide(env: &Environment, command: EnvironmentCommand) -> Result<Vec<Envi
         C::MarkFinished { run_id, outcome, images, now } => {
             env.queued(run_id)?;
             Ok(vec![EnvironmentEvent::RunFinished { run_id, outcome, images, finished_at: now }])
+        }
+        C::RequestDeploy { run_id, commit, current, merge_request, reason, now } => {
+            if torn_down {
+                return Err(DomainError::TornDown(env.label()));
+            }
+            if env.teardown_pending() {
+                return Err(DomainError::TeardownPending(env.label()));
+            }
+            let attached = match merge_request {
+                Some(request) if env.merge_request.as_ref() != Some(&request) => {
+                    vec![EnvironmentEvent::MergeRequestAttached { request, attached_at: now }]
+                }
+                _ => vec![],
+            };
+            if env.destined_commit() == Some(&commit) {
+                return Ok(attached);
+            }
+            let patch = C::RequestPatch { run_id, commit: commit.clone(), current: current.clone(), reason: reason.clone(), now };
+            let run = match decide(env, patch) {
+                Err(DomainError::SetupRequired(why)) => {
+                    let reason = format!("{reason}; a setup is needed first: {}", why.join("; "));
+                    env.request(run_id, RunKind::Setup, Some(commit), Some(current), reason, now, None)
+                }
+                other => other?,
+            };
+            Ok(attached.into_iter().chain(run).collect())
+        }
+        C::DetachMergeRequest { number, reason, now } => {
+            if env.merge_request.as_ref().is_none_or(|request| request.number != number) {
+                return Ok(vec![]);
+            }
+            Ok(vec![EnvironmentEvent::MergeRequestDetached { number, reason, detached_at: now }])
         }
         C::Requeue { run_id, kind, commit, templates, reason, now } => {
             if torn_down {
@@ -601,6 +688,8 @@ pub fn evolve(mut env: Environment, event: &EnvironmentEvent) -> Environment {
                 created.drift_mode = *mode;
             }
         }
+        EnvironmentEvent::MergeRequestAttached { request, .. } => env.merge_request = Some(request.clone()),
+        EnvironmentEvent::MergeRequestDetached { .. } => env.merge_request = None,
     }
     env
 }
@@ -823,6 +912,72 @@ mod tests {
             now: t(1),
         };
         given::<Environment>([created(None)]).when(again).then_err(DomainError::AlreadyExists(LABEL.into()));
+    }
+
+    fn request_info(title: &str) -> MergeRequestInfo {
+        MergeRequestInfo {
+            forge: crate::domain::merge_request::Forge::GitHub,
+            project: "octo/shop".into(),
+            number: 7,
+            title: title.into(),
+            url: "https://github.com/octo/shop/pull/7".into(),
+            author: "alice".into(),
+            draft: false,
+            source_branch: "feature/login".into(),
+        }
+    }
+
+    fn deploy(n: u128, c: char, merge_request: Option<MergeRequestInfo>) -> EnvironmentCommand {
+        EnvironmentCommand::RequestDeploy {
+            run_id: run(n),
+            commit: commit(c),
+            current: versions(1, 1),
+            merge_request,
+            reason: "asked".into(),
+            now: t(20),
+        }
+    }
+
+    #[test]
+    fn a_forge_deploy_requests_one_run_per_commit_and_sets_up_when_it_must() {
+        // Never set up: a setup, saying why.
+        given::<Environment>([created(None)]).when(deploy(1, 'a', None)).then([EnvironmentEvent::RunRequested {
+            run_id: run(1),
+            kind: RunKind::Setup,
+            commit: Some(commit('a')),
+            reason: "asked; a setup is needed first: no setup has succeeded yet".into(),
+            templates: Some(versions(1, 1)),
+            requested_at: t(20),
+            auto_for: None,
+        }]);
+        // On commit a already: nothing; a queued patch to b: nothing for b again,
+        // but a (older) is deployed anew.
+        let env = given::<Environment>(set_up()).when(deploy(2, 'a', None)).then([]);
+        let env = env.when(deploy(2, 'b', None)).then([requested(2, RunKind::Patch, Some(commit('b')), None, 20)]);
+        let env = env.when(deploy(3, 'b', None)).then([]);
+        env.when(deploy(3, 'a', None)).then_types(&["RunSuperseded", "RunRequested"]);
+    }
+
+    #[test]
+    fn a_merge_request_is_attached_when_it_changes_and_detached_by_its_number() {
+        let attached = |title: &str| EnvironmentEvent::MergeRequestAttached { request: request_info(title), attached_at: t(20) };
+        let env = given::<Environment>(set_up())
+            .when(deploy(2, 'b', Some(request_info("Login"))))
+            .then([attached("Login"), requested(2, RunKind::Patch, Some(commit('b')), None, 20)]);
+        assert_eq!(env.state().follows(), Some(Tracking::Branch("feature/login".into())));
+        // Retitled, same commit: the new title only.
+        let env = env
+            .when(deploy(3, 'b', Some(request_info("Login page"))))
+            .then([attached("Login page")])
+            .when(deploy(3, 'b', Some(request_info("Login page"))))
+            .then([]);
+        let detach = |number| EnvironmentCommand::DetachMergeRequest { number, reason: "merged".into(), now: t(30) };
+        let env = env.when(detach(8)).then([]).when(detach(7)).then([EnvironmentEvent::MergeRequestDetached {
+            number: 7,
+            reason: "merged".into(),
+            detached_at: t(30),
+        }]);
+        assert_eq!((env.state().merge_request, env.state().follows()), (None, Some(Tracking::Branch("main".into()))));
     }
 
     fn observe(observation: Observation, at: i64) -> EnvironmentCommand {

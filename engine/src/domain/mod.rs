@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod application;
 pub mod environment;
 pub mod release;
+pub mod merge_request;
 pub mod run;
 pub mod stream;
 

@@ -17,6 +17,7 @@ use crate::domain::application::{Application, ApplicationCommand, ApplicationEve
 use crate::domain::environment::{
     DriftMode, Environment, EnvironmentCommand, EnvironmentEvent, EnvironmentSpec, Observation, Tracking,
 };
+use crate::domain::merge_request::MergeRequestInfo;
 use crate::domain::run::{self, PlanInput, Run, RunCommand, RunEvent};
 use crate::domain::{Aggregate, CommitId, DomainError, Name, RunKind, StreamRef, stream};
 use crate::git::{self, GitError};
@@ -72,6 +73,9 @@ pub struct Lifecycle {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Requested {
     pub run_id: Uuid,
+    /// A setup, patch or teardown (a forge's deploy is a patch, or a setup when one
+    /// is needed first).
+    pub kind: RunKind,
     /// Queued runs this request made pointless (skipped as outdated or cancelled by teardown).
     pub superseded: Vec<Uuid>,
 }
@@ -239,6 +243,61 @@ impl Lifecycle {
         self.request(app, env, Ask::Teardown, None, reason, metadata, now).await.map(decided)
     }
 
+    /// Deploys `commit` (or the head of what the environment tracks) as a forge
+    /// event asks: a patch, or a setup when one is needed first, with
+    /// `merge_request` recorded as what the environment deploys. `None` when the
+    /// environment is already on, or queued to be on, that commit: one run per
+    /// commit and environment, whichever events announce it (see
+    /// [`EnvironmentCommand::RequestDeploy`]).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn request_deploy(
+        &self,
+        app: &Name,
+        env: &Name,
+        commit: Option<CommitId>,
+        merge_request: Option<MergeRequestInfo>,
+        reason: &str,
+        metadata: &Metadata,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Requested>, LifecycleError> {
+        self.request(app, env, Ask::Deploy { merge_request }, commit, reason, metadata, now).await
+    }
+
+    /// Records that the environment no longer deploys merge request `number`
+    /// (closed or merged); nothing when it does not deploy it.
+    pub async fn detach_merge_request(
+        &self,
+        app: &Name,
+        env: &Name,
+        number: u64,
+        reason: &str,
+        metadata: &Metadata,
+        now: DateTime<Utc>,
+    ) -> Result<bool, LifecycleError> {
+        let command = || EnvironmentCommand::DetachMergeRequest { number, reason: reason.to_owned(), now };
+        let events = self.execute::<Environment>(&StreamRef::environment(app, env), command, metadata).await?;
+        Ok(!events.is_empty())
+    }
+
+    /// Records that a merge request's event at `commit` deployed nothing, and why.
+    pub async fn skip_merge_request(
+        &self,
+        app: &Name,
+        request: &MergeRequestInfo,
+        commit: &CommitId,
+        reason: &str,
+        metadata: &Metadata,
+        now: DateTime<Utc>,
+    ) -> Result<(), LifecycleError> {
+        let command = || ApplicationCommand::SkipMergeRequest {
+            request: request.clone(),
+            commit: commit.clone(),
+            reason: reason.to_owned(),
+            now,
+        };
+        self.execute::<Application>(&StreamRef::Application(app.clone()), command, metadata).await.map(drop)
+    }
+
     /// In `auto` drift mode, requests a setup that redeploys what the environment
     /// runs now, once per desired-state `digest` (see
     /// [`EnvironmentCommand::RequestAutoSetup`]); `None` when the domain declines.
@@ -351,7 +410,6 @@ impl Lifecycle {
         now: DateTime<Utc>,
     ) -> Result<Option<Requested>, LifecycleError> {
         let run_id = Uuid::new_v4();
-        let kind = ask.kind();
         let env_stream = StreamRef::environment(app, env_name);
         self.with_retries(|| {
             let commit_asked = commit.clone();
@@ -372,7 +430,9 @@ impl Lifecycle {
                         Some(deployed) => Some(deployed.clone()),
                         None => return Ok(None),
                     },
-                    Ask::Setup | Ask::Patch => Some(self.commit_for(&application, &env, commit_asked).await?),
+                    Ask::Setup | Ask::Patch | Ask::Deploy { .. } => {
+                        Some(self.commit_for(&application, &env, commit_asked).await?)
+                    }
                 };
                 let resolved = || commit.clone().expect("resolved above");
                 let command = match ask {
@@ -397,14 +457,24 @@ impl Lifecycle {
                         reason: reason.to_owned(),
                         now,
                     },
+                    Ask::Deploy { merge_request } => EnvironmentCommand::RequestDeploy {
+                        run_id,
+                        commit: resolved(),
+                        current: current.clone(),
+                        merge_request: merge_request.clone(),
+                        reason: reason.to_owned(),
+                        now,
+                    },
                     Ask::Teardown => EnvironmentCommand::RequestTeardown { run_id, reason: reason.to_owned(), now },
                     Ask::Expire => EnvironmentCommand::Expire { run_id, now },
                 };
                 let events = env.decide(command)?;
-                let Some(reason) = events.iter().find_map(|e| match e {
-                    EnvironmentEvent::RunRequested { reason, .. } => Some(reason.clone()),
+                let Some((kind, reason)) = events.iter().find_map(|e| match e {
+                    EnvironmentEvent::RunRequested { kind, reason, .. } => Some((*kind, reason.clone())),
                     _ => None,
                 }) else {
+                    // No run, but maybe a fact (a retitled merge request) to record.
+                    self.append(env_stream, env, env_version, &events, metadata).await?;
                     return Ok(None);
                 };
                 let (_, _, template) = application.template.clone().ok_or(DomainError::NoTemplate)?;
@@ -451,7 +521,7 @@ impl Lifecycle {
                 }
                 run_queue::enqueue(&mut tx, run_id, env_stream).await?;
                 self.commit(tx).await?;
-                Ok(Some(Requested { run_id, superseded }))
+                Ok(Some(Requested { run_id, kind, superseded }))
             }
         })
         .await
@@ -525,16 +595,10 @@ enum Ask {
     AutoSetup {
         digest: String,
     },
-}
-
-impl Ask {
-    fn kind(&self) -> RunKind {
-        match self {
-            Ask::Setup | Ask::AutoSetup { .. } => RunKind::Setup,
-            Ask::Patch => RunKind::Patch,
-            Ask::Teardown | Ask::Expire => RunKind::Teardown,
-        }
-    }
+    /// A patch or (when needed) a setup for a forge's event, once per commit.
+    Deploy {
+        merge_request: Option<MergeRequestInfo>,
+    },
 }
 
 /// Requests made by a person always decide a run (or are refused).

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::duration::parse_duration;
+use super::merge_requests::{MergeRequests, RawMergeRequests, check_merge_requests};
 use super::previews::{Previews, RawPreviews, check_previews};
 use super::problems::{Problems, TemplateErrors, parse_yaml};
 use super::service::{RawService, Service, check_service};
@@ -41,6 +42,10 @@ pub struct ApplicationTemplate {
     /// stored template when absent, so templates without it keep their digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previews: Option<Previews>,
+    /// Which pull or merge requests deploy, and where. Left out of the stored
+    /// template when absent, like `previews`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_requests: Option<MergeRequests>,
 }
 
 /// A one-off command: a release command or a hook.
@@ -165,8 +170,9 @@ pub fn parse_application_template(yaml: &str) -> Result<ApplicationTemplate, Tem
         Hooks { teardown: check_tasks(&mut problems, "hooks.teardown", raw_hooks.teardown.unwrap_or_default()) };
 
     let previews = raw.previews.map(|previews| check_previews(&mut problems, previews));
+    let merge_requests = raw.merge_requests.map(|rule| check_merge_requests(&mut problems, rule));
 
-    problems.into_result(ApplicationTemplate { services, release, stages: raw_stages, jobs, hooks, previews })
+    problems.into_result(ApplicationTemplate { services, release, stages: raw_stages, jobs, hooks, previews, merge_requests })
 }
 
 fn check_tasks(problems: &mut Problems, list_path: &str, raw: Vec<RawTask>) -> Vec<Task> {
@@ -291,7 +297,7 @@ fn check_name(problems: &mut Problems, path: &str, name: &str) {
 // are `Option` for the same reason.
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a map with `services`, `release`, `stages`, `jobs`, `hooks` and `previews`")]
+#[serde(deny_unknown_fields, expecting = "a map with `services`, `release`, `stages`, `jobs`, `hooks`, `previews` and `merge_requests`")]
 struct RawTemplate {
     services: Option<UniqueMap<RawService>>,
     release: Option<Vec<RawTask>>,
@@ -299,6 +305,7 @@ struct RawTemplate {
     jobs: Option<Vec<RawJob>>,
     hooks: Option<RawHooks>,
     previews: Option<RawPreviews>,
+    merge_requests: Option<RawMergeRequests>,
 }
 
 #[derive(Deserialize)]
@@ -401,6 +408,7 @@ mod tests {
                 }],
             },
             previews: None,
+            merge_requests: None,
         };
         assert_eq!(template, expected);
 

@@ -17,8 +17,8 @@
 //! environment needs a setup.
 //!
 //! One concept per module: `yaml` reads the loose leaves, `problems` collects what is
-//! wrong with its path, `application`, `service` and `previews` check the application
-//! template, `variables` and `interpolation` (`${NAME}`) the variables template,
+//! wrong with its path, `application`, `service`, `previews` and `merge_requests` check the
+//! application template, `variables` and `interpolation` (`${NAME}`) the variables template,
 //! `digest` hashes both, and `duration` is the one grammar of durations, which the
 //! command line shares ([`parse_duration`]). Everything public is re-exported here.
 
@@ -26,6 +26,7 @@ mod application;
 mod digest;
 mod duration;
 mod interpolation;
+mod merge_requests;
 mod previews;
 mod problems;
 mod service;
@@ -40,6 +41,7 @@ pub use application::{
     parse_application_template,
 };
 pub use duration::parse_duration;
+pub use merge_requests::{MergeRequestDeploy, MergeRequests};
 pub use previews::{MAX_PREVIEW_TTL, Previews};
 pub use problems::{TemplateErrors, TemplateProblem};
 pub use service::{Build, DEFAULT_HEALTH_TIMEOUT, MAX_REPLICAS, Probe, Service, ServiceHealthCheck, Source, Volume};

@@ -62,22 +62,26 @@ pub(super) fn check_previews(problems: &mut Problems, raw: RawPreviews) -> Previ
             problems.add(format!("previews.branches[{i}]"), "write the branch name without `refs/heads/`");
         }
     }
-    let ttl_seconds = raw.ttl.and_then(|value| {
-        let parsed = match &value {
-            Yaml::String(text) => parse_duration(text),
-            Yaml::Number(n) => Err(format!("`{n}` needs a unit: write e.g. `{n}h`")),
-            other => Err(format!("expected a duration such as `72h`, found {}", kind(other))),
-        };
-        match parsed {
-            Ok(ttl) if ttl < Duration::from_secs(60) => problems.add("previews.ttl", "must be at least 1m"),
-            Ok(ttl) if ttl > MAX_PREVIEW_TTL => problems.add("previews.ttl", "must be at most 2160h (90 days)"),
-            Ok(ttl) if ttl.subsec_millis() != 0 => problems.add("previews.ttl", "must be whole seconds"),
-            Ok(ttl) => return Some(ttl.as_secs()),
-            Err(message) => problems.add("previews.ttl", message),
-        }
-        None
-    });
+    let ttl_seconds = raw.ttl.and_then(|value| check_ttl(problems, "previews.ttl", &value));
     Previews { branches, ttl_seconds }
+}
+
+/// A preview's TTL: a duration from 1m to [`MAX_PREVIEW_TTL`] in whole seconds;
+/// `None` (and a problem at `path`) otherwise.
+pub(super) fn check_ttl(problems: &mut Problems, path: &str, value: &Yaml) -> Option<u64> {
+    let parsed = match value {
+        Yaml::String(text) => parse_duration(text),
+        Yaml::Number(n) => Err(format!("`{n}` needs a unit: write e.g. `{n}h`")),
+        other => Err(format!("expected a duration such as `72h`, found {}", kind(other))),
+    };
+    match parsed {
+        Ok(ttl) if ttl < Duration::from_secs(60) => problems.add(path, "must be at least 1m"),
+        Ok(ttl) if ttl > MAX_PREVIEW_TTL => problems.add(path, "must be at most 2160h (90 days)"),
+        Ok(ttl) if ttl.subsec_millis() != 0 => problems.add(path, "must be whole seconds"),
+        Ok(ttl) => return Some(ttl.as_secs()),
+        Err(message) => problems.add(path, message),
+    }
+    None
 }
 
 #[derive(Deserialize)]

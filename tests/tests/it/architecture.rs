@@ -18,6 +18,10 @@ const TABLE_OWNERS: &[(&str, &str)] = &[
     ("run_logs", "engine/src/logs.rs"),
     ("api_tokens", "api/src/auth.rs"),
     ("webhook_deliveries", "api/src/webhooks"),
+    ("forge_links", "engine/src/forge/outbox.rs"),
+    ("forge_deployments", "engine/src/forge/outbox.rs"),
+    ("forge_reports", "engine/src/forge/outbox.rs"),
+    ("forge_checkpoint", "engine/src/forge/outbox.rs"),
 ];
 
 /// Every table of the `read` schema belongs to the projections crate.

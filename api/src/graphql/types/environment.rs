@@ -11,6 +11,7 @@ use shiplog_projections::lifecycle::EnvironmentView;
 use shiplog_projections::read::{self, environments};
 use shiplog_projections::time_travel::{self, AsOf};
 
+use super::merge_request::MergeRequest;
 use super::{Application, Event, Run, load_application, load_run, name, parse_event_cursor};
 use crate::graphql::ids::NodeId;
 use crate::graphql::page::{self, Counted, Page};
@@ -100,6 +101,10 @@ impl Environment {
     async fn drift(&self) -> Drift {
         let d = &self.0.drift;
         Drift { verdict: d.verdict.into(), reasons: d.reasons.clone(), since: d.since }
+    }
+    /// The pull or merge request it deploys, while it deploys one.
+    async fn merge_request(&self) -> Option<MergeRequest> {
+        self.0.state.merge_request.as_ref().map(MergeRequest::from)
     }
     /// Version of the application template the last successful setup applied.
     async fn applied_template_version(&self) -> Option<i32> {

@@ -11,6 +11,7 @@ mod big_int;
 mod environment;
 mod event;
 mod log;
+mod merge_request;
 mod run;
 mod token;
 

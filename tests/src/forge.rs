@@ -1,0 +1,315 @@
+//! A wire-level stand-in of the two forges' status endpoints, for tests of
+//! shiplog's deployment reports (`engine/src/forge/`): an HTTP/1.1 server on a
+//! local port that checks every request against the shapes the forges document
+//! and answers as they do.
+//!
+//! - GitHub (REST API 2022-11-28): `POST /repos/{owner}/{repo}/deployments` (JSON
+//!   with `ref`, `environment`, `auto_merge`, `required_contexts`,
+//!   `transient_environment`, `production_environment`) answers `201` with the new
+//!   deployment's `id`; `POST /repos/{owner}/{repo}/deployments/{id}/statuses`
+//!   (`state` one of `error`, `failure`, `inactive`, `in_progress`, `queued`,
+//!   `pending`, `success`; optional `log_url`, `environment_url`, `description`,
+//!   `environment`) answers `201`, or `404` for a deployment it never created.
+//!   Every request must carry `Authorization: Bearer <token>`, `Accept:
+//!   application/vnd.github+json`, `X-GitHub-Api-Version: 2022-11-28`, a
+//!   `User-Agent` and a JSON content type; `401` for a wrong token.
+//! - GitLab (REST API v4): `POST /api/v4/projects/{id or url-encoded path}/statuses/{sha}`
+//!   (`state` one of `pending`, `running`, `success`, `failed`, `canceled`;
+//!   optional `name`, `target_url`, `description`, `ref`) with `PRIVATE-TOKEN`,
+//!   answers `201`.
+//!
+//! Anything else is answered as the forge would refuse it (`401`, `404`, `422`) and
+//! kept in [`ForgeStandIn::violations`], which tests assert empty. The stand-in can
+//! be stopped (connections refused, as a forge that is down) and started again on
+//! the same port.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// The token the stand-in accepts from shiplog.
+pub const GITHUB_TOKEN: &str = "ghp_standInToken0123456789";
+pub const GITLAB_TOKEN: &str = "glpat-standInToken0123";
+
+/// One accepted request, as the forge understood it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// A GitHub deployment: the repository, the commit and the environment.
+    GitHubDeployment { repository: String, commit: String, environment: String, transient: bool },
+    /// A GitHub deployment status: the deployment's number (1, 2 … in creation
+    /// order), its state, and the environment and log URLs.
+    GitHubStatus { deployment: u64, state: String, environment_url: Option<String>, log_url: Option<String> },
+    /// A GitLab commit status: the project (decoded), the commit, the state, the
+    /// status's name and its target URL.
+    GitLabStatus { project: String, commit: String, state: String, name: String, target_url: Option<String> },
+}
+
+#[derive(Default)]
+struct Log {
+    received: Vec<Received>,
+    violations: Vec<String>,
+    deployments: u64,
+}
+
+pub struct ForgeStandIn {
+    address: SocketAddr,
+    log: Arc<Mutex<Log>>,
+    server: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ForgeStandIn {
+    pub async fn start() -> ForgeStandIn {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding the forge stand-in");
+        let address = listener.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(Log::default()));
+        let server = tokio::spawn(serve(listener, log.clone()));
+        ForgeStandIn { address, log, server: Mutex::new(Some(server)) }
+    }
+
+    /// The base URL shiplog is configured with (`--github-api-url`, `--gitlab-url`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Stops answering: connections are refused until [`ForgeStandIn::resume`].
+    pub fn stop(&self) {
+        if let Some(server) = self.server.lock().unwrap().take() {
+            server.abort();
+        }
+    }
+
+    /// Answers again, on the same port.
+    pub async fn resume(&self) {
+        // The stopped server lets go of the port as its task ends.
+        let listener = crate::eventually("the stand-in's port free again", std::time::Duration::from_secs(30), || async {
+            TcpListener::bind(self.address).await.ok()
+        })
+        .await;
+        *self.server.lock().unwrap() = Some(tokio::spawn(serve(listener, self.log.clone())));
+    }
+
+    /// Every request accepted, in order.
+    pub fn received(&self) -> Vec<Received> {
+        self.log.lock().unwrap().received.clone()
+    }
+
+    /// Every request refused, and why.
+    pub fn violations(&self) -> Vec<String> {
+        self.log.lock().unwrap().violations.clone()
+    }
+}
+
+impl Drop for ForgeStandIn {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Accepts connections until aborted; the connections it serves (kept alive by
+/// clients) end with it, so a stopped stand-in answers nothing at all.
+async fn serve(listener: TcpListener, log: Arc<Mutex<Log>>) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let log = log.clone();
+        connections.spawn(async move {
+            let _ = connection(stream, log).await;
+        });
+        while connections.try_join_next().is_some() {}
+    }
+}
+
+/// One request as read off the wire.
+struct Request {
+    method: String,
+    path: String,
+    /// Names in lower case.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Serves the requests of one connection (keep-alive) until it closes.
+async fn connection(stream: TcpStream, log: Arc<Mutex<Log>>) -> std::io::Result<()> {
+    let mut stream = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if stream.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let (method, path) = (parts.next().unwrap_or_default().to_owned(), parts.next().unwrap_or_default().to_owned());
+        let mut headers = Vec::new();
+        loop {
+            let mut header = String::new();
+            stream.read_line(&mut header).await?;
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+            }
+        }
+        let length = headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse().ok());
+        let mut body = vec![0; length.unwrap_or(0)];
+        stream.read_exact(&mut body).await?;
+        let request = Request { method, path, headers, body };
+        let (status, answer) = {
+            let mut log = log.lock().unwrap();
+            match answer(&request, &mut log) {
+                Ok((status, answer, received)) => {
+                    log.received.push(received);
+                    (status, answer)
+                }
+                Err((status, why)) => {
+                    log.violations.push(format!("{} {}: {why}", request.method, request.path));
+                    (status, json!({ "message": why }))
+                }
+            }
+        };
+        let body = answer.to_string();
+        let reason = match status {
+            201 => "Created",
+            401 => "Unauthorized",
+            404 => "Not Found",
+            _ => "Unprocessable Entity",
+        };
+        let response = format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.get_mut().write_all(response.as_bytes()).await?;
+    }
+}
+
+type Answer = Result<(u16, Value, Received), (u16, String)>;
+
+fn answer(request: &Request, log: &mut Log) -> Answer {
+    if request.method != "POST" {
+        return Err((404, format!("no {} endpoint here", request.method)));
+    }
+    let body: Value = serde_json::from_slice(&request.body).map_err(|e| (422, format!("body is not JSON: {e}")))?;
+    if !request.header("content-type").is_some_and(|t| t.starts_with("application/json")) {
+        return Err((422, "Content-Type must be application/json".into()));
+    }
+    let segments: Vec<&str> = request.path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["repos", owner, repo, "deployments"] => {
+            github_headers(request)?;
+            let commit = string(&body, "ref")?;
+            let environment = string(&body, "environment")?;
+            for (field, kind) in [
+                ("auto_merge", "boolean"),
+                ("transient_environment", "boolean"),
+                ("production_environment", "boolean"),
+                ("required_contexts", "array"),
+            ] {
+                let ok = match (kind, body.get(field)) {
+                    (_, None) => true,
+                    ("boolean", Some(v)) => v.is_boolean(),
+                    (_, Some(v)) => v.is_array(),
+                };
+                if !ok {
+                    return Err((422, format!("`{field}` must be a {kind}")));
+                }
+            }
+            if !is_commit(&commit) {
+                return Err((422, format!("No ref found for: {commit}")));
+            }
+            log.deployments += 1;
+            let id = log.deployments;
+            let received = Received::GitHubDeployment {
+                repository: format!("{owner}/{repo}"),
+                commit: commit.clone(),
+                environment: environment.clone(),
+                transient: body["transient_environment"].as_bool().unwrap_or(false),
+            };
+            Ok((201, json!({ "id": id, "sha": commit, "ref": commit, "environment": environment }), received))
+        }
+        ["repos", _, _, "deployments", id, "statuses"] => {
+            github_headers(request)?;
+            let deployment: u64 = id.parse().map_err(|_| (404, "Not Found".to_owned()))?;
+            if deployment == 0 || deployment > log.deployments {
+                return Err((404, format!("deployment {deployment} does not exist")));
+            }
+            let state = string(&body, "state")?;
+            const STATES: [&str; 7] = ["error", "failure", "inactive", "in_progress", "queued", "pending", "success"];
+            if !STATES.contains(&state.as_str()) {
+                return Err((422, format!("state `{state}` is not one of {STATES:?}")));
+            }
+            let received = Received::GitHubStatus {
+                deployment,
+                state: state.clone(),
+                environment_url: optional_url(&body, "environment_url")?,
+                log_url: optional_url(&body, "log_url")?,
+            };
+            Ok((201, json!({ "id": log.received.len() + 1, "state": state }), received))
+        }
+        ["api", "v4", "projects", project, "statuses", sha] => {
+            if request.header("private-token") != Some(GITLAB_TOKEN) {
+                return Err((401, "401 Unauthorized".into()));
+            }
+            // A path with namespace must come URL-encoded as one segment.
+            let project = project.replace("%2F", "/").replace("%2f", "/");
+            if !is_commit(sha) {
+                return Err((404, "404 Commit Not Found".into()));
+            }
+            let state = string(&body, "state")?;
+            const STATES: [&str; 5] = ["pending", "running", "success", "failed", "canceled"];
+            if !STATES.contains(&state.as_str()) {
+                return Err((422, format!("state is invalid: `{state}`")));
+            }
+            let received = Received::GitLabStatus {
+                project,
+                commit: sha.to_string(),
+                state: state.clone(),
+                name: body["name"].as_str().unwrap_or("default").to_owned(),
+                target_url: optional_url(&body, "target_url")?,
+            };
+            Ok((201, json!({ "id": log.received.len() + 1, "sha": sha, "status": state }), received))
+        }
+        _ => Err((404, "Not Found".into())),
+    }
+}
+
+fn github_headers(request: &Request) -> Result<(), (u16, String)> {
+    if request.header("authorization") != Some(&format!("Bearer {GITHUB_TOKEN}")) {
+        return Err((401, "Bad credentials".into()));
+    }
+    let expected = [("accept", "application/vnd.github+json"), ("x-github-api-version", "2022-11-28")];
+    for (name, value) in expected {
+        if request.header(name) != Some(value) {
+            return Err((422, format!("header {name} must be {value}, got {:?}", request.header(name))));
+        }
+    }
+    if request.header("user-agent").is_none_or(str::is_empty) {
+        return Err((422, "GitHub requires a User-Agent header".into()));
+    }
+    Ok(())
+}
+
+fn string(body: &Value, field: &str) -> Result<String, (u16, String)> {
+    body.get(field).and_then(Value::as_str).map(str::to_owned).ok_or_else(|| (422, format!("`{field}` is missing")))
+}
+
+fn optional_url(body: &Value, field: &str) -> Result<Option<String>, (u16, String)> {
+    match body.get(field) {
+        None => Ok(None),
+        Some(Value::String(url)) if url.starts_with("http://") || url.starts_with("https://") => Ok(Some(url.clone())),
+        Some(other) => Err((422, format!("`{field}` must be an http(s) URL, got {other}"))),
+    }
+}
+
+fn is_commit(text: &str) -> bool {
+    text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
