@@ -5,6 +5,7 @@ mod app;
 mod audit;
 mod authorization;
 mod graphql;
+mod hardening;
 mod projections;
 mod schema;
 mod serve;
