@@ -177,10 +177,22 @@ async fn graphql_ws(State(state): State<AppState>, protocol: GraphQLProtocol, up
     })
 }
 
-/// Ready when the database answers.
+/// Ready when the database answers and no projection is stalled on an event it
+/// cannot fold (the answer names each such event's position).
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    match sqlx::query("SELECT 1").execute(&state.pool).await {
-        Ok(_) => (StatusCode::OK, Json(serde_json::json!({ "status": "ready" }))),
+    match shiplog_projections::runner::status(&state.pool).await {
+        Ok(projections) => {
+            let stalled: Vec<_> = projections
+                .iter()
+                .filter_map(|p| p.stalled.as_ref().map(|s| serde_json::json!({ "projection": p.name, "position": s.position })))
+                .collect();
+            if stalled.is_empty() {
+                (StatusCode::OK, Json(serde_json::json!({ "status": "ready" })))
+            } else {
+                let body = serde_json::json!({ "status": "projection stalled", "stalled": stalled });
+                (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+            }
+        }
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
             (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "database unavailable" })))

@@ -110,6 +110,14 @@ async fn database_metrics(pool: &PgPool, out: &mut String) -> Result<(), shiplog
     for p in &projections {
         let _ = writeln!(out, "shiplog_projection_lag_seconds{{projection=\"{}\"}} {}", p.name, p.lag_seconds);
     }
+    out.push_str(
+        "# HELP shiplog_projection_stalled_position Global position of the event a projection cannot fold; 0 while it folds.\n",
+    );
+    out.push_str("# TYPE shiplog_projection_stalled_position gauge\n");
+    for p in &projections {
+        let position = p.stalled.as_ref().map_or(0, |s| s.position);
+        let _ = writeln!(out, "shiplog_projection_stalled_position{{projection=\"{}\"}} {position}", p.name);
+    }
     Ok(())
 }
 

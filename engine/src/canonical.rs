@@ -15,6 +15,22 @@ pub enum CanonicalError {
     /// RFC 8785 numbers are IEEE-754 doubles; storing this one would silently change it.
     #[error("number {0} cannot be stored exactly (JSON numbers are IEEE-754 doubles); send it as a string")]
     InexactNumber(String),
+    /// A string holds U+0000, which no read model can keep (see [`storable`]).
+    #[error("{}", NUL_REFUSED)]
+    Nul,
+}
+
+/// Why text with U+0000 is refused; the API sends the same words.
+pub const NUL_REFUSED: &str = "text may not contain the NUL character (U+0000)";
+
+/// The one rule for text that may reach an event, a log line or a read model:
+/// it holds no U+0000. PostgreSQL's `text` cannot store that character and its
+/// `jsonb` refuses the `\u0000` escape, so an event holding one could be
+/// appended (events are canonical text) but never folded into a read model.
+/// Canonical encoding refuses it, so no event can hold one; the API checks every
+/// input string with this function before anything runs.
+pub fn storable(text: &str) -> Result<(), CanonicalError> {
+    if text.contains('\0') { Err(CanonicalError::Nul) } else { Ok(()) }
 }
 
 /// Parses JSON text and returns its canonical form.
@@ -35,7 +51,7 @@ fn write_value(out: &mut String, value: &Value) -> Result<(), CanonicalError> {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Number(n) => write_number(out, n)?,
-        Value::String(s) => write_string(out, s),
+        Value::String(s) => write_string(out, s)?,
         Value::Array(items) => {
             out.push('[');
             for (i, item) in items.iter().enumerate() {
@@ -54,7 +70,7 @@ fn write_value(out: &mut String, value: &Value) -> Result<(), CanonicalError> {
                 if i > 0 {
                     out.push(',');
                 }
-                write_string(out, name);
+                write_string(out, name)?;
                 out.push(':');
                 write_value(out, member)?;
             }
@@ -87,7 +103,8 @@ fn write_number(out: &mut String, n: &serde_json::Number) -> Result<(), Canonica
     Ok(())
 }
 
-fn write_string(out: &mut String, s: &str) {
+fn write_string(out: &mut String, s: &str) -> Result<(), CanonicalError> {
+    storable(s)?;
     out.push('"');
     for c in s.chars() {
         match c {
@@ -103,6 +120,7 @@ fn write_string(out: &mut String, s: &str) {
         }
     }
     out.push('"');
+    Ok(())
 }
 
 #[cfg(test)]
@@ -142,6 +160,14 @@ mod tests {
             canonicalize_str("{\"n\": 9007199254740993}"),
             Err(CanonicalError::InexactNumber("9007199254740993".into()))
         );
+    }
+
+    #[test]
+    fn refuses_the_nul_character_in_strings_and_member_names() {
+        assert_eq!(canonicalize(&serde_json::json!({ "reason": "nul \u{0} byte" })), Err(CanonicalError::Nul));
+        assert_eq!(canonicalize(&serde_json::json!({ "a\u{0}": 1 })), Err(CanonicalError::Nul));
+        assert_eq!(canonicalize_str(r#"["\u0000"]"#), Err(CanonicalError::Nul));
+        assert_eq!(canonicalize_str(r#"["\u0001"]"#).as_deref(), Ok(r#"["\u0001"]"#));
     }
 
     #[test]

@@ -41,3 +41,16 @@ pub enum ProjectionError {
     #[error("failure injected {0}")]
     Injected(&'static str),
 }
+
+impl ProjectionError {
+    /// Whether the failure is in what the events say (an event that does not
+    /// decode, or a view the database refuses to store), so retrying the same
+    /// events can never succeed; connection failures and the like are not.
+    pub fn is_unfoldable(&self) -> bool {
+        match self {
+            ProjectionError::Corrupt { .. } => true,
+            ProjectionError::Database(e) => matches!(e, sqlx::Error::Database(_)),
+            _ => false,
+        }
+    }
+}

@@ -121,8 +121,8 @@ async fn apply_batch(
     }
     for (projection, generation) in targets {
         sqlx::query(
-            "UPDATE read.checkpoints SET tx_id = $3, position = $4, events = events + $5, updated_at = now() \
-             WHERE projection = $1 AND generation = $2",
+            "UPDATE read.checkpoints SET tx_id = $3, position = $4, events = events + $5, updated_at = now(), \
+             stalled_position = NULL, stalled_error = NULL WHERE projection = $1 AND generation = $2",
         )
         .bind(projection.name)
         .bind(generation)
@@ -194,12 +194,53 @@ impl<P: Projection> Runner<P> {
 
     /// Folds the next batch into the live generation; returns how many events it
     /// folded (0 when caught up or when no generation is live yet).
+    ///
+    /// A batch that cannot be folded is folded again one event at a time, up to
+    /// the event that cannot be: that one is recorded on the live checkpoint as
+    /// where the projection stalls ([`Status::stalled`]), and the error names it.
+    /// The next successful fold clears the record.
     pub async fn step(&self) -> Result<usize, ProjectionError> {
+        let failure = match self.fold_next(self.batch).await {
+            Err(e) if e.is_unfoldable() => e,
+            other => return other,
+        };
+        let mut folded = 0;
+        loop {
+            match self.fold_next(1).await {
+                Ok(0) => return if folded > 0 { Ok(folded) } else { Err(failure) },
+                Ok(n) => folded += n,
+                Err(ProjectionError::Corrupt { cursor, why }) => {
+                    tracing::error!(projection = P::NAME, position = cursor.position, error = %why, "projection stalled");
+                    sqlx::query(
+                        "UPDATE read.checkpoints SET stalled_position = $2, stalled_error = $3 \
+                         WHERE projection = $1 AND live",
+                    )
+                    .bind(P::NAME)
+                    .bind(cursor.position)
+                    .bind(&why)
+                    .execute(self.pool())
+                    .await?;
+                    return Err(ProjectionError::Corrupt { cursor, why });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Folds the next `batch` events into the live generation in one transaction.
+    /// A single event that the read model refuses is reported as `Corrupt` at
+    /// that event's cursor.
+    async fn fold_next(&self, batch: usize) -> Result<usize, ProjectionError> {
         let mut tx = self.pool().begin().await?;
         let Some(live) = live_checkpoint(&mut tx, P::NAME, true).await? else { return Ok(0) };
-        let Some(batch) = read_batch(&self.store, live.cursor, self.batch).await? else { return Ok(0) };
+        let Some(batch) = read_batch(&self.store, live.cursor, batch).await? else { return Ok(0) };
         let targets = [(Descriptor::of::<P>(), live.generation)];
-        apply_batch(&mut tx, &targets, &batch).await?;
+        match apply_batch(&mut tx, &targets, &batch).await {
+            Err(e) if batch.facts.len() == 1 && e.is_unfoldable() => {
+                return Err(ProjectionError::Corrupt { cursor: batch.last, why: e.to_string() });
+            }
+            other => other?,
+        }
         #[cfg(feature = "failpoints")]
         self.crash_if_armed()?;
         tx.commit().await?;
@@ -395,12 +436,24 @@ pub struct Status {
     pub lag_events: i64,
     /// Age of the oldest event not folded yet; 0 when caught up.
     pub lag_seconds: f64,
+    /// The event the projection cannot fold, if it is stalled on one.
+    pub stalled: Option<Stalled>,
+}
+
+/// Where a projection stalls: the event it cannot fold, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stalled {
+    /// The event's global position.
+    pub position: i64,
+    /// Why it cannot be folded (for operators: the server log has the same).
+    pub error: String,
 }
 
 /// The live generation of every projection and how far behind it is.
 pub async fn status(pool: &PgPool) -> Result<Vec<Status>, ProjectionError> {
     let rows = sqlx::query(
-        "SELECT projection, version, generation, tx_id, position, events FROM read.checkpoints \
+        "SELECT projection, version, generation, tx_id, position, events, stalled_position, stalled_error \
+         FROM read.checkpoints \
          WHERE live ORDER BY projection",
     )
     .fetch_all(pool)
@@ -418,6 +471,10 @@ pub async fn status(pool: &PgPool) -> Result<Vec<Status>, ProjectionError> {
             events: row.try_get("events")?,
             lag_events,
             lag_seconds: oldest.map_or(0.0, |oldest| (Utc::now() - oldest).as_seconds_f64().max(0.0)),
+            stalled: row
+                .try_get::<Option<i64>, _>("stalled_position")?
+                .map(|position| Ok::<_, sqlx::Error>(Stalled { position, error: row.try_get("stalled_error")? }))
+                .transpose()?,
         });
     }
     Ok(statuses)

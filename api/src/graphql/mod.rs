@@ -18,6 +18,7 @@
 //! changes.
 
 mod ids;
+mod input;
 mod mutation;
 mod page;
 mod query;
@@ -75,6 +76,7 @@ impl Default for Limits {
 pub fn schema(api: Api, limits: Limits) -> ShiplogSchema {
     let builder = async_graphql::Schema::build(Query, Mutation::default(), Subscription)
         .data(api)
+        .extension(input::StorableText)
         .limit_depth(limits.depth)
         .limit_complexity(limits.complexity);
     if limits.introspection { builder.finish() } else { builder.disable_introspection().finish() }

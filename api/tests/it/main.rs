@@ -5,6 +5,7 @@ mod app;
 mod audit;
 mod authorization;
 mod graphql;
+mod hardening;
 mod merge_requests;
 mod projections;
 mod schema;

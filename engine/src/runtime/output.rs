@@ -19,7 +19,8 @@ impl Lines {
     }
 
     /// Forwards every line `chunk` completes; keeps the rest. A `\r` before the
-    /// line break is dropped; invalid UTF-8 is replaced; lines longer than
+    /// line break is dropped; invalid UTF-8 and NUL bytes (which no log line, event
+    /// or read model can store: `canonical::storable`) are replaced with U+FFFD; lines longer than
     /// [`MAX_LINE`] come in pieces.
     pub(crate) fn push(&mut self, chunk: &[u8], logs: &dyn LogSink) {
         for &byte in chunk {
@@ -45,7 +46,11 @@ impl Lines {
         if self.partial.last() == Some(&b'\r') {
             self.partial.pop();
         }
-        logs.line(self.stream, &String::from_utf8_lossy(&self.partial));
+        let line = String::from_utf8_lossy(&self.partial);
+        match line.contains('\0') {
+            true => logs.line(self.stream, &line.replace('\0', "\u{FFFD}")),
+            false => logs.line(self.stream, &line),
+        }
         self.partial.clear();
     }
 }
@@ -93,6 +98,14 @@ mod tests {
         lines.finish(&logs);
         assert_eq!(logs.0.lock().unwrap().last().map(String::as_str), Some("last"));
         assert_eq!(logs.0.lock().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn nul_bytes_are_replaced_as_invalid_utf8_is() {
+        let logs = Collect::default();
+        let mut lines = Lines::new(LogStream::Stdout);
+        lines.push(b"nul \0 byte, bad \xff byte\n", &logs);
+        assert_eq!(*logs.0.lock().unwrap(), ["nul \u{FFFD} byte, bad \u{FFFD} byte"]);
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct ProjectionStatus {
     lag_events: BigInt,
     /// Age in seconds of the oldest event not folded yet; 0 when caught up.
     lag_seconds: f64,
+    /// The global position of the event this projection cannot fold, when it
+    /// is stalled on one (the server log says why); null while it folds.
+    stalled_at: Option<BigInt>,
 }
 
 impl From<runner::Status> for ProjectionStatus {
@@ -36,6 +39,7 @@ impl From<runner::Status> for ProjectionStatus {
             events: BigInt(s.events),
             lag_events: BigInt(s.lag_events),
             lag_seconds: s.lag_seconds,
+            stalled_at: s.stalled.map(|stalled| BigInt(stalled.position)),
         }
     }
 }
