@@ -221,12 +221,18 @@ async fn a_runner_killed_mid_batch_resumes_to_the_same_read_models() {
 
 /// Kills the process group of the environment's `web` service, as an operator
 /// (or the OOM killer) would, behind shiplog's back.
-fn kill_web_service(d: &Deployed) {
+/// Kills the web service's process group and waits until it is gone: a SIGKILL is
+/// only sent, and under load the group outlives the call for a moment.
+async fn kill_web_service(d: &Deployed) {
     let state = d.scratch.path().join(format!("process/environments/{}/{}/services/web.json", d.app, d.env));
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(state).unwrap()).unwrap();
-    let pgid = state["process"]["pgid"].as_i64().expect("a process group");
-    let killed = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pgid}")]).status().unwrap();
-    assert!(killed.success());
+    let group = format!("-{}", state["process"]["pgid"].as_i64().expect("a process group"));
+    let signal = |signal: &str| std::process::Command::new("kill").args([signal, "--", &group]).output().unwrap();
+    assert!(signal("-KILL").status.success());
+    eventually("the killed service's process group to be gone", Duration::from_secs(10), || async {
+        (!signal("-0").status.success()).then_some(())
+    })
+    .await;
 }
 
 async fn drift_events(d: &Deployed) -> Vec<String> {
@@ -253,7 +259,7 @@ async fn a_service_killed_behind_shiplogs_back_is_drift_until_a_setup_repairs_it
     let looping = Reconciler::new(d.lifecycle.clone(), d.runtime.clone());
     let (stop, woken) = (shutdown.clone(), wake.clone());
     let loop_task = tokio::spawn(async move { looping.run(Duration::from_millis(200), woken, stop).await });
-    kill_web_service(&d);
+    kill_web_service(&d).await;
     eventually("the drift to be recorded", Duration::from_secs(10), || async {
         (!drift_events(&d).await.is_empty()).then_some(())
     })
@@ -301,7 +307,7 @@ async fn a_service_killed_behind_shiplogs_back_is_drift_until_a_setup_repairs_it
     d.set_up_by("alice").await;
     reconciler.check(&d.app, &d.env, Utc::now()).await.unwrap();
     d.lifecycle.set_drift_mode(&d.app, &d.env, DriftMode::Auto, &by("alice"), Utc::now()).await.unwrap();
-    kill_web_service(&d);
+    kill_web_service(&d).await;
     let checked = reconciler.check(&d.app, &d.env, Utc::now()).await.unwrap();
     let repair = checked.auto_setup.expect("an automatic setup");
     assert_eq!(d.work().await, (repair.run_id, RunStatus::Succeeded));
