@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use shiplog_engine::runtime::Registry;
 use shiplog_engine::forge::ForgeConfig;
+use shiplog_engine::runtime::Registry;
 use shiplog_engine::secret::Secret;
 use shiplog_engine::store::EventFilter;
 use shiplog_projections::{audit, runner};

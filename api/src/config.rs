@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use shiplog_engine::runtime::Registry;
 use shiplog_engine::forge::ForgeConfig;
+use shiplog_engine::runtime::Registry;
 
 use crate::graphql::Limits;
 use crate::webhooks::WebhookConfig;

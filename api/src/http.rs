@@ -184,7 +184,9 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<serde_json::V
         Ok(projections) => {
             let stalled: Vec<_> = projections
                 .iter()
-                .filter_map(|p| p.stalled.as_ref().map(|s| serde_json::json!({ "projection": p.name, "position": s.position })))
+                .filter_map(|p| {
+                    p.stalled.as_ref().map(|s| serde_json::json!({ "projection": p.name, "position": s.position }))
+                })
                 .collect();
             if stalled.is_empty() {
                 (StatusCode::OK, Json(serde_json::json!({ "status": "ready" })))

@@ -170,7 +170,9 @@ impl WebhookState {
                 return Ok((StatusCode::ACCEPTED, Json(ignored)).into_response());
             }
             Received::Push { delivery, push } => (delivery.clone(), push.pusher.clone(), "push"),
-            Received::MergeRequest { delivery, event } => (delivery.clone(), event.request.actor.clone(), "merge request"),
+            Received::MergeRequest { delivery, event } => {
+                (delivery.clone(), event.request.actor.clone(), "merge request")
+            }
         };
         self.claim(provider, &delivery).await?;
         let metadata = Metadata {
@@ -231,7 +233,13 @@ impl WebhookState {
     }
 
     /// Records what came of a claimed delivery: `done` with its runs, or `failed`.
-    async fn finish(&self, provider: Provider, delivery: &str, outcome: &str, runs: &[String]) -> Result<(), WebhookError> {
+    async fn finish(
+        &self,
+        provider: Provider,
+        delivery: &str,
+        outcome: &str,
+        runs: &[String],
+    ) -> Result<(), WebhookError> {
         sqlx::query("UPDATE webhook_deliveries SET outcome = $3, runs = $4 WHERE provider = $1 AND delivery_id = $2")
             .bind(provider.id())
             .bind(delivery)

@@ -112,8 +112,7 @@ impl Lifecycle {
             }
         };
         let (commit, info) = (Some(request.head.clone()), Some(request.info.clone()));
-        let result =
-            self.request_deploy(app, &name, commit, info, &acting.reason(), acting.metadata, acting.now).await;
+        let result = self.request_deploy(app, &name, commit, info, &acting.reason(), acting.metadata, acting.now).await;
         outcome.record(app, &name, result);
         Ok(())
     }
@@ -216,8 +215,8 @@ fn staging_of(environments: &[Environment]) -> Option<Name> {
 /// preview of `branch`, else `first-2`, `first-3` … (a torn-down preview keeps its
 /// name, streams are never removed).
 fn preview_for(environments: &[Environment], first: &Name, branch: &str) -> Option<Name> {
-    let candidates = std::iter::once(first.clone())
-        .chain((2..=PREVIEW_NAMES).filter_map(|n| format!("{first}-{n}").parse().ok()));
+    let candidates =
+        std::iter::once(first.clone()).chain((2..=PREVIEW_NAMES).filter_map(|n| format!("{first}-{n}").parse().ok()));
     for name in candidates {
         let existing = environments.iter().find(|env| env.created.as_ref().is_some_and(|c| c.name == name));
         match existing {

@@ -145,7 +145,8 @@ impl Lifecycle {
             .filter_map(|env| env.created.as_ref())
             .collect();
         for created in &tracking {
-            let result = self.request_deploy(app, &created.name, Some(commit.clone()), None, &reason, metadata, now).await;
+            let result =
+                self.request_deploy(app, &created.name, Some(commit.clone()), None, &reason, metadata, now).await;
             outcome.record(app, &created.name, result);
         }
         let (Some(previews), Tracking::Branch(branch), true) = (previews, &push.target, tracking.is_empty()) else {

@@ -105,7 +105,12 @@ pub fn entry(fact: &Fact, run_of: Option<(String, String)>) -> Option<AuditEntry
                     format!("set the drift mode to {}", label(mode))
                 }
                 EnvironmentEvent::MergeRequestAttached { request, .. } => {
-                    format!("deploys {} \"{}\" by {}", request.forge.reference(request.number), request.title, request.author)
+                    format!(
+                        "deploys {} \"{}\" by {}",
+                        request.forge.reference(request.number),
+                        request.title,
+                        request.author
+                    )
                 }
                 EnvironmentEvent::MergeRequestDetached { number, reason, .. } => {
                     format!("no longer deploys request {number}: {reason}")

@@ -85,10 +85,11 @@ impl ForgeStandIn {
     /// Answers again, on the same port.
     pub async fn resume(&self) {
         // The stopped server lets go of the port as its task ends.
-        let listener = crate::eventually("the stand-in's port free again", std::time::Duration::from_secs(30), || async {
-            TcpListener::bind(self.address).await.ok()
-        })
-        .await;
+        let listener =
+            crate::eventually("the stand-in's port free again", std::time::Duration::from_secs(30), || async {
+                TcpListener::bind(self.address).await.ok()
+            })
+            .await;
         *self.server.lock().unwrap() = Some(tokio::spawn(serve(listener, self.log.clone())));
     }
 

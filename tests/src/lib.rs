@@ -7,8 +7,8 @@
 //! private cluster listens on a Unix socket in its own temporary directory.
 
 pub mod docker;
-pub mod forge;
 pub mod example;
+pub mod forge;
 pub mod registry;
 
 use std::sync::OnceLock;

@@ -67,7 +67,11 @@ fn receive_pull_request(delivery: String, body: &[u8]) -> Result<Received, Webho
         "closed" => MergeRequestAction::Closed,
         other => return Ok(Received::Ignored(format!("pull_request action `{other}` is not acted on"))),
     };
-    let head = pr.head.sha.parse::<CommitId>().map_err(|e| WebhookError::BadRequest(format!("not a pull_request payload: {e}")))?;
+    let head = pr
+        .head
+        .sha
+        .parse::<CommitId>()
+        .map_err(|e| WebhookError::BadRequest(format!("not a pull_request payload: {e}")))?;
     let repository = payload.repository;
     let via = format!("github delivery {delivery} for {}", repository.full_name);
     let request = MergeRequest {

@@ -58,7 +58,9 @@ fn receive_merge_request(delivery: String, body: &[u8]) -> Result<Received, Webh
         Some("merge") => MergeRequestAction::Merged,
         Some("close") => MergeRequestAction::Closed,
         Some(other) => return Ok(Received::Ignored(format!("merge request action `{other}` is not acted on"))),
-        None => return Err(WebhookError::BadRequest("not a merge request payload: no object_attributes.action".into())),
+        None => {
+            return Err(WebhookError::BadRequest("not a merge request payload: no object_attributes.action".into()));
+        }
     };
     let head = attributes
         .last_commit

@@ -164,7 +164,8 @@ async fn a_frontend_drives_the_whole_lifecycle_over_http_and_a_websocket() {
     assert_eq!(finished(&app, &viewer, &teardown["environmentTeardown"]["run"]["id"]).await["status"], "SUCCEEDED");
     // The run's end and the environment's record of it are two transactions.
     eventually("the environment to be torn down", PATIENCE, || async {
-        let env = app.data(&viewer, ENVIRONMENT, json!({ "app": "hello", "env": "staging" })).await["environment"].clone();
+        let env =
+            app.data(&viewer, ENVIRONMENT, json!({ "app": "hello", "env": "staging" })).await["environment"].clone();
         (env["status"] == "TORN_DOWN").then_some(())
     })
     .await;

@@ -117,8 +117,9 @@ async fn github_pull_requests_deploy_a_preview_once_per_commit_skip_drafts_and_a
     assert_eq!(hooks.skips().await.len(), 1);
 
     // Marked ready: its head deploys to a preview of its own, with the rule's TTL.
-    let (status, answer) =
-        hooks.github("pull_request", "d3", &hooks.pull_request("ready_for_review", 2, title, false, &first, "main")).await;
+    let (status, answer) = hooks
+        .github("pull_request", "d3", &hooks.pull_request("ready_for_review", 2, title, false, &first, "main"))
+        .await;
     assert_eq!((status, runs(&answer)), (StatusCode::ACCEPTED, pairs(&[("pr-2", "setup")])), "{answer}");
     assert_eq!(answer["created"], json!([{ "application": "hello", "environment": "pr-2" }]));
     let (commit, reason, actor) = hooks.queued(&answer["runs"][0]["runId"]).await;
@@ -178,7 +179,10 @@ async fn github_pull_requests_deploy_a_preview_once_per_commit_skip_drafts_and_a
     .fetch_one(&hooks.db.owner)
     .await
     .unwrap();
-    assert!(reason.starts_with(&format!("pull request #2 \"{title}\" by Codertocat: closed by Codertocat")), "{reason}");
+    assert!(
+        reason.starts_with(&format!("pull request #2 \"{title}\" by Codertocat: closed by Codertocat")),
+        "{reason}"
+    );
 }
 
 #[tokio::test]
@@ -189,19 +193,23 @@ async fn gitlab_merge_requests_take_staging_from_a_wip_title_to_the_merge_which_
     hooks.repo.commit_version(2);
     let first = rev_parse(&hooks.repo.dir, "HEAD");
 
-    let (status, answer) =
-        hooks.gitlab("Merge Request Hook", "e1", &hooks.merge_request("open", "WIP: MS-Viewport", &first, "main", None)).await;
+    let (status, answer) = hooks
+        .gitlab("Merge Request Hook", "e1", &hooks.merge_request("open", "WIP: MS-Viewport", &first, "main", None))
+        .await;
     assert_eq!((status, runs(&answer)), (StatusCode::ACCEPTED, vec![]), "{answer}");
     assert_eq!(answer["skipped"], skipped("not deployed: its title starts with `WIP:`"));
 
     // Retitled: staging deploys the request's head and follows its branch.
-    let (_, answer) =
-        hooks.gitlab("Merge Request Hook", "e2", &hooks.merge_request("update", "MS-Viewport", &first, "main", None)).await;
+    let (_, answer) = hooks
+        .gitlab("Merge Request Hook", "e2", &hooks.merge_request("update", "MS-Viewport", &first, "main", None))
+        .await;
     assert_eq!(runs(&answer), pairs(&[("staging", "setup")]), "{answer}");
     let (commit, reason, actor) = hooks.queued(&answer["runs"][0]["runId"]).await;
     assert_eq!((commit, actor), (first.clone(), "gitlab:root".to_owned()));
     assert!(
-        reason.starts_with("merge request !1 \"MS-Viewport\" by root: edited by root (gitlab delivery e2 for gitlabhq/gitlab-test)"),
+        reason.starts_with(
+            "merge request !1 \"MS-Viewport\" by root: edited by root (gitlab delivery e2 for gitlabhq/gitlab-test)"
+        ),
         "{reason}"
     );
     let request = hooks.env("staging").await.merge_request.unwrap();
@@ -224,11 +232,15 @@ async fn gitlab_merge_requests_take_staging_from_a_wip_title_to_the_merge_which_
 
     // Into an unlisted branch: nothing.
     let elsewhere = hooks.merge_request("open", "Elsewhere", &second, "develop", None);
-    assert_eq!(hooks.gitlab("Merge Request Hook", "e6", &elsewhere).await, (StatusCode::ACCEPTED, json!({ "runs": [] })));
+    assert_eq!(
+        hooks.gitlab("Merge Request Hook", "e6", &elsewhere).await,
+        (StatusCode::ACCEPTED, json!({ "runs": [] }))
+    );
 
     // Merged: staging goes back to main, at main's head.
-    let (_, answer) =
-        hooks.gitlab("Merge Request Hook", "e7", &hooks.merge_request("merge", "MS-Viewport", &second, "main", None)).await;
+    let (_, answer) = hooks
+        .gitlab("Merge Request Hook", "e7", &hooks.merge_request("merge", "MS-Viewport", &second, "main", None))
+        .await;
     assert_eq!(runs(&answer), pairs(&[("staging", "patch")]), "{answer}");
     let (commit, reason, _) = hooks.queued(&answer["runs"][0]["runId"]).await;
     assert_eq!(commit, main);
@@ -236,10 +248,11 @@ async fn gitlab_merge_requests_take_staging_from_a_wip_title_to_the_merge_which_
     assert!(reason.ends_with("; back to branch main"), "{reason}");
     let env = hooks.env("staging").await;
     assert_eq!(env.merge_request, None);
-    assert_eq!(env.queue.iter().filter_map(|q| q.commit.clone()).collect::<Vec<_>>(), [
-        first.parse::<CommitId>().unwrap(),
-        main.parse().unwrap()
-    ], "the request's patch was superseded by main's");
+    assert_eq!(
+        env.queue.iter().filter_map(|q| q.commit.clone()).collect::<Vec<_>>(),
+        [first.parse::<CommitId>().unwrap(), main.parse().unwrap()],
+        "the request's patch was superseded by main's"
+    );
 }
 
 #[tokio::test]
@@ -271,7 +284,10 @@ async fn forged_unsigned_replayed_and_malformed_request_deliveries_change_nothin
     let malformed = json!({ "action": "opened" }).to_string();
     let (status, answer) = post(Some(sign(GITHUB_SECRET, &malformed)), malformed).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(answer["error"].as_str().unwrap().starts_with("not a pull_request payload: missing field `number`"), "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().starts_with("not a pull_request payload: missing field `number`"),
+        "{answer}"
+    );
     let mut short = hooks.pull_request("opened", 2, "Ready", false, &head, "main");
     short["pull_request"]["head"]["sha"] = json!("ec26c3e");
     let short = short.to_string();
@@ -280,7 +296,8 @@ async fn forged_unsigned_replayed_and_malformed_request_deliveries_change_nothin
     assert!(answer["error"].as_str().unwrap().contains("\"ec26c3e\" is not a full commit id"), "{answer}");
 
     let gitlab = hooks.merge_request("open", "Ready", &head, "main", None).to_string();
-    let headers = [("x-gitlab-event", "Merge Request Hook"), ("x-gitlab-event-uuid", "f2"), ("x-gitlab-token", "wrong")];
+    let headers =
+        [("x-gitlab-event", "Merge Request Hook"), ("x-gitlab-event-uuid", "f2"), ("x-gitlab-token", "wrong")];
     assert_eq!(
         hooks.post("/webhooks/gitlab", &headers, gitlab).await,
         (StatusCode::UNAUTHORIZED, json!({ "error": "X-Gitlab-Token is not the secret token" }))
@@ -292,10 +309,12 @@ async fn forged_unsigned_replayed_and_malformed_request_deliveries_change_nothin
         (status, answer),
         (StatusCode::BAD_REQUEST, json!({ "error": "not a merge request payload: no object_attributes.action" }))
     );
-    let (status, answer) = hooks
-        .gitlab("Merge Request Hook", "f4", &hooks.merge_request("approved", "Ready", &head, "main", None))
-        .await;
-    assert_eq!((status, answer["ignored"].clone()), (StatusCode::ACCEPTED, json!("merge request action `approved` is not acted on")));
+    let (status, answer) =
+        hooks.gitlab("Merge Request Hook", "f4", &hooks.merge_request("approved", "Ready", &head, "main", None)).await;
+    assert_eq!(
+        (status, answer["ignored"].clone()),
+        (StatusCode::ACCEPTED, json!("merge request action `approved` is not acted on"))
+    );
     assert_eq!(hooks.counts().await, before, "a refused request wrote nothing");
 
     // Accepted once; the same delivery again is refused and requests nothing more.
@@ -332,7 +351,10 @@ async fn a_delivery_that_failed_inside_shiplog_is_acted_on_when_the_forge_redeli
     let events = hooks.counts().await.0;
     let (status, answer) = hooks.github("push", "r1", &payload).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{answer}");
-    assert_eq!(answer["failed"], json!([{ "application": "hello", "environment": "staging", "error": "internal error" }]));
+    assert_eq!(
+        answer["failed"],
+        json!([{ "application": "hello", "environment": "staging", "error": "internal error" }])
+    );
     assert_eq!(outcome("r1").await, ("failed".to_owned(), json!([])));
     assert_eq!(hooks.counts().await.0, events, "the failed request appended nothing");
 
@@ -376,7 +398,10 @@ fn reporter(hooks: &WebhookFixture, forge: &ForgeStandIn) -> Reporter {
     Reporter::new(hooks.lifecycle.clone(), config)
 }
 
-async fn run_to_end(hooks: &WebhookFixture, worker: &shiplog_engine::worker::Worker<shiplog_engine::runtime::process::ProcessRuntime>) -> RunStatus {
+async fn run_to_end(
+    hooks: &WebhookFixture,
+    worker: &shiplog_engine::worker::Worker<shiplog_engine::runtime::process::ProcessRuntime>,
+) -> RunStatus {
     match worker.tick().await.unwrap() {
         Tick::Finished { status, .. } => status,
         other => panic!("expected a run to finish, got {other:?} ({})", hooks.app),
@@ -396,7 +421,8 @@ async fn github_gets_each_deployment_and_its_statuses_in_order_even_after_being_
     let first = rev_parse(&hooks.repo.dir, "HEAD");
     let title = "Greet";
 
-    let (_, answer) = hooks.github("pull_request", "g1", &hooks.pull_request("opened", 2, title, false, &first, "main")).await;
+    let (_, answer) =
+        hooks.github("pull_request", "g1", &hooks.pull_request("opened", 2, title, false, &first, "main")).await;
     let run = answer["runs"][0]["runId"].as_str().unwrap().to_owned();
     assert_eq!(run_to_end(&hooks, &worker).await, RunStatus::Succeeded);
     let expires = hooks.env("pr-2").await.expires_at.unwrap();
@@ -413,12 +439,8 @@ async fn github_gets_each_deployment_and_its_statuses_in_order_even_after_being_
         environment: "hello/pr-2".into(),
         transient: true,
     };
-    let mut expected = vec![
-        deployment(&first),
-        status(1, "queued", &run),
-        status(1, "in_progress", &run),
-        status(1, "success", &run),
-    ];
+    let mut expected =
+        vec![deployment(&first), status(1, "queued", &run), status(1, "in_progress", &run), status(1, "success", &run)];
     assert_eq!(reported(&reporter, &forge, 4).await, expected);
 
     // A failed deploy: its release command fails.
@@ -428,7 +450,12 @@ async fn github_gets_each_deployment_and_its_statuses_in_order_even_after_being_
         hooks.github("pull_request", "g2", &hooks.pull_request("synchronize", 2, title, false, &second, "main")).await;
     let run = answer["runs"][0]["runId"].as_str().unwrap().to_owned();
     assert_eq!(run_to_end(&hooks, &worker).await, RunStatus::Failed);
-    expected.extend([deployment(&second), status(2, "queued", &run), status(2, "in_progress", &run), status(2, "failure", &run)]);
+    expected.extend([
+        deployment(&second),
+        status(2, "queued", &run),
+        status(2, "in_progress", &run),
+        status(2, "failure", &run),
+    ]);
     assert_eq!(reported(&reporter, &forge, 8).await, expected);
 
     // The forge is down: the deploy succeeds all the same, its statuses wait.
@@ -439,13 +466,20 @@ async fn github_gets_each_deployment_and_its_statuses_in_order_even_after_being_
         hooks.github("pull_request", "g3", &hooks.pull_request("synchronize", 2, title, false, &third, "main")).await;
     let run = answer["runs"][0]["runId"].as_str().unwrap().to_owned();
     assert_eq!(run_to_end(&hooks, &worker).await, RunStatus::Succeeded);
-    eventually("a failed attempt to report", PATIENCE, || async { (reporter.tick().await.unwrap().failed > 0).then_some(()) })
-        .await;
+    eventually("a failed attempt to report", PATIENCE, || async {
+        (reporter.tick().await.unwrap().failed > 0).then_some(())
+    })
+    .await;
     assert_eq!(forge.received().len(), 8);
     assert!(hooks.env("pr-2").await.expires_at.unwrap() > expires, "the new commit's deploy extended the TTL");
 
     forge.resume().await;
-    expected.extend([deployment(&third), status(3, "queued", &run), status(3, "in_progress", &run), status(3, "success", &run)]);
+    expected.extend([
+        deployment(&third),
+        status(3, "queued", &run),
+        status(3, "in_progress", &run),
+        status(3, "success", &run),
+    ]);
     assert_eq!(reported(&reporter, &forge, 12).await, expected);
     assert_eq!(forge.violations(), Vec::<String>::new());
 
@@ -467,8 +501,9 @@ async fn gitlab_gets_commit_statuses_for_staging_as_the_request_deploys() {
     hooks.repo.commit_version(2);
     let head = rev_parse(&hooks.repo.dir, "HEAD");
 
-    let (_, answer) =
-        hooks.gitlab("Merge Request Hook", "l1", &hooks.merge_request("open", "MS-Viewport", &head, "main", None)).await;
+    let (_, answer) = hooks
+        .gitlab("Merge Request Hook", "l1", &hooks.merge_request("open", "MS-Viewport", &head, "main", None))
+        .await;
     assert_eq!(runs(&answer), pairs(&[("staging", "setup")]), "{answer}");
     assert_eq!(run_to_end(&hooks, &worker).await, RunStatus::Succeeded);
     let status = |state: &str| Received::GitLabStatus {
@@ -486,6 +521,16 @@ async fn gitlab_gets_commit_statuses_for_staging_as_the_request_deploys() {
     assert_eq!(run_to_end(&hooks, &worker).await, RunStatus::Succeeded);
     reporter.tick().await.unwrap();
     assert_eq!(forge.received().len(), 3);
-    hooks.lifecycle.request_teardown(&hooks.app, &"staging".parse::<Name>().unwrap(), "done", &Default::default(), chrono::Utc::now()).await.unwrap();
+    hooks
+        .lifecycle
+        .request_teardown(
+            &hooks.app,
+            &"staging".parse::<Name>().unwrap(),
+            "done",
+            &Default::default(),
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
     assert_eq!(run_to_end(&hooks, &worker).await, RunStatus::Succeeded);
 }

@@ -399,7 +399,10 @@ async fn pings_other_events_and_pushes_nothing_tracks_request_nothing() {
     assert_eq!(hooks.github("ping", "p1", &ping).await, (StatusCode::OK, json!({ "ok": true })));
     assert_eq!(
         hooks.github("issues", "i1", &json!({ "action": "opened" })).await,
-        (StatusCode::ACCEPTED, json!({ "runs": [], "ignored": "`issues` events are not acted on, only `push` and `pull_request`" }))
+        (
+            StatusCode::ACCEPTED,
+            json!({ "runs": [], "ignored": "`issues` events are not acted on, only `push` and `pull_request`" })
+        )
     );
     let (status, answer) = hooks.gitlab("Issue Hook", "m1", &json!({ "object_kind": "issue" })).await;
     assert_eq!(

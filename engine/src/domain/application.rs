@@ -54,12 +54,29 @@ pub struct Application {
 }
 
 pub enum ApplicationCommand {
-    Create { name: Name, repository: String, now: DateTime<Utc> },
-    UpdateTemplate { digest: String, template: serde_json::Value, now: DateTime<Utc> },
-    UpdateVariables { digest: String, redacted: serde_json::Value, now: DateTime<Utc> },
+    Create {
+        name: Name,
+        repository: String,
+        now: DateTime<Utc>,
+    },
+    UpdateTemplate {
+        digest: String,
+        template: serde_json::Value,
+        now: DateTime<Utc>,
+    },
+    UpdateVariables {
+        digest: String,
+        redacted: serde_json::Value,
+        now: DateTime<Utc>,
+    },
     /// Record that a request's event at `commit` deployed nothing, and why; nothing
     /// when that is what was recorded last for the request.
-    SkipMergeRequest { request: MergeRequestInfo, commit: CommitId, reason: String, now: DateTime<Utc> },
+    SkipMergeRequest {
+        request: MergeRequestInfo,
+        commit: CommitId,
+        reason: String,
+        now: DateTime<Utc>,
+    },
 }
 
 impl Application {

@@ -510,7 +510,13 @@ pub fn decide(env: &Environment, command: EnvironmentCommand) -> Result<Vec<Envi
             if env.destined_commit() == Some(&commit) {
                 return Ok(attached);
             }
-            let patch = C::RequestPatch { run_id, commit: commit.clone(), current: current.clone(), reason: reason.clone(), now };
+            let patch = C::RequestPatch {
+                run_id,
+                commit: commit.clone(),
+                current: current.clone(),
+                reason: reason.clone(),
+                now,
+            };
             let run = match decide(env, patch) {
                 Err(DomainError::SetupRequired(why)) => {
                     let reason = format!("{reason}; a setup is needed first: {}", why.join("; "));
@@ -960,7 +966,8 @@ mod tests {
 
     #[test]
     fn a_merge_request_is_attached_when_it_changes_and_detached_by_its_number() {
-        let attached = |title: &str| EnvironmentEvent::MergeRequestAttached { request: request_info(title), attached_at: t(20) };
+        let attached =
+            |title: &str| EnvironmentEvent::MergeRequestAttached { request: request_info(title), attached_at: t(20) };
         let env = given::<Environment>(set_up())
             .when(deploy(2, 'b', Some(request_info("Login"))))
             .then([attached("Login"), requested(2, RunKind::Patch, Some(commit('b')), None, 20)]);

@@ -98,9 +98,9 @@ pub fn not_ready(title: &str, draft: bool) -> Option<String> {
         return Some("it is a draft".into());
     }
     let start = title.trim_start();
-    let prefix = NOT_READY_PREFIXES.iter().find(|prefix| {
-        start.get(..prefix.len()).is_some_and(|head| head.eq_ignore_ascii_case(prefix))
-    })?;
+    let prefix = NOT_READY_PREFIXES
+        .iter()
+        .find(|prefix| start.get(..prefix.len()).is_some_and(|head| head.eq_ignore_ascii_case(prefix)))?;
     Some(format!("its title starts with `{}`", &start[..prefix.len()]))
 }
 

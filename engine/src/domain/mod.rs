@@ -9,8 +9,8 @@
 pub mod aggregate;
 pub mod application;
 pub mod environment;
-pub mod release;
 pub mod merge_request;
+pub mod release;
 pub mod run;
 pub mod stream;
 

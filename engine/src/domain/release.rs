@@ -38,11 +38,7 @@ impl CalVer {
     /// The next free tag of a month, given the tags already taken (of any month).
     pub fn next_free(year: u16, month: u8, taken: impl IntoIterator<Item = CalVer>) -> CalVer {
         let first = CalVer::first_of(year, month);
-        taken
-            .into_iter()
-            .filter(|t| (t.year, t.month) == (year, month))
-            .max()
-            .map_or(first, CalVer::next)
+        taken.into_iter().filter(|t| (t.year, t.month) == (year, month)).max().map_or(first, CalVer::next)
     }
 
     pub fn year(self) -> u16 {

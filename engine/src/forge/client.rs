@@ -73,8 +73,10 @@ impl Client {
         match request.forge {
             Forge::GitHub => self.github(base, token, request).await,
             Forge::GitLab => {
-                let url = format!("{base}/api/v4/projects/{}/statuses/{}", encode_path(request.project), request.commit);
-                let call = self.0.post(url).header("PRIVATE-TOKEN", token.expose_secret()).json(&gitlab_status(request));
+                let url =
+                    format!("{base}/api/v4/projects/{}/statuses/{}", encode_path(request.project), request.commit);
+                let call =
+                    self.0.post(url).header("PRIVATE-TOKEN", token.expose_secret()).json(&gitlab_status(request));
                 send(call).await.map(|_| None).map_err(|error| PostError { error, deployment_id: None })
             }
         }

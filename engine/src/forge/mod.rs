@@ -90,10 +90,9 @@ impl ForgeConfig {
             (Some(template), _) => {
                 Some(template.replace("{application}", application).replace("{environment}", environment))
             }
-            (None, Some(base)) => Some(format!(
-                "{}/applications/{application}/environments/{environment}",
-                base.trim_end_matches('/')
-            )),
+            (None, Some(base)) => {
+                Some(format!("{}/applications/{application}/environments/{environment}", base.trim_end_matches('/')))
+            }
             (None, None) => None,
         }
     }
@@ -192,7 +191,9 @@ impl Reporter {
         let Ok(stream) = event.stream_id.parse::<StreamRef>() else { return Ok(()) };
         match stream {
             StreamRef::Environment { .. } => match serde_json::from_str::<EnvironmentEvent>(&event.payload) {
-                Ok(EnvironmentEvent::MergeRequestAttached { request, .. }) if self.config.token(request.forge).is_some() => {
+                Ok(EnvironmentEvent::MergeRequestAttached { request, .. })
+                    if self.config.token(request.forge).is_some() =>
+                {
                     outbox::link(tx, &event.stream_id, request.forge, &request.project).await
                 }
                 Ok(EnvironmentEvent::MergeRequestDetached { .. }) => outbox::unlink(tx, &event.stream_id).await,

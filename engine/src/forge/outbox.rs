@@ -157,8 +157,20 @@ pub(super) async fn next_due(tx: &mut PgConnection) -> sqlx::Result<Option<Due>>
         )
         .fetch_optional(&mut *tx)
         .await?;
-    let Some((id, run_id, state, attempts, forge, project, commit, application, environment, transient, production, deployment_id)) =
-        row
+    let Some((
+        id,
+        run_id,
+        state,
+        attempts,
+        forge,
+        project,
+        commit,
+        application,
+        environment,
+        transient,
+        production,
+        deployment_id,
+    )) = row
     else {
         return Ok(None);
     };

@@ -693,7 +693,12 @@ async fn write(
     let Some(positions) = positions else {
         return Err(AppendError::Conflict { stream_id: stream.to_string(), expected, actual: version });
     };
-    Ok(Appended { first_version: version + 1, last_version: version + events.len() as u64, positions, already_stored: false })
+    Ok(Appended {
+        first_version: version + 1,
+        last_version: version + events.len() as u64,
+        positions,
+        already_stored: false,
+    })
 }
 
 fn is_constraint(e: &sqlx::Error, name: &str) -> bool {

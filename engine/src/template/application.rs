@@ -172,7 +172,15 @@ pub fn parse_application_template(yaml: &str) -> Result<ApplicationTemplate, Tem
     let previews = raw.previews.map(|previews| check_previews(&mut problems, previews));
     let merge_requests = raw.merge_requests.map(|rule| check_merge_requests(&mut problems, rule));
 
-    problems.into_result(ApplicationTemplate { services, release, stages: raw_stages, jobs, hooks, previews, merge_requests })
+    problems.into_result(ApplicationTemplate {
+        services,
+        release,
+        stages: raw_stages,
+        jobs,
+        hooks,
+        previews,
+        merge_requests,
+    })
 }
 
 fn check_tasks(problems: &mut Problems, list_path: &str, raw: Vec<RawTask>) -> Vec<Task> {
@@ -297,7 +305,10 @@ fn check_name(problems: &mut Problems, path: &str, name: &str) {
 // are `Option` for the same reason.
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a map with `services`, `release`, `stages`, `jobs`, `hooks`, `previews` and `merge_requests`")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with `services`, `release`, `stages`, `jobs`, `hooks`, `previews` and `merge_requests`"
+)]
 struct RawTemplate {
     services: Option<UniqueMap<RawService>>,
     release: Option<Vec<RawTask>>,

@@ -60,10 +60,7 @@ pub(super) fn check_merge_requests(problems: &mut Problems, raw: RawMergeRequest
 }
 
 #[derive(Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a map such as `{ target_branches: [main], deploy: preview, ttl: 72h }`"
-)]
+#[serde(deny_unknown_fields, expecting = "a map such as `{ target_branches: [main], deploy: preview, ttl: 72h }`")]
 pub(super) struct RawMergeRequests {
     target_branches: Option<Vec<String>>,
     deploy: Option<Yaml>,
@@ -82,8 +79,8 @@ mod tests {
     fn merge_requests_are_stored_only_when_given() {
         let plain = parse_application_template(SERVICES).unwrap();
         assert_eq!(plain.merge_requests, None);
-        let with = parse_application_template(&format!("{SERVICES}merge_requests: {{ deploy: preview, ttl: 72h }}"))
-            .unwrap();
+        let with =
+            parse_application_template(&format!("{SERVICES}merge_requests: {{ deploy: preview, ttl: 72h }}")).unwrap();
         assert_eq!(
             with.merge_requests,
             Some(MergeRequests {
@@ -93,11 +90,15 @@ mod tests {
             })
         );
         assert_ne!(with.digest(), plain.digest());
-        let staging =
-            parse_application_template(&format!("{SERVICES}merge_requests: {{ target_branches: [trunk], deploy: staging }}"))
-                .unwrap();
+        let staging = parse_application_template(&format!(
+            "{SERVICES}merge_requests: {{ target_branches: [trunk], deploy: staging }}"
+        ))
+        .unwrap();
         let rule = staging.merge_requests.unwrap();
-        assert_eq!((rule.target_branches, rule.deploy, rule.ttl_seconds), (vec!["trunk".to_string()], MergeRequestDeploy::Staging, None));
+        assert_eq!(
+            (rule.target_branches, rule.deploy, rule.ttl_seconds),
+            (vec!["trunk".to_string()], MergeRequestDeploy::Staging, None)
+        );
     }
 
     #[test]
@@ -115,7 +116,8 @@ mod tests {
                 ("merge_requests.ttl", "`72` needs a unit: write e.g. `72h`"),
             ]
         );
-        let errors = parse_err(&format!("{SERVICES}merge_requests: {{ target_branches: [], deploy: staging, ttl: 1h }}"));
+        let errors =
+            parse_err(&format!("{SERVICES}merge_requests: {{ target_branches: [], deploy: staging, ttl: 1h }}"));
         assert_eq!(
             problems(&errors),
             [

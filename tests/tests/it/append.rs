@@ -266,8 +266,11 @@ async fn the_one_call_append_hashes_exactly_as_the_rust_encoding() {
     };
     let mut batch: Vec<NewEvent> = (0..5)
         .map(|n| {
-            NewEvent::new("step.finished", json!({ "n": n, "text": "ünïcødé \u{1F680} \"quoted\"\n", "long": "x".repeat(n * 4000) }))
-                .with_metadata(metadata.clone())
+            NewEvent::new(
+                "step.finished",
+                json!({ "n": n, "text": "ünïcødé \u{1F680} \"quoted\"\n", "long": "x".repeat(n * 4000) }),
+            )
+            .with_metadata(metadata.clone())
         })
         .collect();
     batch[2].schema_version = 7;
