@@ -15,6 +15,7 @@ use shiplog_engine::store::EventFilter;
 use shiplog_projections::{audit, runner};
 use tokio_util::sync::CancellationToken;
 
+use crate::client::ClientCommand;
 use crate::config::{
     ApiConfig, DEFAULT_IDLE_POLL, DatabaseConfig, ReleaseConfig, RuntimeConfig, ServerConfig, WorkConfig, WorkerConfig,
 };
@@ -47,6 +48,11 @@ enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// Print a completion script for a shell, e.g.
+    /// `shiplog completions bash > /etc/bash_completion.d/shiplog`.
+    Completions { shell: clap_complete::Shell },
+    #[command(flatten)]
+    Client(ClientCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -308,6 +314,17 @@ impl Cli {
                 rebuild(database, name).await
             }
             Command::Projections { command: ProjectionsCommand::Status(args) } => projection_status(args).await,
+            Command::Completions { shell } => {
+                clap_complete::generate(
+                    shell,
+                    &mut <Cli as clap::CommandFactory>::command(),
+                    "shiplog",
+                    &mut std::io::stdout(),
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            // Client commands have exit statuses of their own (docs/cli.md).
+            Command::Client(command) => return command.run().await,
         };
         result.unwrap_or_else(|e| {
             eprintln!("error: {e:#}");

@@ -61,7 +61,7 @@ pub async fn example_application(app: &TestApp) -> (ExampleRepo, Value) {
     (repo, id)
 }
 
-fn head(repo: &ExampleRepo) -> String {
+pub fn head(repo: &ExampleRepo) -> String {
     let out = std::process::Command::new("git").arg("-C").arg(&repo.dir).args(["rev-parse", "HEAD"]).output().unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
