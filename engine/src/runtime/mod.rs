@@ -23,6 +23,7 @@ mod any;
 pub mod docker;
 mod health;
 mod image;
+pub mod kubernetes;
 mod output;
 mod policy;
 pub mod process;
