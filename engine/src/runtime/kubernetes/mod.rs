@@ -2,10 +2,11 @@
 //! already has (docs and ARCHITECTURE.md, `runtime/kubernetes/`). Only this module
 //! may import kube or k8s-openapi.
 //!
-//! What is here so far: the names objects get on the cluster ([`K8sName`]). The
-//! runtime itself (server-side apply of Deployments, Services, ConfigMaps, Secrets
-//! and PersistentVolumeClaims; roll-outs; Jobs) is still to come.
+//! What is here so far: the names objects get on the cluster ([`K8sName`]) and the
+//! objects themselves (`manifests`). The runtime that applies them (server-side
+//! apply, roll-outs, Jobs, teardown, observe) is still to come.
 
+pub mod manifests;
 mod names;
 
 pub use names::{K8sName, K8sNameError};
