@@ -6,6 +6,7 @@ mod audit;
 mod authorization;
 mod graphql;
 mod hardening;
+mod hardening_graphql;
 mod hardening_paging;
 mod merge_requests;
 mod projections;
