@@ -49,13 +49,18 @@ impl NodeId {
     }
 }
 
-/// An opaque pagination cursor around a key the server understands.
-pub fn encode_cursor(key: &str) -> String {
-    URL_SAFE_NO_PAD.encode(key)
+/// An opaque cursor around a key the server understands, marked with the list
+/// (`scope`) that issued it: `applications`, `runs:hello/staging`, `logs:<run id>`.
+pub fn encode_cursor(scope: &str, key: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{scope}|{key}"))
 }
 
-pub fn decode_cursor(cursor: &str) -> Option<String> {
-    String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()
+/// The key of a cursor `scope` issued; `None` for anything else, a cursor of
+/// another list included.
+pub fn decode_cursor(scope: &str, cursor: &str) -> Option<String> {
+    let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()?;
+    let (issuer, key) = raw.split_once('|')?;
+    (issuer == scope).then(|| key.to_owned())
 }
 
 #[cfg(test)]
@@ -77,5 +82,14 @@ mod tests {
         for bad in ["", "!!!", &URL_SAFE_NO_PAD.encode("User:1"), &URL_SAFE_NO_PAD.encode("Environment:hello")] {
             assert_eq!(NodeId::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_cursor_is_only_read_back_by_the_list_that_issued_it() {
+        let cursor = encode_cursor("logs:1", "42");
+        assert_eq!(decode_cursor("logs:1", &cursor).as_deref(), Some("42"));
+        assert_eq!(decode_cursor("logs:2", &cursor), None);
+        assert_eq!(decode_cursor("logs", &cursor), None);
+        assert_eq!(decode_cursor("logs:1", &URL_SAFE_NO_PAD.encode("42")), None);
     }
 }

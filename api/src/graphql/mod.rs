@@ -17,9 +17,11 @@
 //! `types/` holds one module per object, `mutation/` one per object a mutation
 //! changes.
 
+mod depth;
 mod ids;
 mod input;
 mod mutation;
+mod nulls;
 mod page;
 mod query;
 mod subscription;
@@ -59,7 +61,8 @@ impl Api {
 /// Limits on what one request may ask for.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Deepest selection nesting.
+    /// Deepest selection nesting (inside introspection, `ofType` does not count:
+    /// see `depth`).
     pub depth: usize,
     /// Sum of field costs; a connection field costs its page size times its children.
     pub complexity: usize,
@@ -77,7 +80,8 @@ pub fn schema(api: Api, limits: Limits) -> ShiplogSchema {
     let builder = async_graphql::Schema::build(Query, Mutation::default(), Subscription)
         .data(api)
         .extension(input::StorableText)
-        .limit_depth(limits.depth)
+        .extension(depth::DepthLimit(limits.depth))
+        .extension(nulls::NullPropagation)
         .limit_complexity(limits.complexity);
     if limits.introspection { builder.finish() } else { builder.disable_introspection().finish() }
 }

@@ -9,7 +9,7 @@ use shiplog_projections::runner;
 use super::ids::NodeId;
 use super::page::{self, Counted};
 use super::types::{
-    ApiToken, Application, AuditVerification, Environment, EnvironmentFilter, Event, EventSelection, Node,
+    ApiToken, Application, AuditVerification, EVENTS, Environment, EnvironmentFilter, Event, EventSelection, Node,
     ProjectionStatus, Role, list_applications, list_environments, list_events, load_application, load_environment,
     load_run, stream_ids,
 };
@@ -17,6 +17,10 @@ use super::{api, authorize, coded, internal};
 use crate::auth::{self, Permission};
 
 pub struct Query;
+
+/// The scopes of the root lists' cursors.
+const APPLICATIONS: &str = "applications";
+const ENVIRONMENTS: &str = "environments";
 
 /// The caller: the token the request came with.
 #[derive(SimpleObject)]
@@ -62,7 +66,7 @@ impl Query {
     }
 
     /// Applications, by name.
-    #[graphql(complexity = "first.or(last).unwrap_or(page::DEFAULT_PAGE) as usize * child_complexity")]
+    #[graphql(complexity = "page::cost(first, last, child_complexity)")]
     async fn applications(
         &self,
         ctx: &Context<'_>,
@@ -72,7 +76,7 @@ impl Query {
         last: Option<i32>,
     ) -> async_graphql::Result<Connection<String, Application, Counted>> {
         authorize(ctx, Permission::Read, false)?;
-        list_applications(ctx, page::window(after, before, first, last)?).await
+        list_applications(ctx, APPLICATIONS, page::window(APPLICATIONS, after, before, first, last)?).await
     }
 
     /// The application with this name; null if there is none.
@@ -83,7 +87,7 @@ impl Query {
     }
 
     /// Environments of every application, by application and name.
-    #[graphql(complexity = "first.or(last).unwrap_or(page::DEFAULT_PAGE) as usize * child_complexity")]
+    #[graphql(complexity = "page::cost(first, last, child_complexity)")]
     async fn environments(
         &self,
         ctx: &Context<'_>,
@@ -95,7 +99,7 @@ impl Query {
     ) -> async_graphql::Result<Connection<String, Environment, Counted>> {
         authorize(ctx, Permission::Read, false)?;
         let filter = filter.unwrap_or_default().into();
-        list_environments(ctx, &filter, page::window(after, before, first, last)?).await
+        list_environments(ctx, ENVIRONMENTS, &filter, page::window(ENVIRONMENTS, after, before, first, last)?).await
     }
 
     /// The environment with this name in this application; null if there is none.
@@ -112,7 +116,7 @@ impl Query {
 
     /// The whole event log in its global order, or the events `filter` selects.
     /// For auditors: `after` takes an event's `cursor`, so a feed can resume.
-    #[graphql(complexity = "first.unwrap_or(page::DEFAULT_PAGE) as usize * child_complexity")]
+    #[graphql(complexity = "page::cost(first, None, child_complexity)")]
     async fn events(
         &self,
         ctx: &Context<'_>,
@@ -122,7 +126,7 @@ impl Query {
     ) -> async_graphql::Result<Connection<String, Event, EmptyFields>> {
         authorize(ctx, Permission::Audit, false)?;
         let filter = event_filter(filter.unwrap_or_default())?;
-        list_events(ctx, &filter, page::window(after, None, first, None)?).await
+        list_events(ctx, &filter, page::window(EVENTS, after, None, first, None)?).await
     }
 
     /// Recomputes every stream's hash chain and every seal from the stored bytes and

@@ -17,7 +17,7 @@ use shiplog_projections::runs::RunView;
 
 use super::ids::{NodeId, decode_cursor};
 use super::query::event_filter;
-use super::types::{Event, EventSelection, LogLine, Run, load_environment, load_run, parse_event_cursor};
+use super::types::{Event, EventSelection, LogLine, Run, load_environment, load_run, log_scope, parse_event_cursor};
 use super::{api, authorize, coded, internal};
 use crate::auth::Permission;
 
@@ -42,7 +42,7 @@ impl Subscription {
         let open = api.metrics.subscription_opened();
         Ok(api.logs.follow(run_id, after).map(move |line| {
             let _open = &open;
-            line.map(LogLine).map_err(|e| internal("following a run's log", e))
+            line.map(|line| LogLine { run: run_id, line }).map_err(|e| internal("following a run's log", e))
         }))
     }
 
@@ -63,7 +63,7 @@ impl Subscription {
         Ok(api.logs.follow_chunks(run_id, after).map(move |chunk| {
             let _open = &open;
             chunk
-                .map(|lines| lines.into_iter().map(LogLine).collect())
+                .map(|lines| lines.into_iter().map(|line| LogLine { run: run_id, line }).collect())
                 .map_err(|e| internal("following a run's log", e))
         }))
     }
@@ -170,7 +170,7 @@ async fn log_subscription(
     authorize(ctx, Permission::Read, false)?;
     let run_id = existing_run(ctx, run_id).await?;
     let after = match after {
-        Some(cursor) => decode_cursor(&cursor)
+        Some(cursor) => decode_cursor(&log_scope(run_id), &cursor)
             .and_then(|key| key.parse::<i64>().ok())
             .ok_or_else(|| coded("BAD_USER_INPUT", "`after` is not a log line's cursor"))?,
         None => 0,

@@ -19,7 +19,7 @@ async fn environment(app: &TestApp, app_id: &Value, env: &str) -> Value {
 }
 
 /// The only error of a refused request: its code and message.
-fn refusal(body: &Value) -> (String, String) {
+pub fn refusal(body: &Value) -> (String, String) {
     let errors = body["errors"].as_array().unwrap_or_else(|| panic!("no errors: {body:#}"));
     assert_eq!(errors.len(), 1, "{body:#}");
     (errors[0]["extensions"]["code"].as_str().unwrap().to_owned(), errors[0]["message"].as_str().unwrap().to_owned())

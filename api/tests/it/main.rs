@@ -7,6 +7,8 @@ mod authorization;
 mod cli;
 mod graphql;
 mod hardening;
+mod hardening_graphql;
+mod hardening_paging;
 mod merge_requests;
 mod projections;
 mod schema;

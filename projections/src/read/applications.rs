@@ -2,11 +2,11 @@
 
 use sqlx::PgPool;
 
-use super::{List, Listed, Page};
+use super::{List, Listed, Order, Page};
 use crate::ProjectionError;
 use crate::lifecycle::ApplicationView;
 
-const LIST: List = List { table: "applications", key: "key", cast: "text", descending: false };
+const LIST: List = List { table: "applications", key: "key", order: Order::Key { cast: "text" }, descending: false };
 
 /// Every application, by name.
 pub async fn list(pool: &PgPool, page: &Page) -> Result<Listed<ApplicationView>, ProjectionError> {

@@ -3,11 +3,17 @@
 use shiplog_engine::domain::environment::{EnvironmentKind, Status};
 use sqlx::PgPool;
 
-use super::{List, Listed, Page, label};
+use super::{List, Listed, Order, Page, label};
 use crate::ProjectionError;
 use crate::lifecycle::{DriftVerdictView, EnvironmentView};
 
-const LIST: List = List { table: "environments", key: "key", cast: "text", descending: false };
+/// By application, then name (the key is `application/name`).
+const LIST: List = List {
+    table: "environments",
+    key: "key",
+    order: Order::Parts(&["application", "view->>'name'"]),
+    descending: false,
+};
 
 /// Which environments a list holds; every field given narrows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -2,12 +2,12 @@
 
 use sqlx::PgPool;
 
-use super::{List, Listed, Page};
+use super::{List, Listed, Order, Page};
 use crate::ProjectionError;
 use crate::runs::RunView;
 
 /// Newest first: by the global position of `RunQueued`.
-const LIST: List = List { table: "runs", key: "position", cast: "bigint", descending: true };
+const LIST: List = List { table: "runs", key: "position", order: Order::Key { cast: "bigint" }, descending: true };
 
 /// The runs of one environment, newest first. A page's keys are positions.
 pub async fn of_environment(

@@ -51,7 +51,7 @@ impl Application {
         self.0.updated_at
     }
     /// The application's environments, by name.
-    #[graphql(complexity = "first.or(last).unwrap_or(page::DEFAULT_PAGE) as usize * child_complexity")]
+    #[graphql(complexity = "page::cost(first, last, child_complexity)")]
     async fn environments(
         &self,
         ctx: &Context<'_>,
@@ -61,7 +61,8 @@ impl Application {
         last: Option<i32>,
     ) -> async_graphql::Result<Connection<String, Environment, Counted>> {
         let filter = environments::Filter { application: Some(self.0.name.clone()), ..environments::Filter::default() };
-        list_environments(ctx, &filter, page::window(after, before, first, last)?).await
+        let scope = format!("environments:{}", self.0.name);
+        list_environments(ctx, &scope, &filter, page::window(&scope, after, before, first, last)?).await
     }
 }
 
@@ -76,10 +77,11 @@ pub async fn load_application(ctx: &Context<'_>, app: &Name) -> async_graphql::R
 /// Applications from the read model, by name.
 pub async fn list_applications(
     ctx: &Context<'_>,
+    scope: &str,
     page: Page,
 ) -> async_graphql::Result<Connection<String, Application, Counted>> {
     let listed = read::applications::list(api(ctx).store().pool(), &page)
         .await
         .map_err(|e| internal("listing applications", e))?;
-    Ok(page::counted(&page, listed, Application))
+    Ok(page::counted(scope, &page, listed, Application))
 }

@@ -118,7 +118,7 @@ impl Environment {
         }
     }
     /// Its runs, newest first.
-    #[graphql(complexity = "first.or(last).unwrap_or(page::DEFAULT_PAGE) as usize * child_complexity")]
+    #[graphql(complexity = "page::cost(first, last, child_complexity)")]
     async fn runs(
         &self,
         ctx: &Context<'_>,
@@ -127,36 +127,39 @@ impl Environment {
         first: Option<i32>,
         last: Option<i32>,
     ) -> async_graphql::Result<Connection<String, Run, Counted>> {
-        let page = page::window(after, before, first, last)?;
+        let scope = format!("runs:{}/{}", self.0.application, self.0.name);
+        let page = page::window(&scope, after, before, first, last)?;
+        page::numeric_keys(&page)?;
         let listed = read::runs::of_environment(api(ctx).store().pool(), &self.0.application, &self.0.name, &page)
             .await
             .map_err(|e| internal("listing runs", e))?;
-        Ok(page::counted(&page, listed, Run))
+        Ok(page::counted(&scope, &page, listed, Run))
     }
     /// Its events (lifecycle facts, not log lines), oldest first.
-    #[graphql(complexity = "first.unwrap_or(page::DEFAULT_PAGE) as usize * child_complexity")]
+    #[graphql(complexity = "page::cost(first, None, child_complexity)")]
     async fn events(
         &self,
         ctx: &Context<'_>,
         after: Option<String>,
         first: Option<i32>,
     ) -> async_graphql::Result<Connection<String, Event, EmptyFields>> {
-        let page = page::window(after, None, first, None)?;
+        let stream =
+            StreamId::from(&shiplog_engine::domain::StreamRef::environment(&self.application_name(), &self.env_name()));
+        let scope = format!("events:{stream}");
+        let page = page::window(&scope, after, None, first, None)?;
         let after = match &page.after {
             Some(key) => {
                 key.parse::<u64>().map_err(|_| coded("BAD_USER_INPUT", "`after` is not a cursor of this list"))?
             }
             None => 0,
         };
-        let stream =
-            StreamId::from(&shiplog_engine::domain::StreamRef::environment(&self.application_name(), &self.env_name()));
         // By version within the stream: every committed event, in order, at once.
         let events = api(ctx)
             .store()
             .read_stream(&stream, after + 1, page.fetch() as usize)
             .await
             .map_err(|e| internal("reading events", e))?;
-        Ok(page::plain(&page, events.into_iter().map(|e| (e.version.to_string(), Event(e))).collect()))
+        Ok(page::plain(&scope, &page, events.into_iter().map(|e| (e.version.to_string(), Event(e))).collect()))
     }
     /// The environment as it was right after the event at `cursor` (an event's
     /// `cursor`), or at `time`; null if it did not exist yet. Give exactly one.
@@ -221,13 +224,14 @@ impl From<EnvironmentFilter> for environments::Filter {
 /// Environments from the read model, ordered by application and name.
 pub async fn list_environments(
     ctx: &Context<'_>,
+    scope: &str,
     filter: &environments::Filter,
     page: Page,
 ) -> async_graphql::Result<Connection<String, Environment, Counted>> {
     let listed = read::environments::list(api(ctx).store().pool(), filter, &page)
         .await
         .map_err(|e| internal("listing environments", e))?;
-    Ok(page::counted(&page, listed, Environment))
+    Ok(page::counted(scope, &page, listed, Environment))
 }
 
 /// The kind of an environment.

@@ -10,6 +10,9 @@ use crate::graphql::ids::{NodeId, decode_cursor, encode_cursor};
 use crate::graphql::page::{self, Page};
 use crate::graphql::{api, coded, internal};
 
+/// The scope of event cursors: `Event.cursor` and the edges of `events`.
+pub const EVENTS: &str = "events";
+
 /// An immutable fact of the event log, exactly as stored and hashed.
 pub struct Event(pub RecordedEvent);
 
@@ -21,7 +24,7 @@ impl Event {
     }
     /// Resume after this event with `events(after:)` or an events subscription.
     async fn cursor(&self) -> String {
-        encode_cursor(&self.0.cursor.to_string())
+        encode_cursor(EVENTS, &self.0.cursor.to_string())
     }
     /// Its position in the global order.
     async fn position(&self) -> BigInt {
@@ -72,7 +75,7 @@ impl Event {
 
 /// Parses an event cursor from `Event.cursor`.
 pub fn parse_event_cursor(cursor: &str) -> async_graphql::Result<Cursor> {
-    decode_cursor(cursor)
+    decode_cursor(EVENTS, cursor)
         .and_then(|key| key.parse().ok())
         .ok_or_else(|| coded("BAD_USER_INPUT", "not an event cursor; use an event's `cursor` field"))
 }
@@ -106,7 +109,7 @@ pub async fn list_events(
         .read_filtered(after, filter, page.fetch() as usize)
         .await
         .map_err(|e| internal("reading events", e))?;
-    Ok(page::plain(&page, events.into_iter().map(|e| (e.cursor.to_string(), Event(e))).collect()))
+    Ok(page::plain(EVENTS, &page, events.into_iter().map(|e| (e.cursor.to_string(), Event(e))).collect()))
 }
 
 /// Checks stream ids given by a client.

@@ -3,6 +3,7 @@
 use async_graphql::{Enum, Object};
 use chrono::{DateTime, Utc};
 use shiplog_engine::logs::LogLine as EngineLogLine;
+use uuid::Uuid;
 
 use super::BigInt;
 use crate::graphql::ids::encode_cursor;
@@ -18,32 +19,41 @@ pub enum LogStream {
 }
 
 /// One line of a run's log.
-pub struct LogLine(pub EngineLogLine);
+/// A line of the run `run`'s log.
+pub struct LogLine {
+    pub run: Uuid,
+    pub line: EngineLogLine,
+}
+
+/// The scope of the cursors of run `run`'s log lines: no other run's log takes them.
+pub fn log_scope(run: Uuid) -> String {
+    format!("logs:{run}")
+}
 
 #[Object]
 impl LogLine {
     /// Resume after this line with `logs(after:)` or `runLogs(after:)`.
     async fn cursor(&self) -> String {
-        encode_cursor(&self.0.seq.to_string())
+        encode_cursor(&log_scope(self.run), &self.line.seq.to_string())
     }
     /// Its number in the run's log, from 1.
     async fn number(&self) -> BigInt {
-        BigInt(self.0.seq)
+        BigInt(self.line.seq)
     }
     /// The job that wrote it.
     async fn job(&self) -> &str {
-        &self.0.job
+        &self.line.job
     }
     /// When it was written.
     async fn at(&self) -> DateTime<Utc> {
-        self.0.at
+        self.line.at
     }
     /// Which output it came from.
     async fn stream(&self) -> LogStream {
-        self.0.stream.into()
+        self.line.stream.into()
     }
     /// The text, without its line ending.
     async fn text(&self) -> &str {
-        &self.0.line
+        &self.line.line
     }
 }

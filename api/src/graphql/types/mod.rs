@@ -24,8 +24,8 @@ pub use big_int::BigInt;
 pub use environment::{
     DriftMode, Environment, EnvironmentFilter, EnvironmentKind, list_environments, load_environment,
 };
-pub use event::{Event, EventSelection, list_events, parse_event_cursor, stream_ids};
-pub use log::LogLine;
+pub use event::{EVENTS, Event, EventSelection, list_events, parse_event_cursor, stream_ids};
+pub use log::{LogLine, log_scope};
 pub use run::{Run, load_run};
 pub use token::{ApiToken, Role};
 

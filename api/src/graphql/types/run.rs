@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use shiplog_engine::domain::run::{self as run, JobState, StageState};
 use shiplog_projections::runs::{RunView, duration_ms};
 
-use super::{BigInt, Environment, LogLine, load_environment};
+use super::{BigInt, Environment, LogLine, load_environment, log_scope};
 use crate::graphql::ids::NodeId;
 use crate::graphql::page;
 use crate::graphql::{api, coded, internal};
@@ -84,14 +84,15 @@ impl Run {
         self.0.duration_ms().map(BigInt)
     }
     /// Its log lines, in order. `after` is a line's cursor.
-    #[graphql(complexity = "first.unwrap_or(page::DEFAULT_PAGE) as usize * child_complexity")]
+    #[graphql(complexity = "page::cost(first, None, child_complexity)")]
     async fn logs(
         &self,
         ctx: &Context<'_>,
         after: Option<String>,
         first: Option<i32>,
     ) -> async_graphql::Result<Connection<String, LogLine, EmptyFields>> {
-        let page = page::window(after, None, first, None)?;
+        let scope = log_scope(self.0.state.run_id);
+        let page = page::window(&scope, after, None, first, None)?;
         let after = match &page.after {
             Some(key) => key.parse::<i64>().map_err(|_| coded("BAD_USER_INPUT", "`after` is not a log cursor"))?,
             None => 0,
@@ -99,7 +100,12 @@ impl Run {
         let lines = shiplog_engine::logs::read(api(ctx).store().pool(), self.0.state.run_id, after, page.fetch())
             .await
             .map_err(|e| internal("reading logs", e))?;
-        Ok(page::plain(&page, lines.into_iter().map(|l| (l.seq.to_string(), LogLine(l))).collect()))
+        let run = self.0.state.run_id;
+        Ok(page::plain(
+            &scope,
+            &page,
+            lines.into_iter().map(|line| (line.seq.to_string(), LogLine { run, line })).collect(),
+        ))
     }
 }
 

@@ -1,0 +1,84 @@
+//! Issue 17, defects 4, 5 and 7: the standard introspection query passes the
+//! limits, a field that errors is `null` as the GraphQL spec says, and time
+//! travel shows nothing of the present.
+
+use serde_json::{Value, json};
+use shiplog::auth::Role;
+
+use crate::app::TestApp;
+use crate::graphql::{ENVIRONMENT_CREATE, example_application};
+
+/// `getIntrospectionQuery()` of graphql-js 16, as GraphiQL, Apollo and code
+/// generators send it (graphql-core's `get_introspection_query()` is the same).
+const INTROSPECTION: &str = include_str!("fixtures/introspection-graphql-js-16.graphql");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standard_introspection_query_passes_the_default_limits_and_deep_queries_still_do_not() {
+    let app = TestApp::start().await;
+    let viewer = app.token(Role::Viewer, false).await;
+    let body = app.graphql(&viewer, INTROSPECTION, json!({})).await;
+    assert!(body.get("errors").is_none(), "{body:#}");
+    let schema = &body["data"]["__schema"];
+    assert_eq!(schema["queryType"]["name"], "Query");
+    let types = schema["types"].as_array().unwrap();
+    let run = types.iter().find(|t| t["name"] == "Run").expect("Run is described");
+    let stages = run["fields"].as_array().unwrap().iter().find(|f| f["name"] == "stages").unwrap();
+    // `[Stage!]!`: three wrappers deep, all there.
+    assert_eq!(
+        stages["type"],
+        json!({ "kind": "NON_NULL", "name": null, "ofType": { "kind": "LIST", "name": null, "ofType":
+            { "kind": "NON_NULL", "name": null, "ofType": { "kind": "OBJECT", "name": "Stage", "ofType": null } } } })
+    );
+
+    // Fields still nest within introspection: a fan-out past the limit is refused.
+    let fan_out = format!(
+        "{{ __schema {{ types {{ {}fields {{ name }}{} }} }} }}",
+        "fields { type { ".repeat(5),
+        " } }".repeat(5)
+    );
+    let body = app.graphql(&viewer, &fan_out, json!({})).await;
+    assert_eq!(body["errors"][0]["message"], "Query is nested too deep.", "{body:#}");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "GRAPHQL_VALIDATION_FAILED");
+    assert_eq!(body["data"], Value::Null);
+    // And so do the schema's own fields: 13 levels.
+    let deep = "{ environments(first: 1) { nodes { application { environments(first: 1) { nodes { application {
+        environments(first: 1) { nodes { application { environments(first: 1) { nodes { application { name } } } } } } } } } } } } }";
+    let body = app.graphql(&viewer, deep, json!({})).await;
+    assert_eq!(body["errors"][0]["message"], "Query is nested too deep.", "{body:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_that_errors_is_null_and_a_non_null_one_nulls_its_nearest_nullable_parent() {
+    let app = TestApp::start().await;
+    let (_repo, app_id) = example_application(&app).await;
+    let input =
+        json!({ "applicationId": app_id, "name": "staging", "kind": "STAGING", "branch": "main", "setup": false });
+    app.data(&app.admin, ENVIRONMENT_CREATE, json!({ "input": input })).await;
+    let viewer = app.token(Role::Viewer, false).await;
+    let event = app.data(&app.admin, "{ events(first: 1) { nodes { id } } }", json!({})).await;
+    let event_id = event["events"]["nodes"][0]["id"].clone();
+
+    // A nullable field that errors (a viewer may not read events): null, beside
+    // the fields that did not.
+    let query = "query($id: ID!) { viewer { name } node(id: $id) { id } }";
+    let body = app.graphql(&viewer, query, json!({ "id": event_id })).await;
+    assert_eq!(body["data"], json!({ "viewer": { "name": "Viewer" }, "node": null }), "{body:#}");
+    assert_eq!(body["errors"].as_array().unwrap().len(), 1, "{body:#}");
+    assert_eq!(body["errors"][0]["path"], json!(["node"]));
+    assert_eq!(body["errors"][0]["extensions"]["code"], "FORBIDDEN");
+
+    // A non-null root field that errors: `data` itself is null.
+    let body = app.graphql(&viewer, "{ viewer { name } projections { name } }", json!({})).await;
+    assert_eq!(body["data"], Value::Null, "{body:#}");
+    assert_eq!(body["errors"][0]["path"], json!(["projections"]));
+
+    // A non-null field deep down (the runs read model gone): its nearest nullable
+    // ancestor, the environment, is null; the rest of `data` stands.
+    sqlx::query("DROP VIEW read.runs").execute(&app.db.owner).await.unwrap();
+    let query =
+        "{ viewer { name } environment(application: \"hello\", name: \"staging\") { name runs { totalCount } } }";
+    let body = app.graphql(&viewer, query, json!({})).await;
+    assert_eq!(body["data"], json!({ "viewer": { "name": "Viewer" }, "environment": null }), "{body:#}");
+    assert_eq!(body["errors"][0]["path"], json!(["environment", "runs"]));
+    assert_eq!(body["errors"][0]["extensions"]["code"], "INTERNAL");
+}
