@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
-use async_graphql_axum::{GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
+use async_graphql_axum::{GraphQLProtocol, GraphQLResponse};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -17,11 +17,12 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::auth::{self, Principal};
+use crate::auth::{self, Principal, Revocations};
 use crate::config::ApiConfig;
 use crate::graphql::{self, Api, Caller, RequestId, ShiplogSchema};
 use crate::metrics::Metrics;
 use crate::webhooks::{self, WebhookConfig};
+use crate::websocket;
 
 /// What every request handler can reach.
 #[derive(Clone)]
@@ -33,6 +34,8 @@ pub struct AppState {
     pub max_body: usize,
     pub lifecycle: Lifecycle,
     pub webhooks: WebhookConfig,
+    /// Revoked tokens, which end the websockets they opened.
+    pub revocations: Revocations,
     /// Cancelled when the server shuts down: open websockets close then, rather
     /// than keeping the process (and its database connections) alive.
     pub closing: CancellationToken,
@@ -59,6 +62,7 @@ impl AppState {
             schema: graphql::schema(api, config.limits),
             metrics,
             max_body: config.max_body,
+            revocations: Revocations::listen(store.pool()).await.context("listening for token revocations")?,
             webhooks: config.webhooks,
             closing,
         })
@@ -139,40 +143,18 @@ async fn graphql_handler(State(state): State<AppState>, headers: HeaderMap, body
     GraphQLResponse::from(response).into_response()
 }
 
-/// `GET /graphql/ws`: subscriptions over `graphql-transport-ws` (and the older
-/// `graphql-ws`). The token comes in `connection_init`'s payload, as
-/// `{"authorization": "Bearer <token>"}` (or `{"token": "<token>"}`); a
-/// connection without a valid one is closed (code 1002, the reason says why).
+/// `GET /graphql/ws`: subscriptions, queries and mutations over
+/// `graphql-transport-ws` (`websocket`), or the older `graphql-ws`. The token comes
+/// in `connection_init`'s payload, as `{"authorization": "Bearer <token>"}` (or
+/// `{"token": "<token>"}`).
 async fn graphql_ws(State(state): State<AppState>, protocol: GraphQLProtocol, upgrade: WebSocketUpgrade) -> Response {
     upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| async move {
-        let pool = state.pool.clone();
-        let serve = GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
-            .on_connection_init(move |payload| async move {
-                let token = payload
-                    .get("authorization")
-                    .or_else(|| payload.get("Authorization"))
-                    .and_then(|v| v.as_str())
-                    .and_then(auth::bearer)
-                    .or_else(|| payload.get("token").and_then(|v| v.as_str()))
-                    .map(str::to_owned);
-                let principal = match token {
-                    Some(token) => auth::authenticate(&pool, &token).await.map_err(|e| {
-                        tracing::error!(error = %e, "authenticating a websocket failed");
-                        async_graphql::Error::new("internal error")
-                    })?,
-                    None => None,
-                };
-                let principal =
-                    principal.ok_or_else(|| async_graphql::Error::new("unknown, revoked or missing token"))?;
-                let mut data = async_graphql::Data::default();
-                data.insert(Caller(Some(principal)));
-                data.insert(RequestId(format!("ws-{}", Uuid::new_v4())));
-                Ok(data)
-            })
-            .serve();
-        tokio::select! {
-            _ = serve => {}
-            _ = state.closing.cancelled() => {}
+        let AppState { schema, pool, revocations, closing, .. } = state;
+        // The protocol the upgrade agreed on (the extractor refused any other).
+        if socket.protocol().is_some_and(|p| p == "graphql-ws") {
+            websocket::serve_legacy(socket, protocol, schema, pool, revocations, closing).await
+        } else {
+            websocket::serve(socket, schema, pool, revocations, closing).await
         }
     })
 }

@@ -19,3 +19,4 @@ pub mod metrics;
 pub mod server;
 pub mod telemetry;
 pub mod webhooks;
+pub mod websocket;

@@ -6,6 +6,7 @@ mod audit;
 mod authorization;
 mod graphql;
 mod hardening;
+mod hardening_edge;
 mod merge_requests;
 mod projections;
 mod schema;
