@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use shiplog::config::{ApiConfig, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -212,4 +214,114 @@ async fn a_revoked_tokens_next_websocket_operation_is_refused_even_if_no_notice_
         .await
         .unwrap();
     assert_eq!(made, 0);
+}
+
+/// A server whose `/graphql` takes at most 4 KiB.
+async fn small_bodies() -> TestApp {
+    TestApp::start_with(|config| ServerConfig {
+        worker: None,
+        api: ApiConfig { max_body: 4096, ..config.api },
+        ..config
+    })
+    .await
+}
+
+/// Writes one raw HTTP/1.1 request on a kept-alive connection and reads the
+/// response head and body (by `Content-Length`).
+async fn raw_request(stream: &mut TcpStream, request: &[u8]) -> (String, String) {
+    stream.write_all(request).await.unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let head_end = received.windows(4).position(|w| w == b"\r\n\r\n");
+        if let Some(end) = head_end {
+            let head = String::from_utf8_lossy(&received[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map(|l| l.trim().parse().unwrap())
+                .unwrap_or(0);
+            if received.len() >= end + 4 + length {
+                let body = String::from_utf8_lossy(&received[end + 4..end + 4 + length]).into_owned();
+                return (head, body);
+            }
+        }
+        let read = tokio::time::timeout(PATIENCE, stream.read(&mut buffer)).await.unwrap().unwrap();
+        assert!(read > 0, "the server closed before answering: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buffer[..read]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_gets_a_json_413_and_the_connection_is_closed_cleanly() {
+    let app = small_bodies().await;
+    let body = format!(r#"{{"query":"{{ viewer {{ name }} }}","variables":{{"pad":"{}"}}}}"#, "x".repeat(5000));
+    let request = format!(
+        "POST /graphql HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        app.admin,
+        body.len()
+    );
+    let mut stream = TcpStream::connect(app.address).await.unwrap();
+    let (head, body) = raw_request(&mut stream, request.as_bytes()).await;
+    assert!(head.starts_with("http/1.1 413"), "{head}");
+    assert!(head.contains("\r\nconnection: close"), "{head}");
+    assert!(head.contains("\r\ncontent-type: application/json"), "{head}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        body,
+        json!({ "errors": [{ "message": "the request body is larger than 4096 bytes",
+            "extensions": { "code": "PAYLOAD_TOO_LARGE" } }] })
+    );
+    // The server closes its side: a client that honours the header reconnects.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest)).await.unwrap();
+    assert!(matches!(read, Ok(0)) || read.is_err(), "{read:?} {}", String::from_utf8_lossy(&rest));
+
+    // A fitting request on a new connection works.
+    let fits = app.graphql(&app.admin, "{ viewer { role } }", json!({})).await;
+    assert_eq!(fits["data"]["viewer"]["role"], "ADMIN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_a_query_or_not_declared_json_is_refused_and_runs_nothing() {
+    let app = small_bodies().await;
+    let auth = format!("Bearer {}", app.admin);
+    let json_headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
+
+    for body in [&br#"{"variables":{}}"#[..], br#"{"query":null}"#, br#"{"query":{"q":1}}"#, b"{}"] {
+        let answer = crate::app::http(app.address, "POST", "/graphql", &json_headers, body).await;
+        assert_eq!(answer.status, 400, "{}", answer.body);
+        assert_eq!(
+            answer.json(),
+            json!({ "errors": [{ "message": "not a GraphQL request: `query` (a string) is missing",
+                "extensions": { "code": "BAD_REQUEST" } }] })
+        );
+    }
+
+    // A mutation a browser could send cross-site without a preflight.
+    let mutation = br#"{"query":"mutation { apiTokenCreate(input: { name: \"csrf\", role: ADMIN }) { token } }"}"#;
+    for content_type in ["text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded", ""] {
+        let mut headers = vec![("Authorization", auth.as_str())];
+        if !content_type.is_empty() {
+            headers.push(("Content-Type", content_type));
+        }
+        let answer = crate::app::http(app.address, "POST", "/graphql", &headers, mutation).await;
+        assert_eq!(answer.status, 415, "{content_type}: {}", answer.body);
+        assert_eq!(
+            answer.json(),
+            json!({ "errors": [{ "message": "send the operation as `Content-Type: application/json`",
+                "extensions": { "code": "UNSUPPORTED_MEDIA_TYPE" } }] })
+        );
+    }
+    let made: i64 = sqlx::query_scalar("SELECT count(*) FROM api_tokens WHERE name = 'csrf'")
+        .fetch_one(&app.db.runtime)
+        .await
+        .unwrap();
+    assert_eq!(made, 0);
+
+    let charset = [("Content-Type", "application/json; charset=utf-8"), ("Authorization", auth.as_str())];
+    let answer =
+        crate::app::http(app.address, "POST", "/graphql", &charset, br#"{"query":"{ viewer { role } }"}"#).await;
+    assert_eq!((answer.status, answer.json()["data"]["viewer"]["role"].as_str()), (200, Some("ADMIN")));
 }
