@@ -8,10 +8,16 @@
 //! | `auditor` | what a viewer may, and read the whole event history, verify it, see projection status |
 //! | `admin` | everything, including applications, templates, variables and tokens |
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use shiplog_engine::secret::Secret;
+use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
+use tokio::sync::broadcast;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
 /// What a token's holder is; stored by its lowercase label (`viewer`).
@@ -191,20 +197,94 @@ pub async fn create(
 }
 
 /// Revokes a token at once; revoking a revoked token changes nothing. `None`
-/// when no such token exists.
+/// when no such token exists. Every server's [`Revocations`] hears of it when the
+/// revocation commits.
 pub async fn revoke(pool: &PgPool, id: Uuid, revoked_by: &str) -> sqlx::Result<Option<ApiToken>> {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
+    let mut tx = pool.begin().await?;
+    let revoked = sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()), revoked_by = coalesce(revoked_by, $2) \
          WHERE id = $1 RETURNING {COLUMNS}"
     )))
     .bind(id)
     .bind(revoked_by)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?
     .as_ref()
     .map(token)
-    .transpose()
+    .transpose()?;
+    if revoked.is_some() {
+        // Delivered to listeners when the transaction commits, never before.
+        sqlx::query("SELECT pg_notify($1, $2)").bind(REVOKED_CHANNEL).bind(id.to_string()).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(revoked)
 }
+
+/// The channel `revoke` notifies with the revoked token's id.
+const REVOKED_CHANNEL: &str = "shiplog_api_token_revoked";
+
+/// What [`Revocations`] tells its subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    /// This token was revoked.
+    Token(Uuid),
+    /// Notices may have been missed (the listener's connection dropped, or the
+    /// subscriber fell behind): every holder of a token asks again whether it works.
+    Unknown,
+}
+
+/// Revocations as they commit, from any server on the database: what ends the
+/// websockets of a revoked token. Stops listening when the last clone is dropped.
+#[derive(Clone)]
+pub struct Revocations {
+    news: broadcast::Sender<Revoked>,
+    _stop: Arc<DropGuard>,
+}
+
+impl Revocations {
+    /// Starts listening for revocations.
+    pub async fn listen(pool: &PgPool) -> sqlx::Result<Revocations> {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(REVOKED_CHANNEL).await?;
+        let (news, _) = broadcast::channel(64);
+        let stop = CancellationToken::new();
+        let (sender, stopped) = (news.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let received = tokio::select! {
+                    received = listener.try_recv() => received,
+                    _ = stopped.cancelled() => return,
+                };
+                match received {
+                    Ok(Some(notification)) => {
+                        if let Ok(id) = notification.payload().parse::<Uuid>() {
+                            let _ = sender.send(Revoked::Token(id));
+                        }
+                    }
+                    // The connection dropped (the next call reconnects): notices sent
+                    // meanwhile are lost, so every holder checks its token again.
+                    Ok(None) => {
+                        let _ = sender.send(Revoked::Unknown);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "revocation listener failed; retrying");
+                        let _ = sender.send(Revoked::Unknown);
+                        tokio::time::sleep(LISTEN_RETRY).await;
+                    }
+                }
+            }
+        });
+        Ok(Revocations { news, _stop: Arc::new(stop.drop_guard()) })
+    }
+
+    /// Revocations committed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Revoked> {
+        self.news.subscribe()
+    }
+}
+
+/// How long the revocation listener waits before listening again after a failure.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
 /// One token, revoked or not.
 pub async fn find(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<ApiToken>> {

@@ -3,13 +3,14 @@
 
 use anyhow::Context;
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
-use async_graphql_axum::{GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
+use async_graphql_axum::{GraphQLProtocol, GraphQLResponse};
+use axum::body::Body;
+use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
+use futures::StreamExt;
 use shiplog_engine::lifecycle::Lifecycle;
 use shiplog_engine::logs::LogHub;
 use shiplog_engine::store::EventFeed;
@@ -17,11 +18,12 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::auth::{self, Principal};
+use crate::auth::{self, Principal, Revocations};
 use crate::config::ApiConfig;
 use crate::graphql::{self, Api, Caller, RequestId, ShiplogSchema};
 use crate::metrics::Metrics;
 use crate::webhooks::{self, WebhookConfig};
+use crate::websocket;
 
 /// What every request handler can reach.
 #[derive(Clone)]
@@ -33,6 +35,8 @@ pub struct AppState {
     pub max_body: usize,
     pub lifecycle: Lifecycle,
     pub webhooks: WebhookConfig,
+    /// Revoked tokens, which end the websockets they opened.
+    pub revocations: Revocations,
     /// Cancelled when the server shuts down: open websockets close then, rather
     /// than keeping the process (and its database connections) alive.
     pub closing: CancellationToken,
@@ -59,6 +63,7 @@ impl AppState {
             schema: graphql::schema(api, config.limits),
             metrics,
             max_body: config.max_body,
+            revocations: Revocations::listen(store.pool()).await.context("listening for token revocations")?,
             webhooks: config.webhooks,
             closing,
         })
@@ -69,7 +74,7 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let (timing, webhooks) = (state.metrics.clone(), webhooks::router(state.lifecycle.clone(), state.webhooks.clone()));
     Router::new()
-        .route("/graphql", post(graphql_handler).layer(DefaultBodyLimit::max(state.max_body)))
+        .route("/graphql", post(graphql_handler))
         .route("/graphql/ws", get(graphql_ws))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -87,6 +92,36 @@ fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     response
+}
+
+/// Whether the body is declared JSON (`application/json`, any parameters), the
+/// only request type `/graphql` takes: a form or `text/plain` body, which a browser
+/// sends cross-site without asking, is refused.
+fn is_json(headers: &HeaderMap) -> bool {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+/// Why a request body was not read whole.
+enum BodyError {
+    TooLarge,
+    Unreadable(axum::Error),
+}
+
+/// The whole body, if it holds at most `limit` bytes; reading stops as soon as
+/// it holds more.
+async fn read_limited(body: Body, limit: usize) -> Result<Vec<u8>, BodyError> {
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(BodyError::Unreadable)?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 /// The caller an `Authorization` header names; a 401 response when it names none.
@@ -108,16 +143,41 @@ async fn caller(pool: &PgPool, authorization: Option<&str>) -> Result<Principal,
 }
 
 /// `POST /graphql`: one operation per request, JSON, from an authenticated caller.
-async fn graphql_handler(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+/// The body is read only after the content type and the caller passed, and no
+/// further than `max_body`.
+async fn graphql_handler(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    if !is_json(&headers) {
+        let message = "send the operation as `Content-Type: application/json`";
+        return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE", message);
+    }
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let principal = match caller(&state.pool, authorization).await {
         Ok(principal) => principal,
         Err(response) => return response,
     };
+    let body = match read_limited(body, state.max_body).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
+            let message = format!("the request body is larger than {} bytes", state.max_body);
+            let mut response = refuse(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", &message);
+            // The rest of the body is never read, so the connection cannot carry
+            // another request: say so, or the client's next request fails.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+        Err(BodyError::Unreadable(e)) => {
+            tracing::debug!(error = %e, "reading a request body failed");
+            return refuse(StatusCode::BAD_REQUEST, "BAD_REQUEST", "the request body could not be read");
+        }
+    };
     let request: async_graphql::Request = match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(serde_json::Value::Array(_)) => {
             let message = "batched requests are not supported: send one operation per request";
             return refuse(StatusCode::BAD_REQUEST, "BATCH_NOT_SUPPORTED", message);
+        }
+        Ok(value) if !value.get("query").is_some_and(serde_json::Value::is_string) => {
+            let message = "not a GraphQL request: `query` (a string) is missing";
+            return refuse(StatusCode::BAD_REQUEST, "BAD_REQUEST", message);
         }
         Ok(value) => match serde_json::from_value(value) {
             Ok(request) => request,
@@ -139,40 +199,18 @@ async fn graphql_handler(State(state): State<AppState>, headers: HeaderMap, body
     GraphQLResponse::from(response).into_response()
 }
 
-/// `GET /graphql/ws`: subscriptions over `graphql-transport-ws` (and the older
-/// `graphql-ws`). The token comes in `connection_init`'s payload, as
-/// `{"authorization": "Bearer <token>"}` (or `{"token": "<token>"}`); a
-/// connection without a valid one is closed (code 1002, the reason says why).
+/// `GET /graphql/ws`: subscriptions, queries and mutations over
+/// `graphql-transport-ws` (`websocket`), or the older `graphql-ws`. The token comes
+/// in `connection_init`'s payload, as `{"authorization": "Bearer <token>"}` (or
+/// `{"token": "<token>"}`).
 async fn graphql_ws(State(state): State<AppState>, protocol: GraphQLProtocol, upgrade: WebSocketUpgrade) -> Response {
     upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| async move {
-        let pool = state.pool.clone();
-        let serve = GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
-            .on_connection_init(move |payload| async move {
-                let token = payload
-                    .get("authorization")
-                    .or_else(|| payload.get("Authorization"))
-                    .and_then(|v| v.as_str())
-                    .and_then(auth::bearer)
-                    .or_else(|| payload.get("token").and_then(|v| v.as_str()))
-                    .map(str::to_owned);
-                let principal = match token {
-                    Some(token) => auth::authenticate(&pool, &token).await.map_err(|e| {
-                        tracing::error!(error = %e, "authenticating a websocket failed");
-                        async_graphql::Error::new("internal error")
-                    })?,
-                    None => None,
-                };
-                let principal =
-                    principal.ok_or_else(|| async_graphql::Error::new("unknown, revoked or missing token"))?;
-                let mut data = async_graphql::Data::default();
-                data.insert(Caller(Some(principal)));
-                data.insert(RequestId(format!("ws-{}", Uuid::new_v4())));
-                Ok(data)
-            })
-            .serve();
-        tokio::select! {
-            _ = serve => {}
-            _ = state.closing.cancelled() => {}
+        let AppState { schema, pool, revocations, closing, .. } = state;
+        // The protocol the upgrade agreed on (the extractor refused any other).
+        if socket.protocol().is_some_and(|p| p == "graphql-ws") {
+            websocket::serve_legacy(socket, protocol, schema, pool, revocations, closing).await
+        } else {
+            websocket::serve(socket, schema, pool, revocations, closing).await
         }
     })
 }

@@ -21,3 +21,4 @@ pub mod metrics;
 pub mod server;
 pub mod telemetry;
 pub mod webhooks;
+pub mod websocket;

@@ -258,7 +258,7 @@ async fn event_subscriptions_resume_from_a_cursor_and_see_writes_made_through_an
     assert_eq!(refused.refusal().await, "FORBIDDEN");
     let mut anonymous = subscribe(other, "shiplog_not-a-token", query, json!({})).await;
     let closed = anonymous.next().await;
-    assert!(matches!(closed, Sent::Closed(Some(1002))), "{closed:?}");
+    assert!(matches!(closed, Sent::Closed(Some(4403))), "{closed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ mod authorization;
 mod cli;
 mod graphql;
 mod hardening;
+mod hardening_edge;
 mod hardening_graphql;
 mod hardening_paging;
 mod merge_requests;

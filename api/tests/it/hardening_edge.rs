@@ -1,0 +1,327 @@
+//! Regression tests of issue 17's defects at the edge (HTTP, websocket) and in the
+//! worker, each named after what it keeps true; every one failed before its fix.
+
+use std::net::SocketAddr;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use shiplog::config::{ApiConfig, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::app::{PATIENCE, TestApp};
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// A raw `graphql-transport-ws` connection: the test sends exactly what it writes.
+struct Raw(Socket);
+
+/// What the server sent: a protocol message, or the close and its code.
+#[derive(Debug, PartialEq)]
+enum Got {
+    Message(Value),
+    Closed(u16, String),
+}
+
+impl Raw {
+    async fn connect(address: SocketAddr) -> Raw {
+        let mut request = format!("ws://{address}/graphql/ws").into_client_request().unwrap();
+        request.headers_mut().insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().unwrap());
+        Raw(tokio_tungstenite::connect_async(request).await.unwrap().0)
+    }
+
+    /// Connects and completes `connection_init` with `token`.
+    async fn acknowledged(address: SocketAddr, token: &str) -> Raw {
+        let mut raw = Raw::connect(address).await;
+        raw.send(json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } })).await;
+        assert_eq!(raw.next().await, Got::Message(json!({ "type": "connection_ack" })));
+        raw
+    }
+
+    async fn send(&mut self, message: Value) {
+        self.send_text(&message.to_string()).await;
+    }
+
+    async fn send_text(&mut self, text: &str) {
+        self.0.send(Message::text(text.to_owned())).await.unwrap();
+    }
+
+    async fn subscribe(&mut self, id: &str, query: &str) {
+        self.send(json!({ "id": id, "type": "subscribe", "payload": { "query": query } })).await;
+    }
+
+    async fn next(&mut self) -> Got {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.0.next()).await.expect("the server sent nothing");
+            match message {
+                Some(Ok(Message::Text(text))) => return Got::Message(serde_json::from_str(&text).unwrap()),
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return Got::Closed(frame.code.into(), frame.reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) | Some(Err(_)) | None => panic!("closed without a code"),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Pings and waits for the pong, skipping operations' items: the server has
+    /// acted on everything sent before.
+    async fn sync(&mut self) {
+        self.send(json!({ "type": "ping" })).await;
+        loop {
+            match self.next().await {
+                Got::Message(m) if m["type"] == "pong" => return,
+                Got::Message(m) if m["type"] == "next" => {}
+                other => panic!("expected pong, got {other:?}"),
+            }
+        }
+    }
+
+    /// The close code, skipping any messages sent before it.
+    async fn close_code(&mut self) -> (u16, String) {
+        loop {
+            if let Got::Closed(code, reason) = self.next().await {
+                return (code, reason);
+            }
+        }
+    }
+}
+
+/// The whole event log, live: an operation that stays open.
+const EVENTS: &str = "subscription { events { type } }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphql_transport_ws_protocol_errors_close_with_the_protocols_codes() {
+    let app = TestApp::start().await;
+
+    let mut early = Raw::connect(app.address).await;
+    early.subscribe("1", EVENTS).await;
+    assert_eq!(early.next().await, Got::Closed(4401, "Unauthorized: subscribe before connection_ack".into()));
+
+    let mut garbled = Raw::connect(app.address).await;
+    garbled.send_text("{not json").await;
+    let (code, reason) = garbled.close_code().await;
+    assert_eq!(code, 4400, "{reason}");
+    assert!(reason.starts_with("invalid message: "), "{reason}");
+
+    let mut unknown = Raw::connect(app.address).await;
+    unknown.send(json!({ "type": "start", "id": "1", "payload": { "query": EVENTS } })).await;
+    assert_eq!(unknown.close_code().await.0, 4400);
+
+    let mut refused = Raw::connect(app.address).await;
+    refused.send(json!({ "type": "connection_init", "payload": { "authorization": "Bearer shiplog_nope" } })).await;
+    assert_eq!(refused.next().await, Got::Closed(4403, "Forbidden: unknown or revoked token".into()));
+
+    let mut anonymous = Raw::connect(app.address).await;
+    anonymous.send(json!({ "type": "connection_init" })).await;
+    assert_eq!(anonymous.next().await, Got::Closed(4403, "Forbidden: connection_init carries no token".into()));
+
+    // A running operation's id may not be reused; a completed one's may.
+    let mut twice = Raw::acknowledged(app.address, &app.admin).await;
+    twice.subscribe("1", "{ viewer { role } }").await;
+    assert_eq!(
+        twice.next().await,
+        Got::Message(json!({ "type": "next", "id": "1",
+        "payload": { "data": { "viewer": { "role": "ADMIN" } } } }))
+    );
+    assert_eq!(twice.next().await, Got::Message(json!({ "type": "complete", "id": "1" })));
+    twice.subscribe("1", EVENTS).await;
+    twice.sync().await;
+    twice.subscribe("1", EVENTS).await;
+    assert_eq!(twice.close_code().await, (4409, "Subscriber for 1 already exists".into()));
+
+    let mut reinit = Raw::acknowledged(app.address, &app.admin).await;
+    reinit.send(json!({ "type": "connection_init", "payload": { "token": app.admin } })).await;
+    assert_eq!(reinit.next().await, Got::Closed(4429, "Too many initialisation requests".into()));
+}
+
+const REVOKE: &str = "mutation($id: ID!) { apiTokenRevoke(input: { apiTokenId: $id }) { userErrors { code } } }";
+
+/// An admin token made through the API: its secret and its ID.
+async fn admin_token(app: &TestApp, name: &str) -> (String, Value) {
+    let query =
+        "mutation($name: String!) { apiTokenCreate(input: { name: $name, role: ADMIN }) { apiToken { id } token } }";
+    let created = app.data(&app.admin, query, json!({ "name": name })).await;
+    (
+        created["apiTokenCreate"]["token"].as_str().unwrap().to_owned(),
+        created["apiTokenCreate"]["apiToken"]["id"].clone(),
+    )
+}
+
+/// What a revoked token's operations end with.
+fn revoked(id: &str) -> Got {
+    let error = json!([{ "message": "Forbidden: the token was revoked", "extensions": { "code": "UNAUTHENTICATED" } }]);
+    Got::Message(json!({ "type": "error", "id": id, "payload": error }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_token_ends_its_open_websockets_on_every_server() {
+    let app = TestApp::start().await;
+    let other = app.second_server().await;
+    let (secret, id) = admin_token(&app, "frontend").await;
+    let (bystander, _) = admin_token(&app, "bystander").await;
+
+    // A subscription running on this server, an idle socket on another, and a
+    // socket of another token that must not be touched.
+    let mut live = Raw::acknowledged(app.address, &secret).await;
+    live.subscribe("feed", EVENTS).await;
+    live.sync().await;
+    let mut idle = Raw::acknowledged(other, &secret).await;
+    let mut unrelated = Raw::acknowledged(app.address, &bystander).await;
+
+    let body = app.data(&app.admin, REVOKE, json!({ "id": id })).await;
+    assert_eq!(body["apiTokenRevoke"]["userErrors"], json!([]));
+
+    loop {
+        match live.next().await {
+            Got::Message(m) if m["type"] == "next" => {}
+            other => {
+                assert_eq!(other, revoked("feed"));
+                break;
+            }
+        }
+    }
+    assert_eq!(live.next().await, Got::Closed(4403, "Forbidden: the token was revoked".into()));
+    assert_eq!(idle.next().await, Got::Closed(4403, "Forbidden: the token was revoked".into()));
+
+    unrelated.subscribe("1", "{ viewer { name } }").await;
+    assert_eq!(
+        unrelated.next().await,
+        Got::Message(json!({ "type": "next", "id": "1",
+        "payload": { "data": { "viewer": { "name": "bystander" } } } }))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_tokens_next_websocket_operation_is_refused_even_if_no_notice_came() {
+    let app = TestApp::start().await;
+    let (secret, _) = admin_token(&app, "frontend").await;
+    let mut socket = Raw::acknowledged(app.address, &secret).await;
+    // Revoked behind the server's back: no notice reaches it, the check before the
+    // operation must catch it.
+    sqlx::query("UPDATE api_tokens SET revoked_at = now(), revoked_by = 'test' WHERE name = 'frontend'")
+        .execute(&app.db.runtime)
+        .await
+        .unwrap();
+
+    socket.subscribe("m", "mutation { apiTokenCreate(input: { name: \"escalate\", role: ADMIN }) { token } }").await;
+    assert_eq!(socket.next().await, revoked("m"));
+    assert_eq!(socket.next().await, Got::Closed(4403, "Forbidden: the token was revoked".into()));
+    let made: i64 = sqlx::query_scalar("SELECT count(*) FROM api_tokens WHERE name = 'escalate'")
+        .fetch_one(&app.db.runtime)
+        .await
+        .unwrap();
+    assert_eq!(made, 0);
+}
+
+/// A server whose `/graphql` takes at most 4 KiB.
+async fn small_bodies() -> TestApp {
+    TestApp::start_with(|config| ServerConfig {
+        worker: None,
+        api: ApiConfig { max_body: 4096, ..config.api },
+        ..config
+    })
+    .await
+}
+
+/// Writes one raw HTTP/1.1 request on a kept-alive connection and reads the
+/// response head and body (by `Content-Length`).
+async fn raw_request(stream: &mut TcpStream, request: &[u8]) -> (String, String) {
+    stream.write_all(request).await.unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let head_end = received.windows(4).position(|w| w == b"\r\n\r\n");
+        if let Some(end) = head_end {
+            let head = String::from_utf8_lossy(&received[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map(|l| l.trim().parse().unwrap())
+                .unwrap_or(0);
+            if received.len() >= end + 4 + length {
+                let body = String::from_utf8_lossy(&received[end + 4..end + 4 + length]).into_owned();
+                return (head, body);
+            }
+        }
+        let read = tokio::time::timeout(PATIENCE, stream.read(&mut buffer)).await.unwrap().unwrap();
+        assert!(read > 0, "the server closed before answering: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buffer[..read]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_gets_a_json_413_and_the_connection_is_closed_cleanly() {
+    let app = small_bodies().await;
+    let body = format!(r#"{{"query":"{{ viewer {{ name }} }}","variables":{{"pad":"{}"}}}}"#, "x".repeat(5000));
+    let request = format!(
+        "POST /graphql HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        app.admin,
+        body.len()
+    );
+    let mut stream = TcpStream::connect(app.address).await.unwrap();
+    let (head, body) = raw_request(&mut stream, request.as_bytes()).await;
+    assert!(head.starts_with("http/1.1 413"), "{head}");
+    assert!(head.contains("\r\nconnection: close"), "{head}");
+    assert!(head.contains("\r\ncontent-type: application/json"), "{head}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        body,
+        json!({ "errors": [{ "message": "the request body is larger than 4096 bytes",
+            "extensions": { "code": "PAYLOAD_TOO_LARGE" } }] })
+    );
+    // The server closes its side: a client that honours the header reconnects.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest)).await.unwrap();
+    assert!(matches!(read, Ok(0)) || read.is_err(), "{read:?} {}", String::from_utf8_lossy(&rest));
+
+    // A fitting request on a new connection works.
+    let fits = app.graphql(&app.admin, "{ viewer { role } }", json!({})).await;
+    assert_eq!(fits["data"]["viewer"]["role"], "ADMIN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_a_query_or_not_declared_json_is_refused_and_runs_nothing() {
+    let app = small_bodies().await;
+    let auth = format!("Bearer {}", app.admin);
+    let json_headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
+
+    for body in [&br#"{"variables":{}}"#[..], br#"{"query":null}"#, br#"{"query":{"q":1}}"#, b"{}"] {
+        let answer = crate::app::http(app.address, "POST", "/graphql", &json_headers, body).await;
+        assert_eq!(answer.status, 400, "{}", answer.body);
+        assert_eq!(
+            answer.json(),
+            json!({ "errors": [{ "message": "not a GraphQL request: `query` (a string) is missing",
+                "extensions": { "code": "BAD_REQUEST" } }] })
+        );
+    }
+
+    // A mutation a browser could send cross-site without a preflight.
+    let mutation = br#"{"query":"mutation { apiTokenCreate(input: { name: \"csrf\", role: ADMIN }) { token } }"}"#;
+    for content_type in ["text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded", ""] {
+        let mut headers = vec![("Authorization", auth.as_str())];
+        if !content_type.is_empty() {
+            headers.push(("Content-Type", content_type));
+        }
+        let answer = crate::app::http(app.address, "POST", "/graphql", &headers, mutation).await;
+        assert_eq!(answer.status, 415, "{content_type}: {}", answer.body);
+        assert_eq!(
+            answer.json(),
+            json!({ "errors": [{ "message": "send the operation as `Content-Type: application/json`",
+                "extensions": { "code": "UNSUPPORTED_MEDIA_TYPE" } }] })
+        );
+    }
+    let made: i64 = sqlx::query_scalar("SELECT count(*) FROM api_tokens WHERE name = 'csrf'")
+        .fetch_one(&app.db.runtime)
+        .await
+        .unwrap();
+    assert_eq!(made, 0);
+
+    let charset = [("Content-Type", "application/json; charset=utf-8"), ("Authorization", auth.as_str())];
+    let answer =
+        crate::app::http(app.address, "POST", "/graphql", &charset, br#"{"query":"{ viewer { role } }"}"#).await;
+    assert_eq!((answer.status, answer.json()["data"]["viewer"]["role"].as_str()), (200, Some("ADMIN")));
+}
