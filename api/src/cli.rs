@@ -280,6 +280,17 @@ struct ForgeArgs {
     /// replaced, e.g. `https://{environment}.{application}.example.com`.
     #[arg(long, env = "SHIPLOG_ENVIRONMENT_URL")]
     environment_url: Option<String>,
+    /// A PEM file of CA certificates to trust besides the system's, for a forge
+    /// behind a private CA.
+    #[arg(long, env = "SHIPLOG_FORGE_CA_FILE", value_name = "PEM", value_parser = ca_file)]
+    forge_ca_file: Option<String>,
+}
+
+/// The contents of a PEM file of CA certificates, checked.
+fn ca_file(path: &str) -> Result<String, String> {
+    let pem = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    shiplog_engine::forge::certificates(&pem).map_err(|e| format!("{path}: {e}"))?;
+    Ok(pem)
 }
 
 impl From<ForgeArgs> for ForgeConfig {
@@ -291,6 +302,7 @@ impl From<ForgeArgs> for ForgeConfig {
             gitlab_url: args.gitlab_url,
             public_url: args.public_url,
             environment_url: args.environment_url,
+            extra_ca_pem: args.forge_ca_file,
             ..ForgeConfig::default()
         }
     }

@@ -89,7 +89,7 @@ async fn serve(
     tasks.spawn(async move { reconciler.run(interval, Arc::default(), stop).await });
     let release = config.release;
     if config.forge.enabled() {
-        let reporter = Reporter::new(lifecycle.clone(), config.forge);
+        let reporter = Reporter::new(lifecycle.clone(), config.forge).context("the forge reporter")?;
         let stop = shutdown.clone();
         tasks.spawn(async move { reporter.run(FORGE_POLL, stop).await });
     }

@@ -13,19 +13,23 @@
 //!    with an action shiplog acts on: a GitHub `ping` answers **200**, any other
 //!    event or action **202** with an `ignored` note;
 //! 4. the delivery id is there and the body is such a payload: otherwise **400**;
-//! 5. the delivery is claimed in `webhook_deliveries`: refused with **409** when it
-//!    was acted on before (or another server is acting on it right now);
-//! 6. the engine acts on it: **202** with the runs requested, `{"runs": [...]}`
-//!    (and the previews created, the requests skipped and why); the delivery is
-//!    recorded as `done` with its runs.
+//! 5. the delivery was not acted on before: otherwise **409**;
+//! 6. the engine acts on it (`Lifecycle::deliver`): **202** with the runs
+//!    requested, `{"runs": [...]}` (and the previews created, the requests skipped
+//!    and why), written in one transaction with the delivery's record, `done` with
+//!    its runs; **409** instead, with nothing written, when a concurrent delivery
+//!    of it got there first.
 //!
-//! Deliveries are at least once. Nothing is written before step 5, so every refusal
-//! changes nothing. A delivery that an internal error stopped (the database, say) is
-//! recorded as `failed` and answered **500**, so the forge's redelivery of it is
-//! acted on again; so is one whose server died while acting on it, after
-//! [`STALE_CLAIM`]. Acting again requests no run twice: the engine deploys once
-//! per commit and environment, and every run's events carry the delivery id
-//! (`request_id`) in the same transaction as the run. The provider modules only read requests
+//! Deliveries are at least once. Nothing is written before step 6, so every refusal
+//! changes nothing; and what step 6 writes (the runs, previews and skips) commits
+//! together with the record that the delivery was acted on, or not at all. A
+//! delivery that an internal error stopped (the database, say) wrote nothing,
+//! answers **500** and is recorded `failed` when possible, so the forge's
+//! redelivery of it is acted on again; a delivery one of whose environments failed
+//! for an internal reason keeps what the others did, answers **500** with them,
+//! and is acted on again too. Acting again requests no run twice: the engine
+//! deploys once per commit and environment, and every run's events carry the
+//! delivery id (`request_id`). The provider modules only read requests
 //! ([`github`], [`gitlab`]); errors become responses in one place
 //! ([`WebhookError`]'s `IntoResponse`), which logs internal errors and never sends
 //! their text.
@@ -45,11 +49,12 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use shiplog_engine::lifecycle::{Lifecycle, LifecycleError};
+use shiplog_engine::lifecycle::{DeliveryError, Lifecycle, LifecycleError};
 use shiplog_engine::merge_request::MergeRequestEvent;
 use shiplog_engine::push::{Push, PushOutcome};
 use shiplog_engine::secret::Secret;
 use shiplog_engine::store::Metadata;
+use shiplog_engine::webhook_deliveries::Delivery;
 
 /// Which webhook endpoints are enabled: each one whose secret is set.
 #[derive(Debug, Clone, Default)]
@@ -129,10 +134,6 @@ enum Received {
     },
 }
 
-/// How long a claimed delivery may stay `processing` before a redelivery may take
-/// it over (its server died while acting on it).
-const STALE_CLAIM: &str = "5 minutes";
-
 async fn github_hook(State(hooks): State<WebhookState>, headers: HeaderMap, body: Bytes) -> Response {
     let received = match &hooks.config.github_secret {
         Some(secret) => github::receive(secret, &headers, &body),
@@ -174,80 +175,38 @@ impl WebhookState {
                 (delivery.clone(), event.request.actor.clone(), "merge request")
             }
         };
-        self.claim(provider, &delivery).await?;
         let metadata = Metadata {
             actor: Some(format!("{}:{actor}", provider.id())),
             request_id: Some(format!("{}:{delivery}", provider.id())),
             ..Metadata::default()
         };
         let now = chrono::Utc::now();
-        let handled = match received {
-            Received::Push { push, .. } => self.lifecycle.handle_push(&push, &metadata, now).await,
-            Received::MergeRequest { event, .. } => self.lifecycle.handle_merge_request(&event, &metadata, now).await,
-            _ => unreachable!("answered above"),
-        };
-        let outcome = match handled {
-            Ok(outcome) => outcome,
-            Err(error) => {
-                self.finish(provider, &delivery, "failed", &[]).await?;
-                return Err(error.into());
-            }
-        };
-        // An environment that failed for an internal reason may succeed when the
-        // forge redelivers; a refusal (a torn-down environment) would not.
-        let internal = outcome.failed.iter().any(|f| client_message(&f.error) == INTERNAL);
-        let runs: Vec<String> = outcome.runs.iter().map(|run| run.run_id.to_string()).collect();
-        self.finish(provider, &delivery, if internal { "failed" } else { "done" }, &runs).await?;
+        let delivery = Delivery { provider: provider.id(), id: delivery };
+        let (received, metadata) = (&received, &metadata);
+        let delivered = self
+            .lifecycle
+            .deliver(&delivery, |lifecycle| async move {
+                match received {
+                    Received::Push { push, .. } => lifecycle.handle_push(push, metadata, now).await,
+                    Received::MergeRequest { event, .. } => lifecycle.handle_merge_request(event, metadata, now).await,
+                    Received::Ping | Received::Ignored(_) => unreachable!("answered above"),
+                }
+            })
+            .await?;
+        let outcome = delivered.outcome;
         tracing::info!(
             provider = provider.id(),
-            delivery,
+            delivery = delivery.id,
             runs = outcome.runs.len(),
             created = outcome.created.len(),
             skipped = outcome.skipped.len(),
             failed = outcome.failed.len(),
             "{note} webhook handled"
         );
-        let status = if internal { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::ACCEPTED };
+        // An environment that failed for an internal reason may succeed when the
+        // forge redelivers; a refusal (a torn-down environment) would not.
+        let status = if delivered.complete { StatusCode::ACCEPTED } else { StatusCode::INTERNAL_SERVER_ERROR };
         Ok((status, Json(Accepted::from(outcome))).into_response())
-    }
-
-    /// Claims the delivery for acting on it: new, or recorded as `failed`, or left
-    /// `processing` for longer than [`STALE_CLAIM`]; [`WebhookError::Replayed`]
-    /// otherwise.
-    async fn claim(&self, provider: Provider, delivery: &str) -> Result<(), WebhookError> {
-        let claimed = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO webhook_deliveries (provider, delivery_id) VALUES ($1, $2) \
-             ON CONFLICT (provider, delivery_id) DO UPDATE SET outcome = 'processing', claimed_at = now() \
-             WHERE webhook_deliveries.outcome = 'failed' \
-                OR (webhook_deliveries.outcome = 'processing' \
-                    AND webhook_deliveries.claimed_at < now() - interval '{STALE_CLAIM}')"
-        )))
-        .bind(provider.id())
-        .bind(delivery)
-        .execute(self.lifecycle.store().pool())
-        .await?;
-        if claimed.rows_affected() == 0 {
-            return Err(WebhookError::Replayed(delivery.to_owned()));
-        }
-        Ok(())
-    }
-
-    /// Records what came of a claimed delivery: `done` with its runs, or `failed`.
-    async fn finish(
-        &self,
-        provider: Provider,
-        delivery: &str,
-        outcome: &str,
-        runs: &[String],
-    ) -> Result<(), WebhookError> {
-        sqlx::query("UPDATE webhook_deliveries SET outcome = $3, runs = $4 WHERE provider = $1 AND delivery_id = $2")
-            .bind(provider.id())
-            .bind(delivery)
-            .bind(outcome)
-            .bind(sqlx::types::Json(runs))
-            .execute(self.lifecycle.store().pool())
-            .await?;
-        Ok(())
     }
 }
 
@@ -338,11 +297,7 @@ impl From<PushOutcome> for Accepted {
 /// What a client may read of a lifecycle error: a refusal it can act on, in full;
 /// anything else only as "internal error".
 fn client_message(error: &LifecycleError) -> String {
-    match error {
-        LifecycleError::Domain(e) => e.to_string(),
-        LifecycleError::Template(e) => e.to_string(),
-        _ => INTERNAL.into(),
-    }
+    if error.is_refusal() { error.to_string() } else { INTERNAL.into() }
 }
 
 /// What a client reads of an internal error.
@@ -358,13 +313,15 @@ enum WebhookError {
     BadRequest(String),
     /// The delivery id was received before.
     Replayed(String),
-    Database(sqlx::Error),
     Lifecycle(LifecycleError),
 }
 
-impl From<sqlx::Error> for WebhookError {
-    fn from(e: sqlx::Error) -> Self {
-        WebhookError::Database(e)
+impl From<DeliveryError> for WebhookError {
+    fn from(e: DeliveryError) -> Self {
+        match e {
+            DeliveryError::Replayed(delivery) => WebhookError::Replayed(delivery),
+            DeliveryError::Lifecycle(e) => WebhookError::Lifecycle(e),
+        }
     }
 }
 
@@ -385,10 +342,6 @@ impl IntoResponse for WebhookError {
             WebhookError::BadRequest(why) => (StatusCode::BAD_REQUEST, why),
             WebhookError::Replayed(delivery) => {
                 (StatusCode::CONFLICT, format!("delivery {delivery} was received before; nothing was done"))
-            }
-            WebhookError::Database(e) => {
-                tracing::error!(error = %e, "recording a webhook delivery failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
             }
             WebhookError::Lifecycle(e) => {
                 tracing::error!(error = %e, "handling a webhook delivery failed");

@@ -9,7 +9,8 @@
 //!
 //! Architecture invariants (ARCHITECTURE.md): only this crate appends events, and
 //! within it only `store/` touches `events` and `streams`; `run_queue` owns the work
-//! queue and `variable_sets` the variable values; nothing here knows about GraphQL
+//! queue, `variable_sets` the variable values and `webhook_deliveries` the
+//! webhook deliveries received; nothing here knows about GraphQL
 //! or serving HTTP (`forge` is an HTTP client of the forges' APIs); only
 //! `runtime/*` may import bollard or kube.
 
@@ -28,5 +29,7 @@ pub mod runtime;
 pub mod secret;
 pub mod store;
 pub mod template;
+pub mod tls;
 pub mod variable_sets;
+pub mod webhook_deliveries;
 pub mod worker;

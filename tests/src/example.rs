@@ -141,7 +141,7 @@ impl Drop for Gate {
 /// The trimmed body of `GET /` on `address` (whatever the status), or `None`
 /// when nothing answers within 5 seconds.
 pub async fn http_get(address: SocketAddr) -> Option<String> {
-    let client = reqwest::Client::builder()
+    let client = shiplog_engine::tls::client_builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(5))

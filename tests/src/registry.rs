@@ -58,7 +58,7 @@ impl TestRegistry {
     }
 
     async fn wait_ready(&mut self) {
-        let client = reqwest::Client::new();
+        let client = shiplog_engine::tls::client_builder().build().unwrap();
         let url = format!("http://{}/v2/", self.addr);
         let child = &mut self.child;
         eventually("the registry to answer /v2/", Duration::from_secs(30), || {
@@ -81,7 +81,9 @@ impl TestRegistry {
     /// when it has none.
     pub async fn manifest(&self, path: &str, reference: &str) -> Option<(String, serde_json::Value)> {
         let url = format!("http://{}/v2/{path}/manifests/{reference}", self.addr);
-        let response = reqwest::Client::new()
+        let response = shiplog_engine::tls::client_builder()
+            .build()
+            .unwrap()
             .get(url)
             .header(
                 "Accept",

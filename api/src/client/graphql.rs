@@ -23,7 +23,10 @@ impl Client {
     pub fn new(connection: Connection) -> Client {
         // The server's address is given explicitly: a proxy from the environment
         // would be a surprise for a loopback or cluster-internal address.
-        let http = reqwest::Client::builder().no_proxy().build().expect("a client without TLS options builds");
+        let http = shiplog_engine::tls::client_builder()
+            .no_proxy()
+            .build()
+            .expect("a client with the default TLS options builds");
         Client { http, connection }
     }
 

@@ -166,7 +166,7 @@ async fn serve(config: ServerConfig, shutdown: CancellationToken) -> SocketAddr 
 
 /// One HTTP request; the answer whatever its status.
 pub async fn http(address: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = shiplog_engine::tls::client_builder().no_proxy().build().unwrap();
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let mut request = client.request(method, format!("http://{address}{path}")).body(body.to_vec());
     for (name, value) in headers {

@@ -335,43 +335,86 @@ async fn a_delivery_that_failed_inside_shiplog_is_acted_on_when_the_forge_redeli
     let outcome = |delivery: &'static str| {
         let db = &hooks.db;
         async move {
-            let row: (String, Value) = sqlx::query_as(
+            let row: Option<(String, Value)> = sqlx::query_as(
                 "SELECT outcome, runs FROM webhook_deliveries WHERE provider = 'github' AND delivery_id = $1",
             )
             .bind(delivery)
-            .fetch_one(&db.owner)
+            .fetch_optional(&db.owner)
             .await
             .unwrap();
             row
         }
+    };
+    let queued = || async {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'RunQueued'")
+            .fetch_one(&hooks.db.owner)
+            .await
+            .unwrap();
+        count
     };
 
     // The run queue is missing: the request fails inside shiplog, and nothing of it stays.
     sqlx::query("ALTER TABLE run_queue RENAME TO run_queue_away").execute(&hooks.db.owner).await.unwrap();
     let events = hooks.counts().await.0;
     let (status, answer) = hooks.github("push", "r1", &payload).await;
-    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{answer}");
-    assert_eq!(
-        answer["failed"],
-        json!([{ "application": "hello", "environment": "staging", "error": "internal error" }])
-    );
-    assert_eq!(outcome("r1").await, ("failed".to_owned(), json!([])));
+    assert_eq!((status, answer), (StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "internal error" })));
+    assert_eq!(outcome("r1").await, Some(("failed".to_owned(), json!([]))));
     assert_eq!(hooks.counts().await.0, events, "the failed request appended nothing");
-
-    // Redelivered once the queue is back: acted on, and recorded with its run.
     sqlx::query("ALTER TABLE run_queue_away RENAME TO run_queue").execute(&hooks.db.owner).await.unwrap();
+
+    // The run is requested but recording the delivery as done fails (the database
+    // refuses it): the run goes with it, so nothing says the delivery was acted on
+    // while it did nothing, or did something while it was not recorded.
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_done() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.outcome = 'done' THEN RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER refuse_done BEFORE INSERT OR UPDATE ON webhook_deliveries \
+           FOR EACH ROW EXECUTE FUNCTION refuse_done();",
+    )
+    .execute(&hooks.db.owner)
+    .await
+    .unwrap();
+    let (status, answer) = hooks.github("push", "r1", &payload).await;
+    assert_eq!((status, answer), (StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": "internal error" })));
+    assert_eq!(hooks.counts().await.0, events, "the run was not requested without its delivery's record");
+    assert_eq!(outcome("r1").await, Some(("failed".to_owned(), json!([]))));
+    sqlx::raw_sql("DROP TRIGGER refuse_done ON webhook_deliveries").execute(&hooks.db.owner).await.unwrap();
+
+    // Redelivered once the database takes it: acted on, and recorded with its one run.
     let (status, answer) = hooks.github("push", "r1", &payload).await;
     assert_eq!((status, runs(&answer)), (StatusCode::ACCEPTED, pairs(&[("staging", "setup")])), "{answer}");
-    assert_eq!(outcome("r1").await, ("done".to_owned(), json!([answer["runs"][0]["runId"]])));
+    assert_eq!(outcome("r1").await, Some(("done".to_owned(), json!([answer["runs"][0]["runId"]]))));
+    assert_eq!(queued().await, 1, "exactly one run was requested");
 
-    // After success a redelivery is refused, and a recorded delivery cannot be reopened.
-    let (status, _) = hooks.github("push", "r1", &payload).await;
-    assert_eq!(status, StatusCode::CONFLICT);
+    // After success a redelivery is refused and requests nothing, and a recorded
+    // delivery cannot be reopened.
+    let after = hooks.counts().await;
+    assert_eq!(
+        hooks.github("push", "r1", &payload).await,
+        (StatusCode::CONFLICT, json!({ "error": "delivery r1 was received before; nothing was done" }))
+    );
+    assert_eq!(hooks.counts().await, after);
+    assert_eq!(queued().await, 1);
     let reopen = sqlx::query("UPDATE webhook_deliveries SET outcome = 'failed' WHERE delivery_id = 'r1'")
         .execute(&hooks.db.runtime)
         .await
         .unwrap_err();
     assert!(reopen.to_string().contains("webhook delivery github/r1 was acted on; it cannot change"), "{reopen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_delivery_twice_at_once_is_acted_on_once() {
+    let hooks = WebhookFixture::new().await;
+    let payload = hooks.github_push("refs/heads/main", &rev_parse(&hooks.repo.dir, "HEAD"));
+    let (a, b) = tokio::join!(hooks.github("push", "c1", &payload), hooks.github("push", "c1", &payload));
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::ACCEPTED, StatusCode::CONFLICT], "{a:?} {b:?}");
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'RunQueued'")
+        .fetch_one(&hooks.db.owner)
+        .await
+        .unwrap();
+    assert_eq!(queued, 1);
 }
 
 /// Ticks the reporter until the stand-in has received `count` requests.
@@ -395,7 +438,7 @@ fn reporter(hooks: &WebhookFixture, forge: &ForgeStandIn) -> Reporter {
         retry_max: Duration::from_millis(200),
         ..ForgeConfig::default()
     };
-    Reporter::new(hooks.lifecycle.clone(), config)
+    Reporter::new(hooks.lifecycle.clone(), config).unwrap()
 }
 
 async fn run_to_end(

@@ -20,6 +20,7 @@ fn shiplog(data_dir: &Path) -> Command {
 
 /// The test is synchronous (it drives a child process), so its HTTP client blocks.
 fn client() -> reqwest::blocking::Client {
+    shiplog_engine::tls::install_provider();
     reqwest::blocking::Client::builder().no_proxy().build().unwrap()
 }
 

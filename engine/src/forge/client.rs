@@ -12,6 +12,10 @@
 //!   (`state` one of `pending`, `running`, `success`, `failed`, `canceled`; `name`
 //!   the status's context, `target_url` the environment's URL, `description`).
 //!   Header: `PRIVATE-TOKEN`.
+//!
+//! Over https (`crate::tls`: rustls with `ring`), trusting the system's roots and
+//! any extra CA certificates configured (a forge behind a private CA, or the tests'
+//! stand-in with its self-signed certificate).
 
 use std::time::Duration;
 
@@ -56,10 +60,35 @@ pub(super) struct PostError {
     pub deployment_id: Option<i64>,
 }
 
+/// Why the forge client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the extra CA certificates are not PEM certificates: {0}")]
+    Certificates(String),
+    #[error("the extra CA certificates hold no certificate")]
+    NoCertificate,
+    #[error("building the HTTP client: {0}")]
+    Build(String),
+}
+
+/// The certificates of a PEM bundle, checked: at least one, each readable.
+pub fn certificates(pem: &str) -> Result<Vec<reqwest::Certificate>, ClientError> {
+    let certificates =
+        reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| ClientError::Certificates(e.to_string()))?;
+    if certificates.is_empty() {
+        return Err(ClientError::NoCertificate);
+    }
+    Ok(certificates)
+}
+
 impl Client {
-    pub(super) fn new() -> Client {
-        let client = reqwest::Client::builder().timeout(TIMEOUT).user_agent(USER_AGENT).build();
-        Client(client.expect("a client without TLS settings builds"))
+    /// A client trusting the system's roots and `extra_ca` (PEM), when given.
+    pub(super) fn new(extra_ca: Option<&str>) -> Result<Client, ClientError> {
+        let mut builder = crate::tls::client_builder().timeout(TIMEOUT).user_agent(USER_AGENT);
+        if let Some(pem) = extra_ca {
+            builder = builder.tls_certs_merge(certificates(pem)?);
+        }
+        builder.build().map(Client).map_err(|e| ClientError::Build(format!("{e:#}")))
     }
 
     /// Posts `request` to the forge's API at `base`; GitHub's deployment id on success.
@@ -107,7 +136,7 @@ impl Client {
 
 /// Sends the call; the JSON answered on a 2xx, else what went wrong.
 async fn send(call: reqwest::RequestBuilder) -> Result<Value, String> {
-    let response = call.send().await.map_err(|e| format!("no answer: {e}"))?;
+    let response = call.send().await.map_err(|e| format!("no answer: {}", chain(&e)))?;
     let status = response.status();
     let body = response.text().await.map_err(|e| format!("{status}, body unreadable: {e}"))?;
     if !status.is_success() {
@@ -116,6 +145,17 @@ async fn send(call: reqwest::RequestBuilder) -> Result<Value, String> {
         return Err(format!("{status}: {body}"));
     }
     Ok(serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// An error with its causes (`error sending request: … : invalid peer certificate: UnknownIssuer`).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 pub(super) fn github_deployment(request: &ForgeRequest<'_>) -> Value {

@@ -30,7 +30,7 @@ use crate::lifecycle::Lifecycle;
 use crate::secret::Secret;
 use crate::store::{EventStore, RecordedEvent};
 
-pub use client::ForgeRequest;
+pub use client::{ClientError, ForgeRequest, certificates};
 pub use outbox::ReportState;
 
 /// Where the forges' APIs are and the tokens that let shiplog post to them; a
@@ -48,6 +48,9 @@ pub struct ForgeConfig {
     /// The address of a deployed environment, with `{application}` and
     /// `{environment}` replaced; without it, the environment's page on `public_url`.
     pub environment_url: Option<String>,
+    /// CA certificates (PEM) trusted besides the system's, for forges behind a
+    /// private CA.
+    pub extra_ca_pem: Option<String>,
     /// The first retry's delay; each further one doubles it, up to `retry_max`.
     pub retry_base: Duration,
     pub retry_max: Duration,
@@ -62,6 +65,7 @@ impl Default for ForgeConfig {
             gitlab_url: "https://gitlab.com".into(),
             public_url: None,
             environment_url: None,
+            extra_ca_pem: None,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
         }
@@ -129,8 +133,10 @@ const BATCH: usize = 500;
 const SENDS_PER_TICK: usize = 100;
 
 impl Reporter {
-    pub fn new(lifecycle: Lifecycle, config: ForgeConfig) -> Reporter {
-        Reporter { store: lifecycle.store().clone(), lifecycle, client: client::Client::new(), config }
+    /// Refused when the extra CA certificates are not PEM certificates.
+    pub fn new(lifecycle: Lifecycle, config: ForgeConfig) -> Result<Reporter, ClientError> {
+        let client = client::Client::new(config.extra_ca_pem.as_deref())?;
+        Ok(Reporter { store: lifecycle.store().clone(), lifecycle, client, config })
     }
 
     /// Follows the log to its head, then posts every report that is due.

@@ -4,16 +4,24 @@
 //! appended at the version read, so a concurrent writer makes the append fail with
 //! a conflict instead of being overwritten. Several streams that must change
 //! together go in one transaction as a list of [`Change`]s.
+//!
+//! A batched lifecycle ([`Lifecycle::batched`]) writes nothing as it goes: what it
+//! decides is kept in its [`Batch`] (and later loads in the batch see it), and
+//! [`Lifecycle::commit_batch`] writes all of it in one transaction, each change
+//! at the version it was decided at.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use super::{Lifecycle, LifecycleError};
 use crate::domain::{Aggregate, StreamRef};
+use crate::run_queue;
 use crate::store::{AppendError, EventStore, ExpectedVersion, Metadata, NewEvent, StreamId};
 
 /// How often an operation is retried when a concurrent writer changed the stream.
@@ -52,6 +60,31 @@ impl Cache {
     }
 }
 
+/// What a batched lifecycle decided and has not written yet: the changes in the
+/// order decided, the run-queue rows to add and end, and the state of every
+/// stream changed (after its changes), which loads in the batch read first.
+#[derive(Default)]
+pub(super) struct Batch {
+    changes: Vec<Change>,
+    enqueue: Vec<(Uuid, StreamRef)>,
+    dequeue: Vec<Uuid>,
+    states: HashMap<StreamRef, (Folded, u64)>,
+}
+
+impl Batch {
+    fn get<A: Aggregate>(&self, stream: &StreamRef) -> Option<(A, u64)> {
+        let (state, version) = self.states.get(stream)?;
+        Some((state.downcast_ref::<A>()?.clone(), *version))
+    }
+}
+
+/// What a run request writes besides its events: the run-queue row it adds and
+/// the rows of the runs it superseded, which it ends.
+pub(super) struct Queue<'a> {
+    pub enqueue: Option<(Uuid, &'a StreamRef)>,
+    pub dequeue: &'a [Uuid],
+}
+
 /// Events one decision appends to one stream, at the version it was decided at.
 pub struct Change {
     stream: StreamId,
@@ -77,6 +110,9 @@ impl Change {
 impl Lifecycle {
     /// The aggregate as its stream says now, and the version read.
     pub async fn load<A: Aggregate>(&self, stream: &StreamRef) -> Result<(A, u64), LifecycleError> {
+        if let Some(decided) = self.batch.as_ref().and_then(|batch| batch.lock().expect("not poisoned").get(stream)) {
+            return Ok(decided);
+        }
         let (mut state, mut version) = self.cache.get::<A>(stream).unwrap_or_else(|| (A::initial(), 0));
         let id = StreamId::from(stream);
         let start = version;
@@ -127,12 +163,74 @@ impl Lifecycle {
         if events.is_empty() {
             return Ok((state, version));
         }
+        let after = events.iter().fold(state, |s, e| s.evolve(e));
+        let new_version = version + events.len() as u64;
+        if let Some(batch) = &self.batch {
+            batch.lock().expect("not poisoned").changes.push(Change::new(stream, version, events, metadata));
+            self.staged(stream, &after, new_version);
+            return Ok((after, new_version));
+        }
         let new = NewEvent::domain_all(events, metadata);
         self.store.append(&stream.into(), ExpectedVersion::Exact(version), &new).await?;
-        let state = events.iter().fold(state, |s, e| s.evolve(e));
-        let version = version + events.len() as u64;
-        self.cache.put(stream, &state, version);
-        Ok((state, version))
+        self.cache.put(stream, &after, new_version);
+        Ok((after, new_version))
+    }
+
+    /// Writes `changes` and the run-queue rows of `queue` in one transaction, or,
+    /// batched, keeps them for [`Lifecycle::commit_batch`].
+    pub(super) async fn write(&self, changes: Vec<Change>, queue: Queue<'_>) -> Result<(), LifecycleError> {
+        if let Some(batch) = &self.batch {
+            let mut batch = batch.lock().expect("not poisoned");
+            batch.changes.extend(changes);
+            batch.dequeue.extend_from_slice(queue.dequeue);
+            batch.enqueue.extend(queue.enqueue.map(|(run_id, env)| (run_id, env.clone())));
+            return Ok(());
+        }
+        let mut tx = self.store.pool().begin().await?;
+        append_all(&self.store, &mut tx, &changes).await?;
+        for old in queue.dequeue {
+            run_queue::done(&mut tx, *old).await?;
+        }
+        if let Some((run_id, env_stream)) = queue.enqueue {
+            run_queue::enqueue(&mut tx, run_id, env_stream).await?;
+        }
+        self.commit(tx).await
+    }
+
+    /// Records `state` as what a batch's later loads of `stream` read; nothing
+    /// when not batched (the cache learns from the store).
+    pub(super) fn staged<A: Aggregate>(&self, stream: &StreamRef, state: &A, version: u64) {
+        if let Some(batch) = &self.batch {
+            let mut batch = batch.lock().expect("not poisoned");
+            batch.states.insert(stream.clone(), (Arc::new(state.clone()), version));
+        }
+    }
+
+    /// A lifecycle that decides as this one does but writes nothing until
+    /// [`Lifecycle::commit_batch`]: every operation's changes go into one
+    /// transaction. It shares this one's store, cache and registry.
+    pub fn batched(&self) -> Lifecycle {
+        Lifecycle { batch: Some(Arc::new(Mutex::new(Batch::default()))), ..self.clone() }
+    }
+
+    /// Writes everything the batch decided into a new transaction, which the
+    /// caller may add to, then commits with [`Lifecycle::commit`]; the batch is
+    /// empty after. Fails with a conflict when a change's stream moved since it
+    /// was decided (decide again). Not batched: an empty transaction.
+    pub(super) async fn write_batch(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, LifecycleError> {
+        let batch = match &self.batch {
+            Some(batch) => std::mem::take(&mut *batch.lock().expect("not poisoned")),
+            None => Batch::default(),
+        };
+        let mut tx = self.store.pool().begin().await?;
+        append_all(&self.store, &mut tx, &batch.changes).await?;
+        for old in &batch.dequeue {
+            run_queue::done(&mut tx, *old).await?;
+        }
+        for (run_id, env_stream) in &batch.enqueue {
+            run_queue::enqueue(&mut tx, *run_id, env_stream).await?;
+        }
+        Ok(tx)
     }
 
     /// Runs `attempt` until it does not hit a version conflict.

@@ -6,6 +6,7 @@
 //! transaction.
 
 mod aggregates;
+mod deliveries;
 mod runs;
 
 use std::sync::Arc;
@@ -27,7 +28,8 @@ use crate::template::{self, ApplicationTemplate, Source, TemplateErrors};
 use crate::{run_queue, variable_sets};
 
 pub use aggregates::Change;
-use aggregates::{Cache, append_all};
+use aggregates::{Batch, Cache, Queue, append_all};
+pub use deliveries::{Delivered, DeliveryError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -49,6 +51,14 @@ pub enum LifecycleError {
     Corrupt(String),
 }
 
+impl LifecycleError {
+    /// A refusal the user can act on (the domain's, or the template's), as
+    /// opposed to an internal failure that might not happen again.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, LifecycleError::Domain(_) | LifecycleError::Template(_))
+    }
+}
+
 impl From<AppendError> for LifecycleError {
     fn from(e: AppendError) -> Self {
         match e {
@@ -67,6 +77,8 @@ pub struct Lifecycle {
     /// Where the release stage pushes built images; `None`: no push, services run
     /// from the image their build made.
     registry: Option<Registry>,
+    /// Batched ([`Lifecycle::batched`]): what was decided and is not written yet.
+    batch: Option<Arc<std::sync::Mutex<Batch>>>,
 }
 
 /// A run request that was accepted.
@@ -82,7 +94,7 @@ pub struct Requested {
 
 impl Lifecycle {
     pub fn new(store: EventStore) -> Self {
-        Lifecycle { store, cache: Arc::new(Cache::new(aggregates::CACHED_STATES)), registry: None }
+        Lifecycle { store, cache: Arc::new(Cache::new(aggregates::CACHED_STATES)), registry: None, batch: None }
     }
 
     /// Runs planned from now on push their built images to `registry` in the
@@ -506,21 +518,20 @@ impl Lifecycle {
                     "outdated: a newer deploy was requested"
                 };
                 let mut changes = vec![Change::new(env_stream, env_version, &events, metadata)];
+                let env_after = events.iter().fold(env, |state, e| state.evolve(e));
+                self.staged(env_stream, &env_after, env_version + events.len() as u64);
                 for old in &superseded {
                     if let Some((run, version)) = self.run(*old).await? {
                         let skipped = run::decide(&run, RunCommand::Skip { reason: why.to_owned(), now })?;
+                        let after = skipped.iter().fold(Some(run), |state, e| state.evolve(e));
+                        self.staged(&StreamRef::Run(*old), &after, version + skipped.len() as u64);
                         changes.push(Change::new(&StreamRef::Run(*old), version, &skipped, metadata));
                     }
                 }
-                changes.push(Change::new(&StreamRef::Run(run_id), 0, &[queued], metadata));
-
-                let mut tx = self.store.pool().begin().await?;
-                append_all(&self.store, &mut tx, &changes).await?;
-                for old in &superseded {
-                    run_queue::done(&mut tx, *old).await?;
-                }
-                run_queue::enqueue(&mut tx, run_id, env_stream).await?;
-                self.commit(tx).await?;
+                let run_stream = StreamRef::Run(run_id);
+                self.staged(&run_stream, &None::<Run>.evolve(&queued), 1);
+                changes.push(Change::new(&run_stream, 0, &[queued], metadata));
+                self.write(changes, Queue { enqueue: Some((run_id, env_stream)), dequeue: &superseded }).await?;
                 Ok(Some(Requested { run_id, kind, superseded }))
             }
         })

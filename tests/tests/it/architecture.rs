@@ -17,7 +17,7 @@ const TABLE_OWNERS: &[(&str, &str)] = &[
     ("variable_sets", "engine/src/variable_sets.rs"),
     ("run_logs", "engine/src/logs.rs"),
     ("api_tokens", "api/src/auth.rs"),
-    ("webhook_deliveries", "api/src/webhooks"),
+    ("webhook_deliveries", "engine/src/webhook_deliveries.rs"),
     ("forge_links", "engine/src/forge/outbox.rs"),
     ("forge_deployments", "engine/src/forge/outbox.rs"),
     ("forge_reports", "engine/src/forge/outbox.rs"),

@@ -335,7 +335,7 @@ async fn list_benchmark(db: &BenchDb, server: &ShiplogServer, environments: usiz
 
     let query = json!({ "query": "{ environments(first: 50, filter: { application: \"many\" }) { totalCount pageInfo { endCursor } nodes { id name kind status health syncStatus drift { verdict } } } }" }).to_string();
     // One client, its connections kept alive, as the SQL baseline keeps its pool's.
-    let client = reqwest::Client::builder().no_proxy().build()?;
+    let client = shiplog_engine::tls::client_builder().no_proxy().build()?;
     let shiplog = concurrently(8, 50, || {
         let (client, address, token, query) = (client.clone(), server.address, server.token.clone(), query.clone());
         async move {
