@@ -65,6 +65,12 @@ pub fn entry(fact: &Fact, run_of: Option<(String, String)>) -> Option<AuditEntry
                 ApplicationEvent::MergeRequestSkipped { request, commit, reason, .. } => {
                     format!("skipped {} at {}: {reason}", request.forge.reference(request.number), commit.short())
                 }
+                ApplicationEvent::ReleaseCreated { tag, commit, .. } => {
+                    format!("created release {tag} at {}", commit.short())
+                }
+                ApplicationEvent::ReleaseRejected { tag, reason, .. } => {
+                    format!("rejected release {tag:?}: {reason}")
+                }
             };
         }
         Payload::Environment { application, environment, event } => {
