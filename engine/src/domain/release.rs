@@ -419,6 +419,16 @@ pub fn evolve(releases: &mut Vec<Release>, event: &ApplicationEvent) {
     releases.push(release);
 }
 
+/// What an environment deploys of `release`, or why it is never deployed.
+pub fn deployable(release: &Release) -> Result<DeployedRelease, DomainError> {
+    match (release.accepted_tag(), &release.reason) {
+        (Some(tag), _) => Ok(DeployedRelease { id: release.id, tag }),
+        (None, reason) => {
+            Err(DomainError::ReleaseRejected { tag: release.tag.clone(), reason: reason.clone().unwrap_or_default() })
+        }
+    }
+}
+
 /// The tag `releaseNext` suggests for the month of `now`: after the newest accepted
 /// tag of that month.
 pub fn next_tag(releases: &[Release], now: DateTime<Utc>) -> CalVer {
@@ -479,5 +489,250 @@ mod tests {
         assert_eq!(CalVer::next_free(2023, 6, taken), tag("2023.06.4"));
         assert_eq!(CalVer::next_free(2023, 8, taken), tag("2023.08.1"));
         assert_eq!(CalVer::next_free(2023, 8, []), tag("2023.08.1"));
+    }
+
+    mod create {
+        use super::super::*;
+        use crate::domain::aggregate::testing::given;
+        use crate::domain::application::{Application, ApplicationCommand, ApplicationEvent};
+        use crate::domain::run::tests::commit;
+
+        fn t() -> DateTime<Utc> {
+            DateTime::from_timestamp(1_686_000_000, 0).unwrap()
+        }
+
+        fn shop() -> ApplicationEvent {
+            ApplicationEvent::ApplicationCreated {
+                name: "stack".parse().unwrap(),
+                repository: "/srv/stack.git".into(),
+                created_at: t(),
+            }
+        }
+
+        fn on_branch(name: &str, kind: ComponentKind, pin: Pin, c: char, on: bool) -> ComponentFinding {
+            ComponentFinding {
+                name: name.into(),
+                kind: Some(kind),
+                pin,
+                production_branch: "production".into(),
+                finding: Finding::Commit { commit: commit(c), on_production_branch: on },
+            }
+        }
+
+        fn new(id: u128, tag: &str, components: Vec<ComponentFinding>) -> ApplicationCommand {
+            ApplicationCommand::CreateRelease(NewRelease {
+                id: Uuid::from_u128(id),
+                tag: tag.into(),
+                components,
+                production_branch: "production".into(),
+                head: Some(commit('f')),
+                notes: "notes".into(),
+                linked_issues: vec![12, 3, 12],
+                now: t(),
+            })
+        }
+
+        fn accepted(id: u128, tag: &str, c: char, components: Vec<Component>) -> ApplicationEvent {
+            ApplicationEvent::ReleaseCreated {
+                release_id: Uuid::from_u128(id),
+                tag: tag.parse().unwrap(),
+                commit: commit(c),
+                components,
+                notes: "notes".into(),
+                linked_issues: vec![3, 12],
+                created_at: t(),
+            }
+        }
+
+        fn pinned(name: &str, kind: ComponentKind, pin: Pin, c: char, release: Option<u128>) -> Component {
+            Component { name: name.into(), kind, pin, commit: commit(c), release: release.map(Uuid::from_u128) }
+        }
+
+        fn backend_release(tag: &str, status: ReleaseStatus) -> Release {
+            Release {
+                id: Uuid::from_u128(77),
+                tag: tag.into(),
+                status,
+                reason: (status == ReleaseStatus::Rejected).then(|| "the tag is bad".into()),
+                commit: commit('b'),
+                components: vec![],
+                notes: String::new(),
+                linked_issues: vec![],
+                created_at: t(),
+            }
+        }
+
+        fn release_pin(name: &str, tag: &str, found: Option<Release>) -> ComponentFinding {
+            ComponentFinding {
+                name: name.into(),
+                kind: Some(ComponentKind::Application),
+                pin: Pin::Release(tag.into()),
+                production_branch: "production".into(),
+                finding: Finding::Release(found),
+            }
+        }
+
+        fn refused(component: &str, reason: &str) -> DomainError {
+            DomainError::ReleaseComponent { component: component.into(), reason: reason.into() }
+        }
+
+        #[test]
+        fn a_stack_release_pins_other_applications_releases_and_the_head_of_its_production_branch() {
+            let backend =
+                release_pin("backend", "2023.05.1", Some(backend_release("2023.05.1", ReleaseStatus::Accepted)));
+            let frontend = on_branch("frontend", ComponentKind::Application, Pin::Tag("v4".into()), 'c', true);
+            let stack =
+                given::<Application>([shop()]).when(new(1, "2023.06.1", vec![backend, frontend])).then([accepted(
+                    1,
+                    "2023.06.1",
+                    'f',
+                    vec![
+                        pinned("backend", ComponentKind::Application, Pin::Release("2023.05.1".into()), 'b', Some(77)),
+                        pinned("frontend", ComponentKind::Application, Pin::Tag("v4".into()), 'c', None),
+                    ],
+                )]);
+            let state = stack.state();
+            assert_eq!(state.releases.len(), 1);
+            assert_eq!(
+                (state.releases[0].status, state.releases[0].accepted_tag()),
+                (ReleaseStatus::Accepted, Some("2023.06.1".parse().unwrap()))
+            );
+            assert_eq!(deployable(&state.releases[0]).unwrap().id, Uuid::from_u128(1));
+        }
+
+        #[test]
+        fn a_release_of_services_deploys_the_commit_they_share_and_they_must_share_one() {
+            let web = on_branch("web", ComponentKind::Service, Pin::Commit(commit('a')), 'a', true);
+            let worker = on_branch("worker", ComponentKind::Service, Pin::Tag("v1".into()), 'a', true);
+            given::<Application>([shop()]).when(new(1, "2023.06.1", vec![web.clone(), worker])).then([accepted(
+                1,
+                "2023.06.1",
+                'a',
+                vec![
+                    pinned("web", ComponentKind::Service, Pin::Commit(commit('a')), 'a', None),
+                    pinned("worker", ComponentKind::Service, Pin::Tag("v1".into()), 'a', None),
+                ],
+            )]);
+            let apart = on_branch("worker", ComponentKind::Service, Pin::Tag("v2".into()), 'b', true);
+            given::<Application>([shop()]).when(new(1, "2023.06.1", vec![web, apart])).then_err(refused(
+                "worker",
+                "the services of stack deploy from one commit: web is at aaaaaaaaaaaa, worker at bbbbbbbbbbbb",
+            ));
+        }
+
+        #[test]
+        fn a_tag_that_is_not_calver_is_recorded_as_rejected_with_its_reason_and_is_never_deployable() {
+            let stack = given::<Application>([shop()]).when(new(1, "v2023.06.1", vec![])).then([
+                ApplicationEvent::ReleaseRejected {
+                    release_id: Uuid::from_u128(1),
+                    tag: "v2023.06.1".into(),
+                    reason: "the year must be four digits, found \"v2023\"".into(),
+                    commit: commit('f'),
+                    components: vec![],
+                    notes: "notes".into(),
+                    linked_issues: vec![3, 12],
+                    rejected_at: t(),
+                },
+            ]);
+            let rejected = &stack.state().releases[0];
+            assert_eq!((rejected.status, rejected.accepted_tag()), (ReleaseStatus::Rejected, None));
+            let refusal = deployable(rejected).unwrap_err();
+            assert_eq!(
+                refusal,
+                DomainError::ReleaseRejected {
+                    tag: "v2023.06.1".into(),
+                    reason: "the year must be four digits, found \"v2023\"".into()
+                }
+            );
+            assert_eq!(
+                refusal.to_string(),
+                "release \"v2023.06.1\" was rejected (the year must be four digits, found \"v2023\"); a rejected \
+                 release is never deployed"
+            );
+            // Its tag is taken all the same.
+            stack
+                .when(new(2, "v2023.06.1", vec![]))
+                .then_err(DomainError::AlreadyExists("release \"v2023.06.1\" of application stack".into()));
+        }
+
+        #[test]
+        fn tags_are_unique_per_application_and_a_duplicate_records_nothing() {
+            given::<Application>([shop()])
+                .when(new(1, "2023.06.1", vec![]))
+                .then_types(&["ReleaseCreated"])
+                .when(new(2, "2023.06.1", vec![]))
+                .then_err(DomainError::AlreadyExists("release \"2023.06.1\" of application stack".into()));
+        }
+
+        #[test]
+        fn every_pin_that_is_not_acceptable_is_refused_naming_its_component() {
+            let app = given::<Application>([shop()]);
+            let cases = [
+                (
+                    ComponentFinding { kind: None, ..release_pin("nope", "2023.05.1", None) },
+                    refused("nope", "it is neither a service of stack nor a shiplog application"),
+                ),
+                (release_pin("backend", "2023.05.9", None), refused("backend", "backend has no release \"2023.05.9\"")),
+                (
+                    release_pin("backend", "v1", Some(backend_release("v1", ReleaseStatus::Rejected))),
+                    refused("backend", "release v1 of backend was rejected (the tag is bad); pin an accepted release"),
+                ),
+                (
+                    ComponentFinding { kind: Some(ComponentKind::Service), ..release_pin("web", "2023.05.1", None) },
+                    refused("web", "a service of stack has no releases of its own; pin a tag or commit"),
+                ),
+                (
+                    ComponentFinding {
+                        finding: Finding::NoSuchTag,
+                        ..on_branch("frontend", ComponentKind::Application, Pin::Tag("v9".into()), 'c', true)
+                    },
+                    refused("frontend", "it has no tag \"v9\""),
+                ),
+                (
+                    on_branch("frontend", ComponentKind::Application, Pin::Tag("v5".into()), 'c', false),
+                    refused("frontend", "tag v5 is not on its production branch `production`"),
+                ),
+                (
+                    on_branch("web", ComponentKind::Service, Pin::Commit(commit('d')), 'd', false),
+                    refused("web", "commit dddddddddddd is not on its production branch `production`"),
+                ),
+            ];
+            for (pin, refusal) in cases {
+                app.clone().when(new(1, "2023.06.1", vec![pin])).then_err(refusal);
+            }
+            let twice = on_branch("web", ComponentKind::Service, Pin::Commit(commit('a')), 'a', true);
+            app.clone()
+                .when(new(1, "2023.06.1", vec![twice.clone(), twice]))
+                .then_err(refused("web", "it is pinned twice; pin each component once"));
+            assert_eq!(
+                refused("web", "it is pinned twice; pin each component once").to_string(),
+                "component web: it is pinned twice; pin each component once"
+            );
+        }
+
+        #[test]
+        fn without_a_production_branch_a_release_pinning_no_service_is_refused() {
+            let ApplicationCommand::CreateRelease(release) = new(1, "2023.06.1", vec![]) else { unreachable!() };
+            let command = ApplicationCommand::CreateRelease(NewRelease { head: None, ..release });
+            given::<Application>([shop()])
+                .when(command)
+                .then_err(refused("stack", "its production branch `production` does not exist"));
+        }
+
+        #[test]
+        fn the_next_tag_follows_the_newest_accepted_tag_of_the_current_month() {
+            let stack = given::<Application>([shop()])
+                .when(new(1, "2023.06.1", vec![]))
+                .then_go_on()
+                .when(new(2, "2023.06.3", vec![]))
+                .then_go_on()
+                .when(new(3, "2023.06.04", vec![]))
+                .then_types(&["ReleaseRejected"]);
+            let releases = stack.state().releases;
+            let june = DateTime::parse_from_rfc3339("2023-06-30T23:59:59Z").unwrap().to_utc();
+            let july = DateTime::parse_from_rfc3339("2023-07-01T00:00:00Z").unwrap().to_utc();
+            assert_eq!(next_tag(&releases, june).to_string(), "2023.06.4");
+            assert_eq!(next_tag(&releases, july).to_string(), "2023.07.1");
+        }
     }
 }

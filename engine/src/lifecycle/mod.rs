@@ -6,6 +6,7 @@
 //! transaction.
 
 mod aggregates;
+mod releases;
 mod runs;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::domain::environment::{
     DriftMode, Environment, EnvironmentCommand, EnvironmentEvent, EnvironmentSpec, Observation, Tracking,
 };
 use crate::domain::merge_request::MergeRequestInfo;
+use crate::domain::release::DeployedRelease;
 use crate::domain::run::{self, PlanInput, Run, RunCommand, RunEvent};
 use crate::domain::{Aggregate, CommitId, DomainError, Name, RunKind, StreamRef, stream};
 use crate::git::{self, GitError};
@@ -28,6 +30,7 @@ use crate::{run_queue, variable_sets};
 
 pub use aggregates::Change;
 use aggregates::{Cache, append_all};
+pub use releases::ReleaseRequest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -430,6 +433,7 @@ impl Lifecycle {
                         Some(deployed) => Some(deployed.clone()),
                         None => return Ok(None),
                     },
+                    Ask::Release { .. } => commit_asked,
                     Ask::Setup | Ask::Patch | Ask::Deploy { .. } => {
                         Some(self.commit_for(&application, &env, commit_asked).await?)
                     }
@@ -462,6 +466,14 @@ impl Lifecycle {
                         commit: resolved(),
                         current: current.clone(),
                         merge_request: merge_request.clone(),
+                        reason: reason.to_owned(),
+                        now,
+                    },
+                    Ask::Release { release } => EnvironmentCommand::DeployRelease {
+                        run_id,
+                        release: release.clone(),
+                        commit: resolved(),
+                        current: current.clone(),
                         reason: reason.to_owned(),
                         now,
                     },
@@ -598,6 +610,10 @@ enum Ask {
     /// A patch or (when needed) a setup for a forge's event, once per commit.
     Deploy {
         merge_request: Option<MergeRequestInfo>,
+    },
+    /// An accepted release, at its commit.
+    Release {
+        release: DeployedRelease,
     },
 }
 
