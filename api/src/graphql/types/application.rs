@@ -8,7 +8,7 @@ use shiplog_projections::lifecycle::ApplicationView;
 use shiplog_projections::read::{self, environments};
 use shiplog_projections::time_travel::{self, AsOf};
 
-use super::{Environment, list_environments, name};
+use super::{Environment, Release, list_environments, list_releases, name};
 use crate::graphql::ids::NodeId;
 use crate::graphql::page::{self, Counted, Page};
 use crate::graphql::{api, internal};
@@ -62,6 +62,18 @@ impl Application {
     ) -> async_graphql::Result<Connection<String, Environment, Counted>> {
         let filter = environments::Filter { application: Some(self.0.name.clone()), ..environments::Filter::default() };
         list_environments(ctx, &filter, page::window(after, before, first, last)?).await
+    }
+    /// Its releases, accepted and rejected, newest first.
+    #[graphql(complexity = "first.or(last).unwrap_or(page::DEFAULT_PAGE) as usize * child_complexity")]
+    async fn releases(
+        &self,
+        ctx: &Context<'_>,
+        after: Option<String>,
+        before: Option<String>,
+        first: Option<i32>,
+        last: Option<i32>,
+    ) -> async_graphql::Result<Connection<String, Release, Counted>> {
+        list_releases(ctx, &name(&self.0.name), page::window(after, before, first, last)?).await
     }
 }
 
