@@ -8,6 +8,7 @@ mod graphql;
 mod hardening;
 mod merge_requests;
 mod projections;
+mod releases;
 mod schema;
 mod serve;
 mod webhooks;
