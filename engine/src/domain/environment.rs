@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::merge_request::MergeRequestInfo;
-use super::production;
+use super::production::{self, ReleaseDeploy};
 use super::release::DeployedRelease;
 use super::{Aggregate, CommitId, DomainError, Name, RunKind, TemplateVersions};
 
@@ -323,14 +323,7 @@ pub enum EnvironmentCommand {
     /// Deploy an accepted release (at its commit): a patch, or a setup when one is
     /// needed first. The only deploy a production environment takes; refused for a
     /// release older than the one serving or queued (see `production.rs`).
-    DeployRelease {
-        run_id: Uuid,
-        release: DeployedRelease,
-        commit: CommitId,
-        current: TemplateVersions,
-        reason: String,
-        now: DateTime<Utc>,
-    },
+    DeployRelease(ReleaseDeploy),
     /// Queue a failed run again for its retry.
     Requeue {
         run_id: Uuid,
@@ -488,9 +481,7 @@ pub fn decide(env: &Environment, command: EnvironmentCommand) -> Result<Vec<Envi
     let torn_down = env.status == Some(Status::TornDown);
     match command {
         C::Create { .. } => unreachable!("handled above"),
-        C::DeployRelease { run_id, release, commit, current, reason, now } => {
-            production::deploy_release(env, run_id, release, commit, current, reason, now)
-        }
+        C::DeployRelease(deploy) => production::deploy_release(env, deploy),
         C::RequestSetup { run_id, commit, templates, reason, now } => {
             if torn_down {
                 return Err(DomainError::TornDown(env.label()));

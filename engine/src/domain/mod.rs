@@ -10,7 +10,7 @@ pub mod aggregate;
 pub mod application;
 pub mod environment;
 pub mod merge_request;
-mod production;
+pub mod production;
 pub mod release;
 pub mod run;
 pub mod stream;

@@ -19,17 +19,22 @@ pub(super) fn refuse_unreleased(env: &Environment, command: &EnvironmentCommand)
     if production && unreleased { Err(DomainError::ReleaseRequired(env.label())) } else { Ok(()) }
 }
 
+/// What [`EnvironmentCommand::DeployRelease`] asks: run `run_id` deploys `release`
+/// at its `commit`; `current` are the application's templates now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseDeploy {
+    pub run_id: Uuid,
+    pub release: DeployedRelease,
+    pub commit: CommitId,
+    pub current: TemplateVersions,
+    pub reason: String,
+    pub now: DateTime<Utc>,
+}
+
 /// The release deploy: a patch at the release's commit, or a setup when the
 /// environment needs one first; refused when a newer release serves or is queued.
-pub(super) fn deploy_release(
-    env: &Environment,
-    run_id: Uuid,
-    release: DeployedRelease,
-    commit: CommitId,
-    current: TemplateVersions,
-    reason: String,
-    now: DateTime<Utc>,
-) -> Result<Vec<EnvironmentEvent>, DomainError> {
+pub(super) fn deploy_release(env: &Environment, deploy: ReleaseDeploy) -> Result<Vec<EnvironmentEvent>, DomainError> {
+    let ReleaseDeploy { run_id, release, commit, current, reason, now } = deploy;
     if env.status == Some(Status::TornDown) {
         return Err(DomainError::TornDown(env.label()));
     }
@@ -105,14 +110,14 @@ mod tests {
     }
 
     fn deploy(run: u128, tag: &str, c: char) -> EnvironmentCommand {
-        EnvironmentCommand::DeployRelease {
+        EnvironmentCommand::DeployRelease(ReleaseDeploy {
             run_id: Uuid::from_u128(run),
             release: release(100 + run, tag),
             commit: commit(c),
             current: versions(1),
             reason: format!("release {tag}"),
             now: t(run as i64),
-        }
+        })
     }
 
     fn requested(run: u128, kind: RunKind, tag: &str, c: char, reason: &str) -> EnvironmentEvent {

@@ -19,6 +19,7 @@ use crate::domain::environment::{
     DriftMode, Environment, EnvironmentCommand, EnvironmentEvent, EnvironmentSpec, Observation, Tracking,
 };
 use crate::domain::merge_request::MergeRequestInfo;
+use crate::domain::production::ReleaseDeploy;
 use crate::domain::release::DeployedRelease;
 use crate::domain::run::{self, PlanInput, Run, RunCommand, RunEvent};
 use crate::domain::{Aggregate, CommitId, DomainError, Name, RunKind, StreamRef, stream};
@@ -469,14 +470,14 @@ impl Lifecycle {
                         reason: reason.to_owned(),
                         now,
                     },
-                    Ask::Release { release } => EnvironmentCommand::DeployRelease {
+                    Ask::Release { release } => EnvironmentCommand::DeployRelease(ReleaseDeploy {
                         run_id,
                         release: release.clone(),
                         commit: resolved(),
                         current: current.clone(),
                         reason: reason.to_owned(),
                         now,
-                    },
+                    }),
                     Ask::Teardown => EnvironmentCommand::RequestTeardown { run_id, reason: reason.to_owned(), now },
                     Ask::Expire => EnvironmentCommand::Expire { run_id, now },
                 };
