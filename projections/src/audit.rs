@@ -118,6 +118,12 @@ pub fn entry(fact: &Fact, run_of: Option<(String, String)>) -> Option<AuditEntry
                         request.author
                     )
                 }
+                EnvironmentEvent::ReleaseHeld { release, reason, .. } => {
+                    format!("held release {}: {reason}", release.tag)
+                }
+                EnvironmentEvent::ReleaseUnheld { release, reason, .. } => {
+                    format!("released the hold on release {}: {reason}", release.tag)
+                }
                 EnvironmentEvent::MergeRequestDetached { number, reason, .. } => {
                     format!("no longer deploys request {number}: {reason}")
                 }

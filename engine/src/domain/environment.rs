@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::merge_request::MergeRequestInfo;
 use super::production::{self, ReleaseDeploy};
-use super::release::DeployedRelease;
+use super::release::{CalVer, DeployedRelease};
 use super::{Aggregate, CommitId, DomainError, Name, RunKind, TemplateVersions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +165,19 @@ pub enum EnvironmentEvent {
         request: MergeRequestInfo,
         attached_at: DateTime<Utc>,
     },
+    /// The release this environment was rolled back from: nothing deploys it here
+    /// again until a person releases the hold (`docs/releases.md`).
+    ReleaseHeld {
+        release: DeployedRelease,
+        reason: String,
+        held_at: DateTime<Utc>,
+    },
+    /// A person released the hold on a release.
+    ReleaseUnheld {
+        release: DeployedRelease,
+        reason: String,
+        unheld_at: DateTime<Utc>,
+    },
     /// The request was closed or merged: the environment follows what it tracks again.
     MergeRequestDetached {
         number: u64,
@@ -224,6 +237,9 @@ pub struct Environment {
     /// The release deployed now, when what runs is one.
     #[serde(default)]
     pub release: Option<DeployedRelease>,
+    /// Releases rolled back from, which nothing deploys here until unheld.
+    #[serde(default)]
+    pub held: Vec<DeployedRelease>,
 }
 
 /// What an environment is: its application and name, kind, what it tracks, its
@@ -324,6 +340,12 @@ pub enum EnvironmentCommand {
     /// needed first. The only deploy a production environment takes; refused for a
     /// release older than the one serving or queued (see `production.rs`).
     DeployRelease(ReleaseDeploy),
+    /// Release the hold a rollback put on release `tag`.
+    Unhold {
+        tag: CalVer,
+        reason: String,
+        now: DateTime<Utc>,
+    },
     /// Queue a failed run again for its retry.
     Requeue {
         run_id: Uuid,
@@ -482,6 +504,7 @@ pub fn decide(env: &Environment, command: EnvironmentCommand) -> Result<Vec<Envi
     match command {
         C::Create { .. } => unreachable!("handled above"),
         C::DeployRelease(deploy) => production::deploy_release(env, deploy),
+        C::Unhold { tag, reason, now } => production::unhold(env, tag, reason, now),
         C::RequestSetup { run_id, commit, templates, reason, now } => {
             if torn_down {
                 return Err(DomainError::TornDown(env.label()));
@@ -602,6 +625,7 @@ pub fn decide(env: &Environment, command: EnvironmentCommand) -> Result<Vec<Envi
                 || mode != Some(DriftMode::Auto)
                 || env.auto_setup_for.as_deref() == Some(digest.as_str())
                 || !env.queue.is_empty()
+                || production::serves_held(env)
             {
                 return Ok(vec![]);
             }
@@ -730,6 +754,8 @@ pub fn evolve(mut env: Environment, event: &EnvironmentEvent) -> Environment {
                 created.drift_mode = *mode;
             }
         }
+        EnvironmentEvent::ReleaseHeld { release, .. } => env.held.push(release.clone()),
+        EnvironmentEvent::ReleaseUnheld { release, .. } => env.held.retain(|held| held.tag != release.tag),
         EnvironmentEvent::MergeRequestAttached { request, .. } => env.merge_request = Some(request.clone()),
         EnvironmentEvent::MergeRequestDetached { .. } => env.merge_request = None,
     }

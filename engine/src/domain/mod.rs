@@ -177,6 +177,14 @@ pub enum DomainError {
         "release {tag} is older than release {newer}, which {environment} serves or is about to; ask for a rollback to deploy an older release"
     )]
     OutdatedRelease { environment: String, tag: String, newer: String },
+    /// A release held since an environment was rolled back from it.
+    #[error(
+        "release {tag} is held in {environment}: it was rolled back from; release the hold before deploying it again"
+    )]
+    ReleaseHeld { environment: String, tag: String },
+    /// A rollback that is not one: what it would deploy, and why not.
+    #[error("{environment} cannot roll back: {reason}")]
+    RollbackRefused { environment: String, reason: String },
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::environment::{Environment, EnvironmentCommand, EnvironmentEvent, EnvironmentKind, Status};
-use super::release::DeployedRelease;
+use super::release::{CalVer, DeployedRelease};
 use super::{CommitId, DomainError, RunKind, TemplateVersions};
 
 /// Refuses a setup, patch or forge deploy of a commit or branch on a production
@@ -29,26 +29,48 @@ pub struct ReleaseDeploy {
     pub current: TemplateVersions,
     pub reason: String,
     pub now: DateTime<Utc>,
+    /// A rollback: an earlier release than the one serving, which is held from now on.
+    pub rollback: bool,
 }
 
 /// The release deploy: a patch at the release's commit, or a setup when the
 /// environment needs one first; refused when a newer release serves or is queued.
 pub(super) fn deploy_release(env: &Environment, deploy: ReleaseDeploy) -> Result<Vec<EnvironmentEvent>, DomainError> {
-    let ReleaseDeploy { run_id, release, commit, current, reason, now } = deploy;
+    let ReleaseDeploy { run_id, release, commit, current, reason, now, rollback } = deploy;
     if env.status == Some(Status::TornDown) {
         return Err(DomainError::TornDown(env.label()));
     }
     if env.teardown_pending() {
         return Err(DomainError::TeardownPending(env.label()));
     }
-    let newest = env.queue.iter().filter_map(|q| q.release.as_ref()).chain(env.release.as_ref()).max_by_key(|r| r.tag);
-    if let Some(newer) = newest.filter(|newer| newer.tag > release.tag) {
-        return Err(DomainError::OutdatedRelease {
-            environment: env.label(),
-            tag: release.tag.to_string(),
-            newer: newer.tag.to_string(),
-        });
+    if env.held.iter().any(|held| held.tag == release.tag) {
+        return Err(DomainError::ReleaseHeld { environment: env.label(), tag: release.tag.to_string() });
     }
+    let (held, reason) = match rollback {
+        true => {
+            let refused = |reason: String| DomainError::RollbackRefused { environment: env.label(), reason };
+            let serving = env.release.clone().ok_or_else(|| refused("it serves no release".into()))?;
+            if release.tag >= serving.tag {
+                let why = format!("a rollback deploys an earlier release than {}, which serves", serving.tag);
+                return Err(refused(why));
+            }
+            let reason = format!("rollback from {} to {}: {reason}", serving.tag, release.tag);
+            let why = format!("rolled back to {}", release.tag);
+            (vec![EnvironmentEvent::ReleaseHeld { release: serving, reason: why, held_at: now }], reason)
+        }
+        false => {
+            let newest =
+                env.queue.iter().filter_map(|q| q.release.as_ref()).chain(env.release.as_ref()).max_by_key(|r| r.tag);
+            if let Some(newer) = newest.filter(|newer| newer.tag > release.tag) {
+                return Err(DomainError::OutdatedRelease {
+                    environment: env.label(),
+                    tag: release.tag.to_string(),
+                    newer: newer.tag.to_string(),
+                });
+            }
+            (vec![], reason)
+        }
+    };
     let why = env.patch_refusals(&current);
     let requested = if why.is_empty() {
         env.request(run_id, RunKind::Patch, Some(commit), None, reason, now, None)
@@ -56,7 +78,25 @@ pub(super) fn deploy_release(env: &Environment, deploy: ReleaseDeploy) -> Result
         let reason = format!("{reason}; a setup is needed first: {}", why.join("; "));
         env.request(run_id, RunKind::Setup, Some(commit), Some(current), reason, now, None)
     };
-    Ok(deploying(requested, Some(release)))
+    Ok(held.into_iter().chain(deploying(requested, Some(release))).collect())
+}
+
+/// Whether what serves is a release held since a rollback from it (a rollback that
+/// failed): nothing automatic deploys it again, drift repair included.
+pub(super) fn serves_held(env: &Environment) -> bool {
+    env.release.as_ref().is_some_and(|serving| env.held.iter().any(|held| held.tag == serving.tag))
+}
+
+/// Releases the hold a rollback put on release `tag`.
+pub(super) fn unhold(
+    env: &Environment,
+    tag: CalVer,
+    reason: String,
+    now: DateTime<Utc>,
+) -> Result<Vec<EnvironmentEvent>, DomainError> {
+    let held = env.held.iter().find(|held| held.tag == tag);
+    let held = held.ok_or_else(|| DomainError::NotFound(format!("a hold on release {tag} in {}", env.label())))?;
+    Ok(vec![EnvironmentEvent::ReleaseUnheld { release: held.clone(), reason, unheld_at: now }])
 }
 
 /// `events` with the run they request marked as deploying `release`.
@@ -91,8 +131,10 @@ mod tests {
         }
     }
 
-    fn release(n: u128, tag: &str) -> DeployedRelease {
-        DeployedRelease { id: Uuid::from_u128(n), tag: tag.parse().unwrap() }
+    /// A release's id follows from its tag here, as one tag names one release.
+    fn release(tag: &str) -> DeployedRelease {
+        let tag: CalVer = tag.parse().unwrap();
+        DeployedRelease { id: Uuid::from_u128(u128::from(tag.month()) * 1000 + u128::from(tag.iteration())), tag }
     }
 
     fn created(kind: EnvironmentKind) -> EnvironmentCommand {
@@ -112,11 +154,12 @@ mod tests {
     fn deploy(run: u128, tag: &str, c: char) -> EnvironmentCommand {
         EnvironmentCommand::DeployRelease(ReleaseDeploy {
             run_id: Uuid::from_u128(run),
-            release: release(100 + run, tag),
+            release: release(tag),
             commit: commit(c),
             current: versions(1),
             reason: format!("release {tag}"),
             now: t(run as i64),
+            rollback: false,
         })
     }
 
@@ -129,7 +172,7 @@ mod tests {
             templates: (kind == RunKind::Setup).then(|| versions(1)),
             requested_at: t(run as i64),
             auto_for: None,
-            release: Some(release(100 + run, tag)),
+            release: Some(release(tag)),
         }
     }
 
@@ -195,13 +238,13 @@ mod tests {
                 "release 2023.06.1; a setup is needed first: no setup has succeeded yet",
             )])
             .and([finished(1)]);
-        assert_eq!(production.state().release, Some(release(101, "2023.06.1")));
+        assert_eq!(production.state().release, Some(release("2023.06.1")));
         assert_eq!(production.state().commit, Some(commit('a')));
         let production = production
             .when(deploy(2, "2023.06.2", 'b'))
             .then([requested(2, RunKind::Patch, "2023.06.2", 'b', "release 2023.06.2")])
             .and([finished(2)]);
-        assert_eq!(production.state().release, Some(release(102, "2023.06.2")));
+        assert_eq!(production.state().release, Some(release("2023.06.2")));
     }
 
     #[test]
@@ -286,8 +329,111 @@ mod tests {
         });
         let requested = repair.decided();
         assert!(
-            matches!(&requested[..], [EnvironmentEvent::RunRequested { release: Some(r), .. }] if *r == release(101, "2023.06.1")),
+            matches!(&requested[..], [EnvironmentEvent::RunRequested { release: Some(r), .. }] if *r == release("2023.06.1")),
             "{requested:?}"
         );
+    }
+
+    fn rollback(run: u128, tag: &str, c: char) -> EnvironmentCommand {
+        let EnvironmentCommand::DeployRelease(deploy) = deploy(run, tag, c) else { unreachable!() };
+        EnvironmentCommand::DeployRelease(ReleaseDeploy { rollback: true, reason: "broken".into(), ..deploy })
+    }
+
+    #[test]
+    fn a_rollback_redeploys_an_earlier_release_and_holds_the_one_it_rolls_back_from() {
+        let serving_second = given::<Environment>([])
+            .when(created(EnvironmentKind::Production))
+            .then_go_on()
+            .when(deploy(1, "2023.06.1", 'a'))
+            .then_go_on()
+            .and([finished(1)])
+            .when(deploy(2, "2023.06.2", 'b'))
+            .then_go_on()
+            .and([finished(2)]);
+        let refused = |reason: &str| DomainError::RollbackRefused { environment: LABEL.into(), reason: reason.into() };
+        let rolled_back = serving_second
+            .when(rollback(3, "2023.06.2", 'b'))
+            .then_err(refused("a rollback deploys an earlier release than 2023.06.2, which serves"))
+            .when(rollback(3, "2023.06.1", 'a'))
+            .then([
+                EnvironmentEvent::ReleaseHeld {
+                    release: release("2023.06.2"),
+                    reason: "rolled back to 2023.06.1".into(),
+                    held_at: t(3),
+                },
+                requested(3, RunKind::Patch, "2023.06.1", 'a', "rollback from 2023.06.2 to 2023.06.1: broken"),
+            ])
+            .and([finished(3)]);
+        assert_eq!(rolled_back.state().release, Some(release("2023.06.1")));
+        // The held release is refused, even as the newer one, until unheld.
+        let held = DomainError::ReleaseHeld { environment: LABEL.into(), tag: "2023.06.2".into() };
+        assert_eq!(
+            held.to_string(),
+            "release 2023.06.2 is held in environment shop/production: it was rolled back from; release the hold \
+             before deploying it again"
+        );
+        let unhold =
+            |tag: &str| EnvironmentCommand::Unhold { tag: tag.parse().unwrap(), reason: "fixed".into(), now: t(9) };
+        rolled_back
+            .when(deploy(4, "2023.06.2", 'b'))
+            .then_err(held)
+            .when(unhold("2023.06.1"))
+            .then_err(DomainError::NotFound("a hold on release 2023.06.1 in environment shop/production".into()))
+            .when(unhold("2023.06.2"))
+            .then([EnvironmentEvent::ReleaseUnheld {
+                release: release("2023.06.2"),
+                reason: "fixed".into(),
+                unheld_at: t(9),
+            }])
+            .when(deploy(4, "2023.06.2", 'b'))
+            .then_types(&["RunRequested"]);
+        // Nothing serving: nothing to roll back from.
+        given::<Environment>([])
+            .when(created(EnvironmentKind::Production))
+            .then_go_on()
+            .when(rollback(1, "2023.06.1", 'a'))
+            .then_err(refused("it serves no release"));
+    }
+
+    #[test]
+    fn drift_repair_does_not_redeploy_a_held_release_that_still_serves() {
+        // The rollback's run failed: the held release still serves.
+        let failed = EnvironmentEvent::RunFinished {
+            run_id: Uuid::from_u128(3),
+            outcome: RunOutcome::Failed,
+            images: vec![],
+            finished_at: t(3),
+        };
+        let production = given::<Environment>([])
+            .when(created(EnvironmentKind::Production))
+            .then_go_on()
+            .when(deploy(1, "2023.06.1", 'a'))
+            .then_go_on()
+            .and([finished(1)])
+            .when(deploy(2, "2023.06.2", 'b'))
+            .then_go_on()
+            .and([finished(2)]);
+        let production = production
+            .when(rollback(3, "2023.06.1", 'a'))
+            .then_go_on()
+            .and([failed])
+            .when(EnvironmentCommand::RecordObservation {
+                observation: Observation::Drifted {
+                    reasons: vec!["web stopped".into()],
+                    health: crate::domain::environment::Health::Missing,
+                },
+                now: t(4),
+            })
+            .then_go_on();
+        assert!(serves_held(&production.state()));
+        production
+            .when(EnvironmentCommand::RequestAutoSetup {
+                run_id: Uuid::from_u128(5),
+                commit: commit('b'),
+                templates: versions(1),
+                digest: "sha256:d".into(),
+                now: t(5),
+            })
+            .then([]);
     }
 }

@@ -470,13 +470,14 @@ impl Lifecycle {
                         reason: reason.to_owned(),
                         now,
                     },
-                    Ask::Release { release } => EnvironmentCommand::DeployRelease(ReleaseDeploy {
+                    Ask::Release { release, rollback } => EnvironmentCommand::DeployRelease(ReleaseDeploy {
                         run_id,
                         release: release.clone(),
                         commit: resolved(),
                         current: current.clone(),
                         reason: reason.to_owned(),
                         now,
+                        rollback: *rollback,
                     }),
                     Ask::Teardown => EnvironmentCommand::RequestTeardown { run_id, reason: reason.to_owned(), now },
                     Ask::Expire => EnvironmentCommand::Expire { run_id, now },
@@ -612,9 +613,10 @@ enum Ask {
     Deploy {
         merge_request: Option<MergeRequestInfo>,
     },
-    /// An accepted release, at its commit.
+    /// An accepted release, at its commit; as a rollback or not.
     Release {
         release: DeployedRelease,
+        rollback: bool,
     },
 }
 

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::{Ask, Lifecycle, LifecycleError, Requested, decided};
 use crate::domain::application::{Application, ApplicationCommand};
+use crate::domain::environment::{Environment, EnvironmentCommand};
 use crate::domain::release::{
     self, CalVer, ComponentFinding, ComponentKind, Finding, NewRelease, Pin, Release, deployable,
 };
@@ -77,13 +78,17 @@ impl Lifecycle {
     }
 
     /// Deploys the accepted release `tag` of `app` to environment `env` (a patch at
-    /// its commit, or a setup when one is needed first). Refused for a rejected or
-    /// unknown release, and for one older than what the environment serves.
+    /// its commit, or a setup when one is needed first). Refused for a rejected,
+    /// unknown or held release, and, unless `rollback`, for one older than what the
+    /// environment serves or is about to. A rollback deploys an earlier release and
+    /// holds the one it rolls back from.
+    #[allow(clippy::too_many_arguments)]
     pub async fn request_release(
         &self,
         app: &Name,
         env: &Name,
         tag: &str,
+        rollback: bool,
         reason: &str,
         metadata: &Metadata,
         now: DateTime<Utc>,
@@ -95,8 +100,25 @@ impl Lifecycle {
             .find(|r| r.tag == tag)
             .ok_or_else(|| DomainError::NotFound(format!("release {tag:?} of application {app}")))?;
         let deployed = deployable(release)?;
-        let ask = Ask::Release { release: deployed };
+        let ask = Ask::Release { release: deployed, rollback };
         self.request(app, env, ask, Some(release.commit.clone()), reason, metadata, now).await.map(decided)
+    }
+
+    /// Releases the hold a rollback put on release `tag` in environment `env`.
+    pub async fn unhold_release(
+        &self,
+        app: &Name,
+        env: &Name,
+        tag: &str,
+        reason: &str,
+        metadata: &Metadata,
+        now: DateTime<Utc>,
+    ) -> Result<(), LifecycleError> {
+        let parsed: CalVer = tag
+            .parse()
+            .map_err(|_| DomainError::NotFound(format!("a hold on release {tag:?} in environment {app}/{env}")))?;
+        let command = || EnvironmentCommand::Unhold { tag: parsed, reason: reason.to_owned(), now };
+        self.execute::<Environment>(&StreamRef::environment(app, env), command, metadata).await.map(drop)
     }
 
     async fn existing_application(&self, app: &Name) -> Result<(Application, u64), LifecycleError> {

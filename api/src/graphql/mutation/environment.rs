@@ -63,6 +63,28 @@ pub struct EnvironmentDeployInput {
     reason: Option<String>,
 }
 
+/// Inputs of `environmentRollback`.
+#[derive(InputObject)]
+pub struct EnvironmentRollbackInput {
+    /// The environment's ID.
+    environment_id: ID,
+    /// The tag of an accepted release earlier than the one serving.
+    release: String,
+    /// Why, for the run's history.
+    reason: Option<String>,
+}
+
+/// Inputs of `environmentReleaseUnhold`.
+#[derive(InputObject)]
+pub struct EnvironmentReleaseUnholdInput {
+    /// The environment's ID.
+    environment_id: ID,
+    /// The tag of the release held since the environment was rolled back from it.
+    release: String,
+    /// Why it may be deployed again.
+    reason: String,
+}
+
 /// Inputs of `environmentSetup`.
 #[derive(InputObject)]
 pub struct EnvironmentSetupInput {
@@ -97,8 +119,11 @@ pub struct EnvironmentRunPayload {
 /// Which run an environment mutation asks for.
 enum RunAction {
     Deploy,
-    /// An accepted release, by tag.
-    Release(String),
+    /// An accepted release, by tag; as a rollback or not.
+    Release {
+        tag: String,
+        rollback: bool,
+    },
     Setup,
     Teardown,
 }
@@ -181,7 +206,7 @@ impl EnvironmentMutation {
     ) -> async_graphql::Result<EnvironmentRunPayload> {
         let action = match (input.release, &input.commit) {
             (None, _) => RunAction::Deploy,
-            (Some(tag), None) => RunAction::Release(tag),
+            (Some(tag), None) => RunAction::Release { tag, rollback: false },
             (Some(_), Some(_)) => {
                 authorize(ctx, Permission::Deploy, false)?;
                 let error = user_error(
@@ -193,10 +218,47 @@ impl EnvironmentMutation {
             }
         };
         let reason = input.reason.unwrap_or_else(|| match &action {
-            RunAction::Release(tag) => format!("release {tag}"),
+            RunAction::Release { tag, .. } => format!("release {tag}"),
             _ => "deploy requested".into(),
         });
         request(ctx, &input.environment_id, action, input.commit, reason).await
+    }
+
+    /// Redeploys an earlier accepted release than the one serving (its release
+    /// commands run again) and holds the release rolled back from: nothing
+    /// deploys it here again until `environmentReleaseUnhold`. Needs the deployer role.
+    async fn environment_rollback(
+        &self,
+        ctx: &Context<'_>,
+        input: EnvironmentRollbackInput,
+    ) -> async_graphql::Result<EnvironmentRunPayload> {
+        let reason = input.reason.unwrap_or_else(|| "rollback requested".into());
+        let action = RunAction::Release { tag: input.release, rollback: true };
+        request(ctx, &input.environment_id, action, None, reason).await
+    }
+
+    /// Releases the hold a rollback put on a release, so it may be deployed again.
+    /// Needs the deployer role.
+    async fn environment_release_unhold(
+        &self,
+        ctx: &Context<'_>,
+        input: EnvironmentReleaseUnholdInput,
+    ) -> async_graphql::Result<EnvironmentRunPayload> {
+        authorize(ctx, Permission::Deploy, false)?;
+        let (app, env) = or_refuse!(environment_id(&input.environment_id), EnvironmentRunPayload);
+        let caller = or_refuse!(authorize_environment(ctx, &app, &env).await?, EnvironmentRunPayload);
+        if input.reason.trim().is_empty() {
+            let error = user_error(Some("reason"), "say why it may be deployed again", UserErrorCode::InvalidInput);
+            return Ok(EnvironmentRunPayload { user_errors: vec![error], ..Default::default() });
+        }
+        let meta = metadata(ctx, caller);
+        let unheld = api(ctx).lifecycle.unhold_release(&app, &env, &input.release, &input.reason, &meta, Utc::now());
+        let mut payload = EnvironmentRunPayload::default();
+        if let Err(e) = unheld.await {
+            payload.user_errors = refusal(e, "release")?;
+        }
+        payload.environment = load_environment(ctx, &app, &env).await?;
+        Ok(payload)
     }
 
     /// Requests a setup: the environment's infrastructure again, then a deploy —
@@ -243,7 +305,9 @@ async fn request(
     let (meta, now) = (metadata(ctx, caller), Utc::now());
     let requested = match action {
         RunAction::Deploy => api.lifecycle.request_patch(&app, &env, commit, &reason, &meta, now).await,
-        RunAction::Release(tag) => api.lifecycle.request_release(&app, &env, &tag, &reason, &meta, now).await,
+        RunAction::Release { tag, rollback } => {
+            api.lifecycle.request_release(&app, &env, &tag, rollback, &reason, &meta, now).await
+        }
         RunAction::Setup => api.lifecycle.request_setup(&app, &env, commit, &reason, &meta, now).await,
         RunAction::Teardown => api.lifecycle.request_teardown(&app, &env, &reason, &meta, now).await,
     };

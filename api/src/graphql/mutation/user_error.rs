@@ -52,6 +52,10 @@ pub enum UserErrorCode {
     ReleaseRejected,
     /// The release is older than the one the environment serves or is about to.
     OutdatedRelease,
+    /// The environment was rolled back from this release; release the hold first.
+    ReleaseHeld,
+    /// A rollback to a release that is not earlier than the one serving, or with none serving.
+    RollbackRefused,
 }
 
 pub(super) fn user_error(field: Option<&str>, message: impl Into<String>, code: UserErrorCode) -> UserError {
@@ -94,6 +98,8 @@ pub(super) fn refusal(error: LifecycleError, field: &str) -> async_graphql::Resu
         DomainError::ReleaseRequired(_) => (None, C::ReleaseRequired),
         DomainError::ReleaseRejected { .. } => (Some("release"), C::ReleaseRejected),
         DomainError::OutdatedRelease { .. } => (Some("release"), C::OutdatedRelease),
+        DomainError::ReleaseHeld { .. } => (Some("release"), C::ReleaseHeld),
+        DomainError::RollbackRefused { .. } => (Some("release"), C::RollbackRefused),
     };
     Ok(vec![user_error(field, message, code)])
 }
