@@ -25,7 +25,12 @@ const RELEASES: &str = "query($name: String!, $first: Int, $after: String) {
     totalCount pageInfo { hasNextPage endCursor } edges { node { tag status } } } } }";
 const RELEASE: &str = "query($id: ID!) { release(id: $id) { id tag status } node(id: $id) { id } }";
 const ENVIRONMENT: &str = "query($app: String!, $env: String!) {
-  environment(application: $app, name: $env) { status commit release lastRun { id kind status } } }";
+  environment(application: $app, name: $env) { status commit release heldReleases
+    lastRun { id kind status reason stages { name jobs { name status } } } } }";
+const ROLLBACK: &str = "mutation($input: EnvironmentRollbackInput!) {
+  environmentRollback(input: $input) { run { id kind commit reason } userErrors { field message code } } }";
+const UNHOLD: &str = "mutation($input: EnvironmentReleaseUnholdInput!) {
+  environmentReleaseUnhold(input: $input) { environment { heldReleases } userErrors { field message code } } }";
 
 /// The first day of next month's tag would be wrong for a test running across
 /// midnight at a month's end; that is the one instant this can flake.
@@ -211,7 +216,7 @@ async fn releases_pin_components_on_their_production_branches_and_bad_tags_are_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn production_deploys_accepted_releases_only_and_never_one_older_than_it_serves() {
+async fn production_deploys_accepted_releases_only_refuses_older_ones_and_rolls_back_holding_the_newer() {
     let app = TestApp::with_worker().await;
     let (repo, hello) = example_application(&app).await;
     let (v1, _) = production_branch(&repo);
@@ -296,6 +301,60 @@ async fn production_deploys_accepted_releases_only_and_never_one_older_than_it_s
         )
     );
     assert_eq!(events(&app).await, before);
+
+    // A rollback redeploys the earlier release, its release commands again, and
+    // holds the release rolled back from.
+    let rollback = |release: &str| json!({ "input": { "environmentId": env_id, "release": release, "reason": "checkout broken" } });
+    let refused = app.data(&app.admin, ROLLBACK, rollback(&second)).await;
+    assert_eq!(
+        user_error(&refused["environmentRollback"]),
+        (
+            "ROLLBACK_REFUSED".into(),
+            format!(
+                "environment hello/production cannot roll back: a rollback deploys an earlier release than {second}, \
+                 which serves"
+            )
+        )
+    );
+    let rolled = app.data(&app.admin, ROLLBACK, rollback(&first)).await["environmentRollback"].clone();
+    assert_eq!(rolled["userErrors"], json!([]), "{rolled:#}");
+    assert_eq!(
+        (&rolled["run"]["kind"], &rolled["run"]["commit"], &rolled["run"]["reason"]),
+        (&json!("PATCH"), &json!(v1), &json!(format!("rollback from {second} to {first}: checkout broken")))
+    );
+    let env = serving(&app, &first).await;
+    assert_eq!((&env["commit"], &env["heldReleases"]), (&json!(v1), &json!([second])));
+    assert_eq!(env["lastRun"]["id"], rolled["run"]["id"]);
+    let release_stage = env["lastRun"]["stages"].as_array().unwrap().iter().find(|s| s["name"] == "release").cloned();
+    assert_eq!(
+        release_stage.unwrap()["jobs"],
+        json!([{ "name": "release-migrate", "status": "SUCCEEDED" }]),
+        "{env:#}"
+    );
+    let before = events(&app).await;
+    let held = deploy(&app, json!({ "environmentId": env_id, "release": second })).await;
+    assert_eq!(
+        user_error(&held["environmentDeploy"]),
+        (
+            "RELEASE_HELD".into(),
+            format!(
+                "release {second} is held in environment hello/production: it was rolled back from; release the \
+                 hold before deploying it again"
+            )
+        )
+    );
+    assert_eq!(events(&app).await, before);
+    let unhold = |reason: &str| json!({ "input": { "environmentId": env_id, "release": second, "reason": reason } });
+    let unheld = app.data(&app.admin, UNHOLD, unhold("fixed in the next commit")).await;
+    assert_eq!(unheld["environmentReleaseUnhold"], json!({ "environment": { "heldReleases": [] }, "userErrors": [] }));
+    let again = app.data(&app.admin, UNHOLD, unhold("again")).await;
+    assert_eq!(
+        user_error(&again["environmentReleaseUnhold"]),
+        ("NOT_FOUND".into(), format!("a hold on release {second} in environment hello/production does not exist"))
+    );
+    let redeployed = deploy(&app, json!({ "environmentId": env_id, "release": second })).await;
+    assert_eq!(redeployed["environmentDeploy"]["userErrors"], json!([]), "{redeployed:#}");
+    serving(&app, &second).await;
 
     // Staging keeps tracking its branch.
     let staging = app
