@@ -132,6 +132,25 @@ async fn every_operation_by_every_role_and_by_no_one() {
         ("runCancel(production)", CANCEL, json!({ "id": production_run }), PRODUCTION),
         ("runRetry(staging)", RETRY, json!({ "id": staging_run }), DEPLOYERS),
         ("runRetry(production)", RETRY, json!({ "id": production_run }), PRODUCTION),
+        (
+            "releaseCreate",
+            "mutation($id: ID!) { releaseCreate(input: { applicationId: $id, tag: \"v-matrix\" }) { userErrors { code } } }",
+            json!({ "id": app_id }),
+            DEPLOYERS,
+        ),
+        ("releaseNext", "query($id: ID!) { releaseNext(applicationId: $id) }", json!({ "id": app_id }), READERS),
+        (
+            "environmentRollback(production)",
+            "mutation($id: ID!) { environmentRollback(input: { environmentId: $id, release: \"2023.06.1\" }) { userErrors { code } } }",
+            json!({ "id": production_id }),
+            PRODUCTION,
+        ),
+        (
+            "environmentReleaseUnhold(production)",
+            "mutation($id: ID!) { environmentReleaseUnhold(input: { environmentId: $id, release: \"2023.06.1\", reason: \"x\" }) { userErrors { code } } }",
+            json!({ "id": production_id }),
+            PRODUCTION,
+        ),
         ("environmentTeardown(staging)", TEARDOWN, json!({ "id": staging_id }), DEPLOYERS),
         ("environmentTeardown(production)", TEARDOWN, json!({ "id": production_id }), PRODUCTION),
         (
