@@ -240,6 +240,9 @@ pub struct Environment {
     /// Releases rolled back from, which nothing deploys here until unheld.
     #[serde(default)]
     pub held: Vec<DeployedRelease>,
+    /// The release each failed run deployed, for its retry.
+    #[serde(default)]
+    pub failed_releases: std::collections::BTreeMap<Uuid, DeployedRelease>,
 }
 
 /// What an environment is: its application and name, kind, what it tracks, its
@@ -600,7 +603,7 @@ pub fn decide(env: &Environment, command: EnvironmentCommand) -> Result<Vec<Envi
                 templates,
                 requested_at: now,
                 auto_for: None,
-                release: None,
+                release: env.failed_releases.get(&run_id).cloned(),
             }])
         }
         C::RecordObservation { observation, now } => {
@@ -694,6 +697,7 @@ pub fn evolve(mut env: Environment, event: &EnvironmentEvent) -> Environment {
             env.expires_at = ttl_seconds.map(|ttl| *created_at + Duration::seconds(ttl as i64));
         }
         EnvironmentEvent::RunRequested { run_id, kind, commit, templates, auto_for, release, .. } => {
+            env.failed_releases.remove(run_id);
             if auto_for.is_some() {
                 env.auto_setup_for = auto_for.clone();
             }
@@ -736,7 +740,13 @@ pub fn evolve(mut env: Environment, event: &EnvironmentEvent) -> Environment {
                         env.expires_at = Some(*finished_at + Duration::seconds(ttl as i64));
                     }
                 }
-                (_, RunOutcome::Failed) => env.status = Some(Status::Failed),
+                (_, RunOutcome::Failed) => {
+                    env.status = Some(Status::Failed);
+                    // A retry deploys the same release again.
+                    if let Some(release) = run.release {
+                        env.failed_releases.insert(run.run_id, release);
+                    }
+                }
                 (_, RunOutcome::Cancelled) => {}
             }
         }

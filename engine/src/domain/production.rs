@@ -436,4 +436,39 @@ mod tests {
             })
             .then([]);
     }
+
+    #[test]
+    fn a_retried_release_run_deploys_the_same_release() {
+        let failed = EnvironmentEvent::RunFinished {
+            run_id: Uuid::from_u128(1),
+            outcome: RunOutcome::Failed,
+            images: vec![],
+            finished_at: t(2),
+        };
+        let production = given::<Environment>([])
+            .when(created(EnvironmentKind::Production))
+            .then_go_on()
+            .when(deploy(1, "2023.06.1", 'a'))
+            .then_go_on()
+            .and([failed]);
+        let requeue = EnvironmentCommand::Requeue {
+            run_id: Uuid::from_u128(1),
+            kind: RunKind::Setup,
+            commit: Some(commit('a')),
+            templates: Some(versions(1)),
+            reason: "retry, attempt 2".into(),
+            now: t(1),
+        };
+        let retried = production
+            .when(requeue)
+            .then([requested(1, RunKind::Setup, "2023.06.1", 'a', "retry, attempt 2")])
+            .and([EnvironmentEvent::RunFinished {
+                run_id: Uuid::from_u128(1),
+                outcome: RunOutcome::Succeeded,
+                images: vec![],
+                finished_at: t(4),
+            }]);
+        assert_eq!(retried.state().release, Some(release("2023.06.1")));
+        assert!(retried.state().failed_releases.is_empty());
+    }
 }
