@@ -261,6 +261,7 @@ mod tests {
             commit: None,
             templates: None,
             started: true,
+            release: None,
         });
         assert_eq!(judge(&busy, &versions(3), Ok(&[])), None);
     }

@@ -57,3 +57,49 @@ pub async fn checkout(repository: &str, commit: &CommitId, dest: &Path) -> Resul
     git(&["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit.as_str()], Some(dest)).await?;
     Ok(())
 }
+
+/// The head of `branch` of `repository`; `None` when it has no such branch.
+pub async fn branch_head(repository: &str, branch: &str) -> Result<Option<CommitId>, GitError> {
+    let full = format!("refs/heads/{branch}");
+    let listing = git(&["ls-remote", "--heads", "--", repository, &full], None).await?;
+    let head = listing.lines().filter_map(|l| l.split_once('\t')).find(|(_, name)| *name == full);
+    head.map(|(sha, _)| {
+        sha.parse().map_err(|_| GitError::Failed {
+            action: "ls-remote".into(),
+            detail: format!("unexpected commit id {sha:?}"),
+        })
+    })
+    .transpose()
+}
+
+/// Whether `branch` of `repository` holds `commit` (its head or an ancestor of
+/// it); `false` when the branch or the commit does not exist.
+pub async fn branch_contains(repository: &str, branch: &str, commit: &CommitId) -> Result<bool, GitError> {
+    if branch_head(repository, branch).await?.is_none() {
+        return Ok(false);
+    }
+    let dest = std::env::temp_dir().join(format!("shiplog-branch-{}", uuid::Uuid::new_v4().simple()));
+    let contains = clone_and_ask(repository, branch, commit, &dest).await;
+    // The copy is only needed for the one question; removed however it went.
+    let _ = tokio::fs::remove_dir_all(&dest).await;
+    contains
+}
+
+async fn clone_and_ask(repository: &str, branch: &str, commit: &CommitId, dest: &Path) -> Result<bool, GitError> {
+    let dest_str = dest.to_string_lossy();
+    // The history of that one branch is all the question needs; blobs are left out
+    // where the remote can filter.
+    let branch_arg = format!("--branch={branch}");
+    let args = ["clone", "--quiet", "--bare", "--filter=blob:none", "--single-branch", &branch_arg, "--", repository];
+    git(&[&args[..], &[&dest_str]].concat(), None).await?;
+    let status = Command::new("git")
+        .args(["merge-base", "--is-ancestor", commit.as_str(), "HEAD"])
+        .current_dir(dest)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .kill_on_drop(true)
+        .output()
+        .await?
+        .status;
+    // 0: an ancestor; 1: not one; anything else: git does not know the commit.
+    Ok(status.success())
+}

@@ -144,7 +144,8 @@ impl Lifecycle {
             .filter(|env| live(env) && env.follows().as_ref() == Some(&push.target))
             .filter_map(|env| env.created.as_ref())
             .collect();
-        for created in &tracking {
+        // A production environment deploys releases only: a push does not deploy it.
+        for created in tracking.iter().filter(|c| c.kind != EnvironmentKind::Production) {
             let result =
                 self.request_deploy(app, &created.name, Some(commit.clone()), None, &reason, metadata, now).await;
             outcome.record(app, &created.name, result);

@@ -65,6 +65,12 @@ pub fn entry(fact: &Fact, run_of: Option<(String, String)>) -> Option<AuditEntry
                 ApplicationEvent::MergeRequestSkipped { request, commit, reason, .. } => {
                     format!("skipped {} at {}: {reason}", request.forge.reference(request.number), commit.short())
                 }
+                ApplicationEvent::ReleaseCreated { tag, commit, .. } => {
+                    format!("created release {tag} at {}", commit.short())
+                }
+                ApplicationEvent::ReleaseRejected { tag, reason, .. } => {
+                    format!("rejected release {tag:?}: {reason}")
+                }
             };
         }
         Payload::Environment { application, environment, event } => {
@@ -111,6 +117,12 @@ pub fn entry(fact: &Fact, run_of: Option<(String, String)>) -> Option<AuditEntry
                         request.title,
                         request.author
                     )
+                }
+                EnvironmentEvent::ReleaseHeld { release, reason, .. } => {
+                    format!("held release {}: {reason}", release.tag)
+                }
+                EnvironmentEvent::ReleaseUnheld { release, reason, .. } => {
+                    format!("released the hold on release {}: {reason}", release.tag)
                 }
                 EnvironmentEvent::MergeRequestDetached { number, reason, .. } => {
                     format!("no longer deploys request {number}: {reason}")

@@ -244,7 +244,8 @@ impl LifecycleState {
             }
             (_, None)
             | (ApplicationEvent::ApplicationCreated { .. }, Some(_))
-            | (ApplicationEvent::MergeRequestSkipped { .. }, Some(_)) => return,
+            | (ApplicationEvent::MergeRequestSkipped { .. }, Some(_))
+            | (ApplicationEvent::ReleaseCreated { .. } | ApplicationEvent::ReleaseRejected { .. }, Some(_)) => return,
             (ApplicationEvent::ApplicationTemplateUpdated { version, digest, updated_at, .. }, Some(app)) => {
                 app.template_version = Some(*version);
                 app.template_digest = Some(digest.clone());

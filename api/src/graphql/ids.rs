@@ -17,6 +17,8 @@ pub enum NodeId {
     /// An event, by its global position.
     Event(i64),
     ApiToken(Uuid),
+    /// A release, by its application and id.
+    Release(Name, Uuid),
 }
 
 impl NodeId {
@@ -27,6 +29,7 @@ impl NodeId {
             NodeId::Run(id) => format!("Run:{id}"),
             NodeId::Event(position) => format!("Event:{position}"),
             NodeId::ApiToken(id) => format!("ApiToken:{id}"),
+            NodeId::Release(app, id) => format!("Release:{app}/{id}"),
         };
         ID(URL_SAFE_NO_PAD.encode(raw))
     }
@@ -44,6 +47,10 @@ impl NodeId {
             "Run" => NodeId::Run(key.parse().ok()?),
             "Event" => NodeId::Event(key.parse().ok().filter(|p: &i64| *p > 0)?),
             "ApiToken" => NodeId::ApiToken(key.parse().ok()?),
+            "Release" => {
+                let (app, id) = key.split_once('/')?;
+                NodeId::Release(app.parse().ok()?, id.parse().ok()?)
+            }
             _ => return None,
         })
     }
@@ -75,6 +82,7 @@ mod tests {
             NodeId::Run(Uuid::new_v4()),
             NodeId::Event(42),
             NodeId::ApiToken(Uuid::new_v4()),
+            NodeId::Release("hello".parse().unwrap(), Uuid::new_v4()),
         ];
         for id in ids {
             assert_eq!(NodeId::parse(&id.to_id()), Some(id));

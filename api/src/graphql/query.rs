@@ -10,8 +10,8 @@ use super::ids::NodeId;
 use super::page::{self, Counted};
 use super::types::{
     ApiToken, Application, AuditVerification, EVENTS, Environment, EnvironmentFilter, Event, EventSelection, Node,
-    ProjectionStatus, Role, list_applications, list_environments, list_events, load_application, load_environment,
-    load_run, stream_ids,
+    ProjectionStatus, Release, Role, list_applications, list_environments, list_events, load_application,
+    load_environment, load_release, load_run, stream_ids,
 };
 use super::{api, authorize, coded, internal};
 use crate::auth::{self, Permission};
@@ -84,6 +84,27 @@ impl Query {
         authorize(ctx, Permission::Read, false)?;
         let Ok(name) = name.parse::<Name>() else { return Ok(None) };
         load_application(ctx, &name).await
+    }
+
+    /// The release with this ID; null if there is none.
+    async fn release(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Release>> {
+        authorize(ctx, Permission::Read, false)?;
+        match NodeId::parse(&id) {
+            Some(NodeId::Release(app, release_id)) => load_release(ctx, &app, release_id).await,
+            _ => Ok(None),
+        }
+    }
+
+    /// The tag to give the next release of the application: the next free
+    /// `YYYY.MM.N` of the current month (UTC). Null when there is no such application.
+    async fn release_next(&self, ctx: &Context<'_>, application_id: ID) -> async_graphql::Result<Option<String>> {
+        authorize(ctx, Permission::Read, false)?;
+        let Some(NodeId::Application(app)) = NodeId::parse(&application_id) else { return Ok(None) };
+        match api(ctx).lifecycle.next_release_tag(&app, chrono::Utc::now()).await {
+            Ok(tag) => Ok(Some(tag.to_string())),
+            Err(shiplog_engine::lifecycle::LifecycleError::Domain(_)) => Ok(None),
+            Err(e) => Err(internal("suggesting a release tag", e)),
+        }
     }
 
     /// Environments of every application, by application and name.
@@ -186,5 +207,6 @@ async fn node(ctx: &Context<'_>, id: NodeId) -> async_graphql::Result<Option<Nod
                 .map_err(|e| internal("reading a token", e))?
                 .map(|t| Node::ApiToken(ApiToken(t)))
         }
+        NodeId::Release(app, release_id) => load_release(ctx, &app, release_id).await?.map(Node::Release),
     })
 }

@@ -32,14 +32,32 @@ const ADMINS: &[Who] = &[Who::Admin];
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operation_by_every_role_and_by_no_one() {
     let app = TestApp::start().await;
-    let (_repo, app_id) = example_application(&app).await;
+    let (repo, app_id) = example_application(&app).await;
     let environment = |name: &str, kind: &str| json!({ "input": { "applicationId": app_id, "name": name, "kind": kind, "branch": "main", "setup": true } });
     let staging = app.data(&app.admin, ENVIRONMENT_CREATE, environment("staging", "STAGING")).await;
     let production = app.data(&app.admin, ENVIRONMENT_CREATE, environment("production", "PRODUCTION")).await;
     let staging_id = staging["environmentCreate"]["environment"]["id"].clone();
     let production_id = production["environmentCreate"]["environment"]["id"].clone();
     let staging_run = staging["environmentCreate"]["run"]["id"].clone();
-    let production_run = production["environmentCreate"]["run"]["id"].clone();
+    // A production environment is set up by its first release.
+    shiplog_tests::example::git(&repo.dir, &["branch", "production"]);
+    let release = app
+        .data(
+            &app.admin,
+            "mutation($id: ID!) { releaseCreate(input: { applicationId: $id, tag: \"2023.06.1\" }) { userErrors { code } } }",
+            json!({ "id": app_id }),
+        )
+        .await;
+    assert_eq!(release["releaseCreate"]["userErrors"], json!([]));
+    let deployed = app
+        .data(
+            &app.admin,
+            "mutation($id: ID!) { environmentDeploy(input: { environmentId: $id, release: \"2023.06.1\" }) { run { id } } }",
+            json!({ "id": production_id }),
+        )
+        .await;
+    let production_run = deployed["environmentDeploy"]["run"]["id"].clone();
+    assert!(production_run.is_string(), "{deployed:#}");
     // The log is read gap-free: on a busy server an event becomes readable a moment
     // after its commit.
     let event_id = eventually("an event readable in the log", crate::app::PATIENCE, || async {
@@ -114,6 +132,25 @@ async fn every_operation_by_every_role_and_by_no_one() {
         ("runCancel(production)", CANCEL, json!({ "id": production_run }), PRODUCTION),
         ("runRetry(staging)", RETRY, json!({ "id": staging_run }), DEPLOYERS),
         ("runRetry(production)", RETRY, json!({ "id": production_run }), PRODUCTION),
+        (
+            "releaseCreate",
+            "mutation($id: ID!) { releaseCreate(input: { applicationId: $id, tag: \"v-matrix\" }) { userErrors { code } } }",
+            json!({ "id": app_id }),
+            DEPLOYERS,
+        ),
+        ("releaseNext", "query($id: ID!) { releaseNext(applicationId: $id) }", json!({ "id": app_id }), READERS),
+        (
+            "environmentRollback(production)",
+            "mutation($id: ID!) { environmentRollback(input: { environmentId: $id, release: \"2023.06.1\" }) { userErrors { code } } }",
+            json!({ "id": production_id }),
+            PRODUCTION,
+        ),
+        (
+            "environmentReleaseUnhold(production)",
+            "mutation($id: ID!) { environmentReleaseUnhold(input: { environmentId: $id, release: \"2023.06.1\", reason: \"x\" }) { userErrors { code } } }",
+            json!({ "id": production_id }),
+            PRODUCTION,
+        ),
         ("environmentTeardown(staging)", TEARDOWN, json!({ "id": staging_id }), DEPLOYERS),
         ("environmentTeardown(production)", TEARDOWN, json!({ "id": production_id }), PRODUCTION),
         (

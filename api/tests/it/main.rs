@@ -12,6 +12,7 @@ mod hardening_graphql;
 mod hardening_paging;
 mod merge_requests;
 mod projections;
+mod releases;
 mod schema;
 mod serve;
 mod webhooks;

@@ -240,12 +240,14 @@ async fn a_signed_github_push_to_main_patches_staging_and_a_worker_deploys_the_p
 #[tokio::test]
 async fn a_gitlab_push_sets_up_what_was_never_set_up_and_a_tag_push_reaches_what_tracks_the_tag() {
     let hooks = WebhookFixture::new().await;
+    hooks.create_environment("tagged", EnvironmentKind::Staging, Tracking::Tag("v1".into())).await;
+    // Production deploys releases only: a push, even of what it tracks, deploys nothing there.
     hooks.create_environment("production", EnvironmentKind::Production, Tracking::Tag("v1".into())).await;
     let head = rev_parse(&hooks.repo.dir, "HEAD");
 
     let (status, answer) = hooks.gitlab("Push Hook", "e1", &hooks.gitlab_push("refs/heads/main", &head)).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-    assert_eq!(runs(&answer), pairs(&[("staging", "setup")]), "production tracks a tag, not main");
+    assert_eq!(runs(&answer), pairs(&[("staging", "setup")]), "tagged tracks a tag, not main");
     let (commit, reason, actor) = hooks.queued(&answer["runs"][0]["runId"]).await;
     assert_eq!((commit, actor), (head.clone(), "gitlab:jsmith".to_owned()));
     assert!(reason.ends_with("a setup is needed first: no setup has succeeded yet"), "{reason}");
@@ -257,8 +259,9 @@ async fn a_gitlab_push_sets_up_what_was_never_set_up_and_a_tag_push_reaches_what
     assert_ne!(payload["after"], payload["checkout_sha"]);
     let (status, answer) = hooks.gitlab("Tag Push Hook", "e2", &payload).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
-    assert_eq!(runs(&answer), pairs(&[("production", "setup")]));
+    assert_eq!(runs(&answer), pairs(&[("tagged", "setup")]));
     assert_eq!(hooks.queued(&answer["runs"][0]["runId"]).await.0, head);
+    assert_eq!(answer["failed"], Value::Null, "{answer}");
 }
 
 #[tokio::test]

@@ -4,10 +4,12 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use std::collections::BTreeMap;
 
 use super::merge_request::MergeRequestInfo;
+use super::release::{self, CalVer, Component, NewRelease, Release};
 use super::{Aggregate, CommitId, DomainError, Name, TemplateVersions};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +40,28 @@ pub enum ApplicationEvent {
         reason: String,
         skipped_at: DateTime<Utc>,
     },
+    /// An accepted release: deployable (`docs/releases.md`).
+    ReleaseCreated {
+        release_id: Uuid,
+        tag: CalVer,
+        /// The commit of the application's repository it deploys.
+        commit: CommitId,
+        components: Vec<Component>,
+        notes: String,
+        linked_issues: Vec<u64>,
+        created_at: DateTime<Utc>,
+    },
+    /// A release whose tag is not CalVer, and why: recorded, never deployed.
+    ReleaseRejected {
+        release_id: Uuid,
+        tag: String,
+        reason: String,
+        commit: CommitId,
+        components: Vec<Component>,
+        notes: String,
+        linked_issues: Vec<u64>,
+        rejected_at: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -51,6 +75,9 @@ pub struct Application {
     /// whose description was edited) is recorded once.
     #[serde(default)]
     pub skipped_requests: BTreeMap<u64, (MergeRequestInfo, CommitId, String)>,
+    /// Every release, accepted or rejected, oldest first.
+    #[serde(default)]
+    pub releases: Vec<Release>,
 }
 
 pub enum ApplicationCommand {
@@ -77,6 +104,8 @@ pub enum ApplicationCommand {
         reason: String,
         now: DateTime<Utc>,
     },
+    /// Record a release (accepted, or rejected for its tag) or refuse it.
+    CreateRelease(NewRelease),
 }
 
 impl Application {
@@ -132,6 +161,10 @@ pub fn decide(app: &Application, command: ApplicationCommand) -> Result<Vec<Appl
             }
             Ok(vec![ApplicationEvent::MergeRequestSkipped { request, commit, reason, skipped_at: now }])
         }
+        ApplicationCommand::CreateRelease(new) => {
+            let name = app.name.as_ref().map(Name::as_str).unwrap_or_default();
+            Ok(vec![release::decide(name, &app.releases, new)?])
+        }
     }
 }
 
@@ -166,6 +199,9 @@ pub fn evolve(mut app: Application, event: &ApplicationEvent) -> Application {
         }
         ApplicationEvent::MergeRequestSkipped { request, commit, reason, .. } => {
             app.skipped_requests.insert(request.number, (request.clone(), commit.clone(), reason.clone()));
+        }
+        ApplicationEvent::ReleaseCreated { .. } | ApplicationEvent::ReleaseRejected { .. } => {
+            release::evolve(&mut app.releases, event);
         }
     }
     app

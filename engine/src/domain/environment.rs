@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::merge_request::MergeRequestInfo;
+use super::production::{self, ReleaseDeploy};
+use super::release::{CalVer, DeployedRelease};
 use super::{Aggregate, CommitId, DomainError, Name, RunKind, TemplateVersions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +122,9 @@ pub enum EnvironmentEvent {
         /// the desired state it repairs towards (one automatic setup per digest).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         auto_for: Option<String>,
+        /// The release this run deploys (`docs/releases.md`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        release: Option<DeployedRelease>,
     },
     /// A queued run will never start: a newer request made it pointless.
     RunSuperseded {
@@ -160,6 +165,19 @@ pub enum EnvironmentEvent {
         request: MergeRequestInfo,
         attached_at: DateTime<Utc>,
     },
+    /// The release this environment was rolled back from: nothing deploys it here
+    /// again until a person releases the hold (`docs/releases.md`).
+    ReleaseHeld {
+        release: DeployedRelease,
+        reason: String,
+        held_at: DateTime<Utc>,
+    },
+    /// A person released the hold on a release.
+    ReleaseUnheld {
+        release: DeployedRelease,
+        reason: String,
+        unheld_at: DateTime<Utc>,
+    },
     /// The request was closed or merged: the environment follows what it tracks again.
     MergeRequestDetached {
         number: u64,
@@ -175,6 +193,9 @@ pub struct QueuedRun {
     pub commit: Option<CommitId>,
     pub templates: Option<TemplateVersions>,
     pub started: bool,
+    /// The release it deploys.
+    #[serde(default)]
+    pub release: Option<DeployedRelease>,
 }
 
 /// Where an environment is in its life.
@@ -213,6 +234,15 @@ pub struct Environment {
     /// The merge request the environment deploys, while it does.
     #[serde(default)]
     pub merge_request: Option<MergeRequestInfo>,
+    /// The release deployed now, when what runs is one.
+    #[serde(default)]
+    pub release: Option<DeployedRelease>,
+    /// Releases rolled back from, which nothing deploys here until unheld.
+    #[serde(default)]
+    pub held: Vec<DeployedRelease>,
+    /// The release each failed run deployed, for its retry.
+    #[serde(default)]
+    pub failed_releases: std::collections::BTreeMap<Uuid, DeployedRelease>,
 }
 
 /// What an environment is: its application and name, kind, what it tracks, its
@@ -309,6 +339,16 @@ pub enum EnvironmentCommand {
         reason: String,
         now: DateTime<Utc>,
     },
+    /// Deploy an accepted release (at its commit): a patch, or a setup when one is
+    /// needed first. The only deploy a production environment takes; refused for a
+    /// release older than the one serving or queued (see `production.rs`).
+    DeployRelease(ReleaseDeploy),
+    /// Release the hold a rollback put on release `tag`.
+    Unhold {
+        tag: CalVer,
+        reason: String,
+        now: DateTime<Utc>,
+    },
     /// Queue a failed run again for its retry.
     Requeue {
         run_id: Uuid,
@@ -321,7 +361,7 @@ pub enum EnvironmentCommand {
 }
 
 impl Environment {
-    fn label(&self) -> String {
+    pub(super) fn label(&self) -> String {
         self.created
             .as_ref()
             .map_or_else(|| "environment".into(), |c| format!("environment {}/{}", c.application, c.name))
@@ -346,6 +386,19 @@ impl Environment {
             ));
         }
         reasons
+    }
+
+    /// Why a patch cannot be queued now (empty when it can): the setup reasons,
+    /// unless a setup still queued will apply the current templates first (the
+    /// patch may queue behind it).
+    pub(super) fn patch_refusals(&self, current: &TemplateVersions) -> Vec<String> {
+        let setup_queued = self.queue.iter().any(|q| {
+            q.kind == RunKind::Setup
+                && q.templates.as_ref().is_some_and(|t| {
+                    t.template_digest == current.template_digest && t.variables_digest == current.variables_digest
+                })
+        });
+        if setup_queued { vec![] } else { self.setup_reasons(current) }
     }
 
     /// The commit the environment will be on once its queue has run: the newest
@@ -389,7 +442,7 @@ impl Environment {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn request(
+    pub(super) fn request(
         &self,
         run_id: Uuid,
         kind: RunKind,
@@ -407,8 +460,16 @@ impl Environment {
                 _ => "outdated: a newer deploy was requested".into(),
             },
         });
-        let requested =
-            EnvironmentEvent::RunRequested { run_id, kind, commit, reason, templates, requested_at: now, auto_for };
+        let requested = EnvironmentEvent::RunRequested {
+            run_id,
+            kind,
+            commit,
+            reason,
+            templates,
+            requested_at: now,
+            auto_for,
+            release: None,
+        };
         superseded.chain(std::iter::once(requested)).collect()
     }
 
@@ -441,9 +502,12 @@ pub fn decide(env: &Environment, command: EnvironmentCommand) -> Result<Vec<Envi
     if env.created.is_none() {
         return Err(DomainError::NotFound(env.label()));
     }
+    production::refuse_unreleased(env, &command)?;
     let torn_down = env.status == Some(Status::TornDown);
     match command {
         C::Create { .. } => unreachable!("handled above"),
+        C::DeployRelease(deploy) => production::deploy_release(env, deploy),
+        C::Unhold { tag, reason, now } => production::unhold(env, tag, reason, now),
         C::RequestSetup { run_id, commit, templates, reason, now } => {
             if torn_down {
                 return Err(DomainError::TornDown(env.label()));
@@ -460,16 +524,8 @@ pub fn decide(env: &Environment, command: EnvironmentCommand) -> Result<Vec<Envi
             if env.teardown_pending() {
                 return Err(DomainError::TeardownPending(env.label()));
             }
-            // A setup still queued will apply the current templates first; the
-            // patch may queue behind it.
-            let setup_queued = env.queue.iter().any(|q| {
-                q.kind == RunKind::Setup
-                    && q.templates.as_ref().is_some_and(|t| {
-                        t.template_digest == current.template_digest && t.variables_digest == current.variables_digest
-                    })
-            });
-            let reasons = env.setup_reasons(&current);
-            if !reasons.is_empty() && !setup_queued {
+            let reasons = env.patch_refusals(&current);
+            if !reasons.is_empty() {
                 return Err(DomainError::SetupRequired(reasons));
             }
             Ok(env.request(run_id, RunKind::Patch, Some(commit), None, reason, now, None))
@@ -547,6 +603,7 @@ pub fn decide(env: &Environment, command: EnvironmentCommand) -> Result<Vec<Envi
                 templates,
                 requested_at: now,
                 auto_for: None,
+                release: env.failed_releases.get(&run_id).cloned(),
             }])
         }
         C::RecordObservation { observation, now } => {
@@ -571,12 +628,15 @@ pub fn decide(env: &Environment, command: EnvironmentCommand) -> Result<Vec<Envi
                 || mode != Some(DriftMode::Auto)
                 || env.auto_setup_for.as_deref() == Some(digest.as_str())
                 || !env.queue.is_empty()
+                || production::serves_held(env)
             {
                 return Ok(vec![]);
             }
             let reasons = env.drift.as_ref().map(|d| d.reasons.join("; ")).unwrap_or_default();
             let reason = format!("drift (auto): {reasons}");
-            Ok(env.request(run_id, RunKind::Setup, Some(commit), Some(templates), reason, now, Some(digest)))
+            let repair = env.request(run_id, RunKind::Setup, Some(commit), Some(templates), reason, now, Some(digest));
+            // What runs is redeployed: the release it is stays the release it is.
+            Ok(production::deploying(repair, env.release.clone()))
         }
         C::SetDriftMode { mode, now } => {
             if torn_down {
@@ -636,7 +696,8 @@ pub fn evolve(mut env: Environment, event: &EnvironmentEvent) -> Environment {
             env.status = Some(Status::Pending);
             env.expires_at = ttl_seconds.map(|ttl| *created_at + Duration::seconds(ttl as i64));
         }
-        EnvironmentEvent::RunRequested { run_id, kind, commit, templates, auto_for, .. } => {
+        EnvironmentEvent::RunRequested { run_id, kind, commit, templates, auto_for, release, .. } => {
+            env.failed_releases.remove(run_id);
             if auto_for.is_some() {
                 env.auto_setup_for = auto_for.clone();
             }
@@ -646,6 +707,7 @@ pub fn evolve(mut env: Environment, event: &EnvironmentEvent) -> Environment {
                 commit: commit.clone(),
                 templates: templates.clone(),
                 started: false,
+                release: release.clone(),
             });
         }
         EnvironmentEvent::RunSuperseded { run_id, .. } => env.queue.retain(|q| q.run_id != *run_id),
@@ -661,6 +723,7 @@ pub fn evolve(mut env: Environment, event: &EnvironmentEvent) -> Environment {
                 (RunKind::Teardown, RunOutcome::Succeeded) => {
                     env.status = Some(Status::TornDown);
                     env.commit = None;
+                    env.release = None;
                     env.images.clear();
                     env.expires_at = None;
                 }
@@ -670,13 +733,20 @@ pub fn evolve(mut env: Environment, event: &EnvironmentEvent) -> Environment {
                         env.applied = run.templates;
                     }
                     env.commit = run.commit;
+                    env.release = run.release;
                     env.images = images.clone();
                     // Each deploy extends the environment's life by its TTL.
                     if let Some(ttl) = env.created.as_ref().and_then(|c| c.ttl_seconds) {
                         env.expires_at = Some(*finished_at + Duration::seconds(ttl as i64));
                     }
                 }
-                (_, RunOutcome::Failed) => env.status = Some(Status::Failed),
+                (_, RunOutcome::Failed) => {
+                    env.status = Some(Status::Failed);
+                    // A retry deploys the same release again.
+                    if let Some(release) = run.release {
+                        env.failed_releases.insert(run.run_id, release);
+                    }
+                }
                 (_, RunOutcome::Cancelled) => {}
             }
         }
@@ -694,6 +764,8 @@ pub fn evolve(mut env: Environment, event: &EnvironmentEvent) -> Environment {
                 created.drift_mode = *mode;
             }
         }
+        EnvironmentEvent::ReleaseHeld { release, .. } => env.held.push(release.clone()),
+        EnvironmentEvent::ReleaseUnheld { release, .. } => env.held.retain(|held| held.tag != release.tag),
         EnvironmentEvent::MergeRequestAttached { request, .. } => env.merge_request = Some(request.clone()),
         EnvironmentEvent::MergeRequestDetached { .. } => env.merge_request = None,
     }
@@ -753,6 +825,7 @@ mod tests {
             templates,
             requested_at: t(at),
             auto_for: None,
+            release: None,
         }
     }
 
@@ -860,6 +933,7 @@ mod tests {
                     templates: None,
                     requested_at: t(20),
                     auto_for: None,
+                    release: None,
                 },
             ]);
         assert_eq!(env.state().queue.iter().map(|q| q.run_id).collect::<Vec<_>>(), vec![run(3)]);
@@ -888,6 +962,7 @@ mod tests {
                 templates: None,
                 requested_at: t(3610),
                 auto_for: None,
+                release: None,
             }])
             .when(expire(4000))
             .then([]);
@@ -955,6 +1030,7 @@ mod tests {
             templates: Some(versions(1, 1)),
             requested_at: t(20),
             auto_for: None,
+            release: None,
         }]);
         // On commit a already: nothing; a queued patch to b: nothing for b again,
         // but a (older) is deployed anew.
@@ -1041,6 +1117,7 @@ mod tests {
             templates: Some(versions(1, 1)),
             requested_at: t(30),
             auto_for: Some(digest.into()),
+            release: None,
         };
         let drifted = |at| EnvironmentEvent::DriftDetected {
             verdict: DriftVerdict::Drifted,

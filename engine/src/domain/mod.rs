@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod application;
 pub mod environment;
 pub mod merge_request;
+pub mod production;
 pub mod release;
 pub mod run;
 pub mod stream;
@@ -160,6 +161,30 @@ pub enum DomainError {
     RunState { run: String, status: String, action: &'static str },
     #[error("the application has no template yet; update its template first")]
     NoTemplate,
+    /// A release pins a component it may not: which one, and why.
+    #[error("component {component}: {reason}")]
+    ReleaseComponent { component: String, reason: String },
+    /// A commit or branch asked of a production environment.
+    #[error(
+        "{0} is a production environment: it deploys accepted releases only, not a commit or branch; deploy a release instead"
+    )]
+    ReleaseRequired(String),
+    /// A rejected release asked to be deployed.
+    #[error("release {tag:?} was rejected ({reason}); a rejected release is never deployed")]
+    ReleaseRejected { tag: String, reason: String },
+    /// A release older than the one an environment serves or is about to.
+    #[error(
+        "release {tag} is older than release {newer}, which {environment} serves or is about to; ask for a rollback to deploy an older release"
+    )]
+    OutdatedRelease { environment: String, tag: String, newer: String },
+    /// A release held since an environment was rolled back from it.
+    #[error(
+        "release {tag} is held in {environment}: it was rolled back from; release the hold before deploying it again"
+    )]
+    ReleaseHeld { environment: String, tag: String },
+    /// A rollback that is not one: what it would deploy, and why not.
+    #[error("{environment} cannot roll back: {reason}")]
+    RollbackRefused { environment: String, reason: String },
 }
 
 #[cfg(test)]

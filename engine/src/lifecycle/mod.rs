@@ -7,6 +7,7 @@
 
 mod aggregates;
 mod deliveries;
+mod releases;
 mod runs;
 
 use std::sync::Arc;
@@ -19,6 +20,8 @@ use crate::domain::environment::{
     DriftMode, Environment, EnvironmentCommand, EnvironmentEvent, EnvironmentSpec, Observation, Tracking,
 };
 use crate::domain::merge_request::MergeRequestInfo;
+use crate::domain::production::ReleaseDeploy;
+use crate::domain::release::DeployedRelease;
 use crate::domain::run::{self, PlanInput, Run, RunCommand, RunEvent};
 use crate::domain::{Aggregate, CommitId, DomainError, Name, RunKind, StreamRef, stream};
 use crate::git::{self, GitError};
@@ -30,6 +33,7 @@ use crate::{run_queue, variable_sets};
 pub use aggregates::Change;
 use aggregates::{Batch, Cache, Queue, append_all};
 pub use deliveries::{Delivered, DeliveryError};
+pub use releases::ReleaseRequest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -442,6 +446,7 @@ impl Lifecycle {
                         Some(deployed) => Some(deployed.clone()),
                         None => return Ok(None),
                     },
+                    Ask::Release { .. } => commit_asked,
                     Ask::Setup | Ask::Patch | Ask::Deploy { .. } => {
                         Some(self.commit_for(&application, &env, commit_asked).await?)
                     }
@@ -477,6 +482,15 @@ impl Lifecycle {
                         reason: reason.to_owned(),
                         now,
                     },
+                    Ask::Release { release, rollback } => EnvironmentCommand::DeployRelease(ReleaseDeploy {
+                        run_id,
+                        release: release.clone(),
+                        commit: resolved(),
+                        current: current.clone(),
+                        reason: reason.to_owned(),
+                        now,
+                        rollback: *rollback,
+                    }),
                     Ask::Teardown => EnvironmentCommand::RequestTeardown { run_id, reason: reason.to_owned(), now },
                     Ask::Expire => EnvironmentCommand::Expire { run_id, now },
                 };
@@ -609,6 +623,11 @@ enum Ask {
     /// A patch or (when needed) a setup for a forge's event, once per commit.
     Deploy {
         merge_request: Option<MergeRequestInfo>,
+    },
+    /// An accepted release, at its commit; as a rollback or not.
+    Release {
+        release: DeployedRelease,
+        rollback: bool,
     },
 }
 

@@ -46,6 +46,10 @@ pub struct ApplicationTemplate {
     /// template when absent, like `previews`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merge_requests: Option<MergeRequests>,
+    /// The branch releases are cut from (`docs/releases.md`); `production` when
+    /// absent, and left out of the stored template then, like `previews`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub production_branch: Option<String>,
 }
 
 /// A one-off command: a release command or a hook.
@@ -79,6 +83,11 @@ pub struct Hooks {
 }
 
 impl ApplicationTemplate {
+    /// The branch every pinned tag or commit of a release must be on.
+    pub fn production_branch(&self) -> &str {
+        self.production_branch.as_deref().unwrap_or(crate::domain::release::DEFAULT_PRODUCTION_BRANCH)
+    }
+
     /// Every volume name used by any service, sorted and without repeats: what the
     /// runtime's `ensure_infrastructure` must create.
     pub fn volume_names(&self) -> Vec<String> {
@@ -171,6 +180,9 @@ pub fn parse_application_template(yaml: &str) -> Result<ApplicationTemplate, Tem
 
     let previews = raw.previews.map(|previews| check_previews(&mut problems, previews));
     let merge_requests = raw.merge_requests.map(|rule| check_merge_requests(&mut problems, rule));
+    if let Some(branch) = &raw.production_branch {
+        check_branch(&mut problems, branch);
+    }
 
     problems.into_result(ApplicationTemplate {
         services,
@@ -180,7 +192,24 @@ pub fn parse_application_template(yaml: &str) -> Result<ApplicationTemplate, Tem
         hooks,
         previews,
         merge_requests,
+        production_branch: raw.production_branch,
     })
+}
+
+/// A branch name git would take: not empty, no whitespace or control characters,
+/// not an option (`-…`), none of the characters or sequences refnames refuse.
+fn check_branch(problems: &mut Problems, branch: &str) {
+    let refused = branch.is_empty()
+        || branch.starts_with('-')
+        || branch.starts_with('/')
+        || branch.ends_with('/')
+        || branch.ends_with(".lock")
+        || branch.contains("..")
+        || branch.contains("@{")
+        || branch.chars().any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c));
+    if refused {
+        problems.add("production_branch", format!("{branch:?} is not a branch name git accepts"));
+    }
 }
 
 fn check_tasks(problems: &mut Problems, list_path: &str, raw: Vec<RawTask>) -> Vec<Task> {
@@ -307,7 +336,7 @@ fn check_name(problems: &mut Problems, path: &str, name: &str) {
 #[derive(Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a map with `services`, `release`, `stages`, `jobs`, `hooks`, `previews` and `merge_requests`"
+    expecting = "a map with `services`, `release`, `stages`, `jobs`, `hooks`, `previews`, `merge_requests` and `production_branch`"
 )]
 struct RawTemplate {
     services: Option<UniqueMap<RawService>>,
@@ -317,6 +346,7 @@ struct RawTemplate {
     hooks: Option<RawHooks>,
     previews: Option<RawPreviews>,
     merge_requests: Option<RawMergeRequests>,
+    production_branch: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -420,6 +450,7 @@ mod tests {
             },
             previews: None,
             merge_requests: None,
+            production_branch: None,
         };
         assert_eq!(template, expected);
 
@@ -561,5 +592,24 @@ hooks:
             "{}",
             errors.0[0].message
         );
+    }
+
+    #[test]
+    fn the_production_branch_defaults_to_production_and_must_be_a_branch_name() {
+        let services = "services:\n  web: { image: busybox }\n";
+        let template = parse_application_template(services).unwrap();
+        assert_eq!((template.production_branch(), template.production_branch.clone()), ("production", None));
+        let template = parse_application_template(&format!("{services}production_branch: release/stable\n")).unwrap();
+        assert_eq!(template.production_branch(), "release/stable");
+        for bad in ["\"\"", "\"-x\"", "\"a b\"", "a..b", "\"x~1\""] {
+            let errors = parse_application_template(&format!("{services}production_branch: {bad}\n")).unwrap_err();
+            let messages: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+            assert_eq!(messages.len(), 1, "{bad}: {messages:?}");
+            assert!(
+                messages[0].starts_with("production_branch: ")
+                    && messages[0].ends_with("is not a branch name git accepts"),
+                "{bad}: {messages:?}"
+            );
+        }
     }
 }

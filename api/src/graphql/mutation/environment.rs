@@ -31,7 +31,8 @@ pub struct EnvironmentCreateInput {
     ttl_seconds: Option<i32>,
     /// What the reconciler does about drift; `WARN` when not given.
     drift_mode: Option<DriftMode>,
-    /// Request the first setup at once (the default), at the head of what it tracks.
+    /// Request the first setup at once (the default), at the head of what it
+    /// tracks. Not for a production environment: its first release sets it up.
     #[graphql(default = true)]
     setup: bool,
 }
@@ -52,10 +53,36 @@ pub struct EnvironmentCreatePayload {
 pub struct EnvironmentDeployInput {
     /// The environment's ID.
     environment_id: ID,
-    /// The full commit id to deploy; the head of what the environment tracks when not given.
+    /// The full commit id to deploy; the head of what the environment tracks when
+    /// neither this nor `release` is given. Refused for a production environment.
     commit: Option<String>,
+    /// The tag of an accepted release of the application to deploy (at its
+    /// commit); the only deploy a production environment takes.
+    release: Option<String>,
     /// Why, for the run's history.
     reason: Option<String>,
+}
+
+/// Inputs of `environmentRollback`.
+#[derive(InputObject)]
+pub struct EnvironmentRollbackInput {
+    /// The environment's ID.
+    environment_id: ID,
+    /// The tag of an accepted release earlier than the one serving.
+    release: String,
+    /// Why, for the run's history.
+    reason: Option<String>,
+}
+
+/// Inputs of `environmentReleaseUnhold`.
+#[derive(InputObject)]
+pub struct EnvironmentReleaseUnholdInput {
+    /// The environment's ID.
+    environment_id: ID,
+    /// The tag of the release held since the environment was rolled back from it.
+    release: String,
+    /// Why it may be deployed again.
+    reason: String,
 }
 
 /// Inputs of `environmentSetup`.
@@ -92,6 +119,11 @@ pub struct EnvironmentRunPayload {
 /// Which run an environment mutation asks for.
 enum RunAction {
     Deploy,
+    /// An accepted release, by tag; as a rollback or not.
+    Release {
+        tag: String,
+        rollback: bool,
+    },
     Setup,
     Teardown,
 }
@@ -151,7 +183,8 @@ impl EnvironmentMutation {
             return Ok(EnvironmentCreatePayload { user_errors: refusal(e, field)?, ..Default::default() });
         }
         let mut payload = EnvironmentCreatePayload::default();
-        if input.setup {
+        // A production environment is set up by its first release's deploy.
+        if input.setup && input.kind != EnvironmentKind::Production {
             match api.lifecycle.request_setup(&app, &name, None, "environment created", &meta, Utc::now()).await {
                 Ok(requested) => payload.run = load_run(ctx, requested.run_id).await?,
                 Err(e) => payload.user_errors = refusal(e, "environmentId")?,
@@ -161,16 +194,71 @@ impl EnvironmentMutation {
         Ok(payload)
     }
 
-    /// Deploys new code (a patch) at `commit` or the head of what the environment
-    /// tracks. Refused with `SETUP_REQUIRED` until a setup has succeeded with the
+    /// Deploys new code (a patch) at `commit`, the head of what the environment
+    /// tracks, or the commit of an accepted `release` (a production environment
+    /// takes nothing else: `RELEASE_REQUIRED`; an older release than the one it
+    /// serves is `OUTDATED_RELEASE`). Refused with `SETUP_REQUIRED` until a setup has succeeded with the
     /// application's current templates. Needs the deployer role.
     async fn environment_deploy(
         &self,
         ctx: &Context<'_>,
         input: EnvironmentDeployInput,
     ) -> async_graphql::Result<EnvironmentRunPayload> {
-        let reason = input.reason.unwrap_or_else(|| "deploy requested".into());
-        request(ctx, &input.environment_id, RunAction::Deploy, input.commit, reason).await
+        let action = match (input.release, &input.commit) {
+            (None, _) => RunAction::Deploy,
+            (Some(tag), None) => RunAction::Release { tag, rollback: false },
+            (Some(_), Some(_)) => {
+                authorize(ctx, Permission::Deploy, false)?;
+                let error = user_error(
+                    Some("release"),
+                    "give a `release` or a `commit`, not both",
+                    UserErrorCode::InvalidInput,
+                );
+                return Ok(EnvironmentRunPayload { user_errors: vec![error], ..Default::default() });
+            }
+        };
+        let reason = input.reason.unwrap_or_else(|| match &action {
+            RunAction::Release { tag, .. } => format!("release {tag}"),
+            _ => "deploy requested".into(),
+        });
+        request(ctx, &input.environment_id, action, input.commit, reason).await
+    }
+
+    /// Redeploys an earlier accepted release than the one serving (its release
+    /// commands run again) and holds the release rolled back from: nothing
+    /// deploys it here again until `environmentReleaseUnhold`. Needs the deployer role.
+    async fn environment_rollback(
+        &self,
+        ctx: &Context<'_>,
+        input: EnvironmentRollbackInput,
+    ) -> async_graphql::Result<EnvironmentRunPayload> {
+        let reason = input.reason.unwrap_or_else(|| "rollback requested".into());
+        let action = RunAction::Release { tag: input.release, rollback: true };
+        request(ctx, &input.environment_id, action, None, reason).await
+    }
+
+    /// Releases the hold a rollback put on a release, so it may be deployed again.
+    /// Needs the deployer role.
+    async fn environment_release_unhold(
+        &self,
+        ctx: &Context<'_>,
+        input: EnvironmentReleaseUnholdInput,
+    ) -> async_graphql::Result<EnvironmentRunPayload> {
+        authorize(ctx, Permission::Deploy, false)?;
+        let (app, env) = or_refuse!(environment_id(&input.environment_id), EnvironmentRunPayload);
+        let caller = or_refuse!(authorize_environment(ctx, &app, &env).await?, EnvironmentRunPayload);
+        if input.reason.trim().is_empty() {
+            let error = user_error(Some("reason"), "say why it may be deployed again", UserErrorCode::InvalidInput);
+            return Ok(EnvironmentRunPayload { user_errors: vec![error], ..Default::default() });
+        }
+        let meta = metadata(ctx, caller);
+        let unheld = api(ctx).lifecycle.unhold_release(&app, &env, &input.release, &input.reason, &meta, Utc::now());
+        let mut payload = EnvironmentRunPayload::default();
+        if let Err(e) = unheld.await {
+            payload.user_errors = refusal(e, "release")?;
+        }
+        payload.environment = load_environment(ctx, &app, &env).await?;
+        Ok(payload)
     }
 
     /// Requests a setup: the environment's infrastructure again, then a deploy —
@@ -217,6 +305,9 @@ async fn request(
     let (meta, now) = (metadata(ctx, caller), Utc::now());
     let requested = match action {
         RunAction::Deploy => api.lifecycle.request_patch(&app, &env, commit, &reason, &meta, now).await,
+        RunAction::Release { tag, rollback } => {
+            api.lifecycle.request_release(&app, &env, &tag, rollback, &reason, &meta, now).await
+        }
         RunAction::Setup => api.lifecycle.request_setup(&app, &env, commit, &reason, &meta, now).await,
         RunAction::Teardown => api.lifecycle.request_teardown(&app, &env, &reason, &meta, now).await,
     };

@@ -17,6 +17,7 @@ macro_rules! or_refuse {
 
 mod application;
 mod environment;
+mod release;
 mod run;
 mod token;
 mod user_error;
@@ -36,6 +37,7 @@ use user_error::{UserError, UserErrorCode, user_error};
 pub struct Mutation(
     application::ApplicationMutation,
     environment::EnvironmentMutation,
+    release::ReleaseMutation,
     run::RunMutation,
     token::ApiTokenMutation,
 );

@@ -44,6 +44,18 @@ pub enum UserErrorCode {
     TemplateInvalid,
     /// The branch or tag to deploy could not be resolved in the repository.
     RefNotFound,
+    /// A release pins a component it may not (named in the message).
+    ReleaseComponentInvalid,
+    /// A production environment deploys releases only, not a commit or branch.
+    ReleaseRequired,
+    /// The release was rejected (its tag is not CalVer): it is never deployed.
+    ReleaseRejected,
+    /// The release is older than the one the environment serves or is about to.
+    OutdatedRelease,
+    /// The environment was rolled back from this release; release the hold first.
+    ReleaseHeld,
+    /// A rollback to a release that is not earlier than the one serving, or with none serving.
+    RollbackRefused,
 }
 
 pub(super) fn user_error(field: Option<&str>, message: impl Into<String>, code: UserErrorCode) -> UserError {
@@ -82,6 +94,12 @@ pub(super) fn refusal(error: LifecycleError, field: &str) -> async_graphql::Resu
         DomainError::TeardownPending(_) => (None, C::TeardownPending),
         DomainError::RunState { .. } => (None, C::InvalidRunState),
         DomainError::NoTemplate => (None, C::NoTemplate),
+        DomainError::ReleaseComponent { .. } => (Some("components"), C::ReleaseComponentInvalid),
+        DomainError::ReleaseRequired(_) => (None, C::ReleaseRequired),
+        DomainError::ReleaseRejected { .. } => (Some("release"), C::ReleaseRejected),
+        DomainError::OutdatedRelease { .. } => (Some("release"), C::OutdatedRelease),
+        DomainError::ReleaseHeld { .. } => (Some("release"), C::ReleaseHeld),
+        DomainError::RollbackRefused { .. } => (Some("release"), C::RollbackRefused),
     };
     Ok(vec![user_error(field, message, code)])
 }

@@ -8,7 +8,7 @@ use shiplog_projections::lifecycle::ApplicationView;
 use shiplog_projections::read::{self, environments};
 use shiplog_projections::time_travel::{self, AsOf};
 
-use super::{Environment, list_environments, name};
+use super::{Environment, Release, list_environments, list_releases, name};
 use crate::graphql::ids::NodeId;
 use crate::graphql::page::{self, Counted, Page};
 use crate::graphql::{api, internal};
@@ -63,6 +63,19 @@ impl Application {
         let filter = environments::Filter { application: Some(self.0.name.clone()), ..environments::Filter::default() };
         let scope = format!("environments:{}", self.0.name);
         list_environments(ctx, &scope, &filter, page::window(&scope, after, before, first, last)?).await
+    }
+    /// Its releases, accepted and rejected, newest first.
+    #[graphql(complexity = "page::cost(first, last, child_complexity)")]
+    async fn releases(
+        &self,
+        ctx: &Context<'_>,
+        after: Option<String>,
+        before: Option<String>,
+        first: Option<i32>,
+        last: Option<i32>,
+    ) -> async_graphql::Result<Connection<String, Release, Counted>> {
+        let scope = format!("releases:{}", self.0.name);
+        list_releases(ctx, &scope, &name(&self.0.name), page::window(&scope, after, before, first, last)?).await
     }
 }
 

@@ -72,6 +72,15 @@ impl Environment {
     async fn commit(&self) -> Option<&str> {
         self.0.state.commit.as_ref().map(|c| c.as_str())
     }
+    /// The tag of the release deployed now, when what runs is a release.
+    async fn release(&self) -> Option<String> {
+        self.0.state.release.as_ref().map(|r| r.tag.to_string())
+    }
+    /// Releases held since the environment was rolled back from them: nothing
+    /// deploys them here until the hold is released.
+    async fn held_releases(&self) -> Vec<String> {
+        self.0.state.held.iter().map(|r| r.tag.to_string()).collect()
+    }
     /// The image each service runs now.
     async fn images(&self) -> Vec<ServiceImage> {
         let images = &self.0.state.images;

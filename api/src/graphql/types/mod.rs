@@ -12,6 +12,7 @@ mod environment;
 mod event;
 mod log;
 mod merge_request;
+mod release;
 mod run;
 mod token;
 
@@ -26,6 +27,7 @@ pub use environment::{
 };
 pub use event::{EVENTS, Event, EventSelection, list_events, parse_event_cursor, stream_ids};
 pub use log::{LogLine, log_scope};
+pub use release::{Release, list_releases, load_release};
 pub use run::{Run, load_run};
 pub use token::{ApiToken, Role};
 
@@ -40,6 +42,7 @@ pub enum Node {
     Run(Run),
     Event(Event),
     ApiToken(ApiToken),
+    Release(Release),
 }
 
 /// A name a read model holds.

@@ -214,6 +214,7 @@ async fn fill_history(store: &EventStore, target: u64) -> anyhow::Result<u64> {
                         templates: (kind == RunKind::Setup).then(|| templates.clone()),
                         requested_at: now,
                         auto_for: None,
+                        release: None,
                     });
                     env_events.push(EnvironmentEvent::RunStarted { run_id, started_at: now });
                     env_events.push(EnvironmentEvent::RunFinished {
