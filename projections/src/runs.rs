@@ -44,10 +44,17 @@ pub async fn load(store: &EventStore, run_id: Uuid) -> Result<Option<RunView>, P
 }
 
 /// The run as it was at `as_of` (time travel), folded as [`load`] folds it;
-/// `None` when it did not exist yet.
+/// `None` when it did not exist yet. A cursor counts up to the end of its
+/// transaction: the environment's request of a run and the run's first events
+/// commit together, so the run an environment names at any event of that
+/// transaction exists there.
 pub async fn load_at(store: &EventStore, run_id: Uuid, as_of: AsOf) -> Result<Option<RunView>, ProjectionError> {
     let mut filter =
         EventFilter { streams: vec![StreamRef::Run(run_id).to_string()], past_horizon: true, ..EventFilter::default() };
+    let as_of = match as_of {
+        AsOf::Cursor(cursor) => AsOf::Cursor(Cursor { position: i64::MAX, ..cursor }),
+        other => other,
+    };
     as_of.narrow(&mut filter);
     let mut view = None;
     for_each_event(store, &filter, |event| {
