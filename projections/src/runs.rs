@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::ProjectionError;
 use crate::fact::{Fact, Payload, for_each_event};
+use crate::time_travel::AsOf;
 
 /// A run as the API shows it. `state` is the engine's fold of the run's events.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,8 +40,22 @@ pub fn duration_ms(started_at: Option<DateTime<Utc>>, finished_at: Option<DateTi
 /// The run as its stream says now, folded as the projection folds it (no
 /// projection lag); `None` when no such run exists.
 pub async fn load(store: &EventStore, run_id: Uuid) -> Result<Option<RunView>, ProjectionError> {
-    let filter =
+    load_at(store, run_id, AsOf::Latest).await
+}
+
+/// The run as it was at `as_of` (time travel), folded as [`load`] folds it;
+/// `None` when it did not exist yet. A cursor counts up to the end of its
+/// transaction: the environment's request of a run and the run's first events
+/// commit together, so the run an environment names at any event of that
+/// transaction exists there.
+pub async fn load_at(store: &EventStore, run_id: Uuid, as_of: AsOf) -> Result<Option<RunView>, ProjectionError> {
+    let mut filter =
         EventFilter { streams: vec![StreamRef::Run(run_id).to_string()], past_horizon: true, ..EventFilter::default() };
+    let as_of = match as_of {
+        AsOf::Cursor(cursor) => AsOf::Cursor(Cursor { position: i64::MAX, ..cursor }),
+        other => other,
+    };
+    as_of.narrow(&mut filter);
     let mut view = None;
     for_each_event(store, &filter, |event| {
         view = RunView::apply(view.take(), &Fact::decode(event)?);

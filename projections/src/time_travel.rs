@@ -1,6 +1,6 @@
 //! Time travel: an environment as it was at a cursor or a moment, computed by
 //! folding its application's and its own events up to there with the same fold
-//! the `lifecycle` projection uses.
+//! the `lifecycle` projection uses; a run as of then is `runs::load_at`.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use shiplog_engine::domain::{Name, StreamRef};
@@ -20,6 +20,28 @@ pub enum AsOf {
     /// After every event readable now: the environment as it is, with no
     /// projection lag.
     Latest,
+}
+
+impl AsOf {
+    /// Narrows `filter` to the events at or before this point.
+    pub fn narrow(self, filter: &mut EventFilter) {
+        match self {
+            AsOf::Cursor(cursor) => filter.to = Some(cursor),
+            // `until` is exclusive; timestamps are stored to the microsecond.
+            AsOf::Time(at) => filter.until = Some(at + TimeDelta::microseconds(1)),
+            AsOf::Latest => {}
+        }
+    }
+
+    /// Whether the event at `cursor`, recorded at `recorded_at`, is at or before
+    /// this point.
+    pub fn includes(self, cursor: Cursor, recorded_at: DateTime<Utc>) -> bool {
+        match self {
+            AsOf::Cursor(to) => cursor <= to,
+            AsOf::Time(at) => recorded_at <= at,
+            AsOf::Latest => true,
+        }
+    }
 }
 
 /// The environment as of `as_of`; `None` if it did not exist yet.
@@ -53,12 +75,7 @@ async fn fold(store: &EventStore, streams: Vec<String>, as_of: AsOf) -> Result<L
     // the history a client names (a cursor it was given, a moment, now) is folded
     // from what is committed, whatever else is still in flight on the server.
     let mut filter = EventFilter { streams, past_horizon: true, ..EventFilter::default() };
-    match as_of {
-        AsOf::Cursor(cursor) => filter.to = Some(cursor),
-        // `until` is exclusive; timestamps are stored to the microsecond.
-        AsOf::Time(at) => filter.until = Some(at + TimeDelta::microseconds(1)),
-        AsOf::Latest => {}
-    }
+    as_of.narrow(&mut filter);
     let mut state = LifecycleState::default();
     for_each_event(store, &filter, |event| {
         state.apply(&Fact::decode(event)?);

@@ -90,7 +90,7 @@ impl Subscription {
                 let chunk = events.next().await?;
                 Some(match fold(view, chunk) {
                     Ok(current) => {
-                        let run = Run(current.clone());
+                        let run = Run::now(current.clone());
                         let ended = run.is_final();
                         (Ok(run), (events, Some(current), ended))
                     }

@@ -5,7 +5,9 @@
 use serde_json::{Value, json};
 use shiplog::auth::Role;
 
-use crate::app::TestApp;
+use shiplog_tests::eventually;
+
+use crate::app::{PATIENCE, TestApp};
 use crate::graphql::{ENVIRONMENT_CREATE, example_application};
 
 /// `getIntrospectionQuery()` of graphql-js 16, as GraphiQL, Apollo and code
@@ -55,8 +57,12 @@ async fn a_field_that_errors_is_null_and_a_non_null_one_nulls_its_nearest_nullab
         json!({ "applicationId": app_id, "name": "staging", "kind": "STAGING", "branch": "main", "setup": false });
     app.data(&app.admin, ENVIRONMENT_CREATE, json!({ "input": input })).await;
     let viewer = app.token(Role::Viewer, false).await;
-    let event = app.data(&app.admin, "{ events(first: 1) { nodes { id } } }", json!({})).await;
-    let event_id = event["events"]["nodes"][0]["id"].clone();
+    let event_id = eventually("the log's gap-free reader to show an event", PATIENCE, || async {
+        let event = app.data(&app.admin, "{ events(first: 1) { nodes { id } } }", json!({})).await;
+        let id = event["events"]["nodes"][0]["id"].clone();
+        (!id.is_null()).then_some(id)
+    })
+    .await;
 
     // A nullable field that errors (a viewer may not read events): null, beside
     // the fields that did not.
@@ -81,4 +87,79 @@ async fn a_field_that_errors_is_null_and_a_non_null_one_nulls_its_nearest_nullab
     assert_eq!(body["data"], json!({ "viewer": { "name": "Viewer" }, "environment": null }), "{body:#}");
     assert_eq!(body["errors"][0]["path"], json!(["environment", "runs"]));
     assert_eq!(body["errors"][0]["extensions"]["code"], "INTERNAL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_travel_shows_every_field_as_of_its_point_or_refuses_what_only_the_present_keeps() {
+    let app = TestApp::start().await;
+    let (_repo, app_id) = example_application(&app).await;
+    let input = json!({ "applicationId": app_id, "name": "staging", "kind": "STAGING", "branch": "main" });
+    let created = app.data(&app.admin, ENVIRONMENT_CREATE, json!({ "input": input })).await;
+    let env_id = created["environmentCreate"]["environment"]["id"].clone();
+    let first_run = created["environmentCreate"]["run"]["id"].clone();
+    // The point: right after the first setup was queued (its last event).
+    // The log's gap-free reader shows each event once no older transaction is in
+    // flight: wait until it shows the run queued.
+    let then = eventually("the first run queued in the log", PATIENCE, || async {
+        let log = app.data(&app.admin, "{ events(first: 100) { nodes { type cursor } } }", json!({})).await;
+        let nodes = log["events"]["nodes"].as_array().unwrap().clone();
+        nodes.iter().any(|e| e["type"] == "RunQueued").then(|| nodes.last().unwrap()["cursor"].clone())
+    })
+    .await;
+    let env_events_then = app
+        .data(
+            &app.admin,
+            "query($id: ID!) { node(id: $id) { ... on Environment { events { nodes { type } } } } }",
+            json!({ "id": env_id }),
+        )
+        .await;
+
+    // The present moves on: another setup is queued, which skips the first.
+    let input = json!({ "environmentId": env_id, "reason": "again" });
+    let again = app.data(&app.admin, crate::graphql::ENVIRONMENT_SETUP, json!({ "input": input })).await;
+    assert_eq!(again["environmentSetup"]["userErrors"], json!([]), "{again:#}");
+    let second_run = again["environmentSetup"]["run"]["id"].clone();
+    let now = app
+        .data(&app.admin, "query($id: ID!) { node(id: $id) { ... on Run { status } } }", json!({ "id": first_run }))
+        .await;
+    assert_eq!(now["node"]["status"], "SKIPPED", "the first run's present");
+
+    let query = "query($id: ID!, $cursor: String) { node(id: $id) { ... on Environment {
+        lastRun { id status }
+        stateAt(cursor: $cursor) {
+          status
+          lastRun { id status environment { lastRun { id status } } }
+          application { templateVersion }
+          events { nodes { type } }
+        } } } }";
+    let data = app.data(&app.admin, query, json!({ "id": env_id, "cursor": then })).await;
+    let environment = &data["node"];
+    assert_eq!(environment["lastRun"], json!({ "id": second_run, "status": "QUEUED" }), "the present");
+    let past = &environment["stateAt"];
+    assert_eq!(past["status"], "PENDING");
+    let run_then = json!({ "id": first_run, "status": "QUEUED" });
+    assert_eq!(past["lastRun"]["id"], run_then["id"]);
+    assert_eq!(past["lastRun"]["status"], run_then["status"], "the run as it was then, not SKIPPED: {data:#}");
+    assert_eq!(past["lastRun"]["environment"]["lastRun"], run_then, "its environment is as of then too");
+    assert_eq!(past["application"]["templateVersion"], 1);
+    assert_eq!(past["events"], env_events_then["node"]["events"], "only the events up to then");
+
+    // What only the present keeps is refused there, by name.
+    for (field, selection) in [
+        ("runs", "runs { totalCount }"),
+        ("logs", "lastRun { logs { nodes { text } } }"),
+        ("environments", "application { environments { totalCount } }"),
+    ] {
+        let query = format!(
+            "query($id: ID!, $cursor: String) {{ node(id: $id) {{ ... on Environment {{ stateAt(cursor: $cursor) {{ {selection} }} }} }} }}"
+        );
+        let body = app.graphql(&app.admin, &query, json!({ "id": env_id, "cursor": then })).await;
+        let errors = body["errors"].as_array().unwrap_or_else(|| panic!("{field} was offered: {body:#}"));
+        assert_eq!(errors.len(), 1, "{body:#}");
+        assert_eq!(errors[0]["extensions"]["code"], "BAD_USER_INPUT");
+        assert_eq!(
+            errors[0]["message"],
+            format!("`{field}` is not offered under `stateAt`: only its present is kept; ask outside `stateAt`")
+        );
+    }
 }

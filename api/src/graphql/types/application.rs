@@ -8,13 +8,14 @@ use shiplog_projections::lifecycle::ApplicationView;
 use shiplog_projections::read::{self, environments};
 use shiplog_projections::time_travel::{self, AsOf};
 
-use super::{Environment, Release, list_environments, list_releases, name};
+use super::{Environment, Release, list_environments, list_releases, name, not_in_the_past};
 use crate::graphql::ids::NodeId;
 use crate::graphql::page::{self, Counted, Page};
 use crate::graphql::{api, internal};
 
 /// An application: a repository and the templates its environments are set up from.
-pub struct Application(pub ApplicationView);
+/// An application as it is now or, reached under `stateAt`, as it was then (`.1`).
+pub struct Application(pub ApplicationView, pub AsOf);
 
 #[Object]
 impl Application {
@@ -50,7 +51,8 @@ impl Application {
     async fn updated_at(&self) -> DateTime<Utc> {
         self.0.updated_at
     }
-    /// The application's environments, by name.
+    /// The application's environments, by name. Not offered under `stateAt` (the
+    /// list is kept as it is now): a `BAD_USER_INPUT` error there.
     #[graphql(complexity = "page::cost(first, last, child_complexity)")]
     async fn environments(
         &self,
@@ -60,11 +62,14 @@ impl Application {
         first: Option<i32>,
         last: Option<i32>,
     ) -> async_graphql::Result<Connection<String, Environment, Counted>> {
+        not_in_the_past(self.1, "environments")?;
         let filter = environments::Filter { application: Some(self.0.name.clone()), ..environments::Filter::default() };
         let scope = format!("environments:{}", self.0.name);
         list_environments(ctx, &scope, &filter, page::window(&scope, after, before, first, last)?).await
     }
-    /// Its releases, accepted and rejected, newest first.
+
+    /// Its releases, accepted and rejected, newest first (as they are now: under
+    /// `stateAt` it is refused).
     #[graphql(complexity = "page::cost(first, last, child_complexity)")]
     async fn releases(
         &self,
@@ -74,6 +79,7 @@ impl Application {
         first: Option<i32>,
         last: Option<i32>,
     ) -> async_graphql::Result<Connection<String, Release, Counted>> {
+        not_in_the_past(self.1, "releases")?;
         let scope = format!("releases:{}", self.0.name);
         list_releases(ctx, &scope, &name(&self.0.name), page::window(&scope, after, before, first, last)?).await
     }
@@ -81,10 +87,19 @@ impl Application {
 
 /// An application as its events say now.
 pub async fn load_application(ctx: &Context<'_>, app: &Name) -> async_graphql::Result<Option<Application>> {
-    let view = time_travel::application_at(api(ctx).store(), app, AsOf::Latest)
+    load_application_at(ctx, app, AsOf::Latest).await
+}
+
+/// An application as its events say at `as_of`.
+pub async fn load_application_at(
+    ctx: &Context<'_>,
+    app: &Name,
+    as_of: AsOf,
+) -> async_graphql::Result<Option<Application>> {
+    let view = time_travel::application_at(api(ctx).store(), app, as_of)
         .await
         .map_err(|e| internal("loading an application", e))?;
-    Ok(view.map(Application))
+    Ok(view.map(|view| Application(view, as_of)))
 }
 
 /// Applications from the read model, by name.
@@ -96,5 +111,5 @@ pub async fn list_applications(
     let listed = read::applications::list(api(ctx).store().pool(), &page)
         .await
         .map_err(|e| internal("listing applications", e))?;
-    Ok(page::counted(scope, &page, listed, Application))
+    Ok(page::counted(scope, &page, listed, |view| Application(view, AsOf::Latest)))
 }

@@ -12,15 +12,22 @@ use shiplog_projections::read::{self, environments};
 use shiplog_projections::time_travel::{self, AsOf};
 
 use super::merge_request::MergeRequest;
-use super::{Application, Event, Run, load_application, load_run, name, parse_event_cursor};
+use super::{Application, Event, Run, load_application_at, load_run_at, name, parse_event_cursor};
 use crate::graphql::ids::NodeId;
 use crate::graphql::page::{self, Counted, Page};
 use crate::graphql::{api, coded, internal};
 
-/// An environment: an application deployed somewhere.
-pub struct Environment(pub EnvironmentView);
+/// An environment: an application deployed somewhere, as it is now or, under
+/// `stateAt`, as it was then (`.1`): everything reached from it is then as of
+/// the same point, or refused where that history is not kept.
+pub struct Environment(pub EnvironmentView, pub AsOf);
 
 impl Environment {
+    /// The environment as it is now.
+    pub fn now(view: EnvironmentView) -> Environment {
+        Environment(view, AsOf::Latest)
+    }
+
     pub fn application_name(&self) -> Name {
         name(&self.0.application)
     }
@@ -42,7 +49,7 @@ impl Environment {
     }
     /// The application it deploys.
     async fn application(&self, ctx: &Context<'_>) -> async_graphql::Result<Application> {
-        load_application(ctx, &self.application_name())
+        load_application_at(ctx, &self.application_name(), self.1)
             .await?
             .ok_or_else(|| internal("loading an environment's application", "application missing"))
     }
@@ -119,14 +126,15 @@ impl Environment {
     async fn applied_template_version(&self) -> Option<i32> {
         self.0.state.applied.as_ref().map(|a| a.template_version as i32)
     }
-    /// The most recent run.
+    /// The most recent run (under `stateAt`, the run as it was then).
     async fn last_run(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Run>> {
         match &self.0.last_run {
-            Some(last) => load_run(ctx, last.run_id).await,
+            Some(last) => load_run_at(ctx, last.run_id, self.1).await,
             None => Ok(None),
         }
     }
-    /// Its runs, newest first.
+    /// Its runs, newest first. Not offered under `stateAt` (the list is kept as
+    /// it is now): a `BAD_USER_INPUT` error there; `lastRun` is as of then.
     #[graphql(complexity = "page::cost(first, last, child_complexity)")]
     async fn runs(
         &self,
@@ -136,15 +144,17 @@ impl Environment {
         first: Option<i32>,
         last: Option<i32>,
     ) -> async_graphql::Result<Connection<String, Run, Counted>> {
+        not_in_the_past(self.1, "runs")?;
         let scope = format!("runs:{}/{}", self.0.application, self.0.name);
         let page = page::window(&scope, after, before, first, last)?;
         page::numeric_keys(&page)?;
         let listed = read::runs::of_environment(api(ctx).store().pool(), &self.0.application, &self.0.name, &page)
             .await
             .map_err(|e| internal("listing runs", e))?;
-        Ok(page::counted(&scope, &page, listed, Run))
+        Ok(page::counted(&scope, &page, listed, Run::now))
     }
-    /// Its events (lifecycle facts, not log lines), oldest first.
+    /// Its events (lifecycle facts, not log lines), oldest first; under
+    /// `stateAt`, those up to that point.
     #[graphql(complexity = "page::cost(first, None, child_complexity)")]
     async fn events(
         &self,
@@ -168,10 +178,15 @@ impl Environment {
             .read_stream(&stream, after + 1, page.fetch() as usize)
             .await
             .map_err(|e| internal("reading events", e))?;
-        Ok(page::plain(&scope, &page, events.into_iter().map(|e| (e.version.to_string(), Event(e))).collect()))
+        let as_of = self.1;
+        let events = events.into_iter().take_while(|e| as_of.includes(e.cursor, e.recorded_at));
+        Ok(page::plain(&scope, &page, events.map(|e| (e.version.to_string(), Event(e))).collect()))
     }
     /// The environment as it was right after the event at `cursor` (an event's
     /// `cursor`), or at `time`; null if it did not exist yet. Give exactly one.
+    /// Everything under it is as of that point (`lastRun`, `application`, a
+    /// run's `environment`, `events` up to there), or refused with
+    /// `BAD_USER_INPUT` where only the present is kept (`runs`, a run's `logs`).
     async fn state_at(
         &self,
         ctx: &Context<'_>,
@@ -186,7 +201,7 @@ impl Environment {
         let view = time_travel::environment_at(api(ctx).store(), &self.application_name(), &self.env_name(), as_of)
             .await
             .map_err(|e| internal("time travel", e))?;
-        Ok(view.map(Environment))
+        Ok(view.map(|view| Environment(view, as_of)))
     }
     /// When it was created.
     async fn created_at(&self) -> DateTime<Utc> {
@@ -200,10 +215,31 @@ impl Environment {
 
 /// An environment as its events say now.
 pub async fn load_environment(ctx: &Context<'_>, app: &Name, env: &Name) -> async_graphql::Result<Option<Environment>> {
-    let view = time_travel::environment_at(api(ctx).store(), app, env, AsOf::Latest)
+    load_environment_at(ctx, app, env, AsOf::Latest).await
+}
+
+/// An environment as its events say at `as_of`.
+pub async fn load_environment_at(
+    ctx: &Context<'_>,
+    app: &Name,
+    env: &Name,
+    as_of: AsOf,
+) -> async_graphql::Result<Option<Environment>> {
+    let view = time_travel::environment_at(api(ctx).store(), app, env, as_of)
         .await
         .map_err(|e| internal("loading an environment", e))?;
-    Ok(view.map(Environment))
+    Ok(view.map(|view| Environment(view, as_of)))
+}
+
+/// Refuses `field` under `stateAt`: it only knows the present.
+pub fn not_in_the_past(as_of: AsOf, field: &str) -> async_graphql::Result<()> {
+    match as_of {
+        AsOf::Latest => Ok(()),
+        _ => Err(coded(
+            "BAD_USER_INPUT",
+            format!("`{field}` is not offered under `stateAt`: only its present is kept; ask outside `stateAt`"),
+        )),
+    }
 }
 
 /// Which environments a list shows; every field given narrows it.
@@ -240,7 +276,7 @@ pub async fn list_environments(
     let listed = read::environments::list(api(ctx).store().pool(), filter, &page)
         .await
         .map_err(|e| internal("listing environments", e))?;
-    Ok(page::counted(scope, &page, listed, Environment))
+    Ok(page::counted(scope, &page, listed, Environment::now))
 }
 
 /// The kind of an environment.

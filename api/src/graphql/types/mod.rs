@@ -19,16 +19,17 @@ mod token;
 use async_graphql::{ID, Interface};
 use shiplog_engine::domain::Name;
 
-pub use application::{Application, list_applications, load_application};
+pub use application::{Application, list_applications, load_application, load_application_at};
 pub use audit::{AuditVerification, ProjectionStatus};
 pub use big_int::BigInt;
 pub use environment::{
     DriftMode, Environment, EnvironmentFilter, EnvironmentKind, list_environments, load_environment,
+    load_environment_at, not_in_the_past,
 };
 pub use event::{EVENTS, Event, EventSelection, list_events, parse_event_cursor, stream_ids};
 pub use log::{LogLine, log_scope};
 pub use release::{Release, list_releases, load_release};
-pub use run::{Run, load_run};
+pub use run::{Run, load_run, load_run_at};
 pub use token::{ApiToken, Role};
 
 /// An object with a global ID, fetchable with `node(id:)`.

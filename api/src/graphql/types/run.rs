@@ -7,15 +7,22 @@ use chrono::{DateTime, Utc};
 use shiplog_engine::domain::run::{self as run, JobState, StageState};
 use shiplog_projections::runs::{RunView, duration_ms};
 
-use super::{BigInt, Environment, LogLine, load_environment, log_scope};
+use super::{BigInt, Environment, LogLine, load_environment_at, log_scope, not_in_the_past};
 use crate::graphql::ids::NodeId;
 use crate::graphql::page;
 use crate::graphql::{api, coded, internal};
+use shiplog_projections::time_travel::AsOf;
 
 /// One execution of setup, patch or teardown for one environment.
-pub struct Run(pub RunView);
+/// A run as it is now or, reached under `stateAt`, as it was then (`.1`).
+pub struct Run(pub RunView, pub AsOf);
 
 impl Run {
+    /// The run as it is now.
+    pub fn now(view: RunView) -> Run {
+        Run(view, AsOf::Latest)
+    }
+
     /// Whether the run has ended: it is neither queued nor running.
     pub fn is_final(&self) -> bool {
         self.0.state.status.is_final()
@@ -38,7 +45,7 @@ impl Run {
     }
     /// The environment it runs for.
     async fn environment(&self, ctx: &Context<'_>) -> async_graphql::Result<Environment> {
-        load_environment(ctx, &self.0.state.application, &self.0.state.environment)
+        load_environment_at(ctx, &self.0.state.application, &self.0.state.environment, self.1)
             .await?
             .ok_or_else(|| internal("loading a run's environment", "environment missing"))
     }
@@ -91,6 +98,7 @@ impl Run {
         after: Option<String>,
         first: Option<i32>,
     ) -> async_graphql::Result<Connection<String, LogLine, EmptyFields>> {
+        not_in_the_past(self.1, "logs")?;
         let scope = log_scope(self.0.state.run_id);
         let page = page::window(&scope, after, None, first, None)?;
         let after = match &page.after {
@@ -196,10 +204,17 @@ impl Job {
 }
 
 /// A run as its stream says now.
+/// A run as its events say now.
 pub async fn load_run(ctx: &Context<'_>, run_id: uuid::Uuid) -> async_graphql::Result<Option<Run>> {
-    let view =
-        shiplog_projections::runs::load(api(ctx).store(), run_id).await.map_err(|e| internal("loading a run", e))?;
-    Ok(view.map(Run))
+    load_run_at(ctx, run_id, AsOf::Latest).await
+}
+
+/// A run as its events say at `as_of`.
+pub async fn load_run_at(ctx: &Context<'_>, run_id: uuid::Uuid, as_of: AsOf) -> async_graphql::Result<Option<Run>> {
+    let view = shiplog_projections::runs::load_at(api(ctx).store(), run_id, as_of)
+        .await
+        .map_err(|e| internal("loading a run", e))?;
+    Ok(view.map(|view| Run(view, as_of)))
 }
 
 /// What a run does.
