@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::app::{PATIENCE, TestApp};
+use crate::graphql::{ENVIRONMENT_CREATE, ENVIRONMENT_DEPLOY, ENVIRONMENT_SETUP, example_application};
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
@@ -324,4 +325,41 @@ async fn a_request_without_a_query_or_not_declared_json_is_refused_and_runs_noth
     let answer =
         crate::app::http(app.address, "POST", "/graphql", &charset, br#"{"query":"{ viewer { role } }"}"#).await;
     assert_eq!((answer.status, answer.json()["data"]["viewer"]["role"].as_str()), (200, Some("ADMIN")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_well_formed_commit_the_repository_lacks_is_refused_before_anything_is_queued() {
+    let app = TestApp::start().await;
+    let (repo, app_id) = example_application(&app).await;
+    let input =
+        json!({ "applicationId": app_id, "name": "staging", "kind": "STAGING", "branch": "main", "setup": false });
+    let created = app.data(&app.admin, ENVIRONMENT_CREATE, json!({ "input": input })).await;
+    let env_id = created["environmentCreate"]["environment"]["id"].clone();
+    let events = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events").fetch_one(&app.db.runtime).await.unwrap()
+    };
+    let before = events().await;
+
+    let missing = "1111111111111111111111111111111111111111";
+    let refused = json!([{ "field": ["input", "commit"], "code": "REF_NOT_FOUND",
+        "message": format!("the repository has no commit {missing}: push it first, or deploy another") }]);
+    let setup = json!({ "input": { "environmentId": env_id, "reason": "try", "commit": missing } });
+    let answer = app.data(&app.admin, ENVIRONMENT_SETUP, setup).await;
+    assert_eq!(
+        (&answer["environmentSetup"]["userErrors"], &answer["environmentSetup"]["run"]),
+        (&refused, &Value::Null)
+    );
+    let deploy = json!({ "input": { "environmentId": env_id, "commit": missing } });
+    let answer = app.data(&app.admin, ENVIRONMENT_DEPLOY, deploy).await;
+    assert_eq!(answer["environmentDeploy"]["userErrors"], refused);
+    assert_eq!(events().await, before, "nothing is stored");
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM run_queue").fetch_one(&app.db.runtime).await.unwrap();
+    assert_eq!(queued, 0);
+
+    // A commit the repository has is taken.
+    let head = crate::webhooks::rev_parse(&repo.dir, "HEAD");
+    let setup = json!({ "input": { "environmentId": env_id, "reason": "try", "commit": head } });
+    let answer = app.data(&app.admin, ENVIRONMENT_SETUP, setup).await;
+    assert_eq!(answer["environmentSetup"]["userErrors"], json!([]));
+    assert_eq!(answer["environmentSetup"]["run"]["status"], "QUEUED");
 }
