@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use shiplog::config::{ApiConfig, ServerConfig};
+use shiplog_engine::domain::run::RunStatus;
+use shiplog_engine::runtime::process::ProcessRuntime;
+use shiplog_engine::worker::{Tick, Worker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -362,4 +365,46 @@ async fn a_well_formed_commit_the_repository_lacks_is_refused_before_anything_is
     let answer = app.data(&app.admin, ENVIRONMENT_SETUP, setup).await;
     assert_eq!(answer["environmentSetup"]["userErrors"], json!([]));
     assert_eq!(answer["environmentSetup"]["run"]["status"], "QUEUED");
+}
+
+const RUN_UPDATED: &str = "subscription($runId: ID!) {
+  runUpdated(runId: $runId) { status stages { name status jobs { name status } } } }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_updated_shows_every_state_however_short() {
+    let app = TestApp::start().await;
+    let (_repo, app_id) = example_application(&app).await;
+    let input = json!({ "applicationId": app_id, "name": "staging", "kind": "STAGING", "branch": "main" });
+    let created = app.data(&app.admin, ENVIRONMENT_CREATE, json!({ "input": input })).await;
+    let run_id = created["environmentCreate"]["run"]["id"].clone();
+    let mut updates = app.subscribe(&app.admin, RUN_UPDATED, json!({ "runId": run_id })).await;
+    assert_eq!(updates.item().await["runUpdated"]["status"], "QUEUED");
+
+    // The whole setup (a directory snapshot for a build, milliseconds each step)
+    // runs well inside one poll of the event feed.
+    let lifecycle = shiplog_engine::lifecycle::Lifecycle::new(app.db.store());
+    let runtime = std::sync::Arc::new(ProcessRuntime::new(app.scratch.path().join("process")));
+    let worker = Worker::new(lifecycle, runtime, "w", app.scratch.path().join("work"));
+    let tick = worker.tick().await.unwrap();
+    assert!(matches!(tick, Tick::Finished { status: RunStatus::Succeeded, .. }), "{tick:?}");
+    let states: Vec<Value> = updates.until_complete().await.into_iter().map(|s| s["runUpdated"].clone()).collect();
+
+    // One update per event of the run after the state first sent.
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id LIKE 'run-%'")
+        .fetch_one(&app.db.runtime)
+        .await
+        .unwrap();
+    assert_eq!(states.len() as i64, events - 1, "{states:#?}");
+    let last = states.last().unwrap();
+    assert_eq!(last["status"], "SUCCEEDED");
+    for stage in last["stages"].as_array().unwrap() {
+        for job in stage["jobs"].as_array().unwrap() {
+            let running = states.iter().any(|s| {
+                s["stages"].as_array().unwrap().iter().any(|st| {
+                    st["jobs"].as_array().unwrap().iter().any(|j| j["name"] == job["name"] && j["status"] == "RUNNING")
+                })
+            });
+            assert!(running, "job {} was never shown running: {states:#?}", job["name"]);
+        }
+    }
 }
