@@ -1,6 +1,7 @@
 //! Workers as separate processes sharing one database: a worker killed with SIGKILL
 //! in the middle of a long job is replaced by another, which resumes the run from
-//! its events once the lease expires; no job that had succeeded runs again.
+//! its events once the lease expires; no job that had succeeded runs again. The
+//! process runtime's services outlive a stopped server until a teardown.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -12,7 +13,9 @@ use shiplog_engine::domain::Name;
 use shiplog_engine::domain::environment::{EnvironmentKind, EnvironmentSpec, Tracking};
 use shiplog_engine::domain::run::RunStatus;
 use shiplog_engine::lifecycle::Lifecycle;
+use shiplog_engine::runtime::process::ProcessRuntime;
 use shiplog_engine::store::Metadata;
+use shiplog_engine::worker::{Tick, Worker};
 use shiplog_tests::example::{ExampleRepo, Scratch};
 use shiplog_tests::{TestDb, eventually};
 
@@ -112,4 +115,63 @@ async fn a_killed_worker_is_replaced_and_no_finished_job_runs_twice() {
     .await;
     kill(Pid::from_raw(second.id() as i32), Signal::SIGTERM).unwrap();
     assert!(second.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_runtime_services_outlive_a_stopped_server_until_torn_down() {
+    let db = TestDb::new().await;
+    let scratch = Scratch::new("shiplog-outlive");
+    let repo = ExampleRepo::create(&scratch);
+    let marks = scratch.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let lifecycle = Lifecycle::new(db.store());
+    let meta = Metadata::default();
+    let (app, env): (Name, Name) = ("hello".parse().unwrap(), "staging".parse().unwrap());
+    lifecycle.create_application(&app, repo.dir.to_str().unwrap(), &meta, Utc::now()).await.unwrap();
+    lifecycle.update_template(&app, &repo.template(), &meta, Utc::now()).await.unwrap();
+    lifecycle.update_variables(&app, &format!("MARKS: \"{}\"\n", marks.display()), &meta, Utc::now()).await.unwrap();
+    let spec = EnvironmentSpec {
+        application: app.clone(),
+        name: env.clone(),
+        kind: EnvironmentKind::Staging,
+        tracking: Tracking::Branch("main".into()),
+        ttl_seconds: None,
+        drift_mode: Default::default(),
+    };
+    lifecycle.create_environment(&spec, &meta, Utc::now()).await.unwrap();
+
+    let mut server = Command::new(env!("CARGO_BIN_EXE_shiplog"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("DATABASE_URL", db.url())
+        .env("SHIPLOG_PROCESS_ROOT", scratch.path().join("process"))
+        .env("SHIPLOG_WORK_DIR", scratch.path().join("work"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let setup = lifecycle.request_setup(&app, &env, None, "created", &meta, Utc::now()).await.unwrap();
+    let run = eventually("the setup to end", Duration::from_secs(60), || async {
+        let (run, _) = lifecycle.run(setup.run_id).await.unwrap().unwrap();
+        run.status.is_final().then_some(run)
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+
+    // Stopping the server stops shiplog, not the environments it runs: like
+    // containers, they keep serving until torn down.
+    kill(Pid::from_raw(server.id() as i32), Signal::SIGTERM).unwrap();
+    let status = tokio::task::spawn_blocking(move || server.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(repo.page().await.as_deref(), Some("<h1>hello from shiplog v1</h1>"));
+
+    // Any later worker finds them from their state files and tears them down.
+    let teardown = lifecycle.request_teardown(&app, &env, "done", &meta, Utc::now()).await.unwrap();
+    let runtime = std::sync::Arc::new(ProcessRuntime::new(scratch.path().join("process")));
+    let worker = Worker::new(lifecycle.clone(), runtime, "after", scratch.path().join("work"));
+    let tick = worker.tick().await.unwrap();
+    assert!(
+        matches!(tick, Tick::Finished { run_id, status: RunStatus::Succeeded } if run_id == teardown.run_id),
+        "{tick:?}"
+    );
+    assert_eq!(repo.page().await, None, "the service still answers after teardown");
 }
