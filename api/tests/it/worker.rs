@@ -3,6 +3,7 @@
 //! its events once the lease expires; no job that had succeeded runs again. The
 //! process runtime's services outlive a stopped server until a teardown.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -25,8 +26,13 @@ const SLOW_RELEASE: &str = "#!/bin/sh\necho started >> \"$MARKS/release-started\
     while [ ! -e \"$MARKS/go\" ]; do sleep 0.05; done\necho \"migration done\"\n";
 
 fn start_worker(db: &TestDb, scratch: &Scratch, id: &str) -> Child {
+    start_shiplog(db, scratch, &["worker", "--lease", "2s", "--worker-id", id])
+}
+
+/// `shiplog <args>` on the test's database, process root and work directory.
+fn start_shiplog(db: &TestDb, scratch: &Scratch, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_shiplog"))
-        .args(["worker", "--lease", "2s", "--worker-id", id])
+        .args(args)
         .env("DATABASE_URL", db.url())
         .env("SHIPLOG_PROCESS_ROOT", scratch.path().join("process"))
         .env("SHIPLOG_WORK_DIR", scratch.path().join("work"))
@@ -40,15 +46,10 @@ fn lines(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path).map_or(0, |text| text.lines().count())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_worker_is_replaced_and_no_finished_job_runs_twice() {
-    let db = TestDb::new().await;
-    let scratch = Scratch::new("shiplog-kill");
-    let repo = ExampleRepo::create(&scratch);
-    repo.commit_release_script(SLOW_RELEASE);
-    let marks = scratch.path().join("marks");
-    std::fs::create_dir_all(&marks).unwrap();
-
+/// Application `hello` of `repo` with its template and variables, and its
+/// environment `staging` tracking `main`, not yet set up.
+async fn example_environment(db: &TestDb, repo: &ExampleRepo, marks: &Path) -> (Lifecycle, Metadata, Name, Name) {
+    std::fs::create_dir_all(marks).unwrap();
     let lifecycle = Lifecycle::new(db.store());
     let meta = Metadata::default();
     let (app, env): (Name, Name) = ("hello".parse().unwrap(), "staging".parse().unwrap());
@@ -64,6 +65,17 @@ async fn a_killed_worker_is_replaced_and_no_finished_job_runs_twice() {
         drift_mode: Default::default(),
     };
     lifecycle.create_environment(&spec, &meta, Utc::now()).await.unwrap();
+    (lifecycle, meta, app, env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_is_replaced_and_no_finished_job_runs_twice() {
+    let db = TestDb::new().await;
+    let scratch = Scratch::new("shiplog-kill");
+    let repo = ExampleRepo::create(&scratch);
+    repo.commit_release_script(SLOW_RELEASE);
+    let marks = scratch.path().join("marks");
+    let (lifecycle, meta, app, env) = example_environment(&db, &repo, &marks).await;
 
     let mut first = start_worker(&db, &scratch, "first");
     let setup = lifecycle.request_setup(&app, &env, None, "created", &meta, Utc::now()).await.unwrap();
@@ -123,32 +135,9 @@ async fn process_runtime_services_outlive_a_stopped_server_until_torn_down() {
     let scratch = Scratch::new("shiplog-outlive");
     let repo = ExampleRepo::create(&scratch);
     let marks = scratch.path().join("marks");
-    std::fs::create_dir_all(&marks).unwrap();
-    let lifecycle = Lifecycle::new(db.store());
-    let meta = Metadata::default();
-    let (app, env): (Name, Name) = ("hello".parse().unwrap(), "staging".parse().unwrap());
-    lifecycle.create_application(&app, repo.dir.to_str().unwrap(), &meta, Utc::now()).await.unwrap();
-    lifecycle.update_template(&app, &repo.template(), &meta, Utc::now()).await.unwrap();
-    lifecycle.update_variables(&app, &format!("MARKS: \"{}\"\n", marks.display()), &meta, Utc::now()).await.unwrap();
-    let spec = EnvironmentSpec {
-        application: app.clone(),
-        name: env.clone(),
-        kind: EnvironmentKind::Staging,
-        tracking: Tracking::Branch("main".into()),
-        ttl_seconds: None,
-        drift_mode: Default::default(),
-    };
-    lifecycle.create_environment(&spec, &meta, Utc::now()).await.unwrap();
+    let (lifecycle, meta, app, env) = example_environment(&db, &repo, &marks).await;
 
-    let mut server = Command::new(env!("CARGO_BIN_EXE_shiplog"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("DATABASE_URL", db.url())
-        .env("SHIPLOG_PROCESS_ROOT", scratch.path().join("process"))
-        .env("SHIPLOG_WORK_DIR", scratch.path().join("work"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut server = start_shiplog(&db, &scratch, &["serve", "--listen", "127.0.0.1:0"]);
     let setup = lifecycle.request_setup(&app, &env, None, "created", &meta, Utc::now()).await.unwrap();
     let run = eventually("the setup to end", Duration::from_secs(60), || async {
         let (run, _) = lifecycle.run(setup.run_id).await.unwrap().unwrap();
