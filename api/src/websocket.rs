@@ -168,14 +168,8 @@ impl Connection {
     /// The session `connection_init` opens: its payload must carry a valid token
     /// (`{"authorization": "Bearer <token>"}` or `{"token": "<token>"}`).
     async fn init(&mut self, payload: Value) -> Result<Session, Close> {
-        let token = payload
-            .get("authorization")
-            .or_else(|| payload.get("Authorization"))
-            .and_then(Value::as_str)
-            .and_then(auth::bearer)
-            .or_else(|| payload.get("token").and_then(Value::as_str))
-            .map(str::to_owned)
-            .ok_or_else(|| Close(4403, "Forbidden: connection_init carries no token".into()))?;
+        let token =
+            token_of(&payload).ok_or_else(|| Close(4403, "Forbidden: connection_init carries no token".into()))?;
         let principal = match auth::authenticate(&self.pool, &token).await {
             Ok(Some(principal)) => principal,
             Ok(None) => return Err(Close(4403, "Forbidden: unknown or revoked token".into())),
@@ -263,6 +257,18 @@ impl Connection {
     }
 }
 
+/// The token a `connection_init` payload carries, as
+/// `{"authorization": "Bearer <token>"}` or `{"token": "<token>"}`.
+fn token_of(payload: &Value) -> Option<String> {
+    payload
+        .get("authorization")
+        .or_else(|| payload.get("Authorization"))
+        .and_then(Value::as_str)
+        .and_then(auth::bearer)
+        .or_else(|| payload.get("token").and_then(Value::as_str))
+        .map(str::to_owned)
+}
+
 /// Why a revoked token's operations end.
 const REVOKED: &str = "Forbidden: the token was revoked";
 
@@ -293,14 +299,7 @@ pub async fn serve_legacy(
     let serve = async_graphql_axum::GraphQLWebSocket::new(socket, schema, protocol)
         .on_connection_init(move |payload| async move {
             let refused = || async_graphql::Error::new("unknown, revoked or missing token");
-            let token = payload
-                .get("authorization")
-                .or_else(|| payload.get("Authorization"))
-                .and_then(Value::as_str)
-                .and_then(auth::bearer)
-                .or_else(|| payload.get("token").and_then(Value::as_str))
-                .map(str::to_owned)
-                .ok_or_else(refused)?;
+            let token = token_of(&payload).ok_or_else(refused)?;
             let principal = auth::authenticate(&init_pool, &token)
                 .await
                 .map_err(|e| {

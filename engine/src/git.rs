@@ -11,6 +11,8 @@ use crate::domain::CommitId;
 pub enum GitError {
     #[error("git {action} failed: {detail}")]
     Failed { action: String, detail: String },
+    #[error("{repository} has no commit {commit}")]
+    NoSuchCommit { repository: String, commit: CommitId },
     #[error("running git: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -48,6 +50,34 @@ pub async fn resolve(repository: &str, reference: &str) -> Result<CommitId, GitE
     })?;
     sha.parse()
         .map_err(|_| GitError::Failed { action: "ls-remote".into(), detail: format!("unexpected commit id {sha:?}") })
+}
+
+/// Whether `repository` holds `commit`: `Ok(())`, or [`GitError::NoSuchCommit`]
+/// when the repository answers but has no such commit (any other error: it could
+/// not be asked). Fetches that one commit (without its history, and without its
+/// files where the server can filter them) into a scratch repository.
+pub async fn has_commit(repository: &str, commit: &CommitId) -> Result<(), GitError> {
+    // Reachable at all? A failure here is the repository's, not the commit's.
+    git(&["ls-remote", "--", repository, "HEAD"], None).await?;
+    let scratch = std::env::temp_dir().join(format!("shiplog-commit-probe-{}", uuid::Uuid::new_v4()));
+    let probe = async {
+        git(&["init", "--quiet", "--bare", &scratch.to_string_lossy()], None).await?;
+        let fetched = git(
+            &["fetch", "--quiet", "--no-tags", "--depth=1", "--filter=tree:0", "--", repository, commit.as_str()],
+            Some(&scratch),
+        )
+        .await;
+        match fetched {
+            Ok(_) => Ok(()),
+            Err(GitError::Failed { .. }) => {
+                Err(GitError::NoSuchCommit { repository: repository.to_owned(), commit: commit.clone() })
+            }
+            Err(e) => Err(e),
+        }
+    };
+    let answer = probe.await;
+    let _ = tokio::fs::remove_dir_all(&scratch).await;
+    answer
 }
 
 /// Checks `repository` out at `commit` into `dest` (which must not exist).

@@ -68,8 +68,9 @@ impl Subscription {
         }))
     }
 
-    /// A run's state: as it is now, then again each time it changes (a stage or
-    /// job starts or ends). Completes after the state in which the run has ended.
+    /// A run's state: as it is now, then again after each change (each event of
+    /// the run: a stage or job starts or ends), none merged. Completes after the
+    /// state in which the run has ended.
     async fn run_updated(
         &self,
         ctx: &Context<'_>,
@@ -79,7 +80,15 @@ impl Subscription {
         let run_id = existing_run(ctx, &run_id).await?;
         let api = api(ctx);
         let filter = EventFilter { streams: vec![StreamRef::Run(run_id).to_string()], ..EventFilter::default() };
-        let events = Box::pin(api.feed.follow(filter, Cursor::START).ready_chunks(RUN_CHUNK));
+        // The first update is the state now (every event already there, folded at
+        // once); after that, one update per event, so a state that lasts shorter
+        // than the feed's poll (a 25 ms build) still shows.
+        let events =
+            api.feed.follow(filter, Cursor::START).ready_chunks(RUN_CHUNK).enumerate().flat_map(|(n, chunk)| {
+                let chunks = if n == 0 { vec![chunk] } else { chunk.into_iter().map(|e| vec![e]).collect() };
+                futures::stream::iter(chunks)
+            });
+        let events = Box::pin(events);
         let open = api.metrics.subscription_opened();
         // State: the events still to come, the run folded so far, and whether it ended.
         let updates =

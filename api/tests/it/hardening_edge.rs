@@ -6,12 +6,16 @@ use std::net::SocketAddr;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use shiplog::config::{ApiConfig, ServerConfig};
+use shiplog_engine::domain::run::RunStatus;
+use shiplog_engine::runtime::process::ProcessRuntime;
+use shiplog_engine::worker::{Tick, Worker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::app::{PATIENCE, TestApp};
+use crate::graphql::{ENVIRONMENT_CREATE, ENVIRONMENT_DEPLOY, ENVIRONMENT_SETUP, example_application};
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
@@ -324,4 +328,83 @@ async fn a_request_without_a_query_or_not_declared_json_is_refused_and_runs_noth
     let answer =
         crate::app::http(app.address, "POST", "/graphql", &charset, br#"{"query":"{ viewer { role } }"}"#).await;
     assert_eq!((answer.status, answer.json()["data"]["viewer"]["role"].as_str()), (200, Some("ADMIN")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_well_formed_commit_the_repository_lacks_is_refused_before_anything_is_queued() {
+    let app = TestApp::start().await;
+    let (repo, app_id) = example_application(&app).await;
+    let input =
+        json!({ "applicationId": app_id, "name": "staging", "kind": "STAGING", "branch": "main", "setup": false });
+    let created = app.data(&app.admin, ENVIRONMENT_CREATE, json!({ "input": input })).await;
+    let env_id = created["environmentCreate"]["environment"]["id"].clone();
+    let events = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events").fetch_one(&app.db.runtime).await.unwrap()
+    };
+    let before = events().await;
+
+    let missing = "1111111111111111111111111111111111111111";
+    let refused = json!([{ "field": ["input", "commit"], "code": "REF_NOT_FOUND",
+        "message": format!("the repository has no commit {missing}: push it first, or deploy another") }]);
+    let setup = json!({ "input": { "environmentId": env_id, "reason": "try", "commit": missing } });
+    let answer = app.data(&app.admin, ENVIRONMENT_SETUP, setup).await;
+    assert_eq!(
+        (&answer["environmentSetup"]["userErrors"], &answer["environmentSetup"]["run"]),
+        (&refused, &Value::Null)
+    );
+    let deploy = json!({ "input": { "environmentId": env_id, "commit": missing } });
+    let answer = app.data(&app.admin, ENVIRONMENT_DEPLOY, deploy).await;
+    assert_eq!(answer["environmentDeploy"]["userErrors"], refused);
+    assert_eq!(events().await, before, "nothing is stored");
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM run_queue").fetch_one(&app.db.runtime).await.unwrap();
+    assert_eq!(queued, 0);
+
+    // A commit the repository has is taken.
+    let head = crate::webhooks::rev_parse(&repo.dir, "HEAD");
+    let setup = json!({ "input": { "environmentId": env_id, "reason": "try", "commit": head } });
+    let answer = app.data(&app.admin, ENVIRONMENT_SETUP, setup).await;
+    assert_eq!(answer["environmentSetup"]["userErrors"], json!([]));
+    assert_eq!(answer["environmentSetup"]["run"]["status"], "QUEUED");
+}
+
+const RUN_UPDATED: &str = "subscription($runId: ID!) {
+  runUpdated(runId: $runId) { status stages { name status jobs { name status } } } }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_updated_shows_every_state_however_short() {
+    let app = TestApp::start().await;
+    let (_repo, app_id) = example_application(&app).await;
+    let input = json!({ "applicationId": app_id, "name": "staging", "kind": "STAGING", "branch": "main" });
+    let created = app.data(&app.admin, ENVIRONMENT_CREATE, json!({ "input": input })).await;
+    let run_id = created["environmentCreate"]["run"]["id"].clone();
+    let mut updates = app.subscribe(&app.admin, RUN_UPDATED, json!({ "runId": run_id })).await;
+    assert_eq!(updates.item().await["runUpdated"]["status"], "QUEUED");
+
+    // The whole setup (a directory snapshot for a build, milliseconds each step)
+    // runs well inside one poll of the event feed.
+    let lifecycle = shiplog_engine::lifecycle::Lifecycle::new(app.db.store());
+    let runtime = std::sync::Arc::new(ProcessRuntime::new(app.scratch.path().join("process")));
+    let worker = Worker::new(lifecycle, runtime, "w", app.scratch.path().join("work"));
+    let tick = worker.tick().await.unwrap();
+    assert!(matches!(tick, Tick::Finished { status: RunStatus::Succeeded, .. }), "{tick:?}");
+    let states: Vec<Value> = updates.until_complete().await.into_iter().map(|s| s["runUpdated"].clone()).collect();
+
+    // One update per event of the run after the state first sent.
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id LIKE 'run-%'")
+        .fetch_one(&app.db.runtime)
+        .await
+        .unwrap();
+    assert_eq!(states.len() as i64, events - 1, "{states:#?}");
+    let last = states.last().unwrap();
+    assert_eq!(last["status"], "SUCCEEDED");
+    for stage in last["stages"].as_array().unwrap() {
+        for job in stage["jobs"].as_array().unwrap() {
+            let running = states.iter().any(|s| {
+                s["stages"].as_array().unwrap().iter().any(|st| {
+                    st["jobs"].as_array().unwrap().iter().any(|j| j["name"] == job["name"] && j["status"] == "RUNNING")
+                })
+            });
+            assert!(running, "job {} was never shown running: {states:#?}", job["name"]);
+        }
+    }
 }

@@ -39,9 +39,14 @@ fn wait_for_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStat
 fn serve_runs_a_private_postgres_and_stops_it_on_sigterm() {
     let scratch = Scratch::new("shiplog-serve");
     let data_dir = scratch.path().join("pg");
+    // The log goes to a file, as under a service manager: info lines, no colour.
+    let log = scratch.path().join("serve.log");
     let mut server = shiplog(&data_dir)
         .args(["serve", "--listen", "127.0.0.1:0", "--seal-interval", "50ms"])
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
         .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(server.stdout.take().unwrap());
@@ -91,6 +96,9 @@ fn serve_runs_a_private_postgres_and_stops_it_on_sigterm() {
     // PostgreSQL shut down cleanly: its lock file is gone and its process with it.
     assert!(!data_dir.join("postmaster.pid").exists());
     assert!(kill(Pid::from_raw(postmaster_pid), None).is_err(), "postgres still runs");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains(" INFO ") && log.contains("private PostgreSQL started"), "{log}");
+    assert!(!log.contains('\x1b'), "ANSI escape codes in a log written to a file:\n{log:?}");
 
     // The data survives: the audit tool starts the cluster again from the same directory.
     let verify = shiplog(&data_dir).args(["audit", "verify"]).output().unwrap();

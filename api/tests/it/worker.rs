@@ -1,7 +1,9 @@
 //! Workers as separate processes sharing one database: a worker killed with SIGKILL
 //! in the middle of a long job is replaced by another, which resumes the run from
-//! its events once the lease expires; no job that had succeeded runs again.
+//! its events once the lease expires; no job that had succeeded runs again. The
+//! process runtime's services outlive a stopped server until a teardown.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -12,7 +14,9 @@ use shiplog_engine::domain::Name;
 use shiplog_engine::domain::environment::{EnvironmentKind, EnvironmentSpec, Tracking};
 use shiplog_engine::domain::run::RunStatus;
 use shiplog_engine::lifecycle::Lifecycle;
+use shiplog_engine::runtime::process::ProcessRuntime;
 use shiplog_engine::store::Metadata;
+use shiplog_engine::worker::{Tick, Worker};
 use shiplog_tests::example::{ExampleRepo, Scratch};
 use shiplog_tests::{TestDb, eventually};
 
@@ -22,8 +26,13 @@ const SLOW_RELEASE: &str = "#!/bin/sh\necho started >> \"$MARKS/release-started\
     while [ ! -e \"$MARKS/go\" ]; do sleep 0.05; done\necho \"migration done\"\n";
 
 fn start_worker(db: &TestDb, scratch: &Scratch, id: &str) -> Child {
+    start_shiplog(db, scratch, &["worker", "--lease", "2s", "--worker-id", id])
+}
+
+/// `shiplog <args>` on the test's database, process root and work directory.
+fn start_shiplog(db: &TestDb, scratch: &Scratch, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_shiplog"))
-        .args(["worker", "--lease", "2s", "--worker-id", id])
+        .args(args)
         .env("DATABASE_URL", db.url())
         .env("SHIPLOG_PROCESS_ROOT", scratch.path().join("process"))
         .env("SHIPLOG_WORK_DIR", scratch.path().join("work"))
@@ -37,15 +46,10 @@ fn lines(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path).map_or(0, |text| text.lines().count())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_worker_is_replaced_and_no_finished_job_runs_twice() {
-    let db = TestDb::new().await;
-    let scratch = Scratch::new("shiplog-kill");
-    let repo = ExampleRepo::create(&scratch);
-    repo.commit_release_script(SLOW_RELEASE);
-    let marks = scratch.path().join("marks");
-    std::fs::create_dir_all(&marks).unwrap();
-
+/// Application `hello` of `repo` with its template and variables, and its
+/// environment `staging` tracking `main`, not yet set up.
+async fn example_environment(db: &TestDb, repo: &ExampleRepo, marks: &Path) -> (Lifecycle, Metadata, Name, Name) {
+    std::fs::create_dir_all(marks).unwrap();
     let lifecycle = Lifecycle::new(db.store());
     let meta = Metadata::default();
     let (app, env): (Name, Name) = ("hello".parse().unwrap(), "staging".parse().unwrap());
@@ -61,6 +65,17 @@ async fn a_killed_worker_is_replaced_and_no_finished_job_runs_twice() {
         drift_mode: Default::default(),
     };
     lifecycle.create_environment(&spec, &meta, Utc::now()).await.unwrap();
+    (lifecycle, meta, app, env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_is_replaced_and_no_finished_job_runs_twice() {
+    let db = TestDb::new().await;
+    let scratch = Scratch::new("shiplog-kill");
+    let repo = ExampleRepo::create(&scratch);
+    repo.commit_release_script(SLOW_RELEASE);
+    let marks = scratch.path().join("marks");
+    let (lifecycle, meta, app, env) = example_environment(&db, &repo, &marks).await;
 
     let mut first = start_worker(&db, &scratch, "first");
     let setup = lifecycle.request_setup(&app, &env, None, "created", &meta, Utc::now()).await.unwrap();
@@ -112,4 +127,40 @@ async fn a_killed_worker_is_replaced_and_no_finished_job_runs_twice() {
     .await;
     kill(Pid::from_raw(second.id() as i32), Signal::SIGTERM).unwrap();
     assert!(second.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_runtime_services_outlive_a_stopped_server_until_torn_down() {
+    let db = TestDb::new().await;
+    let scratch = Scratch::new("shiplog-outlive");
+    let repo = ExampleRepo::create(&scratch);
+    let marks = scratch.path().join("marks");
+    let (lifecycle, meta, app, env) = example_environment(&db, &repo, &marks).await;
+
+    let mut server = start_shiplog(&db, &scratch, &["serve", "--listen", "127.0.0.1:0"]);
+    let setup = lifecycle.request_setup(&app, &env, None, "created", &meta, Utc::now()).await.unwrap();
+    let run = eventually("the setup to end", Duration::from_secs(60), || async {
+        let (run, _) = lifecycle.run(setup.run_id).await.unwrap().unwrap();
+        run.status.is_final().then_some(run)
+    })
+    .await;
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+
+    // Stopping the server stops shiplog, not the environments it runs: like
+    // containers, they keep serving until torn down.
+    kill(Pid::from_raw(server.id() as i32), Signal::SIGTERM).unwrap();
+    let status = tokio::task::spawn_blocking(move || server.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(repo.page().await.as_deref(), Some("<h1>hello from shiplog v1</h1>"));
+
+    // Any later worker finds them from their state files and tears them down.
+    let teardown = lifecycle.request_teardown(&app, &env, "done", &meta, Utc::now()).await.unwrap();
+    let runtime = std::sync::Arc::new(ProcessRuntime::new(scratch.path().join("process")));
+    let worker = Worker::new(lifecycle.clone(), runtime, "after", scratch.path().join("work"));
+    let tick = worker.tick().await.unwrap();
+    assert!(
+        matches!(tick, Tick::Finished { run_id, status: RunStatus::Succeeded } if run_id == teardown.run_id),
+        "{tick:?}"
+    );
+    assert_eq!(repo.page().await, None, "the service still answers after teardown");
 }

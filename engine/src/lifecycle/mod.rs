@@ -213,6 +213,9 @@ impl Lifecycle {
         commit: Option<CommitId>,
     ) -> Result<CommitId, LifecycleError> {
         if let Some(c) = commit {
+            // A commit the repository lacks would fail at build however often it
+            // is retried: refuse it before anything is queued.
+            git::has_commit(&application.repository, &c).await?;
             return Ok(c);
         }
         let reference = match env.created.as_ref().map(|c| &c.tracking) {
@@ -516,7 +519,10 @@ impl Lifecycle {
                     reason,
                     template,
                     templates: current.clone(),
-                    plan: run::plan(kind, &plan_input(app, &parsed, self.registry.as_ref())),
+                    plan: run::plan(
+                        kind,
+                        &teardown_aware(kind, &env, plan_input(app, &parsed, self.registry.as_ref())),
+                    ),
                     queued_at: now,
                 };
                 let superseded: Vec<Uuid> = events
@@ -634,6 +640,17 @@ enum Ask {
 /// Requests made by a person always decide a run (or are refused).
 fn decided(requested: Option<Requested>) -> Requested {
     requested.expect("a requested setup, patch or teardown decides a run or is refused")
+}
+
+/// The plan input for a run of `kind` on `env`: teardown hooks run from the
+/// deployed code, so an environment where nothing was ever deployed (no setup or
+/// patch succeeded) has no code to run them from and nothing for them to undo;
+/// its teardown only removes whatever the runtime may hold.
+fn teardown_aware(kind: RunKind, env: &Environment, mut input: PlanInput) -> PlanInput {
+    if kind == RunKind::Teardown && env.commit.is_none() {
+        input.teardown_hooks.clear();
+    }
+    input
 }
 
 /// What a template contributes to run plans; with a registry, every built service

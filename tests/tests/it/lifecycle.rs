@@ -451,6 +451,31 @@ async fn a_chunked_follower_gets_every_line_once_in_order_with_all_that_is_store
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_never_set_up_is_torn_down_with_nothing_to_undo() {
+    let ex = Example::new().await;
+    // Created without a setup: nothing was checked out, built or deployed, so the
+    // teardown hook has no code to run from and nothing to undo.
+    let teardown =
+        ex.lifecycle.request_teardown(&ex.app, &ex.env, "never used", &metadata(), Utc::now()).await.unwrap();
+    assert_eq!(ex.work().await, (teardown.run_id, RunStatus::Succeeded));
+    let (env, _) = ex.lifecycle.environment(&ex.app, &ex.env).await.unwrap();
+    assert_eq!(env.status, Some(Status::TornDown));
+    assert_eq!(
+        ex.event_types(teardown.run_id).await,
+        [
+            "RunQueued",
+            "RunStarted",
+            "StageStarted teardown",
+            "JobStarted remove",
+            "JobSucceeded remove",
+            "StageSucceeded teardown",
+            "RunSucceeded"
+        ]
+    );
+    assert!(!ex.scratch.path().join("work").join("checkouts").exists(), "a teardown checks nothing out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_environment_past_its_ttl_is_torn_down_once() {
     let ex = Example::new().await;
     let preview: Name = "preview-1".parse().unwrap();

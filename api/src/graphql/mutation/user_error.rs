@@ -3,6 +3,7 @@
 
 use async_graphql::{Enum, SimpleObject};
 use shiplog_engine::domain::DomainError;
+use shiplog_engine::git::GitError;
 use shiplog_engine::lifecycle::LifecycleError;
 
 use crate::graphql::{coded, internal};
@@ -71,6 +72,10 @@ pub(super) fn refusal(error: LifecycleError, field: &str) -> async_graphql::Resu
         LifecycleError::Domain(domain) => domain,
         LifecycleError::Template(problems) => {
             return Ok(problems.0.iter().map(|p| user_error(Some(field), p.to_string(), C::TemplateInvalid)).collect());
+        }
+        LifecycleError::Git(GitError::NoSuchCommit { commit, .. }) => {
+            let message = format!("the repository has no commit {commit}: push it first, or deploy another");
+            return Ok(vec![user_error(Some("commit"), message, C::RefNotFound)]);
         }
         LifecycleError::Git(e) => {
             tracing::info!(error = %e, "resolving the commit to deploy failed");
