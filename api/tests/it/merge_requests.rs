@@ -299,8 +299,13 @@ async fn forged_unsigned_replayed_and_malformed_request_deliveries_change_nothin
     let headers =
         [("x-gitlab-event", "Merge Request Hook"), ("x-gitlab-event-uuid", "f2"), ("x-gitlab-token", "wrong")];
     assert_eq!(
-        hooks.post("/webhooks/gitlab", &headers, gitlab).await,
+        hooks.post("/webhooks/gitlab", &headers, gitlab.clone()).await,
         (StatusCode::UNAUTHORIZED, json!({ "error": "X-Gitlab-Token is not the secret token" }))
+    );
+    let unsigned = [("x-gitlab-event", "Merge Request Hook"), ("x-gitlab-event-uuid", "f2")];
+    assert_eq!(
+        hooks.post("/webhooks/gitlab", &unsigned, gitlab).await,
+        (StatusCode::UNAUTHORIZED, json!({ "error": "missing X-Gitlab-Token header: set the webhook's secret token" }))
     );
     let mut no_action = hooks.merge_request("open", "Ready", &head, "main", None);
     no_action["object_attributes"].as_object_mut().unwrap().remove("action");
@@ -324,6 +329,17 @@ async fn forged_unsigned_replayed_and_malformed_request_deliveries_change_nothin
     assert_eq!(
         post(Some(sign(GITHUB_SECRET, &body)), body).await,
         (StatusCode::CONFLICT, json!({ "error": "delivery f1 was received before; nothing was done" }))
+    );
+    assert_eq!(hooks.counts().await, accepted);
+
+    // The same for GitLab's merge request deliveries.
+    let gitlab = hooks.merge_request("open", "Ready", &head, "main", None);
+    let (status, answer) = hooks.gitlab("Merge Request Hook", "f5", &gitlab).await;
+    assert_eq!((status, runs(&answer)), (StatusCode::ACCEPTED, pairs(&[("mr-1", "setup")])), "{answer}");
+    let accepted = hooks.counts().await;
+    assert_eq!(
+        hooks.gitlab("Merge Request Hook", "f5", &gitlab).await,
+        (StatusCode::CONFLICT, json!({ "error": "delivery f5 was received before; nothing was done" }))
     );
     assert_eq!(hooks.counts().await, accepted);
 }
@@ -425,6 +441,17 @@ async fn reported(reporter: &Reporter, forge: &ForgeStandIn, count: usize) -> Ve
         (received.len() >= count).then_some(received)
     })
     .await
+}
+
+/// The GitLab commit status of the example's staging environment at `commit`.
+fn staging_status(commit: &str, state: &str) -> Received {
+    Received::GitLabStatus {
+        project: "gitlabhq/gitlab-test".into(),
+        commit: commit.into(),
+        state: state.into(),
+        name: "shiplog/hello/staging".into(),
+        target_url: Some("https://shiplog.example.com/applications/hello/environments/staging".into()),
+    }
 }
 
 fn reporter(hooks: &WebhookFixture, forge: &ForgeStandIn) -> Reporter {
@@ -553,13 +580,7 @@ async fn gitlab_gets_commit_statuses_for_staging_as_the_request_deploys() {
         .await;
     assert_eq!(runs(&answer), pairs(&[("staging", "setup")]), "{answer}");
     assert_eq!(run_to_end(&hooks, &worker).await, RunStatus::Succeeded);
-    let status = |state: &str| Received::GitLabStatus {
-        project: "gitlabhq/gitlab-test".into(),
-        commit: head.clone(),
-        state: state.into(),
-        name: "shiplog/hello/staging".into(),
-        target_url: Some("https://shiplog.example.com/applications/hello/environments/staging".into()),
-    };
+    let status = |state: &str| staging_status(&head, state);
     assert_eq!(reported(&reporter, &forge, 3).await, [status("pending"), status("running"), status("success")]);
     assert_eq!(forge.violations(), Vec::<String>::new());
 
@@ -568,13 +589,7 @@ async fn gitlab_gets_commit_statuses_for_staging_as_the_request_deploys() {
     let main = rev_parse(&hooks.repo.dir, "main");
     hooks.gitlab("Merge Request Hook", "l2", &hooks.merge_request("merge", "MS-Viewport", &head, "main", None)).await;
     assert_eq!(run_to_end(&hooks, &worker).await, RunStatus::Succeeded);
-    let back = |state: &str| Received::GitLabStatus {
-        project: "gitlabhq/gitlab-test".into(),
-        commit: main.clone(),
-        state: state.into(),
-        name: "shiplog/hello/staging".into(),
-        target_url: Some("https://shiplog.example.com/applications/hello/environments/staging".into()),
-    };
+    let back = |state: &str| staging_status(&main, state);
     assert_eq!(
         reported(&reporter, &forge, 6).await,
         [status("pending"), status("running"), status("success"), back("pending"), back("running"), back("success")]
@@ -629,13 +644,7 @@ async fn statuses_go_over_https_to_a_forge_whose_ca_is_trusted_and_wait_for_one_
     assert!(error.ends_with("invalid peer certificate: UnknownIssuer"), "{error}");
 
     // With it, over https.
-    let status = |state: &str| Received::GitLabStatus {
-        project: "gitlabhq/gitlab-test".into(),
-        commit: head.clone(),
-        state: state.into(),
-        name: "shiplog/hello/staging".into(),
-        target_url: Some("https://shiplog.example.com/applications/hello/environments/staging".into()),
-    };
+    let status = |state: &str| staging_status(&head, state);
     assert_eq!(reported(&trusting, &forge, 3).await, [status("pending"), status("running"), status("success")]);
     assert_eq!(forge.violations(), Vec::<String>::new());
 }
