@@ -21,15 +21,20 @@
 //! Anything else is answered as the forge would refuse it (`401`, `404`, `422`) and
 //! kept in [`ForgeStandIn::violations`], which tests assert empty. The stand-in can
 //! be stopped (connections refused, as a forge that is down) and started again on
-//! the same port.
+//! the same port. [`ForgeStandIn::start_tls`] serves it over https, with a
+//! certificate for `127.0.0.1` issued by a CA of its own ([`ForgeStandIn::ca_pem`]),
+//! as real forges are served.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 /// The token the stand-in accepts from shiplog.
 pub const GITHUB_TOKEN: &str = "ghp_standInToken0123456789";
@@ -59,20 +64,44 @@ pub struct ForgeStandIn {
     address: SocketAddr,
     log: Arc<Mutex<Log>>,
     server: Mutex<Option<JoinHandle<()>>>,
+    tls: Option<Tls>,
+}
+
+/// How the stand-in serves https: its certificate, and the CA that issued it.
+#[derive(Clone)]
+struct Tls {
+    acceptor: TlsAcceptor,
+    ca_pem: String,
 }
 
 impl ForgeStandIn {
+    /// The stand-in over plain HTTP.
     pub async fn start() -> ForgeStandIn {
+        ForgeStandIn::start_with(None).await
+    }
+
+    /// The stand-in over https, with a certificate its own CA issued.
+    pub async fn start_tls() -> ForgeStandIn {
+        ForgeStandIn::start_with(Some(tls())).await
+    }
+
+    async fn start_with(tls: Option<Tls>) -> ForgeStandIn {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding the forge stand-in");
         let address = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Log::default()));
-        let server = tokio::spawn(serve(listener, log.clone()));
-        ForgeStandIn { address, log, server: Mutex::new(Some(server)) }
+        let server = tokio::spawn(serve(listener, log.clone(), tls.clone()));
+        ForgeStandIn { address, log, server: Mutex::new(Some(server)), tls }
     }
 
     /// The base URL shiplog is configured with (`--github-api-url`, `--gitlab-url`).
     pub fn url(&self) -> String {
-        format!("http://{}", self.address)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.address)
+    }
+
+    /// The CA certificate (PEM) that issued the stand-in's, when it serves https.
+    pub fn ca_pem(&self) -> Option<String> {
+        self.tls.as_ref().map(|tls| tls.ca_pem.clone())
     }
 
     /// Stops answering: connections are refused until [`ForgeStandIn::resume`].
@@ -90,7 +119,7 @@ impl ForgeStandIn {
                 TcpListener::bind(self.address).await.ok()
             })
             .await;
-        *self.server.lock().unwrap() = Some(tokio::spawn(serve(listener, self.log.clone())));
+        *self.server.lock().unwrap() = Some(tokio::spawn(serve(listener, self.log.clone(), self.tls.clone())));
     }
 
     /// Every request accepted, in order.
@@ -112,13 +141,20 @@ impl Drop for ForgeStandIn {
 
 /// Accepts connections until aborted; the connections it serves (kept alive by
 /// clients) end with it, so a stopped stand-in answers nothing at all.
-async fn serve(listener: TcpListener, log: Arc<Mutex<Log>>) {
+async fn serve(listener: TcpListener, log: Arc<Mutex<Log>>, tls: Option<Tls>) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let log = log.clone();
+        let (log, tls) = (log.clone(), tls.clone());
         connections.spawn(async move {
-            let _ = connection(stream, log).await;
+            let _ = match tls {
+                // A failed handshake (a client that does not trust the CA) ends the connection.
+                Some(tls) => match tls.acceptor.accept(stream).await {
+                    Ok(stream) => connection(stream, log).await,
+                    Err(e) => Err(e),
+                },
+                None => connection(stream, log).await,
+            };
         });
         while connections.try_join_next().is_some() {}
     }
@@ -140,7 +176,7 @@ impl Request {
 }
 
 /// Serves the requests of one connection (keep-alive) until it closes.
-async fn connection(stream: TcpStream, log: Arc<Mutex<Log>>) -> std::io::Result<()> {
+async fn connection(stream: impl AsyncRead + AsyncWrite + Unpin, log: Arc<Mutex<Log>>) -> std::io::Result<()> {
     let mut stream = BufReader::new(stream);
     loop {
         let mut line = String::new();
@@ -191,6 +227,32 @@ async fn connection(stream: TcpStream, log: Arc<Mutex<Log>>) -> std::io::Result<
         );
         stream.get_mut().write_all(response.as_bytes()).await?;
     }
+}
+
+/// A CA of the stand-in's own and a certificate it issued for `127.0.0.1` and
+/// `localhost`, served with rustls's `ring` provider.
+fn tls() -> Tls {
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "shiplog forge stand-in CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let certificate = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(certificate.der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    Tls { acceptor: TlsAcceptor::from(Arc::new(config)), ca_pem: ca.pem() }
 }
 
 type Answer = Result<(u16, Value, Received), (u16, String)>;

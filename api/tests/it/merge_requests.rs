@@ -299,8 +299,13 @@ async fn forged_unsigned_replayed_and_malformed_request_deliveries_change_nothin
     let headers =
         [("x-gitlab-event", "Merge Request Hook"), ("x-gitlab-event-uuid", "f2"), ("x-gitlab-token", "wrong")];
     assert_eq!(
-        hooks.post("/webhooks/gitlab", &headers, gitlab).await,
+        hooks.post("/webhooks/gitlab", &headers, gitlab.clone()).await,
         (StatusCode::UNAUTHORIZED, json!({ "error": "X-Gitlab-Token is not the secret token" }))
+    );
+    let unsigned = [("x-gitlab-event", "Merge Request Hook"), ("x-gitlab-event-uuid", "f2")];
+    assert_eq!(
+        hooks.post("/webhooks/gitlab", &unsigned, gitlab).await,
+        (StatusCode::UNAUTHORIZED, json!({ "error": "missing X-Gitlab-Token header: set the webhook's secret token" }))
     );
     let mut no_action = hooks.merge_request("open", "Ready", &head, "main", None);
     no_action["object_attributes"].as_object_mut().unwrap().remove("action");
@@ -324,6 +329,17 @@ async fn forged_unsigned_replayed_and_malformed_request_deliveries_change_nothin
     assert_eq!(
         post(Some(sign(GITHUB_SECRET, &body)), body).await,
         (StatusCode::CONFLICT, json!({ "error": "delivery f1 was received before; nothing was done" }))
+    );
+    assert_eq!(hooks.counts().await, accepted);
+
+    // The same for GitLab's merge request deliveries.
+    let gitlab = hooks.merge_request("open", "Ready", &head, "main", None);
+    let (status, answer) = hooks.gitlab("Merge Request Hook", "f5", &gitlab).await;
+    assert_eq!((status, runs(&answer)), (StatusCode::ACCEPTED, pairs(&[("mr-1", "setup")])), "{answer}");
+    let accepted = hooks.counts().await;
+    assert_eq!(
+        hooks.gitlab("Merge Request Hook", "f5", &gitlab).await,
+        (StatusCode::CONFLICT, json!({ "error": "delivery f5 was received before; nothing was done" }))
     );
     assert_eq!(hooks.counts().await, accepted);
 }
@@ -427,8 +443,24 @@ async fn reported(reporter: &Reporter, forge: &ForgeStandIn, count: usize) -> Ve
     .await
 }
 
+/// The GitLab commit status of the example's staging environment at `commit`.
+fn staging_status(commit: &str, state: &str) -> Received {
+    Received::GitLabStatus {
+        project: "gitlabhq/gitlab-test".into(),
+        commit: commit.into(),
+        state: state.into(),
+        name: "shiplog/hello/staging".into(),
+        target_url: Some("https://shiplog.example.com/applications/hello/environments/staging".into()),
+    }
+}
+
 fn reporter(hooks: &WebhookFixture, forge: &ForgeStandIn) -> Reporter {
-    let config = ForgeConfig {
+    Reporter::new(hooks.lifecycle.clone(), forge_config(forge)).unwrap()
+}
+
+/// The reporter's configuration for the stand-in, with short retries.
+fn forge_config(forge: &ForgeStandIn) -> ForgeConfig {
+    ForgeConfig {
         github_token: Some(forge::GITHUB_TOKEN.parse().unwrap()),
         github_api_url: forge.url(),
         gitlab_token: Some(forge::GITLAB_TOKEN.parse().unwrap()),
@@ -437,8 +469,7 @@ fn reporter(hooks: &WebhookFixture, forge: &ForgeStandIn) -> Reporter {
         retry_base: Duration::from_millis(20),
         retry_max: Duration::from_millis(200),
         ..ForgeConfig::default()
-    };
-    Reporter::new(hooks.lifecycle.clone(), config).unwrap()
+    }
 }
 
 async fn run_to_end(
@@ -549,31 +580,88 @@ async fn gitlab_gets_commit_statuses_for_staging_as_the_request_deploys() {
         .await;
     assert_eq!(runs(&answer), pairs(&[("staging", "setup")]), "{answer}");
     assert_eq!(run_to_end(&hooks, &worker).await, RunStatus::Succeeded);
-    let status = |state: &str| Received::GitLabStatus {
-        project: "gitlabhq/gitlab-test".into(),
-        commit: head.clone(),
-        state: state.into(),
-        name: "shiplog/hello/staging".into(),
-        target_url: Some("https://shiplog.example.com/applications/hello/environments/staging".into()),
-    };
+    let status = |state: &str| staging_status(&head, state);
     assert_eq!(reported(&reporter, &forge, 3).await, [status("pending"), status("running"), status("success")]);
     assert_eq!(forge.violations(), Vec::<String>::new());
 
-    // Merged: staging goes back to main and is no longer the request's: not reported.
+    // Merged: staging goes back to main, at main's head; that deploy is reported
+    // like the others, on main's commit.
+    let main = rev_parse(&hooks.repo.dir, "main");
     hooks.gitlab("Merge Request Hook", "l2", &hooks.merge_request("merge", "MS-Viewport", &head, "main", None)).await;
     assert_eq!(run_to_end(&hooks, &worker).await, RunStatus::Succeeded);
-    reporter.tick().await.unwrap();
-    assert_eq!(forge.received().len(), 3);
+    let back = |state: &str| staging_status(&main, state);
+    assert_eq!(
+        reported(&reporter, &forge, 6).await,
+        [status("pending"), status("running"), status("success"), back("pending"), back("running"), back("success")]
+    );
+
+    // Staging is no longer the request's: its later runs are not reported.
     hooks
         .lifecycle
-        .request_teardown(
+        .request_patch(
             &hooks.app,
             &"staging".parse::<Name>().unwrap(),
-            "done",
+            None,
+            "again",
             &Default::default(),
             chrono::Utc::now(),
         )
         .await
         .unwrap();
     assert_eq!(run_to_end(&hooks, &worker).await, RunStatus::Succeeded);
+    reporter.tick().await.unwrap();
+    assert_eq!(forge.received().len(), 6);
+    assert_eq!(forge.violations(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_go_over_https_to_a_forge_whose_ca_is_trusted_and_wait_for_one_whose_ca_is_not() {
+    let forge = ForgeStandIn::start_tls().await;
+    assert!(forge.url().starts_with("https://127.0.0.1:"), "{}", forge.url());
+    let hooks = WebhookFixture::with_template(staging).await;
+    let untrusting = reporter(&hooks, &forge);
+    let trusting =
+        Reporter::new(hooks.lifecycle.clone(), ForgeConfig { extra_ca_pem: forge.ca_pem(), ..forge_config(&forge) })
+            .unwrap();
+    trusting.tick().await.unwrap();
+    let worker = hooks.worker();
+    git(&hooks.repo.dir, &["checkout", "--quiet", "-b", "ms-viewport"]);
+    hooks.repo.commit_version(2);
+    let head = rev_parse(&hooks.repo.dir, "HEAD");
+    hooks.gitlab("Merge Request Hook", "t1", &hooks.merge_request("open", "MS-Viewport", &head, "main", None)).await;
+    assert_eq!(run_to_end(&hooks, &worker).await, RunStatus::Succeeded);
+
+    // Without the stand-in's CA the certificate is refused: nothing is posted, the
+    // report waits, and why is kept.
+    eventually("a failed attempt to report", PATIENCE, || async {
+        let reported = untrusting.tick().await.unwrap();
+        assert_eq!(reported.delivered, 0, "{reported:?}");
+        (reported.failed > 0).then_some(())
+    })
+    .await;
+    assert_eq!(forge.received(), []);
+    let error: String =
+        sqlx::query_scalar("SELECT last_error FROM forge_reports WHERE last_error IS NOT NULL ORDER BY id LIMIT 1")
+            .fetch_one(&hooks.db.owner)
+            .await
+            .unwrap();
+    assert!(error.starts_with("no answer: error sending request for url (https://127.0.0.1:"), "{error}");
+    assert!(error.ends_with("invalid peer certificate: UnknownIssuer"), "{error}");
+
+    // With it, over https.
+    let status = |state: &str| staging_status(&head, state);
+    assert_eq!(reported(&trusting, &forge, 3).await, [status("pending"), status("running"), status("success")]);
+    assert_eq!(forge.violations(), Vec::<String>::new());
+}
+
+#[test]
+fn extra_ca_certificates_that_are_not_pem_certificates_are_refused() {
+    let parse = |pem: &str| shiplog_engine::forge::certificates(pem).map(|c| c.len()).map_err(|e| e.to_string());
+    assert_eq!(parse("not a certificate"), Err("the extra CA certificates hold no certificate".to_owned()));
+    let broken = "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n";
+    assert!(
+        parse(broken).unwrap_err().starts_with("the extra CA certificates are not PEM certificates: "),
+        "{:?}",
+        parse(broken)
+    );
 }

@@ -14,7 +14,7 @@ use super::{CommitId, Name};
 use crate::template::{MergeRequestDeploy, MergeRequests};
 
 /// The forge a request lives on; its status reports go back there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, strum::Display)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, strum::Display, strum::EnumString)]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum Forge {

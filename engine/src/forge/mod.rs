@@ -4,7 +4,9 @@
 //!
 //! The reporter follows the event log from its own checkpoint, like a projection:
 //! a `MergeRequestAttached` links the environment to its forge project, each
-//! `RunQueued` of a linked environment (setups and patches) becomes a deployment,
+//! `RunQueued` of a linked environment (setups and patches) becomes a deployment;
+//! a `MergeRequestDetached` (closed or merged) releases the link, whose next run
+//! (the deploy back to the branch the environment tracks) is the last reported,
 //! and the run's start and end add its reports (`queued`, `in_progress`,
 //! `success`, `failure`; `cancelled` for a run cancelled or superseded). What it
 //! learns is written in the same transaction as the checkpoint
@@ -202,7 +204,7 @@ impl Reporter {
                 {
                     outbox::link(tx, &event.stream_id, request.forge, &request.project).await
                 }
-                Ok(EnvironmentEvent::MergeRequestDetached { .. }) => outbox::unlink(tx, &event.stream_id).await,
+                Ok(EnvironmentEvent::MergeRequestDetached { .. }) => outbox::release(tx, &event.stream_id).await,
                 _ => Ok(()),
             },
             StreamRef::Run(run_id) => {
@@ -225,7 +227,9 @@ impl Reporter {
                             transient: kind == Some(EnvironmentKind::Preview),
                             production: kind == Some(EnvironmentKind::Production),
                         };
-                        if !outbox::add_deployment(tx, &env_stream, &deployment).await? {
+                        let added = outbox::add_deployment(tx, &env_stream, &deployment).await?;
+                        outbox::forget_released(tx, &env_stream).await?;
+                        if !added {
                             return Ok(());
                         }
                         ReportState::Queued

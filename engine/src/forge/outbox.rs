@@ -1,9 +1,9 @@
 //! The reporter's tables, and the only code that reads or writes them:
 //! `forge_links` (which environments deploy a merge request of which forge
-//! project), `forge_deployments` (one per reported run; GitHub's deployment id once
+//! project, or did until their next run), `forge_deployments` (one per reported run; GitHub's deployment id once
 //! created), `forge_reports` (each status to post, with its attempts) and
 //! `forge_checkpoint` (how far the reporter followed the log). Migration
-//! `0008_forge_reports.sql` documents them.
+//! `0008_forge_reports.sql` and `0010_forge_link_release.sql` document them.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -58,7 +58,8 @@ pub(super) async fn save_checkpoint(tx: &mut PgConnection, cursor: Cursor) -> sq
 pub(super) async fn link(tx: &mut PgConnection, env_stream: &str, forge: Forge, project: &str) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO forge_links (environment_stream, forge, project) VALUES ($1, $2, $3) \
-         ON CONFLICT (environment_stream) DO UPDATE SET forge = excluded.forge, project = excluded.project",
+         ON CONFLICT (environment_stream) DO UPDATE \
+             SET forge = excluded.forge, project = excluded.project, released = false",
     )
     .bind(env_stream)
     .bind(forge.to_string())
@@ -68,8 +69,23 @@ pub(super) async fn link(tx: &mut PgConnection, env_stream: &str, forge: Forge, 
     .map(drop)
 }
 
-pub(super) async fn unlink(tx: &mut PgConnection, env_stream: &str) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM forge_links WHERE environment_stream = $1").bind(env_stream).execute(tx).await.map(drop)
+/// The environment's merge request closed or merged: its next run (the deploy
+/// back to its branch) is the last one reported.
+pub(super) async fn release(tx: &mut PgConnection, env_stream: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE forge_links SET released = true WHERE environment_stream = $1")
+        .bind(env_stream)
+        .execute(tx)
+        .await
+        .map(drop)
+}
+
+/// Removes the link when it was released: its last run is recorded.
+pub(super) async fn forget_released(tx: &mut PgConnection, env_stream: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM forge_links WHERE environment_stream = $1 AND released")
+        .bind(env_stream)
+        .execute(tx)
+        .await
+        .map(drop)
 }
 
 pub(super) async fn linked(tx: &mut PgConnection, env_stream: &str) -> sqlx::Result<bool> {
@@ -142,57 +158,68 @@ pub(super) struct Due {
     pub deployment_id: Option<i64>,
 }
 
+/// [`Due`] as stored, its texts not yet read as the types they name.
+#[derive(sqlx::FromRow)]
+struct DueRow {
+    id: i64,
+    run_id: Uuid,
+    state: String,
+    attempts: i32,
+    forge: String,
+    project: String,
+    commit: String,
+    application: String,
+    environment: String,
+    transient: bool,
+    production: bool,
+    deployment_id: Option<i64>,
+}
+
+impl TryFrom<DueRow> for Due {
+    type Error = sqlx::Error;
+
+    fn try_from(row: DueRow) -> sqlx::Result<Due> {
+        Ok(Due {
+            state: parse_column("forge_reports.state", &row.state)?,
+            forge: parse_column("forge_deployments.forge", &row.forge)?,
+            id: row.id,
+            run_id: row.run_id,
+            attempts: row.attempts,
+            project: row.project,
+            commit: row.commit,
+            application: row.application,
+            environment: row.environment,
+            transient: row.transient,
+            production: row.production,
+            deployment_id: row.deployment_id,
+        })
+    }
+}
+
+/// A stored text read as the type it names; an error naming the column and the
+/// value otherwise (the tables' CHECKs make that a corrupt row).
+fn parse_column<T: std::str::FromStr>(column: &str, value: &str) -> sqlx::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|e| sqlx::Error::Decode(format!("{column} {value:?}: {e}").into()))
+}
+
 /// The oldest due report whose run has no earlier report still undelivered (a
 /// run's reports go out in order), locked for the caller's transaction.
 pub(super) async fn next_due(tx: &mut PgConnection) -> sqlx::Result<Option<Due>> {
-    let row: Option<(i64, Uuid, String, i32, String, String, String, String, String, bool, bool, Option<i64>)> =
-        sqlx::query_as(
-            "SELECT r.id, r.run_id, r.state, r.attempts, d.forge, d.project, d.commit, d.application, \
-                    d.environment, d.transient, d.production, d.deployment_id \
-             FROM forge_reports r JOIN forge_deployments d USING (run_id) \
-             WHERE r.delivered_at IS NULL AND r.abandoned IS NULL AND r.next_attempt_at <= now() \
-               AND NOT EXISTS (SELECT 1 FROM forge_reports e WHERE e.run_id = r.run_id AND e.id < r.id \
-                               AND e.delivered_at IS NULL AND e.abandoned IS NULL) \
-             ORDER BY r.id LIMIT 1 FOR UPDATE OF r, d SKIP LOCKED",
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-    let Some((
-        id,
-        run_id,
-        state,
-        attempts,
-        forge,
-        project,
-        commit,
-        application,
-        environment,
-        transient,
-        production,
-        deployment_id,
-    )) = row
-    else {
-        return Ok(None);
-    };
-    let forge = match forge.as_str() {
-        "github" => Forge::GitHub,
-        _ => Forge::GitLab,
-    };
-    let state = state.parse().map_err(|e| sqlx::Error::Decode(format!("forge_reports.state {state:?}: {e}").into()))?;
-    Ok(Some(Due {
-        id,
-        run_id,
-        state,
-        attempts,
-        forge,
-        project,
-        commit,
-        application,
-        environment,
-        transient,
-        production,
-        deployment_id,
-    }))
+    let row: Option<DueRow> = sqlx::query_as(
+        "SELECT r.id, r.run_id, r.state, r.attempts, d.forge, d.project, d.commit, d.application, \
+                d.environment, d.transient, d.production, d.deployment_id \
+         FROM forge_reports r JOIN forge_deployments d USING (run_id) \
+         WHERE r.delivered_at IS NULL AND r.abandoned IS NULL AND r.next_attempt_at <= now() \
+           AND NOT EXISTS (SELECT 1 FROM forge_reports e WHERE e.run_id = r.run_id AND e.id < r.id \
+                           AND e.delivered_at IS NULL AND e.abandoned IS NULL) \
+         ORDER BY r.id LIMIT 1 FOR UPDATE OF r, d SKIP LOCKED",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    row.map(Due::try_from).transpose()
 }
 
 pub(super) async fn delivered(
@@ -246,4 +273,25 @@ async fn remember_deployment(tx: &mut PgConnection, run_id: Uuid, deployment_id:
         .execute(tx)
         .await
         .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_texts_are_read_as_their_types_or_refused_by_name() {
+        assert_eq!(parse_column::<Forge>("forge_deployments.forge", "github").unwrap(), Forge::GitHub);
+        assert_eq!(parse_column::<Forge>("forge_deployments.forge", "gitlab").unwrap(), Forge::GitLab);
+        let error = parse_column::<Forge>("forge_deployments.forge", "gitea").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "error occurred while decoding: forge_deployments.forge \"gitea\": Matching variant not found"
+        );
+        let error = parse_column::<ReportState>("forge_reports.state", "done").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "error occurred while decoding: forge_reports.state \"done\": Matching variant not found"
+        );
+    }
 }

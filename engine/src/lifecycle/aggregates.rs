@@ -208,7 +208,9 @@ impl Lifecycle {
 
     /// A lifecycle that decides as this one does but writes nothing until
     /// [`Lifecycle::commit_batch`]: every operation's changes go into one
-    /// transaction. It shares this one's store, cache and registry.
+    /// transaction. It shares this one's store, cache and registry. What goes
+    /// through [`Lifecycle::append`] and run requests is batched (all a webhook
+    /// delivery does); `update_variables` and `retry_run` still write at once.
     pub fn batched(&self) -> Lifecycle {
         Lifecycle { batch: Some(Arc::new(Mutex::new(Batch::default()))), ..self.clone() }
     }
