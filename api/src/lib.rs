@@ -1,6 +1,6 @@
 //! shiplog's edge: the GraphQL API, the HTTP server and the command line.
 //!
-//! Owns everything wire-facing: HTTP routes (`http`), the GraphQL schema and its
+//! Owns everything wire-facing: HTTP routes (`http`), the web console's embedded files (`console`), the GraphQL schema and its
 //! types, the push webhooks of GitHub and GitLab, the command line (`cli`). It
 //! converts engine types into its own GraphQL types by hand. `server` is the
 //! composition root: it wires a process from a plain `config`, which `cli` builds
@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod database;
 pub mod graphql;
 pub mod http;
