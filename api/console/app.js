@@ -11,6 +11,8 @@ const who = document.querySelector("#who");
 let api = null;
 let viewer = null;
 let leave = () => {};
+// Counts the pages shown: an answer that arrives for a page already left is dropped.
+let generation = 0;
 
 const h = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 const badge = (value, prefix = "") => (value ? `<span class="badge ${h(prefix)}${h(String(value).toLowerCase())}">${h(String(value).toLowerCase().replace(/_/g, " "))}</span>` : "");
@@ -115,8 +117,10 @@ async function listPage() {
   main.innerHTML = `<h1>Environments</h1><form id="filters" class="filters"></form><div id="environments" aria-busy="true"></div>`;
   let followed = new Set();
   let refresh = null;
+  const gen = generation;
   const load = async () => {
     const data = await api.request(LIST, { filter });
+    if (gen !== generation) return;
     drawFilters(data.applications.nodes, filter);
     drawEnvironments(data.environments);
     // Each shown environment's events wake the list: it is read again.
@@ -206,17 +210,20 @@ async function environmentPage(app, name) {
   let environment = null;
   let refresh = null;
   let lastCursor = null;
+  const gen = generation;
+  leave = () => clearTimeout(refresh);
   const load = async () => {
     const data = await api.request(ENVIRONMENT, { app, env: name });
+    if (gen !== generation) return;
     if (!data.environment) throw new ApiError(`there is no environment ${app}/${name}`, "NOT_FOUND", 404);
     const first = !environment;
     environment = data.environment;
     drawEnvironment(environment);
     drawRuns(environment.runs.nodes);
-    await loadHistory(app, name);
-    if (first) {
+    await loadHistory(app, name, gen);
+    if (first && gen === generation) {
       // Each new event of the environment shows at once.
-      leave = api.subscribe(
+      const stop = api.subscribe(
         "subscription($id: ID!, $after: String) { environmentEvents(environmentId: $id, after: $after) { cursor } }",
         () => ({ id: environment.id, after: lastCursor }),
         {
@@ -227,6 +234,10 @@ async function environmentPage(app, name) {
           },
         },
       );
+      leave = () => {
+        stop();
+        clearTimeout(refresh);
+      };
     }
   };
   const drawEnvironment = (e) => {
@@ -287,11 +298,12 @@ async function environmentPage(app, name) {
 }
 
 let timeline = [];
-async function loadHistory(app, name) {
+async function loadHistory(app, name, gen) {
   const events = [];
   let after = null;
   for (let page = 0; page < 20; page++) {
     const data = await api.request(EVENTS, { app, env: name, after });
+    if (gen !== generation) return;
     const c = data.environment.events;
     events.push(...c.nodes);
     if (!c.pageInfo.hasNextPage) break;
@@ -316,6 +328,7 @@ async function loadHistory(app, name) {
     box.querySelectorAll(".events li").forEach((li) => li.classList.toggle("current", Number(li.dataset.index) === i));
     const ev = timeline[i];
     const data = await api.request(STATE_AT, { app, env: name, cursor: ev.cursor });
+    if (gen !== generation) return;
     const s = data.environment.stateAt;
     box.querySelector("#state-at").innerHTML = s
       ? `<p>After <code>${h(ev.type)}</code> (${time(ev.recordedAt)}): ${badge(s.status)} ${badge(s.health)} ${badge(s.syncStatus)} ${badge(s.drift.verdict)}
@@ -367,7 +380,9 @@ const RUN_FIELDS = `id kind status commit reason triggeredBy attempt error queue
   stages { name status durationMs jobs { name status durationMs exitCode error } }`;
 
 async function runPage(id) {
+  const gen = generation;
   const data = await api.request(`query($id: ID!) { node(id: $id) { ... on Run { ${RUN_FIELDS} } } }`, { id });
+  if (gen !== generation) return;
   if (!data.node) throw new ApiError(`there is no run ${id}`, "NOT_FOUND", 404);
   let run = data.node;
   main.innerHTML = `<div id="run"></div><div id="terminal"></div>`;
@@ -416,7 +431,16 @@ async function runPage(id) {
         if (lines.length) cursor = lines[lines.length - 1].cursor;
         view.append(lines);
       },
-      complete: () => (main.querySelector("#log").dataset.complete = "true"),
+      complete: async () => {
+        if (gen !== generation) return;
+        main.querySelector("#log").dataset.complete = "true";
+        // The log ends when the run has ended: its final state, asked at once.
+        const final = await api.request(`query($id: ID!) { node(id: $id) { ... on Run { ${RUN_FIELDS} } } }`, { id });
+        if (gen === generation && final.node && ["QUEUED", "RUNNING"].includes(run.status)) {
+          run = final.node;
+          draw();
+        }
+      },
       error: fail,
     }),
   ];
@@ -438,6 +462,7 @@ function navigate(path) {
 }
 
 async function route() {
+  generation++;
   leave();
   leave = () => {};
   const token = sessionStorage.getItem(TOKEN_KEY);

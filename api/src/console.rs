@@ -3,11 +3,11 @@
 //! GraphQL API like any other (it holds no route of its own beyond its files):
 //! every page path answers with the same `index.html`, which routes in the browser.
 
+use axum::Router;
 use axum::extract::Path;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 
 /// The console's files: name, content type, bytes.
 const ASSETS: &[(&str, &str, &str)] = &[

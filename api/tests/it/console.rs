@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use shiplog_tests::example::{ExampleRepo, Scratch, git};
 use shiplog_tests::{TestDb, eventually};
 
-const WAIT: Duration = Duration::from_secs(90);
+const WAIT: Duration = Duration::from_secs(120);
 
 /// A release command that prints a coloured line and a progress line redrawn
 /// with `\r`, then, while `$MARKS/hold` exists, waits for each go-ahead file the
@@ -141,6 +141,16 @@ impl Served {
     }
 }
 
+impl Served {
+    /// A run's status as the server folds it from its events.
+    async fn run_status(&self, id: &str) -> String {
+        let data = self
+            .graphql(&self.admin, "query($id: ID!) { node(id: $id) { ... on Run { status } } }", json!({ "id": id }))
+            .await;
+        data["node"]["status"].as_str().unwrap().to_owned()
+    }
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
         let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
@@ -193,12 +203,22 @@ impl Browser {
     }
 
     /// Waits until `script` returns something other than null or false.
+    /// On a timeout the failure shows the page's text and the log it holds.
     async fn until(&self, what: &str, script: &str) -> Value {
-        eventually(what, WAIT, || async {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
             let value = self.js(script).await;
-            (!value.is_null() && value != json!(false)).then_some(value)
-        })
-        .await
+            if !value.is_null() && value != json!(false) {
+                return value;
+            }
+            if std::time::Instant::now() > deadline {
+                let page = self
+                    .js("return [document.body.innerText, window.shiplogLog && window.shiplogLog.lines.map((l) => [l.n, l.spans.map((s) => s.text).join('')])];")
+                    .await;
+                panic!("timed out after {WAIT:?} waiting for {what}; the page: {page:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Saves a screenshot of the page as `target/screenshots/<test>-<page>.png`,
@@ -228,18 +248,33 @@ impl Browser {
         self.client.wait().at_most(WAIT).for_element(Locator::Css("#viewer-role")).await.unwrap();
     }
 
+    /// Clicks the element `css` finds. Live pages redraw as events arrive, so an
+    /// element found a moment ago may have been replaced: then it is found again.
     async fn click(&self, css: &str) {
-        self.client.wait().at_most(WAIT).for_element(Locator::Css(css)).await.unwrap().click().await.unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let element = self.client.wait().at_most(WAIT).for_element(Locator::Css(css)).await.unwrap();
+            match element.click().await {
+                Ok(()) => return,
+                Err(fantoccini::error::CmdError::Standard(e))
+                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference
+                        && std::time::Instant::now() < deadline => {}
+                Err(e) => panic!("clicking {css}: {e}"),
+            }
+        }
     }
 
     /// The log lines the page holds, as (number, text shown).
     async fn log(&self) -> Vec<(u64, String)> {
-        let lines = self.js("return window.shiplogLog.lines.map((l) => [l.n, l.spans.map((s) => s.text).join('')]);").await;
+        let lines =
+            self.js("return window.shiplogLog.lines.map((l) => [l.n, l.spans.map((s) => s.text).join('')]);").await;
         serde_json::from_value(lines).unwrap()
     }
 
-    async fn run_status(&self) -> String {
-        self.js("const s = document.querySelector('#run-status'); return s && s.innerText.trim();").await.as_str().unwrap_or("").to_owned()
+    /// The ID of the run the page shows (its path is `/runs/ID`).
+    async fn run_id(&self) -> String {
+        let path = self.js("return decodeURIComponent(location.pathname.slice('/runs/'.length));").await;
+        path.as_str().unwrap().to_owned()
     }
 }
 
@@ -287,7 +322,9 @@ async fn a_deployer_deploys_follows_the_log_live_and_tears_down_from_the_console
 
     // The environment's page, then a deploy with its confirmation.
     browser.click("tr[data-environment=\"hello/staging\"] a").await;
-    browser.until("the environment page", "return document.querySelector('#env-status')?.innerText.trim() === 'ready';").await;
+    browser
+        .until("the environment page", "return document.querySelector('#env-status')?.innerText.trim() === 'ready';")
+        .await;
     browser.until("the setup among its runs", "return document.querySelectorAll('#runs tr.run').length === 1;").await;
     browser.screenshot("environment").await;
     std::fs::write(marks.join("hold"), "").unwrap();
@@ -296,7 +333,9 @@ async fn a_deployer_deploys_follows_the_log_live_and_tears_down_from_the_console
 
     // The run page follows the log while the run runs.
     line_shown(&browser, "waiting for the test").await;
-    assert_eq!(browser.run_status().await, "running");
+    browser
+        .until("the run shown running", "return document.querySelector('#run-status')?.innerText.trim() === 'running';")
+        .await;
     // ANSI colours and bold arrive as styled text, and `\r` redraws in place.
     let styled = browser
         .js("const s = [...document.querySelectorAll('#log .line .tx span')].find((e) => e.textContent === 'migrations ok');
@@ -308,21 +347,24 @@ async fn a_deployer_deploys_follows_the_log_live_and_tears_down_from_the_console
     // A line written after the page opened appears while the run still runs.
     std::fs::write(marks.join("go1"), "").unwrap();
     line_shown(&browser, "after the page opened").await;
-    assert_eq!(browser.run_status().await, "running");
+    // The run cannot end before the test writes `go3`; the server says so too.
+    assert_eq!(served.run_status(&browser.run_id().await).await, "RUNNING");
     browser.screenshot("run").await;
 
     // A dropped connection resumes from the last cursor.
     browser.js("window.shiplogConsole.api.dropConnection();").await;
     std::fs::write(marks.join("go2"), "").unwrap();
     line_shown(&browser, "after the connection dropped").await;
-    assert_eq!(browser.run_status().await, "running");
+    assert_eq!(served.run_status(&browser.run_id().await).await, "RUNNING");
 
     // A reload mid-run shows the log again, each line once, and follows it on.
     browser.client.refresh().await.unwrap();
     line_shown(&browser, "after the connection dropped").await;
     std::fs::write(marks.join("go3"), "").unwrap();
     line_shown(&browser, "release done").await;
-    browser.until("the run to succeed", "return document.querySelector('#run-status')?.innerText.trim() === 'succeeded';").await;
+    browser
+        .until("the run to succeed", "return document.querySelector('#run-status')?.innerText.trim() === 'succeeded';")
+        .await;
     let log = browser.log().await;
     let numbers: Vec<u64> = log.iter().map(|(n, _)| *n).collect();
     assert_eq!(numbers, (1..=log.len() as u64).collect::<Vec<_>>(), "{log:?}");
@@ -332,7 +374,11 @@ async fn a_deployer_deploys_follows_the_log_live_and_tears_down_from_the_console
     let run = served.graphql(&served.admin, STATUS, json!({})).await;
     let id = run["environment"]["lastRun"]["id"].as_str().unwrap();
     let logs = served
-        .graphql(&served.admin, "query($id: ID!) { node(id: $id) { ... on Run { logs(first: 1000) { nodes { number } } } } }", json!({ "id": id }))
+        .graphql(
+            &served.admin,
+            "query($id: ID!) { node(id: $id) { ... on Run { logs(first: 100) { nodes { number } } } } }",
+            json!({ "id": id }),
+        )
         .await;
     assert_eq!(logs["node"]["logs"]["nodes"].as_array().unwrap().len(), log.len());
 
@@ -345,9 +391,19 @@ async fn a_deployer_deploys_follows_the_log_live_and_tears_down_from_the_console
     browser.click(".crumbs a[href^='/environments/']").await;
     browser.click("#teardown").await;
     browser.click("#confirm-ok").await;
-    browser.until("the teardown to succeed", "return document.querySelector('#run-status')?.innerText.trim() === 'succeeded';").await;
+    browser
+        .until(
+            "the teardown to succeed",
+            "return document.querySelector('#run-status')?.innerText.trim() === 'succeeded';",
+        )
+        .await;
     browser.click(".crumbs a[href^='/environments/']").await;
-    browser.until("the environment torn down", "return document.querySelector('#env-status')?.innerText.trim() === 'torn down';").await;
+    browser
+        .until(
+            "the environment torn down",
+            "return document.querySelector('#env-status')?.innerText.trim() === 'torn down';",
+        )
+        .await;
     let deploy = browser.client.find(Locator::Css("#deploy")).await.unwrap();
     assert!(!deploy.is_enabled().await.unwrap());
     browser.screenshot("torn-down").await;
@@ -361,16 +417,30 @@ async fn a_viewer_sees_who_it_is_and_deploy_disabled_with_the_reason() {
     let served = Served::start(&db, &scratch);
     served.seed(&repo, scratch.path(), false).await;
     let created = served
-        .graphql(&served.admin, "mutation { apiTokenCreate(input: { name: \"vera\", role: VIEWER }) { token } }", json!({}))
+        .graphql(
+            &served.admin,
+            "mutation { apiTokenCreate(input: { name: \"vera\", role: VIEWER }) { token } }",
+            json!({}),
+        )
         .await;
     let token = created["apiTokenCreate"]["token"].as_str().unwrap().to_owned();
     let browser = Browser::start(&scratch, "viewer").await;
 
     // A wrong token is refused beside the field, with the server's reason.
     browser.client.goto(&served.url).await.unwrap();
-    browser.client.wait().at_most(WAIT).for_element(Locator::Css("#token")).await.unwrap().send_keys("not-a-token").await.unwrap();
+    browser
+        .client
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys("not-a-token")
+        .await
+        .unwrap();
     browser.click("#sign-in button[type=submit]").await;
-    let refused = browser.until("the refusal", "return document.querySelector('#token-error')?.innerText.trim() || null;").await;
+    let refused =
+        browser.until("the refusal", "return document.querySelector('#token-error')?.innerText.trim() || null;").await;
     assert_eq!(refused, json!("bad credentials: unknown or revoked token"));
 
     browser.sign_in(&served.url, &token).await;

@@ -4,6 +4,7 @@
 mod app;
 mod audit;
 mod authorization;
+mod console;
 mod graphql;
 mod hardening;
 mod merge_requests;
