@@ -3,20 +3,15 @@
 //! page visited is saved as a screenshot under `target/screenshots/`, and a blank
 //! page or an error page fails the test.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::path::Path;
 
-use fantoccini::{Client, ClientBuilder, Locator};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use serde_json::{Value, json};
+use serde_json::json;
+use shiplog_tests::TestDb;
 use shiplog_tests::example::{ExampleRepo, Scratch, git};
-use shiplog_tests::{TestDb, eventually};
 
-const WAIT: Duration = Duration::from_secs(120);
+use fantoccini::Locator;
+
+use crate::browser::{Browser, STATUS, Served, WAIT};
 
 /// A release command that prints a coloured line and a progress line redrawn
 /// with `\r`, then, while `$MARKS/hold` exists, waits for each go-ahead file the
@@ -36,259 +31,6 @@ fi
 echo "release done"
 "#;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// `shiplog serve` on a fresh database, stopped with SIGTERM when dropped.
-struct Served {
-    child: Child,
-    url: String,
-    admin: String,
-    http: reqwest::Client,
-}
-
-impl Served {
-    fn start(db: &TestDb, scratch: &Scratch) -> Served {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shiplog"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--drift-interval", "1h"])
-            .env("DATABASE_URL", db.url())
-            .env("SHIPLOG_PROCESS_ROOT", scratch.path().join("process"))
-            .env("SHIPLOG_WORK_DIR", scratch.path().join("work"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let url = line.trim().strip_prefix("shiplog listening on ").unwrap_or_else(|| panic!("{line:?}")).to_owned();
-        line.clear();
-        stdout.read_line(&mut line).unwrap();
-        let admin = line
-            .trim()
-            .strip_prefix("bootstrap admin token (shown once, store it now): ")
-            .unwrap_or_else(|| panic!("{line:?}"))
-            .to_owned();
-        // Whatever else it prints must not fill the pipe and block it.
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        Served { child, url, admin, http: reqwest::Client::builder().no_proxy().build().unwrap() }
-    }
-
-    /// A GraphQL request as `token`; its `data`, or a panic with the errors.
-    async fn graphql(&self, token: &str, query: &str, variables: Value) -> Value {
-        let body: Value = self
-            .http
-            .post(format!("{}/graphql", self.url))
-            .bearer_auth(token)
-            .json(&json!({ "query": query, "variables": variables }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert!(body.get("errors").is_none(), "{body}");
-        body["data"].clone()
-    }
-
-    /// The example application and its staging environment, created as an admin
-    /// would; with `setup`, once its first setup has succeeded.
-    async fn seed(&self, repo: &ExampleRepo, marks: &Path, setup: bool) -> String {
-        let data = self
-            .graphql(
-                &self.admin,
-                "mutation($n: String!, $r: String!) { applicationCreate(input: { name: $n, repository: $r }) { application { id } userErrors { message } } }",
-                json!({ "n": "hello", "r": repo.dir.to_str().unwrap() }),
-            )
-            .await;
-        let app = data["applicationCreate"]["application"]["id"].as_str().unwrap().to_owned();
-        let data = self
-            .graphql(
-                &self.admin,
-                "mutation($a: ID!, $t: String!) { applicationTemplateUpdate(input: { applicationId: $a, template: $t }) { userErrors { message } } }",
-                json!({ "a": app, "t": repo.template() }),
-            )
-            .await;
-        assert_eq!(data["applicationTemplateUpdate"]["userErrors"], json!([]));
-        let variables = format!("MARKS: \"{}\"\n", marks.display());
-        let data = self
-            .graphql(
-                &self.admin,
-                "mutation($a: ID!, $v: String!) { environmentVariablesUpdate(input: { applicationId: $a, variables: $v }) { userErrors { message } } }",
-                json!({ "a": app, "v": variables }),
-            )
-            .await;
-        assert_eq!(data["environmentVariablesUpdate"]["userErrors"], json!([]));
-        let data = self
-            .graphql(
-                &self.admin,
-                "mutation($a: ID!, $s: Boolean!) { environmentCreate(input: { applicationId: $a, name: \"staging\", kind: STAGING, branch: \"main\", setup: $s }) { environment { id } userErrors { message } } }",
-                json!({ "a": app, "s": setup }),
-            )
-            .await;
-        assert_eq!(data["environmentCreate"]["userErrors"], json!([]));
-        if setup {
-            eventually("the first setup to succeed", WAIT, || async {
-                let data = self.graphql(&self.admin, STATUS, json!({})).await;
-                let status = data["environment"]["status"].as_str().unwrap().to_owned();
-                assert_ne!(status, "FAILED", "{data}");
-                (status == "READY").then_some(())
-            })
-            .await;
-        }
-        app
-    }
-}
-
-impl Served {
-    /// A run's status as the server folds it from its events.
-    async fn run_status(&self, id: &str) -> String {
-        let data = self
-            .graphql(&self.admin, "query($id: ID!) { node(id: $id) { ... on Run { status } } }", json!({ "id": id }))
-            .await;
-        data["node"]["status"].as_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
-
-const STATUS: &str = r#"{ environment(application: "hello", name: "staging") { status lastRun { id status } } }"#;
-
-/// chromedriver and the headless Chromium session it drives; both end when dropped.
-struct Browser {
-    driver: Child,
-    client: Client,
-    name: &'static str,
-}
-
-impl Browser {
-    async fn start(scratch: &Scratch, name: &'static str) -> Browser {
-        let port = free_port();
-        let driver = Command::new("/usr/bin/chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver (Debian's chromium-driver) is installed");
-        let profile = scratch.path().join("chromium");
-        let capabilities = json!({
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": "/usr/bin/chromium",
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--window-size=1280,1000", format!("--user-data-dir={}", profile.display())],
-            }
-        });
-        let webdriver = format!("http://127.0.0.1:{port}");
-        let client = eventually("chromedriver to start a session", Duration::from_secs(30), || async {
-            ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-                .capabilities(capabilities.as_object().unwrap().clone())
-                .connect(&webdriver)
-                .await
-                .ok()
-        })
-        .await;
-        Browser { driver, client, name }
-    }
-
-    /// Runs `script` (a function body) in the page and returns what it returns.
-    async fn js(&self, script: &str) -> Value {
-        self.client.execute(script, vec![]).await.unwrap()
-    }
-
-    /// Waits until `script` returns something other than null or false.
-    /// On a timeout the failure shows the page's text and the log it holds.
-    async fn until(&self, what: &str, script: &str) -> Value {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            let value = self.js(script).await;
-            if !value.is_null() && value != json!(false) {
-                return value;
-            }
-            if std::time::Instant::now() > deadline {
-                let page = self
-                    .js("return [document.body.innerText, window.shiplogLog && window.shiplogLog.lines.map((l) => [l.n, l.spans.map((s) => s.text).join('')])];")
-                    .await;
-                panic!("timed out after {WAIT:?} waiting for {what}; the page: {page:#}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Saves a screenshot of the page as `target/screenshots/<test>-<page>.png`,
-    /// after checking the page shows something and is not an error page.
-    async fn screenshot(&self, page: &str) {
-        let shown = self
-            .until(
-                &format!("the {page} page to show something"),
-                "const m = document.querySelector('main'); return m && m.innerText.trim().length > 0 && !m.querySelector('[aria-busy]');",
-            )
-            .await;
-        assert_eq!(shown, json!(true));
-        let error = self.js("const e = document.querySelector('.error-page'); return e && e.innerText;").await;
-        assert_eq!(error, Value::Null, "the {page} page is an error page");
-        let png = self.client.screenshot().await.unwrap();
-        let dir = screenshots();
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("{}-{page}.png", self.name)), png).unwrap();
-    }
-
-    async fn sign_in(&self, url: &str, token: &str) {
-        self.client.goto(url).await.unwrap();
-        let field = self.client.wait().at_most(WAIT).for_element(Locator::Css("#token")).await.unwrap();
-        self.screenshot("sign-in").await;
-        field.send_keys(token).await.unwrap();
-        self.client.find(Locator::Css("#sign-in button[type=submit]")).await.unwrap().click().await.unwrap();
-        self.client.wait().at_most(WAIT).for_element(Locator::Css("#viewer-role")).await.unwrap();
-    }
-
-    /// Clicks the element `css` finds. Live pages redraw as events arrive, so an
-    /// element found a moment ago may have been replaced: then it is found again.
-    async fn click(&self, css: &str) {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            let element = self.client.wait().at_most(WAIT).for_element(Locator::Css(css)).await.unwrap();
-            match element.click().await {
-                Ok(()) => return,
-                Err(fantoccini::error::CmdError::Standard(e))
-                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference
-                        && std::time::Instant::now() < deadline => {}
-                Err(e) => panic!("clicking {css}: {e}"),
-            }
-        }
-    }
-
-    /// The log lines the page holds, as (number, text shown).
-    async fn log(&self) -> Vec<(u64, String)> {
-        let lines =
-            self.js("return window.shiplogLog.lines.map((l) => [l.n, l.spans.map((s) => s.text).join('')]);").await;
-        serde_json::from_value(lines).unwrap()
-    }
-
-    /// The ID of the run the page shows (its path is `/runs/ID`).
-    async fn run_id(&self) -> String {
-        let path = self.js("return decodeURIComponent(location.pathname.slice('/runs/'.length));").await;
-        path.as_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
-}
-
-fn screenshots() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots")
-}
-
 /// Waits until the page shows a log line with exactly `text`.
 async fn line_shown(browser: &Browser, text: &str) {
     let script = format!(
@@ -307,8 +49,9 @@ async fn a_deployer_deploys_follows_the_log_live_and_tears_down_from_the_console
     git(&repo.dir, &["commit", "--quiet", "-am", "a release command the test holds"]);
     let marks = scratch.path().join("marks");
     std::fs::create_dir_all(&marks).unwrap();
-    let served = Served::start(&db, &scratch);
-    served.seed(&repo, &marks, true).await;
+    let served = Served::start(Path::new(env!("CARGO_BIN_EXE_shiplog")), &db, &scratch);
+    served.seed(&repo, &format!("MARKS: \"{}\"\n", marks.display()), true).await;
+    served.ready().await;
     let browser = Browser::start(&scratch, "deployer").await;
 
     // Sign in; the list shows the environment with its status.
@@ -414,8 +157,8 @@ async fn a_viewer_sees_who_it_is_and_deploy_disabled_with_the_reason() {
     let db = TestDb::new().await;
     let scratch = Scratch::new("shiplog-console-viewer");
     let repo = ExampleRepo::create(&scratch);
-    let served = Served::start(&db, &scratch);
-    served.seed(&repo, scratch.path(), false).await;
+    let served = Served::start(Path::new(env!("CARGO_BIN_EXE_shiplog")), &db, &scratch);
+    served.seed(&repo, "", false).await;
     let created = served
         .graphql(
             &served.admin,
@@ -467,7 +210,7 @@ async fn a_viewer_sees_who_it_is_and_deploy_disabled_with_the_reason() {
 async fn the_terminal_module_draws_lines_as_a_terminal_does() {
     let db = TestDb::new().await;
     let scratch = Scratch::new("shiplog-console-terminal");
-    let served = Served::start(&db, &scratch);
+    let served = Served::start(Path::new(env!("CARGO_BIN_EXE_shiplog")), &db, &scratch);
     let browser = Browser::start(&scratch, "terminal").await;
     browser.client.goto(&served.url).await.unwrap();
     let script = r#"
