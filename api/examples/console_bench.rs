@@ -46,8 +46,15 @@ async fn main() {
     let binary = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("shiplog");
     let served = Served::start(&binary, &db, &scratch);
     let browser = Browser::start(&scratch, "bench").await;
+    let timeouts = fantoccini::wd::TimeoutConfiguration::new(
+        Some(Duration::from_secs(600)),
+        Some(Duration::from_secs(60)),
+        Some(Duration::ZERO),
+    );
+    browser.client.update_timeouts(timeouts).await.unwrap();
     browser.sign_in(&served.url, &served.admin).await;
 
+    eprintln!("signed in");
     // Live: the page is open on the run before its first line.
     let run = served.seed(&repo, &format!("BENCH_LINES: \"{lines}\"\n"), true).await.unwrap();
     let started = Instant::now();
@@ -60,6 +67,7 @@ async fn main() {
         browser.client.execute("return window.shiplogLog.lines.length;", vec![]).await.unwrap().as_u64().unwrap();
     assert!(total > lines, "{total} lines shown, {lines} written");
 
+    eprintln!("live: {live:.2?}, {total} lines");
     // Replay: the finished run's page after a reload.
     let started = Instant::now();
     browser.client.refresh().await.unwrap();
@@ -76,6 +84,7 @@ async fn main() {
         .await
         .unwrap();
 
+    eprintln!("replay: {replay:.2?}");
     // Baseline: the same subscription into a plain <pre>, in the same browser.
     let started = Instant::now();
     let pre = browser
@@ -85,9 +94,11 @@ async fn main() {
              const pre = document.getElementById('pre'); let count = 0;
              const ws = new WebSocket(`ws://${location.host}/graphql/ws`, 'graphql-transport-ws');
              ws.onopen = () => ws.send(JSON.stringify({ type: 'connection_init', payload: { token } }));
+             ws.onclose = (e) => done(`closed ${e.code} ${e.reason}`);
              ws.onmessage = (e) => { const m = JSON.parse(e.data);
                if (m.type === 'connection_ack') ws.send(JSON.stringify({ id: '1', type: 'subscribe', payload: {
                  query: 'subscription($id: ID!) { runLogChunks(runId: $id) { number text } }', variables: { id } } }));
+               else if (m.type === 'error' || (m.type === 'next' && m.payload.errors)) done(JSON.stringify(m.payload));
                else if (m.type === 'next') { for (const l of m.payload.data.runLogChunks) pre.append(l.text + '\\n'); count += m.payload.data.runLogChunks.length; }
                else if (m.type === 'complete') { pre.lastChild.scrollIntoView(); requestAnimationFrame(() => requestAnimationFrame(() => done(count))); } };",
             vec![json!(run), json!(served.admin)],
