@@ -81,6 +81,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .with_state(state)
         .merge(webhooks)
+        .merge(crate::console::router())
         .layer(middleware::from_fn_with_state(timing, crate::metrics::time_requests))
 }
 

@@ -1,10 +1,12 @@
 //! The API's integration tests: the contract (schema.graphql), the HTTP routes, and
-//! the `shiplog` binary as a newcomer runs it.
+//! the `shiplog` binary as a newcomer runs it, and the web console in a real browser.
 
 mod app;
 mod audit;
 mod authorization;
+mod browser;
 mod cli;
+mod console;
 mod graphql;
 mod hardening;
 mod hardening_edge;
