@@ -146,3 +146,49 @@ pub async fn wait_readable(store: &EventStore, count: usize) {
     })
     .await
 }
+
+/// A child process a test started: used as the `Child` it holds, and ended with the
+/// test, pass or fail. Dropped while it runs, it gets SIGTERM, and SIGKILL if it
+/// has not exited ten seconds later, so that no server a failed test started
+/// outlives it (holding the test runner's pipes, or a port, or its database).
+pub struct Spawned(pub std::process::Child);
+
+impl Spawned {
+    /// Starts `command`; a command that cannot start fails the test with `what`.
+    pub fn start(command: &mut std::process::Command, what: &str) -> Spawned {
+        Spawned(command.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}")))
+    }
+}
+
+impl std::ops::Deref for Spawned {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        use nix::sys::signal::{Signal, kill};
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.0.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

@@ -5,15 +5,13 @@
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use serde_json::{Value, json};
 use shiplog_tests::example::{ExampleRepo, Scratch};
-use shiplog_tests::{TestDb, eventually};
+use shiplog_tests::{Spawned, TestDb, eventually};
 
 pub const WAIT: Duration = Duration::from_secs(120);
 
@@ -23,7 +21,7 @@ pub fn free_port() -> u16 {
 
 /// `shiplog serve` on a fresh database, stopped with SIGTERM when dropped.
 pub struct Served {
-    child: Child,
+    _child: Spawned,
     pub url: String,
     pub admin: String,
     http: reqwest::Client,
@@ -32,15 +30,16 @@ pub struct Served {
 impl Served {
     /// `binary` is the `shiplog` executable.
     pub fn start(binary: &Path, db: &TestDb, scratch: &Scratch) -> Served {
-        let mut child = Command::new(binary)
-            .args(["serve", "--listen", "127.0.0.1:0", "--drift-interval", "1h"])
-            .env("DATABASE_URL", db.url())
-            .env("SHIPLOG_PROCESS_ROOT", scratch.path().join("process"))
-            .env("SHIPLOG_WORK_DIR", scratch.path().join("work"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = Spawned::start(
+            Command::new(binary)
+                .args(["serve", "--listen", "127.0.0.1:0", "--drift-interval", "1h"])
+                .env("DATABASE_URL", db.url())
+                .env("SHIPLOG_PROCESS_ROOT", scratch.path().join("process"))
+                .env("SHIPLOG_WORK_DIR", scratch.path().join("work"))
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped()),
+            "shiplog serve",
+        );
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
@@ -54,7 +53,7 @@ impl Served {
             .to_owned();
         // Whatever else it prints must not fill the pipe and block it.
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        Served { child, url, admin, http: reqwest::Client::builder().no_proxy().build().unwrap() }
+        Served { _child: child, url, admin, http: shiplog_engine::tls::client_builder().no_proxy().build().unwrap() }
     }
 
     /// A GraphQL request as `token`; its `data`, or a panic with the errors.
@@ -134,18 +133,11 @@ impl Served {
     }
 }
 
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
-
 pub const STATUS: &str = r#"{ environment(application: "hello", name: "staging") { status lastRun { id status } } }"#;
 
 /// chromedriver and the headless Chromium session it drives; both end when dropped.
 pub struct Browser {
-    driver: Child,
+    _driver: Spawned,
     pub client: Client,
     name: &'static str,
 }
@@ -153,12 +145,10 @@ pub struct Browser {
 impl Browser {
     pub async fn start(scratch: &Scratch, name: &'static str) -> Browser {
         let port = free_port();
-        let driver = Command::new("/usr/bin/chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver (Debian's chromium-driver) is installed");
+        let driver = Spawned::start(
+            Command::new("/usr/bin/chromedriver").arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()),
+            "chromedriver (Debian's chromium-driver)",
+        );
         let profile = scratch.path().join("chromium");
         let capabilities = json!({
             "browserName": "chrome",
@@ -177,7 +167,7 @@ impl Browser {
                 .ok()
         })
         .await;
-        Browser { driver, client, name }
+        Browser { _driver: driver, client, name }
     }
 
     /// Runs `script` (a function body) in the page and returns what it returns.
@@ -258,13 +248,6 @@ impl Browser {
     pub async fn run_id(&self) -> String {
         let path = self.js("return decodeURIComponent(location.pathname.slice('/runs/'.length));").await;
         path.as_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
 

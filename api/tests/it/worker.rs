@@ -4,7 +4,7 @@
 //! process runtime's services outlive a stopped server until a teardown.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -18,28 +18,29 @@ use shiplog_engine::runtime::process::ProcessRuntime;
 use shiplog_engine::store::Metadata;
 use shiplog_engine::worker::{Tick, Worker};
 use shiplog_tests::example::{ExampleRepo, Scratch};
-use shiplog_tests::{TestDb, eventually};
+use shiplog_tests::{Spawned, TestDb, eventually};
 
 /// A release command that records each start and then waits for a go-ahead file:
 /// a long job the test can interrupt at a known point.
 const SLOW_RELEASE: &str = "#!/bin/sh\necho started >> \"$MARKS/release-started\"\n\
     while [ ! -e \"$MARKS/go\" ]; do sleep 0.05; done\necho \"migration done\"\n";
 
-fn start_worker(db: &TestDb, scratch: &Scratch, id: &str) -> Child {
+fn start_worker(db: &TestDb, scratch: &Scratch, id: &str) -> Spawned {
     start_shiplog(db, scratch, &["worker", "--lease", "2s", "--worker-id", id])
 }
 
 /// `shiplog <args>` on the test's database, process root and work directory.
-fn start_shiplog(db: &TestDb, scratch: &Scratch, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_shiplog"))
-        .args(args)
-        .env("DATABASE_URL", db.url())
-        .env("SHIPLOG_PROCESS_ROOT", scratch.path().join("process"))
-        .env("SHIPLOG_WORK_DIR", scratch.path().join("work"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
+fn start_shiplog(db: &TestDb, scratch: &Scratch, args: &[&str]) -> Spawned {
+    Spawned::start(
+        Command::new(env!("CARGO_BIN_EXE_shiplog"))
+            .args(args)
+            .env("DATABASE_URL", db.url())
+            .env("SHIPLOG_PROCESS_ROOT", scratch.path().join("process"))
+            .env("SHIPLOG_WORK_DIR", scratch.path().join("work"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null()),
+        "shiplog",
+    )
 }
 
 fn lines(path: &std::path::Path) -> usize {
