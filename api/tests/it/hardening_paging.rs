@@ -53,6 +53,10 @@ fn number(node: &Value) -> String {
     node["number"].as_str().unwrap().to_owned()
 }
 
+fn tag(node: &Value) -> String {
+    node["tag"].as_str().unwrap().to_owned()
+}
+
 fn position(node: &Value) -> String {
     node["position"].as_str().unwrap().to_owned()
 }
@@ -155,6 +159,18 @@ async fn every_connection_pages_forwards_and_backwards_through_every_node_once_i
         let set_up = app.data(&app.admin, ENVIRONMENT_SETUP, json!({ "input": input })).await;
         assert_eq!(set_up["environmentSetup"]["userErrors"], json!([]), "{set_up:#}");
         runs.push(id(&set_up["environmentSetup"]["run"]));
+    }
+    // Releases of `a`, newest first; tags that are not CalVer are recorded as
+    // rejected releases, which is all a list needs.
+    shiplog_tests::example::git(&repo.dir, &["branch", "production"]);
+    let mut releases = Vec::new();
+    for tag in ["r1", "r2", "r3", "r4", "r5"] {
+        let input = json!({ "applicationId": application_ids[0], "tag": tag, "components": [] });
+        let created = app
+            .data(&app.admin, "mutation($input: ReleaseCreateInput!) { releaseCreate(input: $input) { release { tag status } userErrors { message } } }", json!({ "input": input }))
+            .await;
+        assert_eq!(created["releaseCreate"]["release"]["status"], "REJECTED", "{created:#}");
+        releases.insert(0, tag.to_owned());
     }
     // A log written as a worker writes it, through the engine's log writer.
     let first_run = match shiplog_tests_node_id(&runs[0]) {
@@ -259,6 +275,16 @@ async fn every_connection_pages_forwards_and_backwards_through_every_node_once_i
                 node: position,
             },
             all_events,
+        ),
+        (
+            Connection {
+                name: "Application.releases",
+                query: paged("application(name: \"a\") { CONNECTION }", "releases", "tag", true),
+                at: &["application", "releases"],
+                backwards: true,
+                node: tag,
+            },
+            releases,
         ),
         (
             Connection {
