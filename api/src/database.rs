@@ -61,7 +61,8 @@ async fn private_cluster(config: &DatabaseConfig) -> anyhow::Result<(PgConnectOp
         tracing::info!(data_dir = %config.data_dir.display(), "using the private PostgreSQL another shiplog runs");
         return Ok((options.database(DATABASE_NAME), None));
     }
-    let options = ClusterOptions { data_dir: config.data_dir.clone(), ephemeral: false, unsafe_no_fsync: false };
+    let options =
+        ClusterOptions { data_dir: config.data_dir.clone(), ephemeral: false, unsafe_no_fsync: false, tls: None };
     let cluster = tokio::task::spawn_blocking(move || Cluster::start(&options)).await??;
     tracing::info!(data_dir = %cluster.data_dir().display(), url = %cluster.url(DATABASE_NAME), "private PostgreSQL started");
     let admin = postgres::owner_pool(cluster.connect_options("postgres"), 1).await?;

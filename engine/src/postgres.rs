@@ -67,6 +67,18 @@ pub struct ClusterOptions {
     pub ephemeral: bool,
     /// Turn fsync off. Only for throwaway clusters: a crash can lose committed data.
     pub unsafe_no_fsync: bool,
+    /// Also listen on `127.0.0.1` over TLS (how a managed PostgreSQL is reached);
+    /// by default the cluster is reachable only through its Unix socket.
+    pub tls: Option<ClusterTls>,
+}
+
+/// The TCP port and server certificate of a cluster reachable over TLS.
+#[derive(Debug, Clone)]
+pub struct ClusterTls {
+    pub port: u16,
+    /// The server's certificate chain and private key, PEM.
+    pub certificate_pem: String,
+    pub key_pem: String,
 }
 
 /// A running private PostgreSQL cluster, reachable only through its Unix socket.
@@ -76,7 +88,12 @@ pub struct Cluster {
     socket_dir: PathBuf,
     data_dir: PathBuf,
     log_file: PathBuf,
+    /// The port of its socket (and of its TCP listener, with TLS).
+    port: u16,
 }
+
+/// PostgreSQL's default port, which names the socket file when no other is set.
+const DEFAULT_PORT: u16 = 5432;
 
 /// The shell supervisor: runs postgres, and stops it when its stdin closes.
 const SUPERVISOR: &str = r#"
@@ -152,6 +169,22 @@ impl Cluster {
         if options.unsafe_no_fsync {
             supervisor.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
         }
+        let port = match &options.tls {
+            None => DEFAULT_PORT,
+            Some(tls) => {
+                for (file, pem) in [("server.crt", &tls.certificate_pem), ("server.key", &tls.key_pem)] {
+                    let path = data_dir.join(file);
+                    fs::write(&path, pem).map_err(|e| ClusterError::Io(format!("writing {}", path.display()), e))?;
+                    // PostgreSQL refuses a key that others can read.
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                        .map_err(|e| ClusterError::Io(format!("securing {}", path.display()), e))?;
+                    account.own(&path)?;
+                }
+                let port = tls.port.to_string();
+                supervisor.args(["-c", "listen_addresses=127.0.0.1", "-c", "ssl=on", "-p", &port]);
+                tls.port
+            }
+        };
         if options.ephemeral {
             let remove = if socket_dir == data_dir { data_dir.clone() } else { socket_dir.clone() };
             supervisor.env("SHIPLOG_PG_REMOVE", remove);
@@ -159,7 +192,7 @@ impl Cluster {
         let supervisor = supervisor
             .spawn()
             .map_err(|e| ClusterError::Command { what: "starting postgres", detail: e.to_string() })?;
-        let mut cluster = Cluster { supervisor, socket_dir, data_dir, log_file };
+        let mut cluster = Cluster { supervisor, socket_dir, data_dir, log_file, port };
         cluster.wait_ready()?;
         Ok(cluster)
     }
@@ -193,7 +226,7 @@ impl Cluster {
 
     /// Connection options for `database` as the cluster's superuser.
     pub fn connect_options(&self, database: &str) -> PgConnectOptions {
-        PgConnectOptions::new().socket(&self.socket_dir).username(SUPERUSER).database(database)
+        PgConnectOptions::new().socket(&self.socket_dir).port(self.port).username(SUPERUSER).database(database)
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -202,7 +235,7 @@ impl Cluster {
 
     /// A `DATABASE_URL` for `psql` and other tools.
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://{SUPERUSER}@localhost/{database}?host={}", self.socket_dir.display())
+        format!("postgres://{SUPERUSER}@localhost:{}/{database}?host={}", self.port, self.socket_dir.display())
     }
 
     /// Stops PostgreSQL (fast shutdown: sessions are ended, committed data is kept)

@@ -18,6 +18,17 @@
 //!   optional `name`, `target_url`, `description`, `ref`) with `PRIVATE-TOKEN`,
 //!   answers `201`.
 //!
+//! Against the real forges: with `SHIPLOG_TEST_GITHUB_API` (e.g.
+//! `https://api.github.com`), `SHIPLOG_TEST_GITHUB_TOKEN`,
+//! `SHIPLOG_TEST_GITHUB_REPOSITORY` (`owner/name`) and `SHIPLOG_TEST_GITHUB_REMOTE`
+//! (a git URL the tests may push to), and likewise `SHIPLOG_TEST_GITLAB_URL`,
+//! `_TOKEN`, `_PROJECT` and `_REMOTE`, the stand-in becomes a checking proxy:
+//! every request is still checked as below, then sent on to the real forge for the
+//! configured repository with the real token, and counts as received only when the
+//! forge accepted it. [`ForgeStandIn::publish`] pushes the example's commits there
+//! first, since a forge refuses a deployment of a commit it does not have. The same
+//! tests then run, and assert the same, against GitHub and GitLab themselves.
+//!
 //! Anything else is answered as the forge would refuse it (`401`, `404`, `422`) and
 //! kept in [`ForgeStandIn::violations`], which tests assert empty. The stand-in can
 //! be stopped (connections refused, as a forge that is down) and started again on
@@ -28,13 +39,13 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
+
+use crate::certificates::TestCertificates;
 
 /// The token the stand-in accepts from shiplog.
 pub const GITHUB_TOKEN: &str = "ghp_standInToken0123456789";
@@ -58,6 +69,8 @@ struct Log {
     received: Vec<Received>,
     violations: Vec<String>,
     deployments: u64,
+    /// Behind a proxy: the real forge's ID of each deployment, by number.
+    upstream_ids: Vec<u64>,
 }
 
 pub struct ForgeStandIn {
@@ -65,6 +78,46 @@ pub struct ForgeStandIn {
     log: Arc<Mutex<Log>>,
     server: Mutex<Option<JoinHandle<()>>>,
     tls: Option<Tls>,
+    upstream: Option<Arc<Upstream>>,
+}
+
+/// The real forges a proxying stand-in sends the requests it accepted on to.
+#[derive(Debug, Clone, Default)]
+pub struct Upstream {
+    pub github: Option<RealForge>,
+    pub gitlab: Option<RealForge>,
+}
+
+/// One real forge: its API's base URL, a token, the repository (GitHub
+/// `owner/name`) or project path (GitLab) the tests' reports go to, and a git URL
+/// the tests push the example's commits to.
+#[derive(Debug, Clone)]
+pub struct RealForge {
+    pub api: String,
+    pub token: String,
+    pub repository: String,
+    pub remote: String,
+}
+
+impl Upstream {
+    /// The forges `SHIPLOG_TEST_GITHUB_*` and `SHIPLOG_TEST_GITLAB_*` name (see the module doc).
+    pub fn from_env() -> Option<Upstream> {
+        let forge = |prefix: &str, api: &str, repository: &str| {
+            let var = |name: &str| std::env::var(format!("{prefix}_{name}")).ok();
+            Some(RealForge {
+                api: var(api)?,
+                token: var("TOKEN").unwrap_or_else(|| panic!("{prefix}_{api} is set but not {prefix}_TOKEN")),
+                repository: var(repository)
+                    .unwrap_or_else(|| panic!("{prefix}_{api} is set but not {prefix}_{repository}")),
+                remote: var("REMOTE").unwrap_or_else(|| panic!("{prefix}_{api} is set but not {prefix}_REMOTE")),
+            })
+        };
+        let upstream = Upstream {
+            github: forge("SHIPLOG_TEST_GITHUB", "API", "REPOSITORY"),
+            gitlab: forge("SHIPLOG_TEST_GITLAB", "URL", "PROJECT"),
+        };
+        (upstream.github.is_some() || upstream.gitlab.is_some()).then_some(upstream)
+    }
 }
 
 /// How the stand-in serves https: its certificate, and the CA that issued it.
@@ -75,22 +128,43 @@ struct Tls {
 }
 
 impl ForgeStandIn {
-    /// The stand-in over plain HTTP.
+    /// The stand-in over plain HTTP; a proxy to the real forges when the
+    /// environment names them (see the module doc).
     pub async fn start() -> ForgeStandIn {
-        ForgeStandIn::start_with(None).await
+        ForgeStandIn::start_with(None, Upstream::from_env()).await
+    }
+
+    /// The stand-in over plain HTTP, never a proxy.
+    pub async fn start_local() -> ForgeStandIn {
+        ForgeStandIn::start_with(None, None).await
     }
 
     /// The stand-in over https, with a certificate its own CA issued.
     pub async fn start_tls() -> ForgeStandIn {
-        ForgeStandIn::start_with(Some(tls())).await
+        ForgeStandIn::start_with(Some(tls()), None).await
     }
 
-    async fn start_with(tls: Option<Tls>) -> ForgeStandIn {
+    /// The stand-in as a checking proxy in front of `upstream`.
+    pub async fn start_proxy(upstream: Upstream) -> ForgeStandIn {
+        ForgeStandIn::start_with(None, Some(upstream)).await
+    }
+
+    async fn start_with(tls: Option<Tls>, upstream: Option<Upstream>) -> ForgeStandIn {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding the forge stand-in");
         let address = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Log::default()));
-        let server = tokio::spawn(serve(listener, log.clone(), tls.clone()));
-        ForgeStandIn { address, log, server: Mutex::new(Some(server)), tls }
+        let upstream = upstream.map(Arc::new);
+        let server = tokio::spawn(serve(listener, log.clone(), tls.clone(), upstream.clone()));
+        ForgeStandIn { address, log, server: Mutex::new(Some(server)), tls, upstream }
+    }
+
+    /// Behind a proxy, pushes every branch of the repository at `dir` to the real
+    /// forges, which refuse reports on commits they do not have; otherwise nothing.
+    pub fn publish(&self, dir: &std::path::Path) {
+        let Some(upstream) = &self.upstream else { return };
+        for forge in upstream.github.iter().chain(&upstream.gitlab) {
+            crate::example::git(dir, &["push", "--quiet", "--force", &forge.remote, "refs/heads/*:refs/heads/*"]);
+        }
     }
 
     /// The base URL shiplog is configured with (`--github-api-url`, `--gitlab-url`).
@@ -119,7 +193,8 @@ impl ForgeStandIn {
                 TcpListener::bind(self.address).await.ok()
             })
             .await;
-        *self.server.lock().unwrap() = Some(tokio::spawn(serve(listener, self.log.clone(), self.tls.clone())));
+        let server = serve(listener, self.log.clone(), self.tls.clone(), self.upstream.clone());
+        *self.server.lock().unwrap() = Some(tokio::spawn(server));
     }
 
     /// Every request accepted, in order.
@@ -141,19 +216,19 @@ impl Drop for ForgeStandIn {
 
 /// Accepts connections until aborted; the connections it serves (kept alive by
 /// clients) end with it, so a stopped stand-in answers nothing at all.
-async fn serve(listener: TcpListener, log: Arc<Mutex<Log>>, tls: Option<Tls>) {
+async fn serve(listener: TcpListener, log: Arc<Mutex<Log>>, tls: Option<Tls>, upstream: Option<Arc<Upstream>>) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let (log, tls) = (log.clone(), tls.clone());
+        let (log, tls, upstream) = (log.clone(), tls.clone(), upstream.clone());
         connections.spawn(async move {
             let _ = match tls {
                 // A failed handshake (a client that does not trust the CA) ends the connection.
                 Some(tls) => match tls.acceptor.accept(stream).await {
-                    Ok(stream) => connection(stream, log).await,
+                    Ok(stream) => connection(stream, log, upstream).await,
                     Err(e) => Err(e),
                 },
-                None => connection(stream, log).await,
+                None => connection(stream, log, upstream).await,
             };
         });
         while connections.try_join_next().is_some() {}
@@ -176,7 +251,11 @@ impl Request {
 }
 
 /// Serves the requests of one connection (keep-alive) until it closes.
-async fn connection(stream: impl AsyncRead + AsyncWrite + Unpin, log: Arc<Mutex<Log>>) -> std::io::Result<()> {
+async fn connection(
+    stream: impl AsyncRead + AsyncWrite + Unpin,
+    log: Arc<Mutex<Log>>,
+    upstream: Option<Arc<Upstream>>,
+) -> std::io::Result<()> {
     let mut stream = BufReader::new(stream);
     loop {
         let mut line = String::new();
@@ -201,10 +280,27 @@ async fn connection(stream: impl AsyncRead + AsyncWrite + Unpin, log: Arc<Mutex<
         let mut body = vec![0; length.unwrap_or(0)];
         stream.read_exact(&mut body).await?;
         let request = Request { method, path, headers, body };
+        let checked = {
+            let log = log.lock().unwrap();
+            answer(&request, &log).map(|answer| (answer, log.upstream_ids.clone()))
+        };
+        let answered = match (checked, &upstream) {
+            (Ok(((status, answer, received), _)), None) => Ok((status, answer, received, None)),
+            (Ok(((status, answer, received), ids)), Some(upstream)) => {
+                forward(&request, &body_of(&request), &received, &ids, upstream)
+                    .await
+                    .map(|real_id| (status, answer, received, real_id))
+            }
+            (Err(refused), _) => Err(refused),
+        };
         let (status, answer) = {
             let mut log = log.lock().unwrap();
-            match answer(&request, &mut log) {
-                Ok((status, answer, received)) => {
+            match answered {
+                Ok((status, answer, received, real_id)) => {
+                    if matches!(received, Received::GitHubDeployment { .. }) {
+                        log.deployments += 1;
+                        log.upstream_ids.extend(real_id);
+                    }
                     log.received.push(received);
                     (status, answer)
                 }
@@ -229,35 +325,15 @@ async fn connection(stream: impl AsyncRead + AsyncWrite + Unpin, log: Arc<Mutex<
     }
 }
 
-/// A CA of the stand-in's own and a certificate it issued for `127.0.0.1` and
-/// `localhost`, served with rustls's `ring` provider.
+/// A certificate its own CA issued, served with rustls's `ring` provider.
 fn tls() -> Tls {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "shiplog forge stand-in CA");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let certificate = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(certificate.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .unwrap();
-    Tls { acceptor: TlsAcceptor::from(Arc::new(config)), ca_pem: ca.pem() }
+    let certificates = TestCertificates::issue("shiplog forge stand-in");
+    Tls { acceptor: TlsAcceptor::from(certificates.server_config()), ca_pem: certificates.ca_pem }
 }
 
 type Answer = Result<(u16, Value, Received), (u16, String)>;
 
-fn answer(request: &Request, log: &mut Log) -> Answer {
+fn answer(request: &Request, log: &Log) -> Answer {
     if request.method != "POST" {
         return Err((404, format!("no {} endpoint here", request.method)));
     }
@@ -289,8 +365,7 @@ fn answer(request: &Request, log: &mut Log) -> Answer {
             if !is_commit(&commit) {
                 return Err((422, format!("No ref found for: {commit}")));
             }
-            log.deployments += 1;
-            let id = log.deployments;
+            let id = log.deployments + 1;
             let received = Received::GitHubDeployment {
                 repository: format!("{owner}/{repo}"),
                 commit: commit.clone(),
@@ -343,6 +418,57 @@ fn answer(request: &Request, log: &mut Log) -> Answer {
         }
         _ => Err((404, "Not Found".into())),
     }
+}
+
+fn body_of(request: &Request) -> Value {
+    serde_json::from_slice(&request.body).unwrap_or(Value::Null)
+}
+
+/// Sends a request the stand-in accepted on to the real forge, for its
+/// repository and with its token; the real deployment ID it created, if any.
+/// A refusal there is a refusal here, with the forge's own answer.
+async fn forward(
+    request: &Request,
+    body: &Value,
+    received: &Received,
+    upstream_ids: &[u64],
+    upstream: &Upstream,
+) -> Result<Option<u64>, (u16, String)> {
+    let unconfigured = |forge: &str| (502, format!("the proxy has no real {forge} configured"));
+    let client = shiplog_engine::tls::client_builder().build().map_err(|e| (502, e.to_string()))?;
+    let send = match received {
+        Received::GitHubDeployment { .. } | Received::GitHubStatus { .. } => {
+            let github = upstream.github.as_ref().ok_or_else(|| unconfigured("GitHub"))?;
+            let path = match received {
+                Received::GitHubStatus { deployment, .. } => {
+                    let real = upstream_ids.get(*deployment as usize - 1).ok_or((404, "Not Found".to_owned()))?;
+                    format!("/repos/{}/deployments/{real}/statuses", github.repository)
+                }
+                _ => format!("/repos/{}/deployments", github.repository),
+            };
+            client
+                .post(format!("{}{path}", github.api.trim_end_matches('/')))
+                .bearer_auth(&github.token)
+                .header("Accept", "application/vnd.github+json")
+                .header("X-GitHub-Api-Version", "2022-11-28")
+                .header("User-Agent", request.header("user-agent").unwrap_or("shiplog-tests"))
+        }
+        Received::GitLabStatus { commit, .. } => {
+            let gitlab = upstream.gitlab.as_ref().ok_or_else(|| unconfigured("GitLab"))?;
+            let project = gitlab.repository.replace('/', "%2F");
+            client
+                .post(format!("{}/api/v4/projects/{project}/statuses/{commit}", gitlab.api.trim_end_matches('/')))
+                .header("PRIVATE-TOKEN", &gitlab.token)
+        }
+    };
+    let answer = send.json(body).send().await.map_err(|e| (502, format!("the real forge: {e}")))?;
+    let status = answer.status().as_u16();
+    let text = answer.text().await.unwrap_or_default();
+    if !(200..300).contains(&status) {
+        return Err((status, format!("the real forge answered {status}: {text}")));
+    }
+    let created: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Ok(matches!(received, Received::GitHubDeployment { .. }).then(|| created["id"].as_u64()).flatten())
 }
 
 fn github_headers(request: &Request) -> Result<(), (u16, String)> {

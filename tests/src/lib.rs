@@ -6,6 +6,7 @@
 //! migrations applied, dropped again when the test is done. No fixed ports: the
 //! private cluster listens on a Unix socket in its own temporary directory.
 
+pub mod certificates;
 pub mod docker;
 pub mod example;
 pub mod forge;
@@ -46,7 +47,7 @@ fn server() -> &'static Server {
         }
         Err(_) => {
             let data_dir = std::env::temp_dir().join(format!("shiplog-test-{}", uuid::Uuid::new_v4().simple()));
-            let options = ClusterOptions { data_dir, ephemeral: true, unsafe_no_fsync: true };
+            let options = ClusterOptions { data_dir, ephemeral: true, unsafe_no_fsync: true, tls: None };
             let cluster = Cluster::start(&options).unwrap_or_else(|e| panic!("starting the test cluster: {e}"));
             Server { options: cluster.connect_options("postgres"), url: cluster.url("{db}"), _cluster: Some(cluster) }
         }

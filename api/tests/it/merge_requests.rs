@@ -17,7 +17,7 @@ use shiplog_engine::forge::{ForgeConfig, Reporter};
 use shiplog_engine::worker::Tick;
 use shiplog_tests::eventually;
 use shiplog_tests::example::git;
-use shiplog_tests::forge::{self, ForgeStandIn, Received};
+use shiplog_tests::forge::{self, ForgeStandIn, RealForge, Received, Upstream};
 
 use crate::webhooks::{GITHUB_SECRET, WebhookFixture, pairs, rev_parse, runs, sign};
 
@@ -493,6 +493,7 @@ async fn github_gets_each_deployment_and_its_statuses_in_order_even_after_being_
     git(&hooks.repo.dir, &["checkout", "--quiet", "-b", "changes"]);
     hooks.repo.commit_version(2);
     let first = rev_parse(&hooks.repo.dir, "HEAD");
+    forge.publish(&hooks.repo.dir);
     let title = "Greet";
 
     let (_, answer) =
@@ -520,6 +521,7 @@ async fn github_gets_each_deployment_and_its_statuses_in_order_even_after_being_
     // A failed deploy: its release command fails.
     hooks.repo.commit_release_script("exit 1\n");
     let second = rev_parse(&hooks.repo.dir, "HEAD");
+    forge.publish(&hooks.repo.dir);
     let (_, answer) =
         hooks.github("pull_request", "g2", &hooks.pull_request("synchronize", 2, title, false, &second, "main")).await;
     let run = answer["runs"][0]["runId"].as_str().unwrap().to_owned();
@@ -536,6 +538,7 @@ async fn github_gets_each_deployment_and_its_statuses_in_order_even_after_being_
     forge.stop();
     hooks.repo.commit_release_script("exit 0\n");
     let third = rev_parse(&hooks.repo.dir, "HEAD");
+    forge.publish(&hooks.repo.dir);
     let (_, answer) =
         hooks.github("pull_request", "g3", &hooks.pull_request("synchronize", 2, title, false, &third, "main")).await;
     let run = answer["runs"][0]["runId"].as_str().unwrap().to_owned();
@@ -574,6 +577,7 @@ async fn gitlab_gets_commit_statuses_for_staging_as_the_request_deploys() {
     git(&hooks.repo.dir, &["checkout", "--quiet", "-b", "ms-viewport"]);
     hooks.repo.commit_version(2);
     let head = rev_parse(&hooks.repo.dir, "HEAD");
+    forge.publish(&hooks.repo.dir);
 
     let (_, answer) = hooks
         .gitlab("Merge Request Hook", "l1", &hooks.merge_request("open", "MS-Viewport", &head, "main", None))
@@ -652,6 +656,104 @@ async fn statuses_go_over_https_to_a_forge_whose_ca_is_trusted_and_wait_for_one_
     let status = |state: &str| staging_status(&head, state);
     assert_eq!(reported(&trusting, &forge, 3).await, [status("pending"), status("running"), status("success")]);
     assert_eq!(forge.violations(), Vec::<String>::new());
+}
+
+/// The switch to the real forges (`SHIPLOG_TEST_GITHUB_*`, `SHIPLOG_TEST_GITLAB_*`):
+/// the stand-in as a checking proxy sends each request it accepted on to the real
+/// forge, for the configured repository, with the real token, and maps deployment
+/// numbers to the real forge's IDs. Here a second stand-in plays the real forge.
+#[tokio::test]
+async fn as_a_proxy_the_stand_in_sends_what_it_accepted_on_to_the_real_forge_for_its_repository() {
+    let real = ForgeStandIn::start_local().await;
+    let real_forge = |token: &str| RealForge {
+        api: real.url(),
+        token: token.into(),
+        repository: "team/hello".into(),
+        remote: String::new(),
+    };
+    let proxy = ForgeStandIn::start_proxy(Upstream {
+        github: Some(real_forge(forge::GITHUB_TOKEN)),
+        gitlab: Some(real_forge(forge::GITLAB_TOKEN)),
+    })
+    .await;
+    let refusing =
+        ForgeStandIn::start_proxy(Upstream { github: None, gitlab: Some(real_forge("glpat-revoked")) }).await;
+    let client = shiplog_engine::tls::client_builder().build().unwrap();
+    let github = |base: String, path: &str, body: Value| {
+        client
+            .post(format!("{base}{path}"))
+            .bearer_auth(forge::GITHUB_TOKEN)
+            .header("Accept", "application/vnd.github+json")
+            .header("X-GitHub-Api-Version", "2022-11-28")
+            .header("User-Agent", "shiplog-test")
+            .json(&body)
+            .send()
+    };
+    let (first, second) = ("a".repeat(40), "b".repeat(40));
+    let deployment =
+        |commit: &str| json!({ "ref": commit, "environment": "hello/pr-2", "transient_environment": true });
+
+    // The real forge has a deployment already: its IDs and the proxy's numbers differ.
+    assert_eq!(github(real.url(), "/repos/other/repo/deployments", deployment(&first)).await.unwrap().status(), 201);
+    let created = github(proxy.url(), "/repos/Codertocat/Hello-World/deployments", deployment(&second)).await.unwrap();
+    assert_eq!(created.status(), 201);
+    assert_eq!(created.json::<Value>().await.unwrap()["id"], 1);
+    let status = json!({ "state": "success", "log_url": "https://shiplog.example.com/runs/r" });
+    let posted = github(proxy.url(), "/repos/Codertocat/Hello-World/deployments/1/statuses", status).await.unwrap();
+    assert_eq!(posted.status(), 201);
+    let gitlab = |base: String| {
+        client
+            .post(format!("{base}/api/v4/projects/gitlabhq%2Fgitlab-test/statuses/{second}"))
+            .header("PRIVATE-TOKEN", forge::GITLAB_TOKEN)
+            .json(&json!({ "state": "running", "name": "shiplog/hello/staging" }))
+            .send()
+    };
+    assert_eq!(gitlab(proxy.url()).await.unwrap().status(), 201);
+
+    let github_deployment = |repository: &str, commit: &str| Received::GitHubDeployment {
+        repository: repository.into(),
+        commit: commit.into(),
+        environment: "hello/pr-2".into(),
+        transient: true,
+    };
+    let github_status = |deployment| Received::GitHubStatus {
+        deployment,
+        state: "success".into(),
+        environment_url: None,
+        log_url: Some("https://shiplog.example.com/runs/r".into()),
+    };
+    let gitlab_status = |project: &str| Received::GitLabStatus {
+        project: project.into(),
+        commit: second.clone(),
+        state: "running".into(),
+        name: "shiplog/hello/staging".into(),
+        target_url: None,
+    };
+    assert_eq!(
+        proxy.received(),
+        [github_deployment("Codertocat/Hello-World", &second), github_status(1), gitlab_status("gitlabhq/gitlab-test")]
+    );
+    assert_eq!(
+        real.received(),
+        [
+            github_deployment("other/repo", &first),
+            github_deployment("team/hello", &second),
+            github_status(2),
+            gitlab_status("team/hello")
+        ]
+    );
+
+    // What the real forge refuses is refused, with its answer, and not received.
+    let refused = gitlab(refusing.url()).await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refusing.received(), []);
+    assert_eq!(
+        refusing.violations(),
+        [format!(
+            "POST /api/v4/projects/gitlabhq%2Fgitlab-test/statuses/{second}: the real forge answered 401: {{\"message\":\"401 Unauthorized\"}}"
+        )]
+    );
+    assert_eq!(proxy.violations(), Vec::<String>::new());
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 mod append;
 mod architecture;
+mod database_tls;
 mod deploy;
 mod docker;
 mod immutability;

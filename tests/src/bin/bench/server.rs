@@ -32,8 +32,9 @@ impl Server {
         }
         let data_dir = std::env::temp_dir().join(format!("shiplog-bench-{}", Uuid::new_v4().simple()));
         eprintln!("starting a private PostgreSQL cluster in {}", data_dir.display());
-        let cluster = Cluster::start(&ClusterOptions { data_dir, ephemeral: true, unsafe_no_fsync: no_fsync })
-            .context("starting the private cluster")?;
+        let cluster =
+            Cluster::start(&ClusterOptions { data_dir, ephemeral: true, unsafe_no_fsync: no_fsync, tls: None })
+                .context("starting the private cluster")?;
         Ok(Server { options: cluster.connect_options("postgres"), cluster: Some(cluster) })
     }
 
