@@ -189,6 +189,6 @@ impl Lifecycle {
     }
 
     async fn existing_run(&self, run_id: Uuid) -> Result<(Run, u64), LifecycleError> {
-        Ok(self.run(run_id).await?.ok_or_else(|| DomainError::NotFound(format!("run {run_id}")))?)
+        self.run(run_id).await?.ok_or_else(|| DomainError::NotFound(format!("run {run_id}")).into())
     }
 }
