@@ -1,8 +1,8 @@
 //! The work queue of runs: the only module that reads or writes `run_queue`.
 //!
 //! A row per run, written in the same transaction as the run's `RunQueued`. The
-//! events say what a run is; the queue only says who works on it now: `queued`,
-//! `running` under a worker's lease, or `done`. Workers claim the oldest
+//! events say what a run is; the queue only says who works on it now: `waiting`
+//! for approval, `queued`, `running` under a worker's lease, or `done`. Workers claim the oldest
 //! unfinished run of an environment, so one run per environment runs at a time.
 
 use std::time::Duration;
@@ -12,11 +12,23 @@ use uuid::Uuid;
 
 use crate::domain::StreamRef;
 
-/// Queues a new run of `environment`, inside the caller's transaction.
-pub async fn enqueue(tx: &mut PgConnection, run_id: Uuid, environment: &StreamRef) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO run_queue (run_id, environment, state) VALUES ($1, $2, 'queued')")
+/// Queues a new run of `environment`, inside the caller's transaction; a run
+/// `waiting` for approval is not claimed until [`approved`] (runs of the same
+/// environment queued after it wait behind it).
+pub async fn enqueue(tx: &mut PgConnection, run_id: Uuid, environment: &StreamRef, waiting: bool) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO run_queue (run_id, environment, state) VALUES ($1, $2, $3)")
         .bind(run_id)
         .bind(environment.to_string())
+        .bind(if waiting { "waiting" } else { "queued" })
+        .execute(tx)
+        .await
+        .map(drop)
+}
+
+/// A run waiting for approval may be claimed now.
+pub async fn approved(tx: &mut PgConnection, run_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query("UPDATE run_queue SET state = 'queued' WHERE run_id = $1 AND state = 'waiting'")
+        .bind(run_id)
         .execute(tx)
         .await
         .map(drop)
@@ -44,7 +56,8 @@ pub async fn requeue(tx: &mut PgConnection, run_id: Uuid) -> sqlx::Result<()> {
 }
 
 /// Claims the oldest unfinished run of some environment for `worker`, if it is
-/// free: queued, or running under a lease that expired.
+/// free: queued, or running under a lease that expired (a waiting run is neither:
+/// its `lease_until` is null).
 pub async fn claim(pool: &PgPool, worker: &str, lease: Duration) -> sqlx::Result<Option<Uuid>> {
     sqlx::query_scalar(
         "UPDATE run_queue SET state = 'running', worker = $1, \

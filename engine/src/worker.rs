@@ -418,9 +418,12 @@ fn failure(e: RuntimeError) -> JobFailure {
     e.to_string().into()
 }
 
-/// The image each service runs after this run: pushed by it (pinned by digest),
-/// built by it, or prebuilt.
+/// The image each service runs after this run: promoted (as it ran elsewhere),
+/// pushed by it (pinned by digest), built by it, or prebuilt.
 fn service_image(run: &Run, t: &ApplicationTemplate, service: &str) -> Result<Image, String> {
+    if let Some((_, promoted)) = run.images.iter().find(|(s, _)| s == service) {
+        return Ok(Image(promoted.clone()));
+    }
     if let Some(pushed) = run.output_of("release", &format!("push-{service}")) {
         return Ok(Image(pushed.to_owned()));
     }

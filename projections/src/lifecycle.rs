@@ -194,6 +194,7 @@ impl EnvironmentView {
                     RunOutcome::Succeeded => RunStatus::Succeeded,
                     RunOutcome::Failed => RunStatus::Failed,
                     RunOutcome::Cancelled => RunStatus::Cancelled,
+                    RunOutcome::Rejected => RunStatus::Rejected,
                 };
                 status(run_id, outcome, Some(*finished_at), &mut self.last_run)
             }

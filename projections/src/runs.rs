@@ -186,6 +186,7 @@ mod tests {
             },
             plan: run::plan(RunKind::Patch, &input),
             queued_at: t(0),
+            images: vec![],
         }
     }
 

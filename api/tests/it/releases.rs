@@ -367,3 +367,269 @@ async fn production_deploys_accepted_releases_only_refuses_older_ones_and_rolls_
         .await;
     assert!(staging["environmentCreate"]["run"]["id"].is_string(), "{staging:#}");
 }
+
+const PROMOTE: &str = "mutation($input: ReleasePromoteInput!) {
+  releasePromote(input: $input) { run { id kind status commit reason promotedImages { service image }
+    stages { name jobs { name } }
+    approval { required roles requestedBy approvals { by role } rejectedBy rejectionReason } }
+    userErrors { field message code } } }";
+const APPROVE: &str = "mutation($input: DeploymentApproveInput!) {
+  deploymentApprove(input: $input) { run { id status approval { approvals { by role } } }
+    userErrors { field message code } } }";
+const REJECT: &str = "mutation($input: DeploymentRejectInput!) {
+  deploymentReject(input: $input) { run { id status error approval { rejectedBy rejectionReason } }
+    userErrors { field message code } } }";
+const RUN: &str = "query($id: ID!) { node(id: $id) { ... on Run { id status error } } }";
+const ENVIRONMENT_DEPLOY_RUN: &str = "mutation($input: EnvironmentDeployInput!) {
+  environmentDeploy(input: $input) { run { id kind status approval { requestedBy } }
+    userErrors { field message code } } }";
+
+/// The example's template with production deployments waiting for one approval
+/// by a deployer.
+fn approvals_template(repo: &ExampleRepo) -> String {
+    format!("{}environments:\n  production:\n    approvals: {{ required: 1, roles: [deployer] }}\n", repo.template())
+}
+
+async fn environment(app: &TestApp, hello: &Value, name: &str, kind: &str, branch: &str) -> Value {
+    let input = json!({ "applicationId": hello, "name": name, "kind": kind, "branch": branch });
+    let created =
+        app.data(&app.admin, ENVIRONMENT_CREATE, json!({ "input": input })).await["environmentCreate"].clone();
+    assert_eq!(created["userErrors"], json!([]), "{created:#}");
+    created["environment"]["id"].clone()
+}
+
+async fn run_status(app: &TestApp, id: &Value) -> Value {
+    app.data(&app.admin, RUN, json!({ "id": id })).await["node"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_deploys_the_staging_images_once_someone_else_with_the_role_approves() {
+    let app = TestApp::with_worker().await;
+    let (repo, hello) = example_application(&app).await;
+    let (v1, _) = production_branch(&repo);
+    let template = json!({ "input": { "applicationId": hello, "template": approvals_template(&repo) } });
+    assert_eq!(
+        app.data(&app.admin, TEMPLATE_UPDATE, template).await["applicationTemplateUpdate"]["userErrors"],
+        json!([])
+    );
+    let tag = this_month(1);
+    let release = create_release(&app, &hello, &tag, json!([{ "service": "web", "tag": "v1" }])).await;
+    let release_id = release["release"]["id"].clone();
+    let production = environment(&app, &hello, "production", "PRODUCTION", "production").await;
+    let promote = |from: &Value| json!({ "input": { "releaseId": release_id, "environmentId": from } });
+
+    // Staging tracks main, one commit past the release: it does not run the release.
+    let staging = environment(&app, &hello, "staging", "STAGING", "main").await;
+    let staging_ready = |commit: String| {
+        let app = &app;
+        async move {
+            eventually("staging ready", PATIENCE, || async {
+                let env = app.data(&app.admin, ENVIRONMENT, json!({ "app": "hello", "env": "staging" })).await;
+                let env = env["environment"].clone();
+                assert_ne!(env["lastRun"]["status"], "FAILED", "{env:#}");
+                (env["status"] == "READY" && env["commit"] == json!(commit)).then_some(env)
+            })
+            .await
+        }
+    };
+    let main = rev_parse(&repo.dir, "HEAD");
+    staging_ready(main.clone()).await;
+    let before = events(&app).await;
+    let refused = app.data(&app.admin, PROMOTE, promote(&staging)).await["releasePromote"].clone();
+    assert_eq!(
+        user_error(&refused),
+        (
+            "NOT_PROMOTABLE".into(),
+            format!(
+                "release {tag} cannot be promoted from environment hello/staging: it runs commit {}, not the \
+                 release's {}",
+                &main[..12],
+                &v1[..12]
+            )
+        )
+    );
+    assert_eq!(refused["userErrors"][0]["field"], json!(["input", "environmentId"]));
+    let to_itself = json!({ "input": { "releaseId": release_id, "environmentId": production } });
+    let refused = app.data(&app.admin, PROMOTE, to_itself).await["releasePromote"].clone();
+    assert_eq!(
+        user_error(&refused),
+        (
+            "NOT_PROMOTABLE".into(),
+            format!("release {tag} cannot be promoted from environment hello/production: it runs nothing yet")
+        )
+    );
+    assert_eq!(events(&app).await, before, "refused promotions record nothing");
+
+    // Staging on the release's commit: the promotion waits for approval.
+    let setup = json!({ "input": { "environmentId": staging, "reason": "the release", "commit": v1 } });
+    app.data(&app.admin, ENVIRONMENT_SETUP, setup).await;
+    staging_ready(v1.clone()).await;
+    let promoted = app.data(&app.admin, PROMOTE, promote(&staging)).await["releasePromote"].clone();
+    assert_eq!(promoted["userErrors"], json!([]), "{promoted:#}");
+    let run = promoted["run"].clone();
+    let reason =
+        format!("promotion of release {tag} from hello/staging; a setup is needed first: no setup has succeeded yet");
+    assert_eq!(
+        (&run["kind"], &run["status"], &run["commit"], &run["reason"]),
+        (&json!("SETUP"), &json!("WAITING_FOR_APPROVAL"), &json!(v1), &json!(reason)),
+        "{run:#}"
+    );
+    assert_eq!(
+        run["approval"],
+        json!({ "required": 1, "roles": ["deployer"], "requestedBy": "token:bootstrap", "approvals": [],
+            "rejectedBy": null, "rejectionReason": null })
+    );
+    let image = run["promotedImages"][0]["image"].clone();
+    assert!(image.as_str().is_some_and(|i| i.contains("/images/hello/web/")), "{run:#}");
+    assert_eq!(run["promotedImages"], json!([{ "service": "web", "image": image }]));
+    let stages: Vec<&str> = run["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["setup", "release", "deploy"], "promoted images are not built again");
+
+    // Two environments of the process runtime cannot serve one port: staging goes
+    // before production runs (the promotion pinned its images already).
+    let teardown = json!({ "input": { "environmentId": staging } });
+    app.data(&app.admin, crate::graphql::ENVIRONMENT_TEARDOWN, teardown).await;
+    eventually("staging torn down", PATIENCE, || async {
+        let env = app.data(&app.admin, ENVIRONMENT, json!({ "app": "hello", "env": "staging" })).await;
+        (env["environment"]["status"] == "TORN_DOWN").then_some(())
+    })
+    .await;
+    assert_eq!(run_status(&app, &run["id"]).await["status"], "WAITING_FOR_APPROVAL", "no worker claims it");
+
+    // Its requester may not approve it, nor a role the rule does not list.
+    let before = events(&app).await;
+    let approve = json!({ "input": { "runId": run["id"] } });
+    let own = app.data(&app.admin, APPROVE, approve.clone()).await["deploymentApprove"].clone();
+    assert_eq!(
+        user_error(&own),
+        (
+            "SELF_APPROVAL".into(),
+            format!(
+                "token:bootstrap asked for run {} and may not approve it; another person must",
+                run_uuid(&run["id"])
+            )
+        )
+    );
+    let other_admin = app.token(shiplog::auth::Role::Admin, true).await;
+    let wrong_role = app.data(&other_admin, APPROVE, approve.clone()).await["deploymentApprove"].clone();
+    assert_eq!(
+        user_error(&wrong_role),
+        ("APPROVER_ROLE".into(), "the admin role may not approve this deployment; it needs one of: deployer".into())
+    );
+    let no_rights = app.token(shiplog::auth::Role::Deployer, false).await;
+    let forbidden = app.graphql(&no_rights, APPROVE, approve.clone()).await;
+    assert_eq!(forbidden["errors"][0]["extensions"]["code"], "FORBIDDEN", "{forbidden:#}");
+    assert_eq!(events(&app).await, before, "refused approvals record nothing");
+    assert_eq!(run_status(&app, &run["id"]).await["status"], "WAITING_FOR_APPROVAL");
+
+    // A deployer with production rights approves: it runs, with staging's images.
+    let deployer = app.token(shiplog::auth::Role::Deployer, true).await;
+    let approved = app.data(&deployer, APPROVE, approve.clone()).await["deploymentApprove"].clone();
+    assert_eq!(approved["userErrors"], json!([]), "{approved:#}");
+    assert_eq!(approved["run"]["approval"]["approvals"], json!([{ "by": "token:Deployer", "role": "deployer" }]));
+    assert_ne!(approved["run"]["status"], "WAITING_FOR_APPROVAL");
+    let env = serving(&app, &tag).await;
+    assert_eq!((&env["commit"], &env["lastRun"]["id"]), (&json!(v1), &run["id"]));
+    let again = app.data(&deployer, APPROVE, approve).await["deploymentApprove"].clone();
+    assert_eq!(user_error(&again).0, "INVALID_RUN_STATE");
+    assert_eq!(deployment_events(&app).await, ["DeploymentApprovalRequested", "DeploymentApproved"]);
+}
+
+/// The uuid a run's global ID names (`Run:<uuid>`), as refusals name the run.
+fn run_uuid(id: &Value) -> String {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(id.as_str().unwrap()).unwrap();
+    String::from_utf8(raw).unwrap().strip_prefix("Run:").unwrap().to_owned()
+}
+
+async fn deployment_events(app: &TestApp) -> Vec<String> {
+    sqlx::query_scalar("SELECT event_type FROM events WHERE event_type LIKE 'Deployment%' ORDER BY global_position")
+        .fetch_all(&app.db.runtime)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_deployment_is_skipped_when_a_newer_release_supersedes_it_and_a_rejection_ends_one() {
+    let app = TestApp::start().await;
+    let (repo, hello) = example_application(&app).await;
+    let (v1, _) = production_branch(&repo);
+    let template = json!({ "input": { "applicationId": hello, "template": approvals_template(&repo) } });
+    app.data(&app.admin, TEMPLATE_UPDATE, template).await;
+    let (first, second) = (this_month(1), this_month(2));
+    for tag in [&first, &second] {
+        create_release(&app, &hello, tag, json!([{ "service": "web", "commit": v1 }])).await;
+    }
+    let production = environment(&app, &hello, "production", "PRODUCTION", "production").await;
+    let deploy_release = |tag: &str| json!({ "input": { "environmentId": production, "release": tag } });
+
+    let waiting =
+        app.data(&app.admin, ENVIRONMENT_DEPLOY_RUN, deploy_release(&first)).await["environmentDeploy"].clone();
+    assert_eq!(
+        waiting["run"]["status"], "WAITING_FOR_APPROVAL",
+        "a deploy of a release waits like a promotion: {waiting:#}"
+    );
+    assert_eq!(waiting["run"]["approval"]["requestedBy"], "token:bootstrap");
+
+    // A newer release supersedes it while it waits: skipped as outdated, saying why.
+    let newer =
+        app.data(&app.admin, ENVIRONMENT_DEPLOY_RUN, deploy_release(&second)).await["environmentDeploy"].clone();
+    assert_eq!((&newer["run"]["kind"], &newer["run"]["status"]), (&json!("SETUP"), &json!("WAITING_FOR_APPROVAL")));
+    let skipped = run_status(&app, &waiting["run"]["id"]).await;
+    assert_eq!(
+        (&skipped["status"], &skipped["error"]),
+        (&json!("SKIPPED"), &json!("skipped: outdated: a newer deploy was requested"))
+    );
+    let deployer = app.token(shiplog::auth::Role::Deployer, true).await;
+    let approve = |run: &Value| json!({ "input": { "runId": run["run"]["id"] } });
+    let late = app.data(&deployer, APPROVE, approve(&waiting)).await["deploymentApprove"].clone();
+    assert_eq!(
+        user_error(&late),
+        (
+            "INVALID_RUN_STATE".into(),
+            format!("run {} is skipped; approving it is not possible", run_uuid(&waiting["run"]["id"]))
+        )
+    );
+
+    // A rejection ends the waiting one: nothing is queued, a newer deploy is not outdated.
+    let before = events(&app).await;
+    let reject = |token: &str, reason: &str| {
+        let input = json!({ "input": { "runId": newer["run"]["id"], "reason": reason } });
+        let app = &app;
+        let token = token.to_owned();
+        async move { app.data(&token, REJECT, input).await["deploymentReject"].clone() }
+    };
+    assert_eq!(user_error(&reject(&deployer, " ").await), ("INVALID_INPUT".into(), "say why it is rejected".into()));
+    let other_admin = app.token(shiplog::auth::Role::Admin, true).await;
+    assert_eq!(
+        user_error(&reject(&other_admin, "no").await),
+        ("APPROVER_ROLE".into(), "the admin role may not approve this deployment; it needs one of: deployer".into())
+    );
+    assert_eq!(events(&app).await, before, "refused rejections record nothing");
+    let rejected = reject(&deployer, "the change freeze").await;
+    assert_eq!(rejected["userErrors"], json!([]), "{rejected:#}");
+    assert_eq!(
+        rejected["run"],
+        json!({ "id": newer["run"]["id"], "status": "REJECTED", "error": "rejected by token:Deployer: the change freeze",
+            "approval": { "rejectedBy": "token:Deployer", "rejectionReason": "the change freeze" } })
+    );
+    let env = app.data(&app.admin, ENVIRONMENT, json!({ "app": "hello", "env": "production" })).await;
+    assert_eq!(env["environment"]["lastRun"]["status"], "REJECTED");
+    let again = app.data(&app.admin, ENVIRONMENT_DEPLOY_RUN, deploy_release(&first)).await["environmentDeploy"].clone();
+    assert_eq!(again["userErrors"], json!([]), "nothing newer is queued or serving: {again:#}");
+    assert_eq!(
+        deployment_events(&app).await,
+        [
+            "DeploymentApprovalRequested",
+            "DeploymentApprovalRequested",
+            "DeploymentRejected",
+            "DeploymentApprovalRequested"
+        ]
+    );
+    let queue: Vec<(String, String)> = sqlx::query_as("SELECT run_id::text, state FROM run_queue ORDER BY queued_at")
+        .fetch_all(&app.db.runtime)
+        .await
+        .unwrap();
+    let states: Vec<&str> = queue.iter().map(|(_, state)| state.as_str()).collect();
+    assert_eq!(states, ["done", "done", "waiting"], "no worker may claim a waiting deployment");
+}

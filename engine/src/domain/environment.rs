@@ -33,6 +33,8 @@ pub enum RunOutcome {
     Succeeded,
     Failed,
     Cancelled,
+    /// Rejected while it waited for approval.
+    Rejected,
 }
 
 /// What the drift reconciler does when it finds the environment drifted.
@@ -747,7 +749,7 @@ pub fn evolve(mut env: Environment, event: &EnvironmentEvent) -> Environment {
                         env.failed_releases.insert(run.run_id, release);
                     }
                 }
-                (_, RunOutcome::Cancelled) => {}
+                (_, RunOutcome::Cancelled | RunOutcome::Rejected) => {}
             }
         }
         EnvironmentEvent::DriftDetected { verdict, reasons, health, observed_at } => {

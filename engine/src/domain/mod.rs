@@ -8,6 +8,7 @@
 
 pub mod aggregate;
 pub mod application;
+pub mod approval;
 pub mod environment;
 pub mod merge_request;
 pub mod production;
@@ -185,6 +186,15 @@ pub enum DomainError {
     /// A rollback that is not one: what it would deploy, and why not.
     #[error("{environment} cannot roll back: {reason}")]
     RollbackRefused { environment: String, reason: String },
+    /// The person who asked for a deployment may not approve it.
+    #[error("{by} asked for run {run} and may not approve it; another person must")]
+    SelfApproval { run: String, by: String },
+    /// An approval (or rejection) by a role the environment's rule does not list.
+    #[error("the {role} role may not approve this deployment; it needs one of: {}", .roles.join(", "))]
+    ApproverRole { role: String, roles: Vec<String> },
+    /// A promotion from an environment that does not run the release.
+    #[error("release {tag} cannot be promoted from {environment}: {reason}")]
+    NotPromotable { tag: String, environment: String, reason: String },
 }
 
 #[cfg(test)]

@@ -71,7 +71,11 @@ pub(super) fn deploy_release(env: &Environment, deploy: ReleaseDeploy) -> Result
             (vec![], reason)
         }
     };
-    let why = env.patch_refusals(&current);
+    // The release deploys not yet started are superseded by this one: a setup
+    // among them is no reason to patch behind it, so this one sets up instead.
+    let mut after_superseding = env.clone();
+    after_superseding.queue.retain(|q| q.started || q.release.is_none());
+    let why = after_superseding.patch_refusals(&current);
     let requested = if why.is_empty() {
         env.request(run_id, RunKind::Patch, Some(commit), None, reason, now, None)
     } else {
@@ -302,6 +306,30 @@ mod tests {
             .then_go_on()
             .when(patch)
             .then_types(&["RunRequested"]);
+    }
+
+    #[test]
+    fn a_newer_release_supersedes_a_queued_first_setup_and_sets_up_itself() {
+        given::<Environment>([])
+            .when(created(EnvironmentKind::Production))
+            .then_go_on()
+            .when(deploy(1, "2023.06.1", 'a'))
+            .then_go_on()
+            .when(deploy(2, "2023.06.2", 'b'))
+            .then([
+                EnvironmentEvent::RunSuperseded {
+                    run_id: Uuid::from_u128(1),
+                    by: Uuid::from_u128(2),
+                    reason: "outdated: a newer deploy was requested".into(),
+                },
+                requested(
+                    2,
+                    RunKind::Setup,
+                    "2023.06.2",
+                    'b',
+                    "release 2023.06.2; a setup is needed first: no setup has succeeded yet",
+                ),
+            ]);
     }
 
     #[test]

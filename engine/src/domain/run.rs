@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::approval::{self, Approval};
 use super::{Aggregate, CommitId, DomainError, Name, RunKind, TemplateVersions};
 
 /// What a job does; the executor maps each to runtime calls.
@@ -126,6 +127,30 @@ pub enum RunEvent {
         templates: TemplateVersions,
         plan: Vec<PlannedStage>,
         queued_at: DateTime<Utc>,
+        /// Images by service that a promotion deploys as they ran elsewhere; those
+        /// services are not built (`docs/releases.md`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        images: Vec<(String, String)>,
+    },
+    /// The run waits for approval before a worker may start it (`approval.rs`).
+    DeploymentApprovalRequested {
+        required: u32,
+        roles: Vec<String>,
+        /// Who asked for the deployment; they may not approve it.
+        requested_by: String,
+        at: DateTime<Utc>,
+    },
+    /// One approval; the run is queued once it has as many as required.
+    DeploymentApproved {
+        by: String,
+        role: String,
+        at: DateTime<Utc>,
+    },
+    /// The waiting run was rejected: it ends without running.
+    DeploymentRejected {
+        by: String,
+        reason: String,
+        at: DateTime<Utc>,
     },
     RunStarted {
         attempt: u32,
@@ -196,7 +221,8 @@ pub enum RunEvent {
 }
 
 impl RunEvent {
-    /// Whether this event ends the run (succeeded, failed, cancelled or skipped).
+    /// Whether this event ends the run (succeeded, failed, cancelled, skipped or
+    /// rejected).
     pub fn ends_run(&self) -> bool {
         matches!(
             self,
@@ -204,6 +230,7 @@ impl RunEvent {
                 | RunEvent::RunFailed { .. }
                 | RunEvent::RunCancelled { .. }
                 | RunEvent::RunSkipped { .. }
+                | RunEvent::DeploymentRejected { .. }
         )
     }
 }
@@ -211,17 +238,24 @@ impl RunEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
+    /// Queued, but no worker may start it until it is approved (`approval.rs`).
+    WaitingForApproval,
     Queued,
     Running,
     Succeeded,
     Failed,
     Cancelled,
     Skipped,
+    /// Rejected while it waited for approval: it never ran.
+    Rejected,
 }
 
 impl RunStatus {
     pub fn is_final(self) -> bool {
-        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled | RunStatus::Skipped)
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled | RunStatus::Skipped | RunStatus::Rejected
+        )
     }
 }
 
@@ -303,6 +337,12 @@ pub struct Run {
     pub started_at: Option<DateTime<Utc>>,
     /// When it ended; `None` again once retried.
     pub finished_at: Option<DateTime<Utc>>,
+    /// For a deployment that needs approval: who asked, who approved, who rejected.
+    #[serde(default)]
+    pub approval: Option<Approval>,
+    /// Images by service it deploys as promoted (not built).
+    #[serde(default)]
+    pub images: Vec<(String, String)>,
 }
 
 impl Run {
@@ -369,10 +409,23 @@ pub enum RunCommand {
     Retry {
         now: DateTime<Utc>,
     },
+    /// `by`, holding `role`, approves the run waiting for approval.
+    Approve {
+        by: String,
+        role: String,
+        now: DateTime<Utc>,
+    },
+    /// `by`, holding `role`, rejects the run waiting for approval, which ends it.
+    Reject {
+        by: String,
+        role: String,
+        reason: String,
+        now: DateTime<Utc>,
+    },
 }
 
-fn refuse(run: &Run, action: &'static str) -> DomainError {
-    DomainError::RunState { run: run.run_id.to_string(), status: format!("{:?}", run.status).to_lowercase(), action }
+pub(super) fn refuse(run: &Run, action: &'static str) -> DomainError {
+    DomainError::RunState { run: run.run_id.to_string(), status: super::label(&run.status), action }
 }
 
 pub fn decide(run: &Run, command: RunCommand) -> Result<Vec<RunEvent>, DomainError> {
@@ -401,7 +454,8 @@ pub fn decide(run: &Run, command: RunCommand) -> Result<Vec<RunEvent>, DomainErr
             Ok(vec![RunEvent::RunCancelled { reason, at: now }])
         }
         RunCommand::Skip { reason, now } => {
-            if run.status != RunStatus::Queued {
+            // A run waiting for approval is superseded like a queued one.
+            if !matches!(run.status, RunStatus::Queued | RunStatus::WaitingForApproval) {
                 return Err(refuse(run, "skipping it"));
             }
             Ok(vec![RunEvent::RunSkipped { reason, at: now }])
@@ -414,6 +468,8 @@ pub fn decide(run: &Run, command: RunCommand) -> Result<Vec<RunEvent>, DomainErr
                 run.stages.iter().find(|s| s.status == StepStatus::Failed).map_or_else(String::new, |s| s.name.clone());
             Ok(vec![RunEvent::RunRetried { attempt: run.attempt + 1, from_stage, at: now }])
         }
+        RunCommand::Approve { by, role, now } => approval::approve(run, by, role, now),
+        RunCommand::Reject { by, role, reason, now } => approval::reject(run, by, role, reason, now),
     }
 }
 
@@ -481,6 +537,13 @@ fn end(run: &mut Run, status: RunStatus, at: DateTime<Utc>) {
 pub fn evolve(mut run: Run, event: &RunEvent) -> Run {
     match event {
         RunEvent::RunQueued { .. } => {}
+        RunEvent::DeploymentApprovalRequested { .. } | RunEvent::DeploymentApproved { .. } => {
+            approval::evolve(&mut run, event);
+        }
+        RunEvent::DeploymentRejected { at, .. } => {
+            approval::evolve(&mut run, event);
+            end(&mut run, RunStatus::Rejected, *at);
+        }
         RunEvent::RunStarted { worker, at, .. } => {
             run.status = RunStatus::Running;
             run.started_at.get_or_insert(*at);
@@ -587,6 +650,7 @@ pub fn fold(events: &[RunEvent]) -> Option<Run> {
         templates,
         plan,
         queued_at,
+        images,
     } = first
     else {
         return None;
@@ -629,6 +693,8 @@ pub fn fold(events: &[RunEvent]) -> Option<Run> {
         queued_at: *queued_at,
         started_at: None,
         finished_at: None,
+        approval: None,
+        images: images.clone(),
     };
     Some(rest.iter().fold(run, evolve))
 }
@@ -642,8 +708,13 @@ pub(crate) mod tests {
         c.to_string().repeat(40).parse().unwrap()
     }
 
-    fn t(s: i64) -> DateTime<Utc> {
+    pub(crate) fn t(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
+    }
+
+    /// Run 7 of `shop/staging` queued at commit a.
+    pub(crate) fn queued_run(kind: RunKind) -> RunEvent {
+        queued(kind)
     }
 
     fn input() -> PlanInput {
@@ -675,6 +746,7 @@ pub(crate) mod tests {
             },
             plan: plan(kind, &input()),
             queued_at: t(0),
+            images: vec![],
         }
     }
 

@@ -237,7 +237,9 @@ impl Reporter {
                     RunEvent::RunStarted { .. } => ReportState::InProgress,
                     RunEvent::RunSucceeded { .. } => ReportState::Success,
                     RunEvent::RunFailed { .. } => ReportState::Failure,
-                    RunEvent::RunCancelled { .. } | RunEvent::RunSkipped { .. } => ReportState::Cancelled,
+                    RunEvent::RunCancelled { .. }
+                    | RunEvent::RunSkipped { .. }
+                    | RunEvent::DeploymentRejected { .. } => ReportState::Cancelled,
                     _ => return Ok(()),
                 };
                 outbox::add_report(tx, run_id, state).await

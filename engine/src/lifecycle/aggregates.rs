@@ -66,7 +66,7 @@ impl Cache {
 #[derive(Default)]
 pub(super) struct Batch {
     changes: Vec<Change>,
-    enqueue: Vec<(Uuid, StreamRef)>,
+    enqueue: Vec<(Uuid, StreamRef, bool)>,
     dequeue: Vec<Uuid>,
     states: HashMap<StreamRef, (Folded, u64)>,
 }
@@ -78,10 +78,12 @@ impl Batch {
     }
 }
 
-/// What a run request writes besides its events: the run-queue row it adds and
-/// the rows of the runs it superseded, which it ends.
+/// What a run request writes besides its events: the run-queue row it adds
+/// (`waiting` for approval or not) and the rows of the runs it superseded, which
+/// it ends.
 pub(super) struct Queue<'a> {
     pub enqueue: Option<(Uuid, &'a StreamRef)>,
+    pub waiting: bool,
     pub dequeue: &'a [Uuid],
 }
 
@@ -183,7 +185,7 @@ impl Lifecycle {
             let mut batch = batch.lock().expect("not poisoned");
             batch.changes.extend(changes);
             batch.dequeue.extend_from_slice(queue.dequeue);
-            batch.enqueue.extend(queue.enqueue.map(|(run_id, env)| (run_id, env.clone())));
+            batch.enqueue.extend(queue.enqueue.map(|(run_id, env)| (run_id, env.clone(), queue.waiting)));
             return Ok(());
         }
         let mut tx = self.store.pool().begin().await?;
@@ -192,7 +194,7 @@ impl Lifecycle {
             run_queue::done(&mut tx, *old).await?;
         }
         if let Some((run_id, env_stream)) = queue.enqueue {
-            run_queue::enqueue(&mut tx, run_id, env_stream).await?;
+            run_queue::enqueue(&mut tx, run_id, env_stream, queue.waiting).await?;
         }
         self.commit(tx).await
     }
@@ -229,8 +231,8 @@ impl Lifecycle {
         for old in &batch.dequeue {
             run_queue::done(&mut tx, *old).await?;
         }
-        for (run_id, env_stream) in &batch.enqueue {
-            run_queue::enqueue(&mut tx, *run_id, env_stream).await?;
+        for (run_id, env_stream, waiting) in &batch.enqueue {
+            run_queue::enqueue(&mut tx, *run_id, env_stream, *waiting).await?;
         }
         Ok(tx)
     }

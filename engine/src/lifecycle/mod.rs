@@ -6,6 +6,7 @@
 //! transaction.
 
 mod aggregates;
+mod approvals;
 mod deliveries;
 mod releases;
 mod runs;
@@ -16,13 +17,14 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::domain::application::{Application, ApplicationCommand, ApplicationEvent};
+use crate::domain::approval;
 use crate::domain::environment::{
-    DriftMode, Environment, EnvironmentCommand, EnvironmentEvent, EnvironmentSpec, Observation, Tracking,
+    DriftMode, Environment, EnvironmentCommand, EnvironmentEvent, EnvironmentSpec, Observation, RunOutcome, Tracking,
 };
 use crate::domain::merge_request::MergeRequestInfo;
 use crate::domain::production::ReleaseDeploy;
 use crate::domain::release::DeployedRelease;
-use crate::domain::run::{self, PlanInput, Run, RunCommand, RunEvent};
+use crate::domain::run::{self, PlanInput, Run, RunCommand, RunEvent, RunStatus};
 use crate::domain::{Aggregate, CommitId, DomainError, Name, RunKind, StreamRef, stream};
 use crate::git::{self, GitError};
 use crate::runtime::Registry;
@@ -32,6 +34,7 @@ use crate::{run_queue, variable_sets};
 
 pub use aggregates::Change;
 use aggregates::{Batch, Cache, Queue, append_all};
+pub use approvals::Approver;
 pub use deliveries::{Delivered, DeliveryError};
 pub use releases::ReleaseRequest;
 
@@ -485,7 +488,7 @@ impl Lifecycle {
                         reason: reason.to_owned(),
                         now,
                     },
-                    Ask::Release { release, rollback } => EnvironmentCommand::DeployRelease(ReleaseDeploy {
+                    Ask::Release { release, rollback, .. } => EnvironmentCommand::DeployRelease(ReleaseDeploy {
                         run_id,
                         release: release.clone(),
                         commit: resolved(),
@@ -509,6 +512,11 @@ impl Lifecycle {
                 let (_, _, template) = application.template.clone().ok_or(DomainError::NoTemplate)?;
                 let parsed: ApplicationTemplate =
                     serde_json::from_value(template.clone()).map_err(|e| LifecycleError::Corrupt(e.to_string()))?;
+                let (images, rule) = match ask {
+                    Ask::Release { images, .. } => (images.clone(), parsed.approvals(env_name.as_str())),
+                    _ => (Vec::new(), None),
+                };
+                let input = promoted(plan_input(app, &parsed, self.registry.as_ref()), &images);
                 let queued = RunEvent::RunQueued {
                     run_id,
                     application: app.clone(),
@@ -519,12 +527,15 @@ impl Lifecycle {
                     reason,
                     template,
                     templates: current.clone(),
-                    plan: run::plan(
-                        kind,
-                        &teardown_aware(kind, &env, plan_input(app, &parsed, self.registry.as_ref())),
-                    ),
+                    plan: run::plan(kind, &teardown_aware(kind, &env, input)),
                     queued_at: now,
+                    images,
                 };
+                // A release deployment where the template asks for approvals waits
+                // for them; whoever asked for it may not give one.
+                let requested_by = metadata.actor.as_deref().unwrap_or("shiplog");
+                let waiting: Vec<RunEvent> =
+                    rule.map(|rule| approval::request(rule, requested_by, now)).into_iter().collect();
                 let superseded: Vec<Uuid> = events
                     .iter()
                     .filter_map(|e| match e {
@@ -549,9 +560,13 @@ impl Lifecycle {
                     }
                 }
                 let run_stream = StreamRef::Run(run_id);
-                self.staged(&run_stream, &None::<Run>.evolve(&queued), 1);
-                changes.push(Change::new(&run_stream, 0, &[queued], metadata));
-                self.write(changes, Queue { enqueue: Some((run_id, env_stream)), dequeue: &superseded }).await?;
+                let run_events: Vec<RunEvent> = std::iter::once(queued).chain(waiting).collect();
+                let run_state = run_events.iter().fold(None::<Run>, |state, e| state.evolve(e));
+                self.staged(&run_stream, &run_state, run_events.len() as u64);
+                changes.push(Change::new(&run_stream, 0, &run_events, metadata));
+                let waiting = run_events.len() > 1;
+                let queue = Queue { enqueue: Some((run_id, env_stream)), waiting, dequeue: &superseded };
+                self.write(changes, queue).await?;
                 Ok(Some(Requested { run_id, kind, superseded }))
             }
         })
@@ -578,6 +593,10 @@ impl Lifecycle {
             let (run, version) =
                 self.run(run_id).await?.ok_or_else(|| DomainError::NotFound(format!("run {run_id}")))?;
             let events = run::decide(&run, RunCommand::Cancel { reason: reason.to_owned(), now })?;
+            if run.status == RunStatus::WaitingForApproval {
+                // No worker will claim it to record its end.
+                return self.end_waiting(run, version, &events, RunOutcome::Cancelled, metadata, now).await.map(drop);
+            }
             self.append(&StreamRef::Run(run_id), Some(run), version, &events, metadata).await.map(drop)
         })
         .await
@@ -630,10 +649,12 @@ enum Ask {
     Deploy {
         merge_request: Option<MergeRequestInfo>,
     },
-    /// An accepted release, at its commit; as a rollback or not.
+    /// An accepted release, at its commit; as a rollback or not; with the images
+    /// by service a promotion deploys as they ran elsewhere (none otherwise).
     Release {
         release: DeployedRelease,
         rollback: bool,
+        images: Vec<(String, String)>,
     },
 }
 
@@ -650,6 +671,15 @@ fn teardown_aware(kind: RunKind, env: &Environment, mut input: PlanInput) -> Pla
     if kind == RunKind::Teardown && env.commit.is_none() {
         input.teardown_hooks.clear();
     }
+    input
+}
+
+/// The plan input of a run that deploys `images` (by service) as promoted: those
+/// services are neither built nor pushed again.
+fn promoted(mut input: PlanInput, images: &[(String, String)]) -> PlanInput {
+    let pinned = |service: &String| images.iter().any(|(s, _)| s == service);
+    input.built_services.retain(|s| !pinned(s));
+    input.pushed_services.retain(|(s, _)| !pinned(s));
     input
 }
 

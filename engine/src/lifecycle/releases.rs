@@ -100,7 +100,7 @@ impl Lifecycle {
             .find(|r| r.tag == tag)
             .ok_or_else(|| DomainError::NotFound(format!("release {tag:?} of application {app}")))?;
         let deployed = deployable(release)?;
-        let ask = Ask::Release { release: deployed, rollback };
+        let ask = Ask::Release { release: deployed, rollback, images: Vec::new() };
         self.request(app, env, ask, Some(release.commit.clone()), reason, metadata, now).await.map(decided)
     }
 
@@ -121,7 +121,7 @@ impl Lifecycle {
         self.execute::<Environment>(&StreamRef::environment(app, env), command, metadata).await.map(drop)
     }
 
-    async fn existing_application(&self, app: &Name) -> Result<(Application, u64), LifecycleError> {
+    pub(super) async fn existing_application(&self, app: &Name) -> Result<(Application, u64), LifecycleError> {
         let (application, version) = self.application(app).await?;
         if application.name.is_none() {
             return Err(DomainError::NotFound(format!("application {app}")).into());

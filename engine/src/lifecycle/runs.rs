@@ -74,6 +74,7 @@ impl Lifecycle {
         let outcome = match run.status {
             RunStatus::Succeeded => RunOutcome::Succeeded,
             RunStatus::Cancelled => RunOutcome::Cancelled,
+            RunStatus::Rejected => RunOutcome::Rejected,
             _ => RunOutcome::Failed,
         };
         let images = if outcome == RunOutcome::Succeeded { images } else { Vec::new() };

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::duration::parse_duration;
+use super::environments::{EnvironmentSettings, RawEnvironment, check_environments};
 use super::merge_requests::{MergeRequests, RawMergeRequests, check_merge_requests};
 use super::previews::{Previews, RawPreviews, check_previews};
 use super::problems::{Problems, TemplateErrors, parse_yaml};
@@ -50,6 +51,10 @@ pub struct ApplicationTemplate {
     /// absent, and left out of the stored template then, like `previews`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub production_branch: Option<String>,
+    /// Settings of environments by name (approvals). Left out of the stored
+    /// template when empty, like `previews`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environments: BTreeMap<String, EnvironmentSettings>,
 }
 
 /// A one-off command: a release command or a hook.
@@ -86,6 +91,11 @@ impl ApplicationTemplate {
     /// The branch every pinned tag or commit of a release must be on.
     pub fn production_branch(&self) -> &str {
         self.production_branch.as_deref().unwrap_or(crate::domain::release::DEFAULT_PRODUCTION_BRANCH)
+    }
+
+    /// The approvals a release deployment to environment `name` waits for, if any.
+    pub fn approvals(&self, name: &str) -> Option<&crate::domain::approval::ApprovalRule> {
+        self.environments.get(name)?.approvals.as_ref()
     }
 
     /// Every volume name used by any service, sorted and without repeats: what the
@@ -183,6 +193,7 @@ pub fn parse_application_template(yaml: &str) -> Result<ApplicationTemplate, Tem
     if let Some(branch) = &raw.production_branch {
         check_branch(&mut problems, branch);
     }
+    let environments = raw.environments.map(|raw| check_environments(&mut problems, raw)).unwrap_or_default();
 
     problems.into_result(ApplicationTemplate {
         services,
@@ -193,6 +204,7 @@ pub fn parse_application_template(yaml: &str) -> Result<ApplicationTemplate, Tem
         previews,
         merge_requests,
         production_branch: raw.production_branch,
+        environments,
     })
 }
 
@@ -336,7 +348,7 @@ fn check_name(problems: &mut Problems, path: &str, name: &str) {
 #[derive(Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a map with `services`, `release`, `stages`, `jobs`, `hooks`, `previews`, `merge_requests` and `production_branch`"
+    expecting = "a map with `services`, `release`, `stages`, `jobs`, `hooks`, `previews`, `merge_requests`, `production_branch` and `environments`"
 )]
 struct RawTemplate {
     services: Option<UniqueMap<RawService>>,
@@ -347,6 +359,7 @@ struct RawTemplate {
     previews: Option<RawPreviews>,
     merge_requests: Option<RawMergeRequests>,
     production_branch: Option<String>,
+    environments: Option<UniqueMap<RawEnvironment>>,
 }
 
 #[derive(Deserialize)]
@@ -451,6 +464,7 @@ mod tests {
             previews: None,
             merge_requests: None,
             production_branch: None,
+            environments: BTreeMap::new(),
         };
         assert_eq!(template, expected);
 

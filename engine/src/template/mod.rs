@@ -17,14 +17,15 @@
 //! environment needs a setup.
 //!
 //! One concept per module: `yaml` reads the loose leaves, `problems` collects what is
-//! wrong with its path, `application`, `service`, `previews` and `merge_requests` check the
-//! application template, `variables` and `interpolation` (`${NAME}`) the variables template,
+//! wrong with its path, `application`, `service`, `previews`, `merge_requests` and `environments` check
+//! the application template, `variables` and `interpolation` (`${NAME}`) the variables template,
 //! `digest` hashes both, and `duration` is the one grammar of durations, which the
 //! command line shares ([`parse_duration`]). Everything public is re-exported here.
 
 mod application;
 mod digest;
 mod duration;
+mod environments;
 mod interpolation;
 mod merge_requests;
 mod previews;
@@ -41,6 +42,7 @@ pub use application::{
     parse_application_template,
 };
 pub use duration::parse_duration;
+pub use environments::{APPROVER_ROLES, EnvironmentSettings, MAX_APPROVALS};
 pub use merge_requests::{MergeRequestDeploy, MergeRequests};
 pub use previews::{MAX_PREVIEW_TTL, Previews};
 pub use problems::{TemplateErrors, TemplateProblem};

@@ -1,15 +1,16 @@
-//! Mutations of releases: create one (`docs/releases.md`).
+//! Mutations of releases: create one, promote one to production (`docs/releases.md`).
 
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 use chrono::Utc;
-use shiplog_engine::domain::DomainError;
 use shiplog_engine::domain::release::Pin;
+use shiplog_engine::domain::{DomainError, Name};
 use shiplog_engine::lifecycle::ReleaseRequest;
 
 use super::user_error::refusal;
 use super::{UserError, UserErrorCode, application_id, user_error};
 use crate::auth::Permission;
-use crate::graphql::types::Release;
+use crate::graphql::ids::NodeId;
+use crate::graphql::types::{Release, Run, load_run};
 use crate::graphql::{authorize, metadata};
 
 /// One component a release pins: give exactly one of `release`, `tag`, `commit`.
@@ -53,6 +54,27 @@ pub struct ReleaseCreatePayload {
     user_errors: Vec<UserError>,
 }
 
+/// Inputs of `releasePromote`.
+#[derive(InputObject)]
+pub struct ReleasePromoteInput {
+    /// The accepted release's ID.
+    release_id: ID,
+    /// The environment (e.g. staging) that runs the release: its images are deployed.
+    environment_id: ID,
+    /// The production environment to deploy to; the application's only one when not given.
+    target_environment_id: Option<ID>,
+}
+
+/// The result of `releasePromote`.
+#[derive(SimpleObject, Default)]
+pub struct ReleasePromotePayload {
+    /// The deployment requested (`WAITING_FOR_APPROVAL` when the production
+    /// environment requires approvals); null when refused.
+    run: Option<Run>,
+    /// Why nothing changed, if it did not.
+    user_errors: Vec<UserError>,
+}
+
 #[derive(Default)]
 pub struct ReleaseMutation;
 
@@ -92,6 +114,53 @@ impl ReleaseMutation {
             }
             Err(e) => Ok(ReleaseCreatePayload { user_errors: refusal(e, "applicationId")?, ..Default::default() }),
         }
+    }
+
+    /// Deploys an accepted release to production with exactly the images that run
+    /// it in `environmentId` (they are not built again): a release deploy, refused
+    /// as `environmentDeploy` refuses one (older, held, rejected), and waiting as
+    /// `WAITING_FOR_APPROVAL` when the production environment's template asks for
+    /// approvals. `NOT_PROMOTABLE` when `environmentId` does not run the release's
+    /// commit. Needs the deployer role with production rights.
+    async fn release_promote(
+        &self,
+        ctx: &Context<'_>,
+        input: ReleasePromoteInput,
+    ) -> async_graphql::Result<ReleasePromotePayload> {
+        let caller = authorize(ctx, Permission::Deploy, true)?;
+        let (app, release_id) = match NodeId::parse(&input.release_id) {
+            Some(NodeId::Release(app, id)) => (app, id),
+            _ => {
+                let error = user_error(Some("releaseId"), "not the ID of a release", UserErrorCode::InvalidId);
+                return Ok(ReleasePromotePayload { user_errors: vec![error], ..Default::default() });
+            }
+        };
+        let from = or_refuse!(environment_of(&input.environment_id, &app, "environmentId"), ReleasePromotePayload);
+        let to = match &input.target_environment_id {
+            Some(id) => Some(or_refuse!(environment_of(id, &app, "targetEnvironmentId"), ReleasePromotePayload)),
+            None => None,
+        };
+        let api = crate::graphql::api(ctx);
+        let meta = metadata(ctx, caller);
+        match api.lifecycle.promote_release(&app, release_id, &from, to.as_ref(), &meta, Utc::now()).await {
+            Ok(requested) => {
+                Ok(ReleasePromotePayload { run: load_run(ctx, requested.run_id).await?, ..Default::default() })
+            }
+            Err(e) => Ok(ReleasePromotePayload { user_errors: refusal(e, "releaseId")?, ..Default::default() }),
+        }
+    }
+}
+
+/// The environment an input ID names, of application `app`, or the user error.
+fn environment_of(id: &ID, app: &Name, field: &str) -> Result<Name, UserError> {
+    match NodeId::parse(id) {
+        Some(NodeId::Environment(of, env)) if &of == app => Ok(env),
+        Some(NodeId::Environment(..)) => Err(user_error(
+            Some(field),
+            format!("not an environment of application {app}"),
+            UserErrorCode::InvalidInput,
+        )),
+        _ => Err(user_error(Some(field), "not the ID of an environment", UserErrorCode::InvalidId)),
     }
 }
 

@@ -57,6 +57,13 @@ pub enum UserErrorCode {
     ReleaseHeld,
     /// A rollback to a release that is not earlier than the one serving, or with none serving.
     RollbackRefused,
+    /// Who asked for a deployment may not approve it: another person must.
+    SelfApproval,
+    /// The caller's role is not one the environment's `approvals` lists.
+    ApproverRole,
+    /// The environment promoted from does not run the release, or there is no
+    /// production environment to promote it to.
+    NotPromotable,
 }
 
 pub(super) fn user_error(field: Option<&str>, message: impl Into<String>, code: UserErrorCode) -> UserError {
@@ -105,6 +112,9 @@ pub(super) fn refusal(error: LifecycleError, field: &str) -> async_graphql::Resu
         DomainError::OutdatedRelease { .. } => (Some("release"), C::OutdatedRelease),
         DomainError::ReleaseHeld { .. } => (Some("release"), C::ReleaseHeld),
         DomainError::RollbackRefused { .. } => (Some("release"), C::RollbackRefused),
+        DomainError::SelfApproval { .. } => (None, C::SelfApproval),
+        DomainError::ApproverRole { .. } => (None, C::ApproverRole),
+        DomainError::NotPromotable { .. } => (Some("environmentId"), C::NotPromotable),
     };
     Ok(vec![user_error(field, message, code)])
 }

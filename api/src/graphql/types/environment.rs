@@ -364,7 +364,7 @@ pub struct Drift {
 #[derive(SimpleObject)]
 pub struct ServiceImage {
     /// The service's name in the application template.
-    service: String,
+    pub(super) service: String,
     /// The image reference or id.
-    image: String,
+    pub(super) image: String,
 }

@@ -4,9 +4,11 @@
 use async_graphql::connection::{Connection, EmptyFields};
 use async_graphql::{Context, Enum, ID, Object};
 use chrono::{DateTime, Utc};
+use shiplog_engine::domain::approval;
 use shiplog_engine::domain::run::{self as run, JobState, StageState};
 use shiplog_projections::runs::{RunView, duration_ms};
 
+use super::environment::ServiceImage;
 use super::{BigInt, Environment, LogLine, load_environment_at, log_scope, not_in_the_past};
 use crate::graphql::ids::NodeId;
 use crate::graphql::page;
@@ -90,6 +92,20 @@ impl Run {
     async fn duration_ms(&self) -> Option<BigInt> {
         self.0.duration_ms().map(BigInt)
     }
+    /// For a deployment that needs approval: who asked, who approved, who
+    /// rejected; null when its environment requires none.
+    async fn approval(&self) -> Option<DeploymentApproval> {
+        self.0.state.approval.clone().map(DeploymentApproval)
+    }
+    /// Images by service it deploys as promoted from another environment (not built again).
+    async fn promoted_images(&self) -> Vec<ServiceImage> {
+        self.0
+            .state
+            .images
+            .iter()
+            .map(|(service, image)| ServiceImage { service: service.clone(), image: image.clone() })
+            .collect()
+    }
     /// Its log lines, in order. `after` is a line's cursor.
     #[graphql(complexity = "page::cost(first, None, child_complexity)")]
     async fn logs(
@@ -114,6 +130,64 @@ impl Run {
             &page,
             lines.into_iter().map(|line| (line.seq.to_string(), LogLine { run, line })).collect(),
         ))
+    }
+}
+
+/// The approvals a deployment waits for, and what came of them.
+pub struct DeploymentApproval(approval::Approval);
+
+#[Object]
+impl DeploymentApproval {
+    /// How many approvals by distinct people it needs.
+    async fn required(&self) -> i32 {
+        self.0.required as i32
+    }
+    /// The roles that may approve (`admin`, `deployer`).
+    async fn roles(&self) -> &[String] {
+        &self.0.roles
+    }
+    /// Who asked for the deployment (they may not approve it).
+    async fn requested_by(&self) -> &str {
+        &self.0.requested_by
+    }
+    /// When it started to wait.
+    async fn requested_at(&self) -> DateTime<Utc> {
+        self.0.requested_at
+    }
+    /// The approvals given, in order.
+    async fn approvals(&self) -> Vec<DeploymentApprovalGiven> {
+        self.0.approvals.iter().cloned().map(DeploymentApprovalGiven).collect()
+    }
+    /// Who rejected it; null unless rejected.
+    async fn rejected_by(&self) -> Option<&str> {
+        self.0.rejected.as_ref().map(|r| r.by.as_str())
+    }
+    /// Why it was rejected.
+    async fn rejection_reason(&self) -> Option<&str> {
+        self.0.rejected.as_ref().map(|r| r.reason.as_str())
+    }
+    /// When it was rejected.
+    async fn rejected_at(&self) -> Option<DateTime<Utc>> {
+        self.0.rejected.as_ref().map(|r| r.at)
+    }
+}
+
+/// One approval of a deployment.
+pub struct DeploymentApprovalGiven(approval::Approved);
+
+#[Object]
+impl DeploymentApprovalGiven {
+    /// Who approved (e.g. `token:alice`).
+    async fn by(&self) -> &str {
+        &self.0.by
+    }
+    /// The role they approved with.
+    async fn role(&self) -> &str {
+        &self.0.role
+    }
+    /// When.
+    async fn at(&self) -> DateTime<Utc> {
+        self.0.at
     }
 }
 
@@ -233,6 +307,8 @@ pub enum RunKind {
 #[derive(Enum, Clone, Copy, PartialEq, Eq)]
 #[graphql(remote = "shiplog_engine::domain::run::RunStatus")]
 pub enum RunStatus {
+    /// Queued, but not started until it has the approvals its environment requires.
+    WaitingForApproval,
     Queued,
     Running,
     Succeeded,
@@ -240,6 +316,8 @@ pub enum RunStatus {
     Cancelled,
     /// Never started: a newer request made it pointless.
     Skipped,
+    /// Rejected while it waited for approval: it never ran.
+    Rejected,
 }
 
 /// Where a stage or job is.

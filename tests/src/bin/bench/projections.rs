@@ -168,6 +168,7 @@ async fn fill_history(store: &EventStore, target: u64) -> anyhow::Result<u64> {
             templates: templates.clone(),
             plan: run::plan(kind, &input),
             queued_at: now,
+            images: vec![],
         }];
         let mut state = run::fold(&events).expect("queued");
         let mut command = RunCommand::Start { worker: "bench".into(), now };
