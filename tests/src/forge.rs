@@ -28,13 +28,12 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
+
+use crate::tls::LocalTls;
 
 /// The token the stand-in accepts from shiplog.
 pub const GITHUB_TOKEN: &str = "ghp_standInToken0123456789";
@@ -64,14 +63,7 @@ pub struct ForgeStandIn {
     address: SocketAddr,
     log: Arc<Mutex<Log>>,
     server: Mutex<Option<JoinHandle<()>>>,
-    tls: Option<Tls>,
-}
-
-/// How the stand-in serves https: its certificate, and the CA that issued it.
-#[derive(Clone)]
-struct Tls {
-    acceptor: TlsAcceptor,
-    ca_pem: String,
+    tls: Option<LocalTls>,
 }
 
 impl ForgeStandIn {
@@ -82,10 +74,10 @@ impl ForgeStandIn {
 
     /// The stand-in over https, with a certificate its own CA issued.
     pub async fn start_tls() -> ForgeStandIn {
-        ForgeStandIn::start_with(Some(tls())).await
+        ForgeStandIn::start_with(Some(LocalTls::issue())).await
     }
 
-    async fn start_with(tls: Option<Tls>) -> ForgeStandIn {
+    async fn start_with(tls: Option<LocalTls>) -> ForgeStandIn {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding the forge stand-in");
         let address = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Log::default()));
@@ -141,7 +133,7 @@ impl Drop for ForgeStandIn {
 
 /// Accepts connections until aborted; the connections it serves (kept alive by
 /// clients) end with it, so a stopped stand-in answers nothing at all.
-async fn serve(listener: TcpListener, log: Arc<Mutex<Log>>, tls: Option<Tls>) {
+async fn serve(listener: TcpListener, log: Arc<Mutex<Log>>, tls: Option<LocalTls>) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
@@ -227,32 +219,6 @@ async fn connection(stream: impl AsyncRead + AsyncWrite + Unpin, log: Arc<Mutex<
         );
         stream.get_mut().write_all(response.as_bytes()).await?;
     }
-}
-
-/// A CA of the stand-in's own and a certificate it issued for `127.0.0.1` and
-/// `localhost`, served with rustls's `ring` provider.
-fn tls() -> Tls {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "shiplog forge stand-in CA");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let certificate = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(certificate.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .unwrap();
-    Tls { acceptor: TlsAcceptor::from(Arc::new(config)), ca_pem: ca.pem() }
 }
 
 type Answer = Result<(u16, Value, Received), (u16, String)>;

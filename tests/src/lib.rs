@@ -10,6 +10,7 @@ pub mod docker;
 pub mod example;
 pub mod forge;
 pub mod registry;
+pub mod tls;
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};

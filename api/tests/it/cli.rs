@@ -10,6 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use shiplog_tests::eventually;
+use shiplog_tests::tls::TlsProxy;
 
 use crate::app::{PATIENCE, TestApp};
 use crate::graphql::{ENVIRONMENT_CREATE, example_application, head};
@@ -187,6 +188,48 @@ async fn login_saves_a_checked_token_and_bad_ones_are_refused_with_the_servers_w
     assert_eq!(refused.stderr(), "error: environment nope/none not found\n");
     let usage = shiplog.run(None, &["deploy", "nope"]).await.exits(2);
     assert_eq!(usage.stderr(), "error: `nope` is not APPLICATION/ENVIRONMENT\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_works_over_https_trusting_the_ca_file_and_refuses_an_unknown_issuer() {
+    let app = TestApp::with_worker().await;
+    let (_repo, app_id) = example_application(&app).await;
+    let deployer = app.token(Role::Deployer, false).await;
+    let input =
+        json!({ "applicationId": app_id, "name": "staging", "kind": "STAGING", "branch": "main", "setup": false });
+    app.data(&deployer, ENVIRONMENT_CREATE, json!({ "input": input })).await;
+    let proxy = TlsProxy::start(app.address).await;
+    let ca = app.scratch.path().join("ca.pem");
+    std::fs::write(&ca, &proxy.ca_pem).unwrap();
+    let shiplog = Shiplog { url: proxy.url(), config: app.scratch.path().join("cli/config.json") };
+
+    // Without the CA the server's certificate is refused, and nothing runs.
+    let refused = shiplog.run(Some(&deployer), &["envs"]).await.exits(1);
+    assert!(
+        refused.stderr().starts_with(&format!("error: cannot reach {}/graphql: ", proxy.url())),
+        "{}",
+        refused.stderr()
+    );
+    assert!(refused.stderr().contains("invalid peer certificate: UnknownIssuer"), "{}", refused.stderr());
+
+    // With it, queries go over https and the follow view's subscriptions over wss.
+    let setup = shiplog
+        .command(Some(&deployer), &["setup", "hello/staging", "--reason", "over https", "--follow"])
+        .env("SHIPLOG_CA_FILE", &ca)
+        .output()
+        .await
+        .unwrap();
+    let setup = Run(setup).exits(0);
+    assert!(setup.stdout().lines().any(|l| l == "migration done"), "{}", setup.stdout());
+    assert!(setup.stderr().lines().last().unwrap().starts_with("run SUCCEEDED in "), "{}", setup.stderr());
+
+    // A CA file that holds no certificate is a usage error that names it.
+    std::fs::write(&ca, "not a certificate\n").unwrap();
+    let bad = shiplog.run(Some(&deployer), &["envs", "--ca-file", ca.to_str().unwrap()]).await.exits(2);
+    assert_eq!(
+        bad.stderr(),
+        format!("error: the CA file {}: the extra CA certificates hold no certificate\n", ca.display())
+    );
 }
 
 #[tokio::test]

@@ -273,7 +273,9 @@ async fn an_environment_page_travels_its_history_shows_drift_and_refusals_beside
     let browser = Browser::start(&scratch, "environment").await;
     browser.sign_in(&served.url, &served.admin).await;
     browser.click("tr[data-environment=\"hello/staging\"] a").await;
-    browser.until("the environment page", "return document.querySelector('#env-status')?.innerText.trim() === 'ready';").await;
+    browser
+        .until("the environment page", "return document.querySelector('#env-status')?.innerText.trim() === 'ready';")
+        .await;
 
     // The slider at the first event shows the environment as it was then: just
     // created, nothing deployed; the page's present stays as it is.
@@ -296,7 +298,10 @@ async fn an_environment_page_travels_its_history_shows_drift_and_refusals_beside
         .await;
     slide_to(&browser, 0).await;
     browser
-        .until("the state after the first event", "return document.querySelector('#state-at')?.innerText.includes('pending');")
+        .until(
+            "the state after the first event",
+            "return document.querySelector('#state-at')?.innerText.includes('pending');",
+        )
         .await;
     let then = browser
         .js("return [document.querySelector('.events li.current code').innerText,
@@ -308,7 +313,10 @@ async fn an_environment_page_travels_its_history_shows_drift_and_refusals_beside
     browser.screenshot("time-travel-start").await;
     slide_to(&browser, types.len() - 1).await;
     browser
-        .until("the state after the last event", "return document.querySelector('#state-at .badge')?.innerText === 'ready';")
+        .until(
+            "the state after the last event",
+            "return document.querySelector('#state-at .badge')?.innerText === 'ready';",
+        )
         .await;
     let now = browser.js("return document.querySelector('#state-at code[title]')?.title;").await;
     assert_eq!(now, json!(commit));
@@ -352,7 +360,12 @@ async fn an_environment_page_travels_its_history_shows_drift_and_refusals_beside
         )
         .await;
     assert_eq!(setup["node"], json!({ "kind": "SETUP", "reason": "drift: service web is not running" }));
-    browser.until("the setup to succeed", "return document.querySelector('#run-status')?.innerText.trim() === 'succeeded';").await;
+    browser
+        .until(
+            "the setup to succeed",
+            "return document.querySelector('#run-status')?.innerText.trim() === 'succeeded';",
+        )
+        .await;
     browser.click(".crumbs a[href^='/environments/']").await;
     browser
         .until(
@@ -427,7 +440,9 @@ async fn a_run_page_searches_links_lines_retries_a_failed_run_and_cancels_a_runn
     browser.click("#deploy").await;
     browser.click("#confirm-ok").await;
     line_shown(&browser, "failing on purpose").await;
-    browser.until("the run to fail", "return document.querySelector('#run-status')?.innerText.trim() === 'failed';").await;
+    browser
+        .until("the run to fail", "return document.querySelector('#run-status')?.innerText.trim() === 'failed';")
+        .await;
     let cancel = browser.client.find(Locator::Css("#cancel")).await.unwrap();
     assert_eq!(
         (cancel.is_enabled().await.unwrap(), cancel.attr("title").await.unwrap()),
@@ -436,10 +451,20 @@ async fn a_run_page_searches_links_lines_retries_a_failed_run_and_cancels_a_runn
     browser.screenshot("failed").await;
     std::fs::remove_file(marks.join("fail")).unwrap();
     browser.click("#retry").await;
-    assert_eq!(text_of(&browser, "the confirmation", "#confirm h2").await, json!("Retry this run from its failed stage?"));
+    assert_eq!(
+        text_of(&browser, "the confirmation", "#confirm h2").await,
+        json!("Retry this run from its failed stage?")
+    );
     browser.click("#confirm-ok").await;
-    browser.until("the second attempt", "return document.querySelector('#run-attempt')?.innerText === 'attempt 2';").await;
-    browser.until("the retry to succeed", "return document.querySelector('#run-status')?.innerText.trim() === 'succeeded';").await;
+    browser
+        .until("the second attempt", "return document.querySelector('#run-attempt')?.innerText === 'attempt 2';")
+        .await;
+    browser
+        .until(
+            "the retry to succeed",
+            "return document.querySelector('#run-status')?.innerText.trim() === 'succeeded';",
+        )
+        .await;
     let retried = browser.run_id().await;
     assert_eq!(served.run_status(&retried).await, "SUCCEEDED");
     browser.screenshot("retried").await;
@@ -450,11 +475,15 @@ async fn a_run_page_searches_links_lines_retries_a_failed_run_and_cancels_a_runn
     browser.click("#deploy").await;
     browser.click("#confirm-ok").await;
     line_shown(&browser, "holding").await;
-    browser.until("the run shown running", "return document.querySelector('#run-status')?.innerText.trim() === 'running';").await;
+    browser
+        .until("the run shown running", "return document.querySelector('#run-status')?.innerText.trim() === 'running';")
+        .await;
     browser.click("#cancel").await;
     fill(&browser, "#field-reason", "wrong branch").await;
     browser.click("#confirm-ok").await;
-    browser.until("the run cancelled", "return document.querySelector('#run-status')?.innerText.trim() === 'cancelled';").await;
+    browser
+        .until("the run cancelled", "return document.querySelector('#run-status')?.innerText.trim() === 'cancelled';")
+        .await;
     let cancelled = served
         .graphql(
             &served.admin,
@@ -494,24 +523,44 @@ async fn the_list_filters_updates_live_and_pages_through_every_environment() {
     let rows = "return [...document.querySelectorAll('tr.environment')].map((r) => r.dataset.environment);";
 
     // The first page holds 100; the next one the other 5; and back.
-    browser.until("every environment listed", "return document.querySelector('#environments-count')?.innerText === '100 of 105 environment(s)';").await;
+    browser
+        .until(
+            "every environment listed",
+            "return document.querySelector('#environments-count')?.innerText === '100 of 105 environment(s)';",
+        )
+        .await;
     let first: Vec<String> = serde_json::from_value(browser.js(rows).await).unwrap();
     assert_eq!(first, (1..=100).map(|n| format!("hello/pr-{n:03}")).collect::<Vec<_>>());
     assert_eq!(browser.js("return document.querySelector('#page-previous');").await, serde_json::Value::Null);
     browser.click("#page-next").await;
-    browser.until("the second page", "return document.querySelector('#environments-count')?.innerText === '5 of 105 environment(s)';").await;
+    browser
+        .until(
+            "the second page",
+            "return document.querySelector('#environments-count')?.innerText === '5 of 105 environment(s)';",
+        )
+        .await;
     let second: Vec<String> = serde_json::from_value(browser.js(rows).await).unwrap();
     assert_eq!(second, ["hello/pr-101", "hello/pr-102", "hello/pr-103", "hello/pr-104", "hello/staging"]);
     assert_eq!(browser.js("return document.querySelector('#page-next');").await, serde_json::Value::Null);
     browser.screenshot("second-page").await;
     browser.click("#page-previous").await;
-    browser.until("the first page again", "return document.querySelector('#environments-count')?.innerText === '100 of 105 environment(s)';").await;
+    browser
+        .until(
+            "the first page again",
+            "return document.querySelector('#environments-count')?.innerText === '100 of 105 environment(s)';",
+        )
+        .await;
     assert_eq!(serde_json::from_value::<Vec<String>>(browser.js(rows).await).unwrap(), first);
 
     // A filter narrows the list and is kept in the address.
     let kind = browser.client.find(Locator::Css("#filters select[name=kind]")).await.unwrap();
     kind.select_by_value("STAGING").await.unwrap();
-    browser.until("only staging", "return document.querySelector('#environments-count')?.innerText === '1 of 1 environment(s)';").await;
+    browser
+        .until(
+            "only staging",
+            "return document.querySelector('#environments-count')?.innerText === '1 of 1 environment(s)';",
+        )
+        .await;
     assert_eq!(browser.js(rows).await, json!(["hello/staging"]));
     assert_eq!(browser.js("return location.search;").await, json!("?kind=STAGING"));
     let status = browser.client.find(Locator::Css("#filters select[name=status]")).await.unwrap();
@@ -525,7 +574,9 @@ async fn the_list_filters_updates_live_and_pages_through_every_environment() {
 
     // The page updates as the environment changes, without a reload.
     browser.js("window.shiplogSamePage = true;").await;
-    let env = served.graphql(&served.admin, r#"{ environment(application: "hello", name: "staging") { id } }"#, json!({})).await;
+    let env = served
+        .graphql(&served.admin, r#"{ environment(application: "hello", name: "staging") { id } }"#, json!({}))
+        .await;
     let setup = served
         .graphql(
             &served.admin,
