@@ -251,7 +251,9 @@ async function environmentPage(app, name) {
     drawRuns(environment.runs.nodes);
     await loadHistory(app, name, gen);
     if (first && gen === generation) {
-      // Each new event of the environment shows at once.
+      // Each new event of the environment shows at once; those the history
+      // already holds are not sent again.
+      lastCursor = timeline.length ? timeline[timeline.length - 1].cursor : null;
       const stop = api.subscribe(
         "subscription($id: ID!, $after: String) { environmentEvents(environmentId: $id, after: $after) { cursor } }",
         () => ({ id: environment.id, after: lastCursor }),

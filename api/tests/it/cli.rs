@@ -205,23 +205,33 @@ async fn follow_works_over_https_trusting_the_ca_file_and_refuses_an_unknown_iss
 
     // Without the CA the server's certificate is refused, and nothing runs.
     let refused = shiplog.run(Some(&deployer), &["envs"]).await.exits(1);
-    assert!(
-        refused.stderr().starts_with(&format!("error: cannot reach {}/graphql: ", proxy.url())),
-        "{}",
-        refused.stderr()
+    let url = proxy.url();
+    assert_eq!(
+        refused.stderr(),
+        format!(
+            "error: cannot reach {url}/graphql: error sending request for url ({url}/graphql): client error (Connect): invalid peer certificate: UnknownIssuer\n"
+        )
     );
-    assert!(refused.stderr().contains("invalid peer certificate: UnknownIssuer"), "{}", refused.stderr());
 
     // With it, queries go over https and the follow view's subscriptions over wss.
-    let setup = shiplog
-        .command(Some(&deployer), &["setup", "hello/staging", "--reason", "over https", "--follow"])
-        .env("SHIPLOG_CA_FILE", &ca)
-        .output()
-        .await
-        .unwrap();
-    let setup = Run(setup).exits(0);
+    let with_ca = |args: &[&str]| {
+        let mut command = shiplog.command(Some(&deployer), args);
+        command.env("SHIPLOG_CA_FILE", &ca);
+        async move { Run(command.output().await.unwrap()) }
+    };
+    let setup = with_ca(&["setup", "hello/staging", "--reason", "over https", "--follow"]).await.exits(0);
     assert!(setup.stdout().lines().any(|l| l == "migration done"), "{}", setup.stdout());
     assert!(setup.stderr().lines().last().unwrap().starts_with("run SUCCEEDED in "), "{}", setup.stderr());
+    let runs = with_ca(&["runs", "hello/staging", "-o", "json"]).await.exits(0).json();
+    let run = runs[0]["id"].as_str().unwrap();
+    let followed = with_ca(&["logs", run, "--follow"]).await.exits(0);
+    assert_eq!(followed.stdout(), with_ca(&["logs", run]).await.exits(0).stdout());
+    // The websocket checks the certificate itself: without the CA, `wss://` is refused.
+    let refused = shiplog.run(Some(&deployer), &["logs", run, "--follow"]).await.exits(1);
+    assert_eq!(
+        refused.stderr(),
+        format!("error: cannot reach wss://{}/graphql/ws: invalid peer certificate: UnknownIssuer\n", proxy.address)
+    );
 
     // A CA file that holds no certificate is a usage error that names it.
     std::fs::write(&ca, "not a certificate\n").unwrap();

@@ -190,15 +190,13 @@ async fn a_viewer_sees_who_it_is_and_deploy_disabled_with_the_reason() {
     assert_eq!(browser.js("return document.querySelector('#viewer-name').innerText").await, json!("vera"));
     assert_eq!(browser.js("return document.querySelector('#viewer-role').innerText").await, json!("viewer"));
     browser.click("tr[data-environment=\"hello/staging\"] a").await;
-    let deploy = browser.client.wait().at_most(WAIT).for_element(Locator::Css("#deploy")).await.unwrap();
-    assert!(!deploy.is_enabled().await.unwrap());
-    assert_eq!(
-        deploy.attr("title").await.unwrap().as_deref(),
-        Some("your role (viewer) may not deploy, set up, tear down, retry or cancel")
-    );
-    for other in ["#setup", "#teardown"] {
-        assert!(!browser.client.find(Locator::Css(other)).await.unwrap().is_enabled().await.unwrap(), "{other}");
-    }
+    // Read in one script: the page redraws as the environment's events arrive.
+    browser.client.wait().at_most(WAIT).for_element(Locator::Css("#deploy")).await.unwrap();
+    let buttons = browser
+        .js("return ['#deploy', '#setup', '#teardown'].map((b) => [document.querySelector(b).disabled, document.querySelector(b).title]);")
+        .await;
+    let reason = "your role (viewer) may not deploy, set up, tear down, retry or cancel";
+    assert_eq!(buttons, json!([[true, reason], [true, reason], [true, reason]]));
     // The token lasts for the browser session: a reload keeps it.
     browser.client.refresh().await.unwrap();
     browser.client.wait().at_most(WAIT).for_element(Locator::Css("#deploy")).await.unwrap();
@@ -443,11 +441,8 @@ async fn a_run_page_searches_links_lines_retries_a_failed_run_and_cancels_a_runn
     browser
         .until("the run to fail", "return document.querySelector('#run-status')?.innerText.trim() === 'failed';")
         .await;
-    let cancel = browser.client.find(Locator::Css("#cancel")).await.unwrap();
-    assert_eq!(
-        (cancel.is_enabled().await.unwrap(), cancel.attr("title").await.unwrap()),
-        (false, Some("the run has ended".to_owned()))
-    );
+    let cancel = browser.js("const b = document.querySelector('#cancel'); return [b.disabled, b.title];").await;
+    assert_eq!(cancel, json!([true, "the run has ended"]));
     browser.screenshot("failed").await;
     std::fs::remove_file(marks.join("fail")).unwrap();
     browser.click("#retry").await;
@@ -492,8 +487,8 @@ async fn a_run_page_searches_links_lines_retries_a_failed_run_and_cancels_a_runn
         )
         .await;
     assert_eq!(cancelled["node"]["status"], json!("CANCELLED"));
-    let retry = browser.client.find(Locator::Css("#retry")).await.unwrap();
-    assert!(!retry.is_enabled().await.unwrap());
+    let retry = browser.js("const b = document.querySelector('#retry'); return [b.disabled, b.title];").await;
+    assert_eq!(retry, json!([true, "only a failed run can be retried"]));
     browser.screenshot("cancelled").await;
     std::fs::remove_file(marks.join("hold")).unwrap();
 }
