@@ -466,8 +466,11 @@ async function runPage(id) {
         if (gen !== generation) return;
         main.querySelector("#log").dataset.complete = "true";
         // The log ends when the run has ended: its final state, asked at once.
+        // The answer comes from a read model that may trail `runUpdated`: only an
+        // ended state replaces one still running, never the other way round.
         const final = await api.request(`query($id: ID!) { node(id: $id) { ... on Run { ${RUN_FIELDS} } } }`, { id });
-        if (gen === generation && final.node && ["QUEUED", "RUNNING"].includes(run.status)) {
+        const active = (r) => ["QUEUED", "RUNNING"].includes(r.status);
+        if (gen === generation && final.node && active(run) && !active(final.node)) {
           run = final.node;
           draw();
         }

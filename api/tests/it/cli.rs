@@ -10,6 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use shiplog_tests::eventually;
+use shiplog_tests::example::ExampleRepo;
 use shiplog_tests::tls::TlsProxy;
 
 use crate::app::{PATIENCE, TestApp};
@@ -69,14 +70,21 @@ impl Run {
 
 const FAILING_RELEASE: &str = "#!/bin/sh\necho \"checking $COMMIT\"\necho 'the schema is locked' >&2\nexit 3\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follow_shows_the_stages_and_the_log_and_exits_with_the_runs_result() {
+/// A server with a worker, the example application and its staging environment,
+/// not set up yet; and a deployer's token.
+async fn staging_not_set_up() -> (TestApp, ExampleRepo, String) {
     let app = TestApp::with_worker().await;
     let (repo, app_id) = example_application(&app).await;
     let deployer = app.token(Role::Deployer, false).await;
     let input =
         json!({ "applicationId": app_id, "name": "staging", "kind": "STAGING", "branch": "main", "setup": false });
     app.data(&deployer, ENVIRONMENT_CREATE, json!({ "input": input })).await;
+    (app, repo, deployer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_shows_the_stages_and_the_log_and_exits_with_the_runs_result() {
+    let (app, repo, deployer) = staging_not_set_up().await;
     let shiplog = Shiplog::new(&app);
     let token = Some(deployer.as_str());
 
@@ -192,12 +200,7 @@ async fn login_saves_a_checked_token_and_bad_ones_are_refused_with_the_servers_w
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_works_over_https_trusting_the_ca_file_and_refuses_an_unknown_issuer() {
-    let app = TestApp::with_worker().await;
-    let (_repo, app_id) = example_application(&app).await;
-    let deployer = app.token(Role::Deployer, false).await;
-    let input =
-        json!({ "applicationId": app_id, "name": "staging", "kind": "STAGING", "branch": "main", "setup": false });
-    app.data(&deployer, ENVIRONMENT_CREATE, json!({ "input": input })).await;
+    let (app, _repo, deployer) = staging_not_set_up().await;
     let proxy = TlsProxy::start(app.address).await;
     let ca = app.scratch.path().join("ca.pem");
     std::fs::write(&ca, &proxy.ca_pem).unwrap();

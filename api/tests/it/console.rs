@@ -31,6 +31,12 @@ fi
 echo "release done"
 "#;
 
+/// Waits until the run page shows the run's status as `status`.
+async fn run_shown(browser: &Browser, status: &str) {
+    let script = format!("return document.querySelector('#run-status')?.innerText.trim() === {};", json!(status));
+    browser.until(&format!("the run shown {status}"), &script).await;
+}
+
 /// Waits until the page shows a log line with exactly `text`.
 async fn line_shown(browser: &Browser, text: &str) {
     let script = format!(
@@ -76,9 +82,7 @@ async fn a_deployer_deploys_follows_the_log_live_and_tears_down_from_the_console
 
     // The run page follows the log while the run runs.
     line_shown(&browser, "waiting for the test").await;
-    browser
-        .until("the run shown running", "return document.querySelector('#run-status')?.innerText.trim() === 'running';")
-        .await;
+    run_shown(&browser, "running").await;
     // ANSI colours and bold arrive as styled text, and `\r` redraws in place.
     let styled = browser
         .js("const s = [...document.querySelectorAll('#log .line .tx span')].find((e) => e.textContent === 'migrations ok');
@@ -105,9 +109,7 @@ async fn a_deployer_deploys_follows_the_log_live_and_tears_down_from_the_console
     line_shown(&browser, "after the connection dropped").await;
     std::fs::write(marks.join("go3"), "").unwrap();
     line_shown(&browser, "release done").await;
-    browser
-        .until("the run to succeed", "return document.querySelector('#run-status')?.innerText.trim() === 'succeeded';")
-        .await;
+    run_shown(&browser, "succeeded").await;
     let log = browser.log().await;
     let numbers: Vec<u64> = log.iter().map(|(n, _)| *n).collect();
     assert_eq!(numbers, (1..=log.len() as u64).collect::<Vec<_>>(), "{log:?}");
@@ -134,12 +136,7 @@ async fn a_deployer_deploys_follows_the_log_live_and_tears_down_from_the_console
     browser.click(".crumbs a[href^='/environments/']").await;
     browser.click("#teardown").await;
     browser.click("#confirm-ok").await;
-    browser
-        .until(
-            "the teardown to succeed",
-            "return document.querySelector('#run-status')?.innerText.trim() === 'succeeded';",
-        )
-        .await;
+    run_shown(&browser, "succeeded").await;
     browser.click(".crumbs a[href^='/environments/']").await;
     browser
         .until(
@@ -358,12 +355,7 @@ async fn an_environment_page_travels_its_history_shows_drift_and_refusals_beside
         )
         .await;
     assert_eq!(setup["node"], json!({ "kind": "SETUP", "reason": "drift: service web is not running" }));
-    browser
-        .until(
-            "the setup to succeed",
-            "return document.querySelector('#run-status')?.innerText.trim() === 'succeeded';",
-        )
-        .await;
+    run_shown(&browser, "succeeded").await;
     browser.click(".crumbs a[href^='/environments/']").await;
     browser
         .until(
@@ -438,9 +430,7 @@ async fn a_run_page_searches_links_lines_retries_a_failed_run_and_cancels_a_runn
     browser.click("#deploy").await;
     browser.click("#confirm-ok").await;
     line_shown(&browser, "failing on purpose").await;
-    browser
-        .until("the run to fail", "return document.querySelector('#run-status')?.innerText.trim() === 'failed';")
-        .await;
+    run_shown(&browser, "failed").await;
     let cancel = browser.js("const b = document.querySelector('#cancel'); return [b.disabled, b.title];").await;
     assert_eq!(cancel, json!([true, "the run has ended"]));
     browser.screenshot("failed").await;
@@ -454,12 +444,7 @@ async fn a_run_page_searches_links_lines_retries_a_failed_run_and_cancels_a_runn
     browser
         .until("the second attempt", "return document.querySelector('#run-attempt')?.innerText === 'attempt 2';")
         .await;
-    browser
-        .until(
-            "the retry to succeed",
-            "return document.querySelector('#run-status')?.innerText.trim() === 'succeeded';",
-        )
-        .await;
+    run_shown(&browser, "succeeded").await;
     let retried = browser.run_id().await;
     assert_eq!(served.run_status(&retried).await, "SUCCEEDED");
     browser.screenshot("retried").await;
@@ -470,23 +455,12 @@ async fn a_run_page_searches_links_lines_retries_a_failed_run_and_cancels_a_runn
     browser.click("#deploy").await;
     browser.click("#confirm-ok").await;
     line_shown(&browser, "holding").await;
-    browser
-        .until("the run shown running", "return document.querySelector('#run-status')?.innerText.trim() === 'running';")
-        .await;
+    run_shown(&browser, "running").await;
     browser.click("#cancel").await;
     fill(&browser, "#field-reason", "wrong branch").await;
     browser.click("#confirm-ok").await;
-    browser
-        .until("the run cancelled", "return document.querySelector('#run-status')?.innerText.trim() === 'cancelled';")
-        .await;
-    let cancelled = served
-        .graphql(
-            &served.admin,
-            "query($id: ID!) { node(id: $id) { ... on Run { status } } }",
-            json!({ "id": browser.run_id().await }),
-        )
-        .await;
-    assert_eq!(cancelled["node"]["status"], json!("CANCELLED"));
+    run_shown(&browser, "cancelled").await;
+    assert_eq!(served.run_status(&browser.run_id().await).await, "CANCELLED");
     let retry = browser.js("const b = document.querySelector('#retry'); return [b.disabled, b.title];").await;
     assert_eq!(retry, json!([true, "only a failed run can be retried"]));
     browser.screenshot("cancelled").await;
