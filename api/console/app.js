@@ -101,9 +101,16 @@ function header() {
 
 // --- Environments ---------------------------------------------------------------
 
-const LIST = `query($filter: EnvironmentFilter) {
+// A page of the list holds at most what the API's connections give at once.
+const PAGE = 100;
+// How many of a list's environments are followed live, and how often the list is read again.
+const FOLLOWED = 10;
+const POLL_MS = 3000;
+
+const LIST = `query($filter: EnvironmentFilter, $first: Int, $after: String, $last: Int, $before: String) {
   applications(first: 100) { nodes { name } }
-  environments(filter: $filter, first: 100) { totalCount nodes {
+  environments(filter: $filter, first: $first, after: $after, last: $last, before: $before) { totalCount
+    pageInfo { hasNextPage hasPreviousPage startCursor endCursor } nodes {
     id name kind status health syncStatus commit expiresAt trackingBranch trackingTag
     application { name } drift { verdict }
     lastRun { id kind status queuedAt finishedAt }
@@ -114,35 +121,47 @@ async function listPage() {
   const params = new URLSearchParams(location.search);
   const filter = {};
   for (const key of ["application", "kind", "status", "drift"]) if (params.get(key)) filter[key] = params.get(key);
+  // `?after=CURSOR` is the page after that environment, `?before=CURSOR` the one before it.
+  const slice = params.get("before") ? { last: PAGE, before: params.get("before") } : { first: PAGE, after: params.get("after") };
   main.innerHTML = `<h1>Environments</h1><form id="filters" class="filters"></form><div id="environments" aria-busy="true"></div>`;
-  let followed = new Set();
+  // The environments with a run in progress are followed (each change shows at
+  // once), at most FOLLOWED of them; everything else is read again every few
+  // seconds. One subscription per listed environment would be a hundred
+  // followers on the server for one open page.
+  const followed = new Map();
   let refresh = null;
   const gen = generation;
   const load = async () => {
-    const data = await api.request(LIST, { filter });
+    const data = await api.request(LIST, { filter, ...slice });
     if (gen !== generation) return;
     drawFilters(data.applications.nodes, filter);
-    drawEnvironments(data.environments);
-    // Each shown environment's events wake the list: it is read again.
-    for (const env of data.environments.nodes) {
-      if (followed.has(env.id)) continue;
-      followed.add(env.id);
-      const stop = api.subscribe("subscription($id: ID!) { environmentEvents(environmentId: $id) { cursor } }", () => ({ id: env.id }), {
+    drawEnvironments(data.environments, filter);
+    const active = data.environments.nodes
+      .filter((e) => e.lastRun && ["QUEUED", "RUNNING"].includes(e.lastRun.status))
+      .slice(0, FOLLOWED)
+      .map((e) => e.id);
+    for (const [id, stop] of followed) {
+      if (!active.includes(id)) {
+        stop();
+        followed.delete(id);
+      }
+    }
+    for (const id of active) {
+      if (followed.has(id)) continue;
+      const stop = api.subscribe("subscription($id: ID!) { environmentEvents(environmentId: $id) { cursor } }", () => ({ id }), {
         next: () => {
           clearTimeout(refresh);
           refresh = setTimeout(() => load().catch(fail), 400);
         },
       });
-      stops.push(stop);
+      followed.set(id, stop);
     }
   };
-  const stops = [];
-  // The read models trail the log by a moment; a slow poll catches what a wake-up read too early.
-  const poll = setInterval(() => load().catch(() => {}), 5000);
+  const poll = setInterval(() => load().catch(() => {}), POLL_MS);
   leave = () => {
     clearInterval(poll);
     clearTimeout(refresh);
-    stops.forEach((s) => s());
+    followed.forEach((stop) => stop());
   };
   await load();
 }
@@ -165,7 +184,17 @@ function drawFilters(applications, filter) {
   };
 }
 
-function drawEnvironments(connection) {
+/** Links to the pages before and after this one, keeping the filters. */
+function pager(connection, filter) {
+  const { hasPreviousPage, hasNextPage, startCursor, endCursor } = connection.pageInfo;
+  if (!hasPreviousPage && !hasNextPage) return "";
+  const to = (key, cursor) => `/?${new URLSearchParams({ ...filter, [key]: cursor })}`;
+  return `<nav class="pager" aria-label="pages">
+    ${hasPreviousPage ? `<a id="page-previous" href="${h(to("before", startCursor))}">← previous ${PAGE}</a>` : ""}
+    ${hasNextPage ? `<a id="page-next" href="${h(to("after", endCursor))}">next ${PAGE} →</a>` : ""}</nav>`;
+}
+
+function drawEnvironments(connection, filter) {
   const box = main.querySelector("#environments");
   box.removeAttribute("aria-busy");
   if (!connection.nodes.length) {
@@ -184,7 +213,7 @@ function drawEnvironments(connection) {
         <td>${e.lastRun ? `<a href="${runPath(e.lastRun.id)}">${h(e.lastRun.kind.toLowerCase())}</a> ${badge(e.lastRun.status)} ${time(e.lastRun.finishedAt ?? e.lastRun.queuedAt)}` : "—"}</td>
       </tr>`,
       )
-      .join("")}</tbody></table><p class="muted">${connection.totalCount} environment(s)</p>`;
+      .join("")}</tbody></table>${pager(connection, filter)}<p class="muted" id="environments-count">${connection.nodes.length} of ${connection.totalCount} environment(s)</p>`;
 }
 
 // --- An environment ---------------------------------------------------------------
@@ -222,7 +251,9 @@ async function environmentPage(app, name) {
     drawRuns(environment.runs.nodes);
     await loadHistory(app, name, gen);
     if (first && gen === generation) {
-      // Each new event of the environment shows at once.
+      // Each new event of the environment shows at once; those the history
+      // already holds are not sent again.
+      lastCursor = timeline.length ? timeline[timeline.length - 1].cursor : null;
       const stop = api.subscribe(
         "subscription($id: ID!, $after: String) { environmentEvents(environmentId: $id, after: $after) { cursor } }",
         () => ({ id: environment.id, after: lastCursor }),
@@ -391,7 +422,7 @@ async function runPage(id) {
     const reason = denied(e.kind);
     main.querySelector("#run").innerHTML = `<p class="crumbs"><a href="/">Environments</a> / <a href="${envPath(e.application.name, e.name)}">${h(e.application.name)}/${h(e.name)}</a> /</p>
       <h1>${h(run.kind.toLowerCase())} <span id="run-status">${badge(run.status)}</span></h1>
-      <p>${short(run.commit)} · ${h(run.triggeredBy ?? "")}: ${h(run.reason)} · attempt ${run.attempt} · queued ${time(run.queuedAt)} · ${duration(run.durationMs)}</p>
+      <p>${short(run.commit)} · ${h(run.triggeredBy ?? "")}: ${h(run.reason)} · <span id="run-attempt">attempt ${run.attempt}</span> · queued ${time(run.queuedAt)} · ${duration(run.durationMs)}</p>
       ${run.error ? `<p class="run-error" role="alert">${h(run.error)}</p>` : ""}
       <ol class="pipeline">${run.stages
         .map(
@@ -435,8 +466,11 @@ async function runPage(id) {
         if (gen !== generation) return;
         main.querySelector("#log").dataset.complete = "true";
         // The log ends when the run has ended: its final state, asked at once.
+        // The answer comes from a read model that may trail `runUpdated`: only an
+        // ended state replaces one still running, never the other way round.
         const final = await api.request(`query($id: ID!) { node(id: $id) { ... on Run { ${RUN_FIELDS} } } }`, { id });
-        if (gen === generation && final.node && ["QUEUED", "RUNNING"].includes(run.status)) {
+        const active = (r) => ["QUEUED", "RUNNING"].includes(r.status);
+        if (gen === generation && final.node && active(run) && !active(final.node)) {
           run = final.node;
           draw();
         }

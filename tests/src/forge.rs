@@ -43,9 +43,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 
-use crate::certificates::TestCertificates;
+use crate::tls::LocalTls;
 
 /// The token the stand-in accepts from shiplog.
 pub const GITHUB_TOKEN: &str = "ghp_standInToken0123456789";
@@ -77,7 +76,7 @@ pub struct ForgeStandIn {
     address: SocketAddr,
     log: Arc<Mutex<Log>>,
     server: Mutex<Option<JoinHandle<()>>>,
-    tls: Option<Tls>,
+    tls: Option<LocalTls>,
     upstream: Option<Arc<Upstream>>,
 }
 
@@ -120,13 +119,6 @@ impl Upstream {
     }
 }
 
-/// How the stand-in serves https: its certificate, and the CA that issued it.
-#[derive(Clone)]
-struct Tls {
-    acceptor: TlsAcceptor,
-    ca_pem: String,
-}
-
 impl ForgeStandIn {
     /// The stand-in over plain HTTP; a proxy to the real forges when the
     /// environment names them (see the module doc).
@@ -141,7 +133,7 @@ impl ForgeStandIn {
 
     /// The stand-in over https, with a certificate its own CA issued.
     pub async fn start_tls() -> ForgeStandIn {
-        ForgeStandIn::start_with(Some(tls()), None).await
+        ForgeStandIn::start_with(Some(LocalTls::issue()), None).await
     }
 
     /// The stand-in as a checking proxy in front of `upstream`.
@@ -149,7 +141,7 @@ impl ForgeStandIn {
         ForgeStandIn::start_with(None, Some(upstream)).await
     }
 
-    async fn start_with(tls: Option<Tls>, upstream: Option<Upstream>) -> ForgeStandIn {
+    async fn start_with(tls: Option<LocalTls>, upstream: Option<Upstream>) -> ForgeStandIn {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding the forge stand-in");
         let address = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Log::default()));
@@ -216,7 +208,7 @@ impl Drop for ForgeStandIn {
 
 /// Accepts connections until aborted; the connections it serves (kept alive by
 /// clients) end with it, so a stopped stand-in answers nothing at all.
-async fn serve(listener: TcpListener, log: Arc<Mutex<Log>>, tls: Option<Tls>, upstream: Option<Arc<Upstream>>) {
+async fn serve(listener: TcpListener, log: Arc<Mutex<Log>>, tls: Option<LocalTls>, upstream: Option<Arc<Upstream>>) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
@@ -323,12 +315,6 @@ async fn connection(
         );
         stream.get_mut().write_all(response.as_bytes()).await?;
     }
-}
-
-/// A certificate its own CA issued, served with rustls's `ring` provider.
-fn tls() -> Tls {
-    let certificates = TestCertificates::issue("shiplog forge stand-in");
-    Tls { acceptor: TlsAcceptor::from(certificates.server_config()), ca_pem: certificates.ca_pem }
 }
 
 type Answer = Result<(u16, Value, Received), (u16, String)>;

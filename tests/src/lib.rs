@@ -6,11 +6,11 @@
 //! migrations applied, dropped again when the test is done. No fixed ports: the
 //! private cluster listens on a Unix socket in its own temporary directory.
 
-pub mod certificates;
 pub mod docker;
 pub mod example;
 pub mod forge;
 pub mod registry;
+pub mod tls;
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};

@@ -2,13 +2,20 @@
 //! subscriptions over `graphql-transport-ws` at `/graphql/ws`, exactly as any other
 //! frontend uses them (docs/api.md).
 
+use std::path::Path;
+use std::sync::Arc;
+
 use futures::{SinkExt, StreamExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::tungstenite::handshake::client::Request;
 
 use super::ClientError;
 use super::connection::Connection;
@@ -17,17 +24,26 @@ use super::connection::Connection;
 pub struct Client {
     http: reqwest::Client,
     connection: Connection,
+    /// CA certificates (PEM) trusted besides the system's (`--ca-file`).
+    extra_ca: Option<String>,
 }
 
 impl Client {
-    pub fn new(connection: Connection) -> Client {
+    /// A client of `connection`'s server that trusts the system's CA
+    /// certificates and those in `ca_file` (PEM), when given.
+    pub fn new(connection: Connection, ca_file: Option<&Path>) -> Result<Client, ClientError> {
+        let bad_file =
+            |reason: String| ClientError::CaFile { path: ca_file.unwrap_or(Path::new("")).to_owned(), reason };
+        let extra_ca = ca_file.map(std::fs::read_to_string).transpose().map_err(|e| bad_file(e.to_string()))?;
         // The server's address is given explicitly: a proxy from the environment
         // would be a surprise for a loopback or cluster-internal address.
-        let http = shiplog_engine::tls::client_builder()
-            .no_proxy()
-            .build()
-            .expect("a client with the default TLS options builds");
-        Client { http, connection }
+        let mut builder = shiplog_engine::tls::client_builder().no_proxy();
+        if let Some(pem) = &extra_ca {
+            builder =
+                builder.tls_certs_merge(shiplog_engine::forge::certificates(pem).map_err(|e| bad_file(e.to_string()))?);
+        }
+        let http = builder.build().expect("a client with the default TLS options builds");
+        Ok(Client { http, connection, extra_ca })
     }
 
     /// Runs one query or mutation and returns its `data`, or the first error the
@@ -60,7 +76,7 @@ impl Client {
         let unreachable = |reason: String| ClientError::Unreachable { url: url.clone(), reason };
         let mut request = url.as_str().into_client_request().map_err(|e| unreachable(e.to_string()))?;
         request.headers_mut().insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().expect("a header value"));
-        let (socket, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| unreachable(e.to_string()))?;
+        let socket = self.open(request).await.map_err(unreachable)?;
         let mut subscriptions = Subscriptions { socket };
         let token = self.connection.token.expose_secret();
         subscriptions.send(json!({ "type": "connection_init", "payload": { "token": token } })).await?;
@@ -70,7 +86,48 @@ impl Client {
             None => Err(ClientError::Unexpected("the server closed the websocket before connection_ack".into())),
         }
     }
+
+    /// The websocket's connection: TCP, and for `wss://` TLS over it, done here
+    /// (rustls with `ring`) because tokio-tungstenite's own TLS features would
+    /// bring in aws-lc or OpenSSL; the handshake is then tokio-tungstenite's.
+    async fn open(&self, request: Request) -> Result<WebSocketStream<Box<dyn Transport>>, String> {
+        let uri = request.uri().clone();
+        let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned();
+        let secure = uri.scheme_str() == Some("wss");
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let tcp = TcpStream::connect((host.as_str(), port)).await.map_err(|e| e.to_string())?;
+        let stream: Box<dyn Transport> = if secure {
+            let name = ServerName::try_from(host).map_err(|e| e.to_string())?;
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(self.tls_config()?));
+            Box::new(connector.connect(name, tcp).await.map_err(|e| e.to_string())?)
+        } else {
+            Box::new(tcp)
+        };
+        let (socket, _) = tokio_tungstenite::client_async(request, stream).await.map_err(|e| e.to_string())?;
+        Ok(socket)
+    }
+
+    /// What a `wss://` connection trusts: the system's CA certificates (as
+    /// `rustls-native-certs` finds them; one it cannot read is skipped) and `--ca-file`'s.
+    fn tls_config(&self) -> Result<rustls::ClientConfig, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        for certificate in self.extra_ca.iter().flat_map(|pem| CertificateDer::pem_slice_iter(pem.as_bytes())) {
+            roots.add(certificate.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Ok(rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth())
+    }
 }
+
+/// A websocket's byte stream, plain or TLS.
+trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
 
 /// What the server sent on a subscription websocket.
 #[derive(Debug)]
@@ -89,7 +146,7 @@ pub enum Received {
 
 /// A `graphql-transport-ws` connection; several subscriptions share it.
 pub struct Subscriptions {
-    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    socket: WebSocketStream<Box<dyn Transport>>,
 }
 
 impl Subscriptions {

@@ -38,6 +38,8 @@ pub enum ClientError {
     BadEnvironment(String),
     #[error("the login file {}: {reason}", path.display())]
     ConfigFile { path: PathBuf, reason: String },
+    #[error("the CA file {}: {reason}", path.display())]
+    CaFile { path: PathBuf, reason: String },
     #[error("cannot reach {url}: {reason}")]
     Unreachable { url: String, reason: String },
     /// The server's own words and code (`UNAUTHENTICATED`, `FORBIDDEN`, a user error's code).
@@ -52,7 +54,10 @@ pub enum ClientError {
 impl ClientError {
     fn exit_code(&self) -> ExitCode {
         match self {
-            ClientError::NotConfigured | ClientError::BadUrl(_) | ClientError::BadEnvironment(_) => ExitCode::from(2),
+            ClientError::NotConfigured
+            | ClientError::BadUrl(_)
+            | ClientError::BadEnvironment(_)
+            | ClientError::CaFile { .. } => ExitCode::from(2),
             _ => ExitCode::FAILURE,
         }
     }
@@ -68,6 +73,10 @@ pub struct Common {
     /// environment variable: an argument is visible to every user of the machine.
     #[arg(long, env = "SHIPLOG_TOKEN", hide_env_values = true)]
     token: Option<Secret>,
+    /// CA certificates (PEM) to trust besides the system's, for an https server
+    /// whose certificate a private CA issued.
+    #[arg(long, env = "SHIPLOG_CA_FILE", value_name = "PEM")]
+    ca_file: Option<PathBuf>,
     /// Tables for people, or JSON for scripts.
     #[arg(long, short, value_enum, default_value_t = Format::Table)]
     output: Format,
@@ -206,7 +215,7 @@ impl ClientCommand {
             return login(common, &file).await;
         }
         let common = self.common().clone();
-        let client = Client::new(Connection::resolve(common.url, common.token, &file)?);
+        let client = Client::new(Connection::resolve(common.url, common.token, &file)?, common.ca_file.as_deref())?;
         let format = common.output;
         match self {
             ClientCommand::Login(_) => unreachable!("handled above"),
@@ -278,7 +287,7 @@ async fn login(common: Common, file: &std::path::Path) -> Result<ExitCode, Clien
         }
     };
     let connection = Connection::resolve(Some(url), Some(token), file)?;
-    let client = Client::new(connection.clone());
+    let client = Client::new(connection.clone(), common.ca_file.as_deref())?;
     // Saved only once the server has accepted the token.
     let viewer: Value = client.execute("{ viewer { name role production } }", json!({})).await?;
     connection.save(file)?;

@@ -28,11 +28,16 @@ pub struct Served {
 }
 
 impl Served {
-    /// `binary` is the `shiplog` executable.
+    /// `binary` is the `shiplog` executable. Drift is observed hourly: not during a test.
     pub fn start(binary: &Path, db: &TestDb, scratch: &Scratch) -> Served {
+        Served::observing_drift(binary, db, scratch, "1h")
+    }
+
+    /// A server whose reconciler observes every environment each `interval`.
+    pub fn observing_drift(binary: &Path, db: &TestDb, scratch: &Scratch, interval: &str) -> Served {
         let mut child = Spawned::start(
             Command::new(binary)
-                .args(["serve", "--listen", "127.0.0.1:0", "--drift-interval", "1h"])
+                .args(["serve", "--listen", "127.0.0.1:0", "--drift-interval", interval])
                 .env("DATABASE_URL", db.url())
                 .env("SHIPLOG_PROCESS_ROOT", scratch.path().join("process"))
                 .env("SHIPLOG_WORK_DIR", scratch.path().join("work"))

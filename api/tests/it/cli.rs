@@ -10,6 +10,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use shiplog_tests::eventually;
+use shiplog_tests::example::ExampleRepo;
+use shiplog_tests::tls::TlsProxy;
 
 use crate::app::{PATIENCE, TestApp};
 use crate::graphql::{ENVIRONMENT_CREATE, example_application, head};
@@ -68,14 +70,21 @@ impl Run {
 
 const FAILING_RELEASE: &str = "#!/bin/sh\necho \"checking $COMMIT\"\necho 'the schema is locked' >&2\nexit 3\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follow_shows_the_stages_and_the_log_and_exits_with_the_runs_result() {
+/// A server with a worker, the example application and its staging environment,
+/// not set up yet; and a deployer's token.
+async fn staging_not_set_up() -> (TestApp, ExampleRepo, String) {
     let app = TestApp::with_worker().await;
     let (repo, app_id) = example_application(&app).await;
     let deployer = app.token(Role::Deployer, false).await;
     let input =
         json!({ "applicationId": app_id, "name": "staging", "kind": "STAGING", "branch": "main", "setup": false });
     app.data(&deployer, ENVIRONMENT_CREATE, json!({ "input": input })).await;
+    (app, repo, deployer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_shows_the_stages_and_the_log_and_exits_with_the_runs_result() {
+    let (app, repo, deployer) = staging_not_set_up().await;
     let shiplog = Shiplog::new(&app);
     let token = Some(deployer.as_str());
 
@@ -187,6 +196,53 @@ async fn login_saves_a_checked_token_and_bad_ones_are_refused_with_the_servers_w
     assert_eq!(refused.stderr(), "error: environment nope/none not found\n");
     let usage = shiplog.run(None, &["deploy", "nope"]).await.exits(2);
     assert_eq!(usage.stderr(), "error: `nope` is not APPLICATION/ENVIRONMENT\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_works_over_https_trusting_the_ca_file_and_refuses_an_unknown_issuer() {
+    let (app, _repo, deployer) = staging_not_set_up().await;
+    let proxy = TlsProxy::start(app.address).await;
+    let ca = app.scratch.path().join("ca.pem");
+    std::fs::write(&ca, &proxy.ca_pem).unwrap();
+    let shiplog = Shiplog { url: proxy.url(), config: app.scratch.path().join("cli/config.json") };
+
+    // Without the CA the server's certificate is refused, and nothing runs.
+    let refused = shiplog.run(Some(&deployer), &["envs"]).await.exits(1);
+    let url = proxy.url();
+    assert_eq!(
+        refused.stderr(),
+        format!(
+            "error: cannot reach {url}/graphql: error sending request for url ({url}/graphql): client error (Connect): invalid peer certificate: UnknownIssuer\n"
+        )
+    );
+
+    // With it, queries go over https and the follow view's subscriptions over wss.
+    let with_ca = |args: &[&str]| {
+        let mut command = shiplog.command(Some(&deployer), args);
+        command.env("SHIPLOG_CA_FILE", &ca);
+        async move { Run(command.output().await.unwrap()) }
+    };
+    let setup = with_ca(&["setup", "hello/staging", "--reason", "over https", "--follow"]).await.exits(0);
+    assert!(setup.stdout().lines().any(|l| l == "migration done"), "{}", setup.stdout());
+    assert!(setup.stderr().lines().last().unwrap().starts_with("run SUCCEEDED in "), "{}", setup.stderr());
+    let runs = with_ca(&["runs", "hello/staging", "-o", "json"]).await.exits(0).json();
+    let run = runs[0]["id"].as_str().unwrap();
+    let followed = with_ca(&["logs", run, "--follow"]).await.exits(0);
+    assert_eq!(followed.stdout(), with_ca(&["logs", run]).await.exits(0).stdout());
+    // The websocket checks the certificate itself: without the CA, `wss://` is refused.
+    let refused = shiplog.run(Some(&deployer), &["logs", run, "--follow"]).await.exits(1);
+    assert_eq!(
+        refused.stderr(),
+        format!("error: cannot reach wss://{}/graphql/ws: invalid peer certificate: UnknownIssuer\n", proxy.address)
+    );
+
+    // A CA file that holds no certificate is a usage error that names it.
+    std::fs::write(&ca, "not a certificate\n").unwrap();
+    let bad = shiplog.run(Some(&deployer), &["envs", "--ca-file", ca.to_str().unwrap()]).await.exits(2);
+    assert_eq!(
+        bad.stderr(),
+        format!("error: the CA file {}: the extra CA certificates hold no certificate\n", ca.display())
+    );
 }
 
 #[tokio::test]

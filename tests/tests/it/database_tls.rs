@@ -5,8 +5,8 @@
 use std::net::TcpListener;
 
 use shiplog_engine::postgres::{self, Cluster, ClusterOptions, ClusterTls};
-use shiplog_tests::certificates::TestCertificates;
 use shiplog_tests::example::Scratch;
+use shiplog_tests::tls::TestCertificates;
 
 #[tokio::test]
 async fn verify_full_urls_reach_a_cluster_over_tls_and_refuse_a_certificate_they_cannot_verify() {
