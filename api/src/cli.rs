@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use crate::config::{
 };
 use crate::database::Database;
 use crate::graphql::Limits;
+use crate::rate_limit::RateLimit;
 use crate::server;
 use crate::webhooks::WebhookConfig;
 
@@ -210,6 +212,11 @@ struct ServeArgs {
     webhooks: WebhookArgs,
     #[command(flatten)]
     forge: ForgeArgs,
+    /// A directory local repositories may live in (repeat for several); without
+    /// one, applications may only have remote repositories (https, ssh). The
+    /// server's own directories are refused even inside one.
+    #[arg(long = "repository-root", env = "SHIPLOG_REPOSITORY_ROOTS", value_delimiter = ',', value_name = "DIR")]
+    repository_roots: Vec<PathBuf>,
 }
 
 /// Limits of the GraphQL API.
@@ -228,6 +235,17 @@ struct ApiArgs {
     /// Refuse `__schema` and `__type` queries.
     #[arg(long, env = "SHIPLOG_NO_INTROSPECTION")]
     no_introspection: bool,
+    /// Requests each API token may make on average (each client address, without
+    /// a valid token), as `N/s`, `N/m` or `N/h`; `429` beyond.
+    #[arg(long, env = "SHIPLOG_RATE_LIMIT", default_value_t = RateLimit::default(), value_parser = clap::value_parser!(RateLimit))]
+    rate_limit: RateLimit,
+    /// How many requests a caller may make at once before the rate applies
+    /// (at least the rate's N).
+    #[arg(long, env = "SHIPLOG_RATE_BURST", default_value_t = RateLimit::default().burst)]
+    rate_burst: NonZeroU32,
+    /// Serve without rate limits.
+    #[arg(long, env = "SHIPLOG_NO_RATE_LIMIT", conflicts_with_all = ["rate_limit", "rate_burst"])]
+    no_rate_limit: bool,
 }
 
 impl ApiArgs {
@@ -239,6 +257,8 @@ impl ApiArgs {
                 introspection: !self.no_introspection,
             },
             max_body: self.max_body_bytes,
+            rate_limit: (!self.no_rate_limit)
+                .then(|| RateLimit { burst: self.rate_burst.max(self.rate_limit.requests), ..self.rate_limit }),
             ..ApiConfig::default()
         }
     }
@@ -356,6 +376,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         seal_interval: args.seal_interval,
         drift_interval: args.drift_interval,
         forge: args.forge.into(),
+        repository_roots: args.repository_roots,
     };
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;

@@ -11,6 +11,7 @@ use shiplog_engine::forge::ForgeConfig;
 use shiplog_engine::runtime::Registry;
 
 use crate::graphql::Limits;
+use crate::rate_limit::RateLimit;
 use crate::webhooks::WebhookConfig;
 
 /// Where the database is.
@@ -69,6 +70,8 @@ pub struct ApiConfig {
     pub feed_poll: Duration,
     /// Which push webhooks are enabled, with their secrets.
     pub webhooks: WebhookConfig,
+    /// Requests per API token (per client address without one); `None`: no limit.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for ApiConfig {
@@ -78,6 +81,7 @@ impl Default for ApiConfig {
             max_body: 1 << 20,
             feed_poll: Duration::from_millis(100),
             webhooks: WebhookConfig::default(),
+            rate_limit: Some(RateLimit::default()),
         }
     }
 }
@@ -101,6 +105,9 @@ pub struct ServerConfig {
     /// Deployment status back to GitHub and GitLab (reported only to a forge
     /// whose token is set).
     pub forge: ForgeConfig,
+    /// The directories local repositories may live in (none: only remote
+    /// repositories); the server's own directories are refused even there.
+    pub repository_roots: Vec<PathBuf>,
 }
 
 /// Everything `shiplog worker` runs: a worker alone.

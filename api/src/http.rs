@@ -1,11 +1,14 @@
 //! The HTTP edge: the routes, the state every handler reaches, and the
 //! authentication and error shapes of `/graphql` and `/graphql/ws`.
 
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
 use anyhow::Context;
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql_axum::{GraphQLProtocol, GraphQLResponse};
 use axum::body::Body;
-use axum::extract::{State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, FromRequestParts, State, WebSocketUpgrade};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,6 +25,7 @@ use crate::auth::{self, Principal, Revocations};
 use crate::config::ApiConfig;
 use crate::graphql::{self, Api, Caller, RequestId, ShiplogSchema};
 use crate::metrics::Metrics;
+use crate::rate_limit::{self, Limited, Limiter};
 use crate::webhooks::{self, WebhookConfig};
 use crate::websocket;
 
@@ -37,6 +41,8 @@ pub struct AppState {
     pub webhooks: WebhookConfig,
     /// Revoked tokens, which end the websockets they opened.
     pub revocations: Revocations,
+    /// Requests counted per token and per client address.
+    pub limiter: Limiter,
     /// Cancelled when the server shuts down: open websockets close then, rather
     /// than keeping the process (and its database connections) alive.
     pub closing: CancellationToken,
@@ -65,6 +71,7 @@ impl AppState {
             max_body: config.max_body,
             revocations: Revocations::listen(store.pool()).await.context("listening for token revocations")?,
             webhooks: config.webhooks,
+            limiter: Limiter::new(config.rate_limit),
             closing,
         })
     }
@@ -93,6 +100,31 @@ fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     response
+}
+
+/// `429` with `Retry-After`, for a caller over its rate limit.
+fn too_many(limited: Limited) -> Response {
+    let body = serde_json::json!({ "errors": [limited.error()] });
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(limited.retry_after));
+    // The body (if any) is left unread, so the connection cannot carry another
+    // request: say so, as for `413`.
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// The address a request came from, when the server was started with connection
+/// info (`server::run` is; a router driven in a test without it counts every
+/// such request as one caller).
+pub struct ClientAddress(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let connected = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(address)| address.ip());
+        Ok(ClientAddress(connected.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED))))
+    }
 }
 
 /// Whether the body is declared JSON (`application/json`, any parameters), the
@@ -146,16 +178,31 @@ async fn caller(pool: &PgPool, authorization: Option<&str>) -> Result<Principal,
 /// `POST /graphql`: one operation per request, JSON, from an authenticated caller.
 /// The body is read only after the content type and the caller passed, and no
 /// further than `max_body`.
-async fn graphql_handler(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+async fn graphql_handler(
+    State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     if !is_json(&headers) {
         let message = "send the operation as `Content-Type: application/json`";
         return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE", message);
     }
+    // A request without a valid token counts against its address, so a client
+    // cannot escape its limit by sending made-up tokens.
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let principal = match caller(&state.pool, authorization).await {
         Ok(principal) => principal,
-        Err(response) => return response,
+        Err(response) => {
+            return match state.limiter.check(rate_limit::Caller::Address(address)) {
+                Ok(()) => response,
+                Err(limited) => too_many(limited),
+            };
+        }
     };
+    if let Err(limited) = state.limiter.check(rate_limit::Caller::Token(principal.token_id)) {
+        return too_many(limited);
+    }
     let body = match read_limited(body, state.max_body).await {
         Ok(body) => body,
         Err(BodyError::TooLarge) => {
@@ -204,14 +251,24 @@ async fn graphql_handler(State(state): State<AppState>, headers: HeaderMap, body
 /// `graphql-transport-ws` (`websocket`), or the older `graphql-ws`. The token comes
 /// in `connection_init`'s payload, as `{"authorization": "Bearer <token>"}` (or
 /// `{"token": "<token>"}`).
-async fn graphql_ws(State(state): State<AppState>, protocol: GraphQLProtocol, upgrade: WebSocketUpgrade) -> Response {
+async fn graphql_ws(
+    State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // The upgrade carries no token yet: it counts against the address; each
+    // operation on the socket then counts against its token.
+    if let Err(limited) = state.limiter.check(rate_limit::Caller::Address(address)) {
+        return too_many(limited);
+    }
     upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| async move {
-        let AppState { schema, pool, revocations, closing, .. } = state;
+        let AppState { schema, pool, revocations, closing, limiter, .. } = state;
         // The protocol the upgrade agreed on (the extractor refused any other).
         if socket.protocol().is_some_and(|p| p == "graphql-ws") {
             websocket::serve_legacy(socket, protocol, schema, pool, revocations, closing).await
         } else {
-            websocket::serve(socket, schema, pool, revocations, closing).await
+            websocket::serve(socket, schema, pool, revocations, limiter, closing).await
         }
     })
 }

@@ -20,6 +20,7 @@ pub mod database;
 pub mod graphql;
 pub mod http;
 pub mod metrics;
+pub mod rate_limit;
 pub mod server;
 pub mod telemetry;
 pub mod webhooks;

@@ -15,6 +15,7 @@ use anyhow::Context;
 use shiplog_engine::drift::Reconciler;
 use shiplog_engine::forge::Reporter;
 use shiplog_engine::lifecycle::Lifecycle;
+use shiplog_engine::repository::RepositoryPolicy;
 use shiplog_engine::runtime::AnyRuntime;
 use shiplog_engine::runtime::docker::DockerRuntime;
 use shiplog_engine::runtime::process::ProcessRuntime;
@@ -71,7 +72,9 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let runtime = Arc::new(runtime(&config.runtime).await?);
     let store = database.store();
-    let lifecycle = Lifecycle::new(store.clone()).with_registry(config.release.registry.clone());
+    let lifecycle = Lifecycle::new(store.clone())
+        .with_registry(config.release.registry.clone())
+        .with_repositories(repositories(&config)?);
     let state = AppState::new(lifecycle.clone(), config.api, shutdown.clone()).await?;
     // Printed on stdout so scripts (and tests) can find a port chosen with :0.
     println!("shiplog listening on http://{}", listener.local_addr()?);
@@ -100,11 +103,28 @@ async fn serve(
     }
     tasks.close();
 
-    let served = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+    // Connection info gives the client's address, which unauthenticated requests
+    // are rate-limited by.
+    let service = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let served = axum::serve(listener, service).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
     // Serving ends only on shutdown, or on a failure that must stop the rest too.
     shutdown.cancel();
     tasks.wait().await;
     served.context("serving HTTP")
+}
+
+/// Which repositories applications may have: remote ones, and local ones under
+/// the configured roots but outside the server's own directories (its
+/// database's data directory, the worker's checkouts, the process runtime's root).
+fn repositories(config: &ServerConfig) -> anyhow::Result<RepositoryPolicy> {
+    let roots = &config.repository_roots;
+    let policy = RepositoryPolicy::with_roots(roots).with_context(|| format!("a repository root of {roots:?}"))?;
+    let mut own = vec![config.database.data_dir.clone()];
+    own.extend(config.worker.as_ref().map(|worker| worker.work_dir.clone()));
+    if let RuntimeConfig::Process { root } = &config.runtime {
+        own.push(root.clone());
+    }
+    Ok(policy.forbidding(own))
 }
 
 /// The configured runtime; for docker, connected to the engine (an error when

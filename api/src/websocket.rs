@@ -13,6 +13,10 @@
 //! | `subscribe` with the id of an operation still running | `4409 Subscriber for <id> already exists` |
 //! | a second `connection_init` | `4429 Too many initialisation requests` |
 //!
+//! Every operation counts against its token's rate limit (`rate_limit`); one over
+//! it gets an `error` message (`RATE_LIMITED`, with `retryAfter` in seconds) and
+//! the socket stays open.
+//!
 //! The token is checked again before every operation, and the socket follows
 //! [`Revocations`]: once its token is revoked, every running operation and the one
 //! asked for get an `error` message (`UNAUTHENTICATED`) and the socket closes with
@@ -35,6 +39,7 @@ use uuid::Uuid;
 
 use crate::auth::{self, Principal, Revocations, Revoked};
 use crate::graphql::{Caller, RequestId, ShiplogSchema};
+use crate::rate_limit::{self, Limiter};
 
 /// How long a client has to send `connection_init` after connecting.
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,6 +81,7 @@ type Item = (String, Option<async_graphql::Response>);
 struct Connection {
     schema: ShiplogSchema,
     pool: PgPool,
+    limiter: Limiter,
     /// The bearer token and what it stands for, once `connection_init` was accepted.
     session: Option<Session>,
     running: HashMap<String, AbortHandle>,
@@ -95,11 +101,12 @@ pub async fn serve(
     schema: ShiplogSchema,
     pool: PgPool,
     revocations: Revocations,
+    limiter: Limiter,
     closing: CancellationToken,
 ) {
     let mut revoked = revocations.subscribe();
     let mut connection =
-        Connection { schema, pool, session: None, running: HashMap::new(), responses: SelectAll::new() };
+        Connection { schema, pool, limiter, session: None, running: HashMap::new(), responses: SelectAll::new() };
     let init_deadline = tokio::time::sleep(INIT_TIMEOUT);
     tokio::pin!(init_deadline);
     let close = loop {
@@ -191,6 +198,11 @@ impl Connection {
         };
         if self.running.contains_key(&id) {
             return Err(Close(4409, format!("Subscriber for {id} already exists")));
+        }
+        // Each operation counts against the token like an HTTP request; one over
+        // the limit is refused alone and the socket stays open.
+        if let Err(limited) = self.limiter.check(rate_limit::Caller::Token(session.principal.token_id)) {
+            return Ok(vec![json!({ "type": "error", "id": id, "payload": [limited.error()] })]);
         }
         match auth::authenticate(&self.pool, &session.token).await {
             Ok(Some(_)) => {}

@@ -1,11 +1,14 @@
 //! Fetching application source with the `git` command line: any URL git accepts,
-//! local paths and `file://` included.
+//! local paths and `file://` included (which addresses an application may have is
+//! `repository`'s rule, checked when it is created). Its messages never carry a
+//! URL's password.
 
 use std::path::Path;
 
 use tokio::process::Command;
 
 use crate::domain::CommitId;
+use crate::repository::redact_credentials;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -27,7 +30,8 @@ async fn git(args: &[&str], cwd: Option<&Path>) -> Result<String, GitError> {
     if !out.status.success() {
         return Err(GitError::Failed {
             action: args.first().copied().unwrap_or("").to_owned(),
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            // Git repeats the address it was given, password included.
+            detail: redact_credentials(String::from_utf8_lossy(&out.stderr).trim()),
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())

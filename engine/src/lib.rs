@@ -5,7 +5,8 @@
 //! templates (`template`), the lifecycle service the API calls (`lifecycle`), what a
 //! push to a repository deploys (`push`), what a merge request does
 //! (`merge_request`), the workers that execute runs (`worker`),
-//! run logs (`logs`), git and the runtimes.
+//! run logs (`logs`), which repository addresses are allowed (`repository`), git
+//! and the runtimes.
 //!
 //! Architecture invariants (ARCHITECTURE.md): only this crate appends events, and
 //! within it only `store/` touches `events` and `streams`; `run_queue` owns the work
@@ -24,6 +25,7 @@ pub mod logs;
 pub mod merge_request;
 pub mod postgres;
 pub mod push;
+pub mod repository;
 pub mod run_queue;
 pub mod runtime;
 pub mod secret;

@@ -85,6 +85,19 @@ impl RunLog {
         Ok(RunLog { sender, secrets: Arc::new(secrets.into_iter().filter(|s| !s.is_empty()).collect()) })
     }
 
+    /// `text` with every secret value of the run replaced by `***`: for each log
+    /// line, and for a failed job's message (which may quote the job's output)
+    /// before it goes into an event.
+    pub fn mask(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for secret in self.secrets.iter() {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), "***");
+            }
+        }
+        text
+    }
+
     /// A sink that labels every line with `job`.
     pub fn job(&self, job: &str) -> JobLog {
         JobLog { log: self.clone(), job: job.into() }
@@ -107,12 +120,7 @@ pub struct JobLog {
 
 impl LogSink for JobLog {
     fn line(&self, stream: LogStream, line: &str) {
-        let mut line = line.to_owned();
-        for secret in self.log.secrets.iter() {
-            if line.contains(secret.as_str()) {
-                line = line.replace(secret.as_str(), "***");
-            }
-        }
+        let mut line = self.log.mask(line);
         if line.len() > MAX_LINE_BYTES {
             let mut cut = MAX_LINE_BYTES;
             while !line.is_char_boundary(cut) {

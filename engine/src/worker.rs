@@ -183,7 +183,12 @@ impl<R: Runtime> Worker<R> {
                         context = Some(RunContext::load(&self.lifecycle, &run).await?);
                     }
                     let ctx = context.as_ref().expect("loaded above");
-                    let result = self.execute(&run, job, ctx, cancelled).await;
+                    // A failure may quote the job's output (a service's last lines):
+                    // masked like its log, since it goes into the run's events.
+                    let result = self
+                        .execute(&run, job, ctx, cancelled)
+                        .await
+                        .map_err(|failure| JobFailure { error: ctx.log.mask(&failure.error), ..failure });
                     ctx.log.flush().await;
                     if lost.is_cancelled() {
                         return Ok(Tick::LostLease { run_id });

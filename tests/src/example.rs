@@ -23,6 +23,13 @@ impl Scratch {
     pub fn path(&self) -> &Path {
         &self.0
     }
+
+    /// The repository rule that allows local repositories in this directory
+    /// (and nowhere else): what an admin's `--repository-root` gives.
+    pub fn repositories(&self) -> shiplog_engine::repository::RepositoryPolicy {
+        shiplog_engine::repository::RepositoryPolicy::with_roots(std::slice::from_ref(&self.0))
+            .expect("the scratch directory exists")
+    }
 }
 
 impl Drop for Scratch {

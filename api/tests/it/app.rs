@@ -104,6 +104,8 @@ impl TestApp {
             seal_interval: Duration::from_secs(10),
             drift_interval: Duration::from_secs(3600),
             forge: Default::default(),
+            // Every test's scratch directory (its repositories) is a temporary one.
+            repository_roots: vec![std::env::temp_dir()],
         }
     }
 
@@ -269,6 +271,12 @@ impl Subscription {
         let code = errors[0]["extensions"]["code"].as_str().unwrap_or_else(|| panic!("no code: {errors:#}"));
         assert!(matches!(self.next().await, Sent::Complete), "a refused subscription completes");
         code.to_owned()
+    }
+
+    /// Starts another operation (`id`) on the same socket.
+    pub async fn send_subscribe(&mut self, id: &str, query: &str) {
+        let subscribe = json!({ "id": id, "type": "subscribe", "payload": { "query": query } });
+        self.socket.send(Message::text(subscribe.to_string())).await.unwrap();
     }
 
     pub async fn close(mut self) {

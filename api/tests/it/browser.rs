@@ -41,6 +41,7 @@ impl Served {
                 .env("DATABASE_URL", db.url())
                 .env("SHIPLOG_PROCESS_ROOT", scratch.path().join("process"))
                 .env("SHIPLOG_WORK_DIR", scratch.path().join("work"))
+                .env("SHIPLOG_REPOSITORY_ROOTS", scratch.path())
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::piped()),
             "shiplog serve",

@@ -16,6 +16,7 @@ mod merge_requests;
 mod projections;
 mod releases;
 mod schema;
+mod security;
 mod serve;
 mod webhooks;
 mod worker;

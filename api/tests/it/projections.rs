@@ -33,7 +33,7 @@ async fn rebuild_export_and_replay_from_the_command_line() {
     let lifecycle = Lifecycle::new(db.store());
     let alice = Metadata { actor: Some("alice".into()), ..Metadata::default() };
     let app = "shop".parse().unwrap();
-    lifecycle.create_application(&app, "/repo", &alice, Utc::now()).await.unwrap();
+    lifecycle.create_application(&app, "https://git.example.invalid/shop.git", &alice, Utc::now()).await.unwrap();
     lifecycle.update_template(&app, "services:\n  web:\n    image: \"img\"\n", &alice, Utc::now()).await.unwrap();
     let created = EnvironmentSpec {
         application: app.clone(),

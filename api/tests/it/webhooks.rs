@@ -54,7 +54,7 @@ impl WebhookFixture {
         let db = TestDb::new().await;
         let scratch = Scratch::new("shiplog-webhooks");
         let repo = ExampleRepo::create(&scratch);
-        let lifecycle = Lifecycle::new(db.store());
+        let lifecycle = Lifecycle::new(db.store()).with_repositories(scratch.repositories());
         let app: Name = "hello".parse().unwrap();
         let meta = Metadata::default();
         lifecycle.create_application(&app, repo.dir.to_str().unwrap(), &meta, Utc::now()).await.unwrap();

@@ -49,9 +49,14 @@ fn lines(path: &std::path::Path) -> usize {
 
 /// Application `hello` of `repo` with its template and variables, and its
 /// environment `staging` tracking `main`, not yet set up.
-async fn example_environment(db: &TestDb, repo: &ExampleRepo, marks: &Path) -> (Lifecycle, Metadata, Name, Name) {
+async fn example_environment(
+    db: &TestDb,
+    scratch: &Scratch,
+    repo: &ExampleRepo,
+    marks: &Path,
+) -> (Lifecycle, Metadata, Name, Name) {
     std::fs::create_dir_all(marks).unwrap();
-    let lifecycle = Lifecycle::new(db.store());
+    let lifecycle = Lifecycle::new(db.store()).with_repositories(scratch.repositories());
     let meta = Metadata::default();
     let (app, env): (Name, Name) = ("hello".parse().unwrap(), "staging".parse().unwrap());
     lifecycle.create_application(&app, repo.dir.to_str().unwrap(), &meta, Utc::now()).await.unwrap();
@@ -76,7 +81,7 @@ async fn a_killed_worker_is_replaced_and_no_finished_job_runs_twice() {
     let repo = ExampleRepo::create(&scratch);
     repo.commit_release_script(SLOW_RELEASE);
     let marks = scratch.path().join("marks");
-    let (lifecycle, meta, app, env) = example_environment(&db, &repo, &marks).await;
+    let (lifecycle, meta, app, env) = example_environment(&db, &scratch, &repo, &marks).await;
 
     let mut first = start_worker(&db, &scratch, "first");
     let setup = lifecycle.request_setup(&app, &env, None, "created", &meta, Utc::now()).await.unwrap();
@@ -136,7 +141,7 @@ async fn process_runtime_services_outlive_a_stopped_server_until_torn_down() {
     let scratch = Scratch::new("shiplog-outlive");
     let repo = ExampleRepo::create(&scratch);
     let marks = scratch.path().join("marks");
-    let (lifecycle, meta, app, env) = example_environment(&db, &repo, &marks).await;
+    let (lifecycle, meta, app, env) = example_environment(&db, &scratch, &repo, &marks).await;
 
     let mut server = start_shiplog(&db, &scratch, &["serve", "--listen", "127.0.0.1:0"]);
     let setup = lifecycle.request_setup(&app, &env, None, "created", &meta, Utc::now()).await.unwrap();

@@ -27,6 +27,7 @@ use crate::domain::release::DeployedRelease;
 use crate::domain::run::{self, PlanInput, Run, RunCommand, RunEvent, RunStatus};
 use crate::domain::{Aggregate, CommitId, DomainError, Name, RunKind, StreamRef, stream};
 use crate::git::{self, GitError};
+use crate::repository::{RepositoryPolicy, RepositoryRefused};
 use crate::runtime::Registry;
 use crate::store::{AppendError, EventStore, Metadata};
 use crate::template::{self, ApplicationTemplate, Source, TemplateErrors};
@@ -48,6 +49,9 @@ pub enum LifecycleError {
     Template(#[from] TemplateErrors),
     #[error(transparent)]
     Git(#[from] GitError),
+    /// The repository address breaks a rule of `repository`; tell the user.
+    #[error(transparent)]
+    Repository(#[from] RepositoryRefused),
     #[error("the stream kept changing under this request; try again")]
     Contended,
     #[error("event store: {0}")]
@@ -62,7 +66,7 @@ impl LifecycleError {
     /// A refusal the user can act on (the domain's, or the template's), as
     /// opposed to an internal failure that might not happen again.
     pub fn is_refusal(&self) -> bool {
-        matches!(self, LifecycleError::Domain(_) | LifecycleError::Template(_))
+        matches!(self, LifecycleError::Domain(_) | LifecycleError::Template(_) | LifecycleError::Repository(_))
     }
 }
 
@@ -84,6 +88,8 @@ pub struct Lifecycle {
     /// Where the release stage pushes built images; `None`: no push, services run
     /// from the image their build made.
     registry: Option<Registry>,
+    /// Which repository addresses a new application may have.
+    repositories: Arc<RepositoryPolicy>,
     /// Batched ([`Lifecycle::batched`]): what was decided and is not written yet.
     batch: Option<Arc<std::sync::Mutex<Batch>>>,
 }
@@ -101,7 +107,20 @@ pub struct Requested {
 
 impl Lifecycle {
     pub fn new(store: EventStore) -> Self {
-        Lifecycle { store, cache: Arc::new(Cache::new(aggregates::CACHED_STATES)), registry: None, batch: None }
+        Lifecycle {
+            store,
+            cache: Arc::new(Cache::new(aggregates::CACHED_STATES)),
+            registry: None,
+            repositories: Arc::new(RepositoryPolicy::remote_only()),
+            batch: None,
+        }
+    }
+
+    /// Applications created from now on may have local repositories as `policy`
+    /// allows (without this, remote ones only).
+    pub fn with_repositories(mut self, policy: RepositoryPolicy) -> Self {
+        self.repositories = Arc::new(policy);
+        self
     }
 
     /// Runs planned from now on push their built images to `registry` in the
@@ -135,6 +154,7 @@ impl Lifecycle {
         metadata: &Metadata,
         now: DateTime<Utc>,
     ) -> Result<(), LifecycleError> {
+        self.repositories.check(repository)?;
         let command = || ApplicationCommand::Create { name: name.clone(), repository: repository.to_owned(), now };
         self.execute::<Application>(&StreamRef::Application(name.clone()), command, metadata).await.map(drop)
     }

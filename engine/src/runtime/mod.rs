@@ -73,7 +73,10 @@ pub struct BuildRequest {
 
 impl BuildRequest {
     /// The normalised build context and its directory in the checkout, after
-    /// checking the names and that the context is a directory inside the repository.
+    /// checking the names and that the context is a directory inside the
+    /// repository, and its Dockerfile (when there is one) a file inside it too,
+    /// symbolic links resolved: the template refuses `..` and absolute paths, but
+    /// only the checkout shows where a link points.
     pub(crate) fn context_dir(&self) -> Result<(String, PathBuf), RuntimeError> {
         check_name("application", &self.env.application)?;
         check_name("service", &self.service)?;
@@ -87,6 +90,22 @@ impl BuildRequest {
                 source.display()
             )));
         }
+        let checkout = std::fs::canonicalize(&self.source_dir)
+            .map_err(|source| RuntimeError::Io { context: "resolving the checkout".into(), source })?;
+        let inside = |path: &Path, what: String| match std::fs::canonicalize(path) {
+            Ok(resolved) if resolved.starts_with(&checkout) => Ok(()),
+            Ok(resolved) => Err(RuntimeError::Failed(format!(
+                "{what} of {} leaves the repository: it resolves to {}, outside the checkout",
+                self.service,
+                resolved.display()
+            ))),
+            // A Dockerfile that does not exist is the builder's to report.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(RuntimeError::Io { context: format!("resolving {}", path.display()), source }),
+        };
+        inside(&source, format!("the build context `{}`", self.context))?;
+        let dockerfile = self.dockerfile.as_deref().unwrap_or("Dockerfile");
+        inside(&source.join(dockerfile), format!("the Dockerfile `{dockerfile}`"))?;
         Ok((context, source))
     }
 }

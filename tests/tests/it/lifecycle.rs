@@ -106,7 +106,7 @@ impl Example {
             marks.display()
         );
 
-        let lifecycle = Lifecycle::new(db.store()).with_registry(registry);
+        let lifecycle = Lifecycle::new(db.store()).with_registry(registry).with_repositories(scratch.repositories());
         let (app, env): (Name, Name) = (app.parse().unwrap(), "staging".parse().unwrap());
         let now = Utc::now();
         lifecycle.create_application(&app, repo.dir.to_str().unwrap(), &metadata(), now).await.unwrap();

@@ -64,6 +64,10 @@ pub enum UserErrorCode {
     /// The environment promoted from does not run the release, or there is no
     /// production environment to promote it to.
     NotPromotable,
+    /// The repository address is not allowed on this server (a local path outside
+    /// the allowed roots, the server's own files, a password in the URL); the
+    /// message names the rule.
+    RepositoryRefused,
 }
 
 pub(super) fn user_error(field: Option<&str>, message: impl Into<String>, code: UserErrorCode) -> UserError {
@@ -89,6 +93,9 @@ pub(super) fn refusal(error: LifecycleError, field: &str) -> async_graphql::Resu
             let message = "the commit to deploy could not be found: the repository cannot be reached or has no such \
                            branch or tag; pass `commit` or fix the environment's tracking";
             return Ok(vec![user_error(None, message, C::RefNotFound)]);
+        }
+        LifecycleError::Repository(e) => {
+            return Ok(vec![user_error(Some("repository"), e.to_string(), C::RepositoryRefused)]);
         }
         LifecycleError::Contended => {
             return Err(coded("CONFLICT", "the environment kept changing under this request; try again"));

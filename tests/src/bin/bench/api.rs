@@ -95,7 +95,7 @@ fn database_url(options: &PgConnectOptions) -> String {
 async fn runs(db: &BenchDb, environments: &[&str]) -> anyhow::Result<Vec<Uuid>> {
     let lifecycle = Lifecycle::new(EventStore::new(db.runtime.clone()));
     let (meta, app): (Metadata, Name) = (Metadata::default(), "bench".parse()?);
-    lifecycle.create_application(&app, "/nonexistent", &meta, Utc::now()).await?;
+    lifecycle.create_application(&app, "https://git.example.invalid/bench.git", &meta, Utc::now()).await?;
     lifecycle.update_template(&app, "services:\n  web:\n    image: \"img\"\n", &meta, Utc::now()).await?;
     let commit: CommitId = "0123456789abcdef0123456789abcdef01234567".parse()?;
     let mut ids = Vec::new();
@@ -299,7 +299,7 @@ async fn list_benchmark(db: &BenchDb, server: &ShiplogServer, environments: usiz
     eprintln!("creating {environments} environments");
     let lifecycle = Lifecycle::new(EventStore::new(db.runtime.clone()));
     let (meta, app): (Metadata, Name) = (Metadata::default(), "many".parse()?);
-    lifecycle.create_application(&app, "/nonexistent", &meta, Utc::now()).await?;
+    lifecycle.create_application(&app, "https://git.example.invalid/bench.git", &meta, Utc::now()).await?;
     let created = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut writers = Vec::new();
     for w in 0..8 {

@@ -36,7 +36,7 @@ pub async fn docker_benchmark(options: PgConnectOptions, args: &DockerArgs) -> a
     let scratch = Scratch::new("shiplog-bench-docker");
     let repo = ExampleRepo::create(&scratch);
     let runtime = Arc::new(AnyRuntime::Docker(docker));
-    let lifecycle = Lifecycle::new(EventStore::new(db.runtime.clone()));
+    let lifecycle = Lifecycle::new(EventStore::new(db.runtime.clone())).with_repositories(scratch.repositories());
     let worker = Worker::new(lifecycle.clone(), runtime.clone(), "bench-worker", scratch.path().join("work"));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bin/bench/docker.sh");
 

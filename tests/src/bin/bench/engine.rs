@@ -131,7 +131,7 @@ impl EngineFixture {
         std::fs::create_dir_all(&image)?;
         let image = image.canonicalize()?;
 
-        let lifecycle = Lifecycle::new(EventStore::new(db.runtime.clone()));
+        let lifecycle = Lifecycle::new(EventStore::new(db.runtime.clone())).with_repositories(scratch.repositories());
         let (app, env): (Name, Name) = ("bench".parse()?, "patches".parse()?);
         let metadata = Metadata { actor: Some("bench".into()), ..Metadata::default() };
         let now = Utc::now();
