@@ -442,7 +442,10 @@ async fn time_travel_equals_the_projection_after_every_event() {
         runner.ensure().await.unwrap();
         let app: Name = "shop".parse().unwrap();
         let envs: Vec<Name> = vec!["a".parse().unwrap(), "b".parse().unwrap()];
-        lifecycle.create_application(&app, "https://git.example.invalid/shop.git", &by("generator"), Utc::now()).await.unwrap();
+        lifecycle
+            .create_application(&app, "https://git.example.invalid/shop.git", &by("generator"), Utc::now())
+            .await
+            .unwrap();
         lifecycle
             .update_template(&app, "services:\n  web:\n    image: \"img-0\"\n", &by("generator"), Utc::now())
             .await
