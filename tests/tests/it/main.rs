@@ -6,6 +6,7 @@ mod architecture;
 mod deploy;
 mod docker;
 mod immutability;
+mod kubernetes;
 mod lifecycle;
 mod projections;
 mod reading;
