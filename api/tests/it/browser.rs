@@ -146,10 +146,7 @@ impl Browser {
     pub async fn start(scratch: &Scratch, name: &'static str) -> Browser {
         let port = free_port();
         let driver = Spawned::start(
-            Command::new("/usr/bin/chromedriver")
-                .arg(format!("--port={port}"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
+            Command::new("/usr/bin/chromedriver").arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()),
             "chromedriver (Debian's chromium-driver)",
         );
         let profile = scratch.path().join("chromium");
