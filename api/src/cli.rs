@@ -144,11 +144,6 @@ struct WorkerArgs {
     /// of their own.
     #[arg(long, env = "SHIPLOG_DOCKER_JOB_IMAGE", default_value = shiplog_engine::runtime::docker::DEFAULT_JOB_IMAGE)]
     docker_job_image: String,
-    /// The kubeconfig context the kubernetes runtime drives (default: the
-    /// kubeconfig's current context, from KUBECONFIG or ~/.kube/config, or the
-    /// in-cluster service account).
-    #[arg(long, env = "SHIPLOG_KUBE_CONTEXT")]
-    kube_context: Option<String>,
     /// The registry the release stage pushes built images to, as
     /// `<registry>/<app>/<service>:<commit>`, and deploys them from by digest, e.g.
     /// `127.0.0.1:5000/team` (loopback registries are reached over plain HTTP).
@@ -177,9 +172,6 @@ enum RuntimeKind {
     Process,
     /// Containers on the Docker engine of DOCKER_HOST, or of /var/run/docker.sock.
     Docker,
-    /// Namespaces on a Kubernetes cluster (images built by the Docker engine and
-    /// pushed to --registry, which the cluster must reach).
-    Kubernetes,
 }
 
 impl WorkerArgs {
@@ -188,9 +180,6 @@ impl WorkerArgs {
         let runtime = match self.runtime {
             RuntimeKind::Process => RuntimeConfig::Process { root: self.process_root },
             RuntimeKind::Docker => RuntimeConfig::Docker { job_image: self.docker_job_image },
-            RuntimeKind::Kubernetes => {
-                RuntimeConfig::Kubernetes { job_image: self.docker_job_image, context: self.kube_context }
-            }
         };
         let id = self.worker_id.unwrap_or_else(|| {
             let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();

@@ -30,10 +30,6 @@ pub enum RuntimeConfig {
     /// Containers on the Docker engine; jobs and hooks without an image of their
     /// own run from `job_image`.
     Docker { job_image: String },
-    /// Namespaces on the cluster of the kubeconfig `context` (default: the current
-    /// one, or the in-cluster service account); images are built and pushed by the
-    /// Docker engine, whose jobs without an image run from `job_image`.
-    Kubernetes { job_image: String, context: Option<String> },
 }
 
 /// The release stage: where built images are pushed, and the credentials a

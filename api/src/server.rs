@@ -17,7 +17,6 @@ use shiplog_engine::forge::Reporter;
 use shiplog_engine::lifecycle::Lifecycle;
 use shiplog_engine::runtime::AnyRuntime;
 use shiplog_engine::runtime::docker::DockerRuntime;
-use shiplog_engine::runtime::kubernetes::KubernetesRuntime;
 use shiplog_engine::runtime::process::ProcessRuntime;
 use shiplog_engine::store::{EventStore, Metadata};
 use shiplog_engine::worker::Worker;
@@ -115,10 +114,6 @@ async fn runtime(config: &RuntimeConfig) -> anyhow::Result<AnyRuntime> {
         RuntimeConfig::Process { root } => AnyRuntime::Process(ProcessRuntime::new(root.clone())),
         RuntimeConfig::Docker { job_image } => {
             AnyRuntime::Docker(DockerRuntime::connect().await?.with_job_image(job_image.clone()))
-        }
-        RuntimeConfig::Kubernetes { job_image, context } => {
-            let images = DockerRuntime::connect().await?.with_job_image(job_image.clone());
-            AnyRuntime::Kubernetes(KubernetesRuntime::connect(context.as_deref(), images).await?)
         }
     })
 }
