@@ -5,6 +5,7 @@
 use tokio_util::sync::CancellationToken;
 
 use super::docker::DockerRuntime;
+use super::kubernetes::KubernetesRuntime;
 use super::process::ProcessRuntime;
 use super::{
     BuildRequest, EnvironmentRef, Image, ImageRef, LogSink, ObservedService, PushRequest, Runtime, RuntimeError,
@@ -16,6 +17,7 @@ use super::{
 pub enum AnyRuntime {
     Process(ProcessRuntime),
     Docker(DockerRuntime),
+    Kubernetes(KubernetesRuntime),
 }
 
 impl Runtime for AnyRuntime {
@@ -23,6 +25,7 @@ impl Runtime for AnyRuntime {
         match self {
             AnyRuntime::Process(runtime) => runtime.build(req, logs).await,
             AnyRuntime::Docker(runtime) => runtime.build(req, logs).await,
+            AnyRuntime::Kubernetes(runtime) => runtime.build(req, logs).await,
         }
     }
 
@@ -30,6 +33,7 @@ impl Runtime for AnyRuntime {
         match self {
             AnyRuntime::Process(runtime) => runtime.push(req, logs).await,
             AnyRuntime::Docker(runtime) => runtime.push(req, logs).await,
+            AnyRuntime::Kubernetes(runtime) => runtime.push(req, logs).await,
         }
     }
 
@@ -37,6 +41,7 @@ impl Runtime for AnyRuntime {
         match self {
             AnyRuntime::Process(runtime) => runtime.ensure_infrastructure(env, volumes).await,
             AnyRuntime::Docker(runtime) => runtime.ensure_infrastructure(env, volumes).await,
+            AnyRuntime::Kubernetes(runtime) => runtime.ensure_infrastructure(env, volumes).await,
         }
     }
 
@@ -49,6 +54,7 @@ impl Runtime for AnyRuntime {
         match self {
             AnyRuntime::Process(runtime) => runtime.run_task(req, logs, cancel).await,
             AnyRuntime::Docker(runtime) => runtime.run_task(req, logs, cancel).await,
+            AnyRuntime::Kubernetes(runtime) => runtime.run_task(req, logs, cancel).await,
         }
     }
 
@@ -56,6 +62,7 @@ impl Runtime for AnyRuntime {
         match self {
             AnyRuntime::Process(runtime) => runtime.roll_out(req, logs).await,
             AnyRuntime::Docker(runtime) => runtime.roll_out(req, logs).await,
+            AnyRuntime::Kubernetes(runtime) => runtime.roll_out(req, logs).await,
         }
     }
 
@@ -63,6 +70,7 @@ impl Runtime for AnyRuntime {
         match self {
             AnyRuntime::Process(runtime) => runtime.teardown(env).await,
             AnyRuntime::Docker(runtime) => runtime.teardown(env).await,
+            AnyRuntime::Kubernetes(runtime) => runtime.teardown(env).await,
         }
     }
 
@@ -70,6 +78,7 @@ impl Runtime for AnyRuntime {
         match self {
             AnyRuntime::Process(runtime) => runtime.observe(env).await,
             AnyRuntime::Docker(runtime) => runtime.observe(env).await,
+            AnyRuntime::Kubernetes(runtime) => runtime.observe(env).await,
         }
     }
 }

@@ -483,7 +483,7 @@ impl EventStore {
             return Ok(None);
         }
         let mut positions = Vec::with_capacity(rows.len());
-        let mut versions = Vec::with_capacity(rows.len());
+        let mut versions: Vec<u64> = Vec::with_capacity(rows.len());
         for row in &rows {
             let stored_in: String = row.try_get("stream_id")?;
             let stored_version = row.try_get::<i64, _>("version")? as u64;

@@ -125,6 +125,7 @@ impl Example {
         match *self.runtime {
             AnyRuntime::Process(_) => Backend::Process,
             AnyRuntime::Docker(_) => Backend::Docker,
+            AnyRuntime::Kubernetes(_) => unreachable!("the lifecycle scenario does not run on kubernetes yet"),
         }
     }
 
@@ -140,6 +141,7 @@ impl Example {
                 let ip = docker.service_address(&self.env_ref(), "web").await.unwrap()?;
                 self.repo.page_at(ip).await
             }
+            AnyRuntime::Kubernetes(_) => unreachable!("the lifecycle scenario does not run on kubernetes yet"),
         }
     }
 

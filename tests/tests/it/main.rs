@@ -7,6 +7,7 @@ mod database_tls;
 mod deploy;
 mod docker;
 mod immutability;
+mod kubernetes;
 mod lifecycle;
 mod projections;
 mod reading;

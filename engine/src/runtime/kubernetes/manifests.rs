@@ -31,6 +31,9 @@ pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const APPLICATION: &str = "shiplog.dev/application";
 pub const ENVIRONMENT: &str = "shiplog.dev/environment";
 pub const SERVICE: &str = "shiplog.dev/service";
+/// On a Deployment: the service's name as the template writes it (its objects'
+/// names are mapped to fit the cluster's rules), for `observe`.
+pub const SERVICE_NAME: &str = "shiplog.dev/service-name";
 /// On a pod template: a digest of the service's variables, so a change of a
 /// ConfigMap or Secret value alone rolls the pods (their `envFrom` is read at start).
 pub const VARIABLES_DIGEST: &str = "shiplog.dev/variables-digest";
@@ -180,8 +183,10 @@ pub fn deployment(req: &ServiceRequest, variables_digest: &str) -> Deployment {
     };
     let mut pod_labels = labels.clone();
     pod_labels.extend(selector.clone());
+    let mut meta = metadata(&names.workload, Some(&namespace), labels);
+    meta.annotations = Some(BTreeMap::from([(SERVICE_NAME.to_owned(), req.service.clone())]));
     Deployment {
-        metadata: metadata(&names.workload, Some(&namespace), labels),
+        metadata: meta,
         spec: DeploymentSpec {
             replicas: Some(req.replicas.try_into().unwrap_or(i32::MAX)),
             selector: LabelSelector { match_labels: Some(selector), ..LabelSelector::default() },
