@@ -5,6 +5,7 @@ mod append;
 mod architecture;
 mod deploy;
 mod docker;
+mod fuzz;
 mod immutability;
 mod lifecycle;
 mod projections;
