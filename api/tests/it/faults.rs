@@ -21,9 +21,10 @@ use shiplog_engine::domain::environment::{EnvironmentKind, EnvironmentSpec, Stat
 use shiplog_engine::domain::run::RunStatus;
 use shiplog_engine::lifecycle::Lifecycle;
 use shiplog_engine::postgres::{self, Cluster, ClusterOptions};
+use shiplog_engine::runtime::EnvironmentRef;
 use shiplog_engine::store::{EventStore, Metadata};
 use shiplog_tests::example::{ExampleRepo, Scratch};
-use shiplog_tests::{Spawned, TestDb, eventually, fuzz};
+use shiplog_tests::{Spawned, TestDb, docker, eventually, fuzz};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -50,6 +51,14 @@ impl KillPoints {
 struct Site<'a> {
     url: String,
     scratch: &'a Scratch,
+    runtime: Runtime,
+}
+
+/// Where the example's runs execute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Runtime {
+    Process,
+    Docker,
 }
 
 impl Site<'_> {
@@ -60,6 +69,8 @@ impl Site<'_> {
                 .env("DATABASE_URL", &self.url)
                 .env("SHIPLOG_PROCESS_ROOT", self.scratch.path().join("process"))
                 .env("SHIPLOG_WORK_DIR", self.scratch.path().join("work"))
+                .env("SHIPLOG_RUNTIME", if self.runtime == Runtime::Docker { "docker" } else { "process" })
+                .env("SHIPLOG_DOCKER_JOB_IMAGE", docker::BASE_IMAGE)
                 .env("RUST_LOG", "error")
                 .stdout(Stdio::null()),
             "shiplog serve",
@@ -84,16 +95,16 @@ async fn run_events(pool: &PgPool, run_id: Uuid) -> Vec<(String, String)> {
 }
 
 /// Waits until the run's stream holds `n` events (or the run ended first), then
-/// kills with `kill`; returns how many events the stream held once it was dead.
+/// kills with `kill`; returns how many events the stream held just before.
 async fn kill_after(pool: &PgPool, run_id: Uuid, n: usize, kill: impl FnOnce()) -> usize {
-    eventually(&format!("event {n} of run {run_id}"), RUN_DEADLINE, || async {
+    let held = eventually(&format!("event {n} of run {run_id}"), RUN_DEADLINE, || async {
         let events = run_events(pool, run_id).await;
         let ended = events.last().is_some_and(|(kind, _)| ["RunSucceeded", "RunFailed"].contains(&kind.as_str()));
-        (events.len() >= n || ended).then_some(())
+        (events.len() >= n || ended).then_some(events.len())
     })
     .await;
     kill();
-    run_events(pool, run_id).await.len()
+    held
 }
 
 /// The run's final status, once its end is recorded on its environment too (a
@@ -153,43 +164,69 @@ impl Drop for Services {
     }
 }
 
+/// Removes whatever a Docker case leaves labelled with its environment, pass or fail.
+struct Containers(EnvironmentRef);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        docker::remove_leftovers(&self.0);
+    }
+}
+
 /// One case's world: a fresh database, the example app in a fresh repository, its
-/// environment `staging` tracking `main`, not yet set up.
+/// environment `staging` tracking `main`, not yet set up (on Docker under an
+/// application name of its own: the engine is shared).
 struct World {
     db: TestDb,
     scratch: Scratch,
     repo: ExampleRepo,
     lifecycle: Lifecycle,
+    runtime: Runtime,
     app: Name,
     env: Name,
     _services: Services,
+    containers: Option<Containers>,
 }
 
 impl World {
-    async fn new() -> World {
+    /// `None` when `runtime` is Docker and no engine answers (see `docker::docker`).
+    async fn new(runtime: Runtime) -> Option<World> {
         let db = TestDb::new().await;
         let scratch = Scratch::new("shiplog-faults");
         let repo = ExampleRepo::create(&scratch);
         let lifecycle = Lifecycle::new(db.store());
-        let (app, env) = create_example(&lifecycle, &repo).await;
+        let (name, template, containers) = match runtime {
+            Runtime::Process => ("hello".to_owned(), repo.template(), None),
+            Runtime::Docker => {
+                docker::docker().await?;
+                let env_ref = docker::unique_env("staging");
+                (env_ref.application.clone(), repo.docker_template(), Some(Containers(env_ref)))
+            }
+        };
+        let (app, env) = create_example(&lifecycle, &repo, &name, &template).await;
         let services = Services(std::fs::canonicalize(scratch.path()).unwrap());
-        World { db, scratch, repo, lifecycle, app, env, _services: services }
+        Some(World { db, scratch, repo, lifecycle, runtime, app, env, _services: services, containers })
     }
 
     fn site(&self) -> Site<'_> {
-        Site { url: self.db.url(), scratch: &self.scratch }
+        Site { url: self.db.url(), scratch: &self.scratch, runtime: self.runtime }
     }
 
+    /// Service processes (process runtime) or every container of the environment,
+    /// stopped ones included (Docker).
     fn services(&self) -> usize {
-        service_processes(&self._services.0).len()
+        match &self.containers {
+            Some(Containers(env_ref)) => docker::labelled("container", env_ref).len(),
+            None => service_processes(&self._services.0).len(),
+        }
     }
 }
 
-async fn create_example(lifecycle: &Lifecycle, repo: &ExampleRepo) -> (Name, Name) {
+async fn create_example(lifecycle: &Lifecycle, repo: &ExampleRepo, name: &str, template: &str) -> (Name, Name) {
     let meta = Metadata::default();
-    let (app, env): (Name, Name) = ("hello".parse().unwrap(), "staging".parse().unwrap());
+    let (app, env): (Name, Name) = (name.parse().unwrap(), "staging".parse().unwrap());
     lifecycle.create_application(&app, repo.dir.to_str().unwrap(), &meta, Utc::now()).await.unwrap();
-    lifecycle.update_template(&app, &repo.template(), &meta, Utc::now()).await.unwrap();
+    lifecycle.update_template(&app, template, &meta, Utc::now()).await.unwrap();
     let spec = EnvironmentSpec {
         application: app.clone(),
         name: env.clone(),
@@ -221,8 +258,8 @@ const fn events_of(stage: Stage) -> usize {
 
 /// One case: `stage` of the example with the server killed after event `n` of its
 /// run, then a server started again. Returns the table row.
-async fn kill_serve_during(stage: Stage, n: usize) -> String {
-    let world = World::new().await;
+async fn kill_serve_during(runtime: Runtime, stage: Stage, n: usize) -> Option<String> {
+    let world = World::new(runtime).await?;
     let meta = Metadata::default();
     let (app, env, lifecycle) = (&world.app, &world.env, &world.lifecycle);
     let mut server = world.site().serve();
@@ -241,10 +278,11 @@ async fn kill_serve_during(stage: Stage, n: usize) -> String {
     let killed_at = kill_after(&world.db.owner, run.run_id, n, || sigkill(&mut server)).await;
     let mut server = world.site().serve();
 
-    let case = format!("{stage:?} killed after event {n} (observed {killed_at})");
+    let case = format!("{stage:?} killed after event {n} (held {killed_at})");
     let status = final_status(lifecycle, run.run_id).await;
     let (environment, _) = lifecycle.environment(app, env).await.unwrap();
-    let page = world.repo.page().await;
+    // The process runtime serves on 127.0.0.1; containers on their own addresses.
+    let page = if runtime == Runtime::Process { world.repo.page().await } else { None };
     let services = world.services();
     // Expected, whatever the kill point: the run succeeds as it would have without
     // the kill; the environment is what that run made it.
@@ -254,8 +292,10 @@ async fn kill_serve_during(stage: Stage, n: usize) -> String {
         Stage::Setup | Stage::Patch => {
             let version = if matches!(stage, Stage::Setup) { 1 } else { 2 };
             assert_eq!(environment.status, Some(Status::Ready), "{case}");
-            assert_eq!(page, Some(format!("<h1>hello from shiplog v{version}</h1>")), "{case}");
-            assert_eq!(services, 1, "{case}: one replica of web");
+            if runtime == Runtime::Process {
+                assert_eq!(page, Some(format!("<h1>hello from shiplog v{version}</h1>")), "{case}");
+            }
+            assert_eq!(services, 1, "{case}: one replica of web, nothing else left");
         }
         Stage::Teardown => {
             assert_eq!(environment.status, Some(Status::TornDown), "{case}");
@@ -265,31 +305,41 @@ async fn kill_serve_during(stage: Stage, n: usize) -> String {
     }
     kill(Pid::from_raw(server.id() as i32), Signal::SIGTERM).unwrap();
     server.wait().unwrap();
-    format!("| serve SIGKILL, {stage:?}, after event {n} (stream held {killed_at}) | Succeeded, no job doubled | {status:?}, {} |", page.as_deref().unwrap_or("nothing served"))
+    Some(format!(
+        "| serve SIGKILL, {runtime:?} {stage:?}, after event {n} (stream held {killed_at} just before) | Succeeded, no job doubled, {} | {status:?}, {environment_status:?}, {services} service(s), {} |",
+        if matches!(stage, Stage::Teardown) { "nothing running" } else { "one service" },
+        page.as_deref().unwrap_or(if runtime == Runtime::Process { "nothing served" } else { "page not read" }),
+        environment_status = environment.status,
+    ))
 }
 
-async fn kill_serve_at_seeded_points(stage: Stage, test: &str) {
+async fn kill_serve_at_seeded_points(runtime: Runtime, stage: Stage, test: &str) {
     let mut points = KillPoints::new(test);
     for _ in 0..POINTS_PER_STAGE {
         let n = points.next(events_of(stage));
-        let row = kill_serve_during(stage, n).await;
+        let Some(row) = kill_serve_during(runtime, stage, n).await else { return };
         eprintln!("{row}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_killed_during_a_setup_resumes_it_to_success() {
-    kill_serve_at_seeded_points(Stage::Setup, "setup").await;
+    kill_serve_at_seeded_points(Runtime::Process, Stage::Setup, "setup").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_killed_during_a_docker_setup_resumes_it_to_success() {
+    kill_serve_at_seeded_points(Runtime::Docker, Stage::Setup, "docker setup").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_killed_during_a_patch_resumes_it_to_success() {
-    kill_serve_at_seeded_points(Stage::Patch, "patch").await;
+    kill_serve_at_seeded_points(Runtime::Process, Stage::Patch, "patch").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_killed_during_a_teardown_resumes_it_to_success() {
-    kill_serve_at_seeded_points(Stage::Teardown, "teardown").await;
+    kill_serve_at_seeded_points(Runtime::Process, Stage::Teardown, "teardown").await;
 }
 
 /// Kills every process of the cluster at once (its supervisor's process group:
@@ -333,8 +383,8 @@ async fn the_database_crashing_mid_setup_leaves_a_run_that_ends_truthfully() {
     let lifecycle = Lifecycle::new(EventStore::new(runtime));
     let repo = ExampleRepo::create(&scratch);
     let _services = Services(std::fs::canonicalize(scratch.path()).unwrap());
-    let (app, env) = create_example(&lifecycle, &repo).await;
-    let site = Site { url: cluster.url("faults"), scratch: &scratch };
+    let (app, env) = create_example(&lifecycle, &repo, "hello", &repo.template()).await;
+    let site = Site { url: cluster.url("faults"), scratch: &scratch, runtime: Runtime::Process };
     let mut server = site.serve();
 
     let meta = Metadata::default();
@@ -354,7 +404,7 @@ async fn the_database_crashing_mid_setup_leaves_a_run_that_ends_truthfully() {
         ended(&lifecycle, setup.run_id)
     })
     .await;
-    let case = format!("database killed after event {n} (observed {killed_at}), server restarts: {restarts}");
+    let case = format!("database killed after event {n} (held {killed_at}), server restarts: {restarts}");
     let page = repo.page().await;
     // Expected: the run succeeds, as it would have without the crash, once the
     // database is back; no job is doubled; the service serves v1, once.
@@ -363,7 +413,7 @@ async fn the_database_crashing_mid_setup_leaves_a_run_that_ends_truthfully() {
     assert_eq!(page.as_deref(), Some("<h1>hello from shiplog v1</h1>"), "{case}");
     assert_eq!(service_processes(&_services.0).len(), 1, "{case}");
     eprintln!(
-        "| PostgreSQL SIGKILL (all processes), Setup, after event {n} (stream held {killed_at}) | Succeeded, no job doubled | {status:?}, server restarts: {restarts} |"
+        "| PostgreSQL SIGKILL (all processes), Setup, after event {n} (stream held {killed_at} just before) | Succeeded, no job doubled | {status:?}, server restarts: {restarts} |"
     );
     kill(Pid::from_raw(server.id() as i32), Signal::SIGTERM).unwrap();
     server.wait().unwrap();

@@ -64,7 +64,7 @@ async fn every_string_accepted_is_read_back_byte_for_byte() {
             Outcome::Refused(why) => assert!(text.contains('\0') || text.trim().is_empty(), "{text:?} refused: {why}"),
         }
 
-        let name = format!("token {i} {text}");
+        let name = token_name(i, text);
         let body = app
             .graphql(
                 &app.admin,
@@ -73,7 +73,7 @@ async fn every_string_accepted_is_read_back_byte_for_byte() {
             )
             .await;
         let accepted = body["data"]["apiTokenCreate"]["token"].is_string();
-        assert_eq!(accepted, !text.contains('\0'), "token name {name:?}: {body:#}");
+        assert_eq!(accepted, token_name_accepted(&name), "token name {name:?}: {body:#}");
     }
     assert!(stored.len() >= STRINGS / 2, "most strings are accepted: {} of {}", stored.len(), texts.len());
 
@@ -90,8 +90,36 @@ async fn every_string_accepted_is_read_back_byte_for_byte() {
     }
     let tokens = app.data(&app.admin, "{ apiTokens { name } }", json!({})).await;
     let names: Vec<&str> = tokens["apiTokens"].as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
-    for (i, text) in texts.iter().enumerate().filter(|(_, text)| !text.contains('\0')) {
-        let name = format!("token {i} {text}");
-        assert!(names.contains(&name.as_str()), "token name {name:?} not read back");
+    for (i, text) in texts.iter().enumerate() {
+        let name = token_name(i, text);
+        if token_name_accepted(&name) {
+            assert!(names.contains(&name.trim()), "token name {name:?} not read back");
+        }
     }
+}
+
+/// The name of the `i`th token: 100 characters at most, or refused.
+fn token_name(i: usize, text: &str) -> String {
+    format!("token {i} {text}")
+}
+
+/// Token names are trimmed and must then be 1 to 100 characters without NUL
+/// (see `apiTokenCreate`); the trimmed name is what is read back.
+fn token_name_accepted(name: &str) -> bool {
+    let trimmed = name.trim();
+    !trimmed.contains('\0') && (1..=100).contains(&trimmed.chars().count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_name_of_100_characters_is_accepted_however_many_bytes_they_take() {
+    let app = TestApp::start().await;
+    let create = "mutation($input: ApiTokenCreateInput!) { apiTokenCreate(input: $input) { apiToken { name } userErrors { message } } }";
+    let name = "\u{1F600}".repeat(100);
+    let body = app.data(&app.admin, create, json!({ "input": { "name": name, "role": "VIEWER" } })).await;
+    assert_eq!(body["apiTokenCreate"], json!({ "apiToken": { "name": name }, "userErrors": [] }));
+    let body = app.data(&app.admin, create, json!({ "input": { "name": format!("{name}a"), "role": "VIEWER" } })).await;
+    assert_eq!(
+        body["apiTokenCreate"],
+        json!({ "apiToken": null, "userErrors": [{ "message": "give a name of 1 to 100 characters" }] })
+    );
 }
