@@ -429,3 +429,29 @@ impl Drop for RemoveDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A cluster started again after a crash is ready when `Cluster::start` returns:
+/// the lock file the killed postmaster left says `ready` too, and once was taken
+/// for the new one's word, so start returned before anything listened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_started_after_a_crash_accepts_connections_once_start_returns() {
+    use sqlx::Connection;
+
+    let data_dir = PathBuf::from(format!("/tmp/shiplog-crash-{}", &Uuid::new_v4().simple().to_string()[..8]));
+    let _remove = RemoveDir(data_dir.clone());
+    let options = ClusterOptions { data_dir: data_dir.clone(), ephemeral: false, unsafe_no_fsync: true };
+    let start = |options: ClusterOptions| tokio::task::spawn_blocking(move || Cluster::start(&options).unwrap());
+    let cluster = start(options.clone()).await.unwrap();
+    crash(&cluster);
+    drop(cluster);
+    wait_gone(&data_dir).await;
+
+    let cluster = start(options).await.unwrap();
+    let mut connection = sqlx::PgConnection::connect_with(&cluster.connect_options("postgres"))
+        .await
+        .expect("a started cluster accepts a connection at once");
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut connection).await.unwrap();
+    assert_eq!(one, 1);
+    connection.close().await.unwrap();
+    tokio::task::spawn_blocking(move || cluster.stop().unwrap()).await.unwrap();
+}

@@ -29,8 +29,9 @@ async fn request_with_reason(app: &TestApp, app_id: &Value, env: &str, reason: &
     let created = app.data(&app.admin, ENVIRONMENT_CREATE, json!({ "input": input })).await;
     let env_id = created["environmentCreate"]["environment"]["id"].clone();
     let before = event_count(app).await;
-    let body =
-        app.graphql(&app.admin, ENVIRONMENT_SETUP, json!({ "input": { "environmentId": env_id, "reason": reason } })).await;
+    let body = app
+        .graphql(&app.admin, ENVIRONMENT_SETUP, json!({ "input": { "environmentId": env_id, "reason": reason } }))
+        .await;
     let payload = &body["data"]["environmentSetup"];
     if let Some(errors) = body["errors"].as_array() {
         assert_eq!(errors[0]["extensions"]["code"], "BAD_USER_INPUT", "{body:#}");
@@ -57,7 +58,13 @@ async fn every_string_accepted_is_read_back_byte_for_byte() {
         match request_with_reason(&app, &app_id, &env, text).await {
             Outcome::Stored { run_id } => {
                 assert!(!text.contains('\0'), "a NUL was accepted");
-                let run = app.data(&app.admin, "query($id: ID!) { node(id: $id) { ... on Run { reason } } }", json!({ "id": run_id })).await;
+                let run = app
+                    .data(
+                        &app.admin,
+                        "query($id: ID!) { node(id: $id) { ... on Run { reason } } }",
+                        json!({ "id": run_id }),
+                    )
+                    .await;
                 assert_eq!(run["node"]["reason"].as_str(), Some(&text[..]), "run {i} by ID");
                 stored.push((env, text));
             }
