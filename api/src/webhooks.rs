@@ -34,6 +34,8 @@
 //! ([`WebhookError`]'s `IntoResponse`), which logs internal errors and never sends
 //! their text.
 
+#[cfg(test)]
+mod fuzz;
 mod github;
 mod gitlab;
 

@@ -80,21 +80,21 @@ fn write_value(out: &mut String, value: &Value) -> Result<(), CanonicalError> {
     Ok(())
 }
 
-/// Integers up to 2^53 in magnitude are exact doubles; anything larger would be
-/// rounded by every RFC 8785 implementation, so it is refused instead.
+/// Integers up to 2^53 in magnitude are exact doubles. A larger one is kept only
+/// when its digits are the ECMAScript form of the double nearest to it (as the
+/// canonical text of a large double is, e.g. `557960259440741600`): then every
+/// RFC 8785 implementation writes it back unchanged, and canonical text read back
+/// canonicalises to itself. Any other would be rounded, so it is refused.
 const MAX_EXACT_INTEGER: u64 = 1 << 53;
 
 fn write_number(out: &mut String, n: &serde_json::Number) -> Result<(), CanonicalError> {
-    if let Some(u) = n.as_u64() {
-        if u > MAX_EXACT_INTEGER {
-            return Err(CanonicalError::InexactNumber(n.to_string()));
+    let integer = n.as_u64().map(|u| (u, u as f64)).or_else(|| n.as_i64().map(|i| (i.unsigned_abs(), i as f64)));
+    if let Some((magnitude, double)) = integer {
+        let text = n.to_string();
+        if magnitude > MAX_EXACT_INTEGER && ryu_js::Buffer::new().format_finite(double) != text {
+            return Err(CanonicalError::InexactNumber(text));
         }
-        out.push_str(&u.to_string());
-    } else if let Some(i) = n.as_i64() {
-        if i.unsigned_abs() > MAX_EXACT_INTEGER {
-            return Err(CanonicalError::InexactNumber(n.to_string()));
-        }
-        out.push_str(&i.to_string());
+        out.push_str(&text);
     } else {
         let f = n.as_f64().ok_or_else(|| CanonicalError::InexactNumber(n.to_string()))?;
         // ryu-js formats exactly as ECMAScript does, which is what RFC 8785 §3.2.2.3 asks.

@@ -189,20 +189,25 @@ impl Cluster {
             let remove = if socket_dir == data_dir { data_dir.clone() } else { socket_dir.clone() };
             supervisor.env("SHIPLOG_PG_REMOVE", remove);
         }
+        // A postmaster that was killed leaves its lock file behind, saying `ready`:
+        // what it says is only news once the new postmaster has rewritten it.
+        let stale_pid_file = fs::read_to_string(data_dir.join("postmaster.pid")).ok();
         let supervisor = supervisor
             .spawn()
             .map_err(|e| ClusterError::Command { what: "starting postgres", detail: e.to_string() })?;
         let mut cluster = Cluster { supervisor, socket_dir, data_dir, log_file, port };
-        cluster.wait_ready()?;
+        cluster.wait_ready(stale_pid_file.as_deref())?;
         Ok(cluster)
     }
 
-    /// Waits for PostgreSQL to mark itself ready in `postmaster.pid`, as `pg_ctl -w` does.
-    fn wait_ready(&mut self) -> Result<(), ClusterError> {
+    /// Waits for PostgreSQL to mark itself ready in `postmaster.pid`, as `pg_ctl -w`
+    /// does; a file still as a killed postmaster left it (`stale`) does not count.
+    fn wait_ready(&mut self, stale: Option<&str>) -> Result<(), ClusterError> {
         let deadline = Instant::now() + START_TIMEOUT;
         let pid_file = self.data_dir.join("postmaster.pid");
         loop {
             if let Ok(text) = fs::read_to_string(&pid_file)
+                && Some(text.as_str()) != stale
                 && text.lines().nth(7).is_some_and(|status| status.trim() == "ready")
             {
                 return Ok(());

@@ -9,6 +9,7 @@
 pub mod docker;
 pub mod example;
 pub mod forge;
+pub mod fuzz;
 pub mod kube;
 pub mod registry;
 pub mod tls;

@@ -100,4 +100,49 @@ mod tests {
         assert_eq!(decode_cursor("logs", &cursor), None);
         assert_eq!(decode_cursor("logs:1", &URL_SAFE_NO_PAD.encode("42")), None);
     }
+
+    /// Fuzz targets (see the README, "Fuzzing"): whatever a client sends as an ID or
+    /// a cursor, decoding answers without panicking, and what it reads back is what
+    /// was issued.
+    mod fuzz {
+        use proptest::prelude::*;
+        use shiplog_tests::fuzz::{self, awkward_text};
+
+        use super::*;
+
+        fn kind() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec!["Application", "Environment", "Run", "Event", "ApiToken", "Release", "User", ""])
+        }
+
+        proptest! {
+            #![proptest_config(fuzz::config())]
+
+            #[test]
+            fn any_text_as_an_id(text in awkward_text()) {
+                if let Some(node) = NodeId::parse(&text) {
+                    prop_assert_eq!(NodeId::parse(&node.to_id()), Some(node));
+                }
+            }
+
+            #[test]
+            fn any_key_in_an_id(kind in kind(), separator in prop::sample::select(vec![":", "/", ""]), key in awkward_text(), rest in awkward_text()) {
+                let id = URL_SAFE_NO_PAD.encode(format!("{kind}{separator}{key}/{rest}"));
+                if let Some(node) = NodeId::parse(&id) {
+                    prop_assert_eq!(NodeId::parse(&node.to_id()), Some(node));
+                }
+            }
+
+            #[test]
+            fn any_text_as_a_cursor(scope in awkward_text(), text in awkward_text()) {
+                let _ = decode_cursor(&scope, &text);
+            }
+
+            #[test]
+            fn any_key_in_a_cursor(key in awkward_text()) {
+                let cursor = encode_cursor("runs:hello/staging", &key);
+                prop_assert_eq!(decode_cursor("runs:hello/staging", &cursor), Some(key));
+                prop_assert_eq!(decode_cursor("runs:hello/production", &cursor), None);
+            }
+        }
+    }
 }

@@ -15,6 +15,7 @@ use super::previews::{Previews, RawPreviews, check_previews};
 use super::problems::{Problems, TemplateErrors, parse_yaml};
 use super::service::{RawService, Service, check_service};
 use super::yaml::{UniqueMap, Yaml, kind, scalar_text};
+use crate::canonical::{CanonicalError, NUL_REFUSED, canonicalize};
 
 /// Timeout of a release command, job or hook when the template gives none.
 pub const DEFAULT_TASK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -195,7 +196,7 @@ pub fn parse_application_template(yaml: &str) -> Result<ApplicationTemplate, Tem
     }
     let environments = raw.environments.map(|raw| check_environments(&mut problems, raw)).unwrap_or_default();
 
-    problems.into_result(ApplicationTemplate {
+    let template = ApplicationTemplate {
         services,
         release,
         stages: raw_stages,
@@ -205,7 +206,13 @@ pub fn parse_application_template(yaml: &str) -> Result<ApplicationTemplate, Tem
         merge_requests,
         production_branch: raw.production_branch,
         environments,
-    })
+    };
+    // A YAML escape (`"\0"`) writes U+0000 without the byte being in the text; no
+    // event could hold the template, and its digest could not be computed.
+    if serde_json::to_value(&template).is_ok_and(|json| canonicalize(&json) == Err(CanonicalError::Nul)) {
+        problems.add("", NUL_REFUSED);
+    }
+    problems.into_result(template)
 }
 
 /// A branch name git would take: not empty, no whitespace or control characters,

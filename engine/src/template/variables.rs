@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::interpolation::{Piece, is_variable_name, split_references, variable_name_message};
 use super::problems::{Problems, TemplateErrors, parse_yaml};
 use super::yaml::{UniqueMap, Yaml, scalar_text};
+use crate::canonical::{NUL_REFUSED, storable};
 use crate::secret::Secret;
 
 /// One value of the environment-variable template, as written (references unresolved).
@@ -81,6 +82,11 @@ pub fn parse_variables(yaml: &str) -> Result<Variables, TemplateErrors> {
             problems.add(&name, variable_name_message(&name));
         }
         match variable_value(&value) {
+            // A YAML escape (`"\0"`) writes U+0000 without the byte being in the text.
+            Ok(VariableValue::Plain(text)) if storable(&text).is_err() => problems.add(&name, NUL_REFUSED),
+            Ok(VariableValue::Secret(secret)) if storable(secret.expose_secret()).is_err() => {
+                problems.add(&name, NUL_REFUSED)
+            }
             Ok(value) => {
                 if let VariableValue::Plain(text) = &value
                     && let Err(message) = split_references(text)

@@ -6,6 +6,7 @@ mod architecture;
 mod database_tls;
 mod deploy;
 mod docker;
+mod fuzz;
 mod immutability;
 mod kubernetes;
 mod lifecycle;

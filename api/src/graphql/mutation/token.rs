@@ -61,7 +61,7 @@ impl ApiTokenMutation {
     ) -> async_graphql::Result<ApiTokenCreatePayload> {
         let caller = authorize(ctx, Permission::Admin, false)?;
         let name = input.name.trim();
-        if name.is_empty() || name.len() > 100 {
+        if name.is_empty() || name.chars().count() > 100 {
             let error = user_error(Some("name"), "give a name of 1 to 100 characters", UserErrorCode::InvalidInput);
             return Ok(ApiTokenCreatePayload { user_errors: vec![error], ..Default::default() });
         }
