@@ -57,7 +57,8 @@ pub fn json_value() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::btree_map(awkward_text(), inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::btree_map(awkward_text(), inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -171,8 +172,18 @@ enum TextEdit {
 fn text_edit() -> impl Strategy<Value = TextEdit> {
     prop_oneof![
         awkward_text().prop_map(TextEdit::Insert),
-        prop_oneof![Just("\n"), Just(":"), Just("- "), Just("{"), Just("]"), Just("\""), Just("&a"), Just("*a"), Just("!!")]
-            .prop_map(|s| TextEdit::Insert(s.to_owned())),
+        prop_oneof![
+            Just("\n"),
+            Just(":"),
+            Just("- "),
+            Just("{"),
+            Just("]"),
+            Just("\""),
+            Just("&a"),
+            Just("*a"),
+            Just("!!")
+        ]
+        .prop_map(|s| TextEdit::Insert(s.to_owned())),
         (1usize..40).prop_map(TextEdit::Delete),
         (1usize..200).prop_map(TextEdit::Duplicate),
         Just(TextEdit::Truncate),
@@ -217,7 +228,8 @@ pub fn api_text() -> impl Strategy<Value = String> {
 /// environment variable `var` when set, else a fresh one; printed either way so
 /// a failure replays.
 pub fn seeded(test: &str, var: &str) -> TestRunner {
-    let seed = std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let seed =
+        std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0);
     eprintln!("{test}: {var}={seed}");
     let mut bytes = [0u8; 32];
     bytes[..8].copy_from_slice(&seed.to_le_bytes());

@@ -366,7 +366,7 @@ async fn the_database_crashing_mid_setup_leaves_a_run_that_ends_truthfully() {
     // A short path, so the cluster's socket lives in its data directory and the
     // restarted cluster answers at the same address.
     let data_dir = PathBuf::from(format!("/tmp/shiplog-crash-{}", &Uuid::new_v4().simple().to_string()[..8]));
-    let options = ClusterOptions { data_dir: data_dir.clone(), ephemeral: false, unsafe_no_fsync: false };
+    let options = ClusterOptions { data_dir: data_dir.clone(), ephemeral: false, unsafe_no_fsync: false, tls: None };
     let _remove = RemoveDir(data_dir.clone());
     let cluster = tokio::task::spawn_blocking({
         let options = options.clone();
@@ -439,7 +439,7 @@ async fn a_cluster_started_after_a_crash_accepts_connections_once_start_returns(
 
     let data_dir = PathBuf::from(format!("/tmp/shiplog-crash-{}", &Uuid::new_v4().simple().to_string()[..8]));
     let _remove = RemoveDir(data_dir.clone());
-    let options = ClusterOptions { data_dir: data_dir.clone(), ephemeral: false, unsafe_no_fsync: true };
+    let options = ClusterOptions { data_dir: data_dir.clone(), ephemeral: false, unsafe_no_fsync: true, tls: None };
     let start = |options: ClusterOptions| tokio::task::spawn_blocking(move || Cluster::start(&options).unwrap());
     let cluster = start(options.clone()).await.unwrap();
     crash(&cluster);
