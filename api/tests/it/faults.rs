@@ -194,7 +194,7 @@ impl World {
         let db = TestDb::new().await;
         let scratch = Scratch::new("shiplog-faults");
         let repo = ExampleRepo::create(&scratch);
-        let lifecycle = Lifecycle::new(db.store());
+        let lifecycle = Lifecycle::new(db.store()).with_repositories(scratch.repositories());
         let (name, template, containers) = match runtime {
             Runtime::Process => ("hello".to_owned(), repo.template(), None),
             Runtime::Docker => {
@@ -380,7 +380,7 @@ async fn the_database_crashing_mid_setup_leaves_a_run_that_ends_truthfully() {
     let owner = postgres::owner_pool(cluster.connect_options("faults"), 4).await.unwrap();
     postgres::migrate(&owner).await.unwrap();
     let runtime = postgres::runtime_pool(cluster.connect_options("faults"), 4).await.unwrap();
-    let lifecycle = Lifecycle::new(EventStore::new(runtime));
+    let lifecycle = Lifecycle::new(EventStore::new(runtime)).with_repositories(scratch.repositories());
     let repo = ExampleRepo::create(&scratch);
     let _services = Services(std::fs::canonicalize(scratch.path()).unwrap());
     let (app, env) = create_example(&lifecycle, &repo, "hello", &repo.template()).await;
