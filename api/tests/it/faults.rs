@@ -342,6 +342,16 @@ async fn serve_killed_during_a_teardown_resumes_it_to_success() {
     kill_serve_at_seeded_points(Runtime::Process, Stage::Teardown, "teardown").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_killed_during_a_docker_patch_resumes_it_to_success() {
+    kill_serve_at_seeded_points(Runtime::Docker, Stage::Patch, "docker patch").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_killed_during_a_docker_teardown_resumes_it_to_success() {
+    kill_serve_at_seeded_points(Runtime::Docker, Stage::Teardown, "docker teardown").await;
+}
+
 /// Kills every process of the cluster at once (its supervisor's process group:
 /// the postmaster and every backend), as a crash of its machine would.
 fn crash(cluster: &Cluster) {
