@@ -46,6 +46,37 @@ pub struct ExampleRepo {
 }
 
 impl ExampleRepo {
+    /// Application `name` of this repository with `template` and, if given,
+    /// `variables`, and its environment `staging` tracking `main`, not yet set up.
+    pub async fn create_staging(
+        &self,
+        lifecycle: &shiplog_engine::lifecycle::Lifecycle,
+        name: &str,
+        template: &str,
+        variables: Option<&str>,
+    ) -> (shiplog_engine::domain::Name, shiplog_engine::domain::Name) {
+        use shiplog_engine::domain::environment::{EnvironmentKind, EnvironmentSpec, Tracking};
+        let meta = shiplog_engine::store::Metadata::default();
+        let now = chrono::Utc::now();
+        let (app, env): (shiplog_engine::domain::Name, shiplog_engine::domain::Name) =
+            (name.parse().unwrap(), "staging".parse().unwrap());
+        lifecycle.create_application(&app, self.dir.to_str().unwrap(), &meta, now).await.unwrap();
+        lifecycle.update_template(&app, template, &meta, now).await.unwrap();
+        if let Some(variables) = variables {
+            lifecycle.update_variables(&app, variables, &meta, now).await.unwrap();
+        }
+        let spec = EnvironmentSpec {
+            application: app.clone(),
+            name: env.clone(),
+            kind: EnvironmentKind::Staging,
+            tracking: Tracking::Branch("main".into()),
+            ttl_seconds: None,
+            drift_mode: Default::default(),
+        };
+        lifecycle.create_environment(&spec, &meta, now).await.unwrap();
+        (app, env)
+    }
+
     /// Copies `examples/hello` into `scratch/repo` and commits it as v1 on `main`.
     pub fn create(scratch: &Scratch) -> ExampleRepo {
         let dir = scratch.path().join("repo");

@@ -17,7 +17,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::{Pid, getpgid};
 use proptest::test_runner::TestRunner;
 use shiplog_engine::domain::Name;
-use shiplog_engine::domain::environment::{EnvironmentKind, EnvironmentSpec, Status, Tracking};
+use shiplog_engine::domain::environment::Status;
 use shiplog_engine::domain::run::RunStatus;
 use shiplog_engine::lifecycle::Lifecycle;
 use shiplog_engine::postgres::{self, Cluster, ClusterOptions};
@@ -203,7 +203,7 @@ impl World {
                 (env_ref.application.clone(), repo.docker_template(), Some(Containers(env_ref)))
             }
         };
-        let (app, env) = create_example(&lifecycle, &repo, &name, &template).await;
+        let (app, env) = repo.create_staging(&lifecycle, &name, &template, None).await;
         let services = Services(std::fs::canonicalize(scratch.path()).unwrap());
         Some(World { db, scratch, repo, lifecycle, runtime, app, env, _services: services, containers })
     }
@@ -220,23 +220,6 @@ impl World {
             None => service_processes(&self._services.0).len(),
         }
     }
-}
-
-async fn create_example(lifecycle: &Lifecycle, repo: &ExampleRepo, name: &str, template: &str) -> (Name, Name) {
-    let meta = Metadata::default();
-    let (app, env): (Name, Name) = (name.parse().unwrap(), "staging".parse().unwrap());
-    lifecycle.create_application(&app, repo.dir.to_str().unwrap(), &meta, Utc::now()).await.unwrap();
-    lifecycle.update_template(&app, template, &meta, Utc::now()).await.unwrap();
-    let spec = EnvironmentSpec {
-        application: app.clone(),
-        name: env.clone(),
-        kind: EnvironmentKind::Staging,
-        tracking: Tracking::Branch("main".into()),
-        ttl_seconds: None,
-        drift_mode: Default::default(),
-    };
-    lifecycle.create_environment(&spec, &meta, Utc::now()).await.unwrap();
-    (app, env)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -393,7 +376,7 @@ async fn the_database_crashing_mid_setup_leaves_a_run_that_ends_truthfully() {
     let lifecycle = Lifecycle::new(EventStore::new(runtime)).with_repositories(scratch.repositories());
     let repo = ExampleRepo::create(&scratch);
     let _services = Services(std::fs::canonicalize(scratch.path()).unwrap());
-    let (app, env) = create_example(&lifecycle, &repo, "hello", &repo.template()).await;
+    let (app, env) = repo.create_staging(&lifecycle, "hello", &repo.template(), None).await;
     let site = Site { url: cluster.url("faults"), scratch: &scratch, runtime: Runtime::Process };
     let mut server = site.serve();
 

@@ -45,10 +45,13 @@ fn canonical(path: &Path) -> String {
     std::fs::canonicalize(path).unwrap().display().to_string()
 }
 
-/// A directory outside the temporary directory (the tests' repository root): this
-/// crate's own, a git repository's work tree.
+/// A directory outside the temporary directory (the tests' repository root) and
+/// holding none of the server's: `/usr` (this checkout may itself be under the
+/// temporary directory, as CI's clone is).
 fn outside_the_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let usr = PathBuf::from("/usr");
+    assert!(!std::env::temp_dir().starts_with(&usr), "the temporary directory is under /usr");
+    usr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

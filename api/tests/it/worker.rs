@@ -11,7 +11,6 @@ use chrono::Utc;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use shiplog_engine::domain::Name;
-use shiplog_engine::domain::environment::{EnvironmentKind, EnvironmentSpec, Tracking};
 use shiplog_engine::domain::run::RunStatus;
 use shiplog_engine::lifecycle::Lifecycle;
 use shiplog_engine::runtime::process::ProcessRuntime;
@@ -57,21 +56,9 @@ async fn example_environment(
 ) -> (Lifecycle, Metadata, Name, Name) {
     std::fs::create_dir_all(marks).unwrap();
     let lifecycle = Lifecycle::new(db.store()).with_repositories(scratch.repositories());
-    let meta = Metadata::default();
-    let (app, env): (Name, Name) = ("hello".parse().unwrap(), "staging".parse().unwrap());
-    lifecycle.create_application(&app, repo.dir.to_str().unwrap(), &meta, Utc::now()).await.unwrap();
-    lifecycle.update_template(&app, &repo.template(), &meta, Utc::now()).await.unwrap();
-    lifecycle.update_variables(&app, &format!("MARKS: \"{}\"\n", marks.display()), &meta, Utc::now()).await.unwrap();
-    let spec = EnvironmentSpec {
-        application: app.clone(),
-        name: env.clone(),
-        kind: EnvironmentKind::Staging,
-        tracking: Tracking::Branch("main".into()),
-        ttl_seconds: None,
-        drift_mode: Default::default(),
-    };
-    lifecycle.create_environment(&spec, &meta, Utc::now()).await.unwrap();
-    (lifecycle, meta, app, env)
+    let variables = format!("MARKS: \"{}\"\n", marks.display());
+    let (app, env) = repo.create_staging(&lifecycle, "hello", &repo.template(), Some(&variables)).await;
+    (lifecycle, Metadata::default(), app, env)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

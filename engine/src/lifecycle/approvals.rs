@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::releases::release_of;
 use super::{Ask, Change, Lifecycle, LifecycleError, Requested, append_all, decided};
 use crate::domain::environment::{Environment, EnvironmentCommand, EnvironmentKind, RunOutcome, Status};
 use crate::domain::release::deployable;
@@ -117,11 +118,7 @@ impl Lifecycle {
         now: DateTime<Utc>,
     ) -> Result<Requested, LifecycleError> {
         let (application, _) = self.existing_application(app).await?;
-        let release = application
-            .releases
-            .iter()
-            .find(|r| r.id == release_id)
-            .ok_or_else(|| DomainError::NotFound(format!("release {release_id} of application {app}")))?;
+        let release = release_of(&application, app, &release_id.to_string(), |r| r.id == release_id)?;
         let deployed = deployable(release)?;
         let refused = |environment: &Name, reason: String| DomainError::NotPromotable {
             tag: release.tag.clone(),

@@ -94,11 +94,7 @@ impl Lifecycle {
         now: DateTime<Utc>,
     ) -> Result<Requested, LifecycleError> {
         let (application, _) = self.existing_application(app).await?;
-        let release = application
-            .releases
-            .iter()
-            .find(|r| r.tag == tag)
-            .ok_or_else(|| DomainError::NotFound(format!("release {tag:?} of application {app}")))?;
+        let release = release_of(&application, app, &format!("{tag:?}"), |r| r.tag == tag)?;
         let deployed = deployable(release)?;
         let ask = Ask::Release { release: deployed, rollback, images: Vec::new() };
         self.request(app, env, ask, Some(release.commit.clone()), reason, metadata, now).await.map(decided)
@@ -186,4 +182,19 @@ impl Lifecycle {
 fn template_of(application: &Application) -> Result<ApplicationTemplate, LifecycleError> {
     let (_, _, template) = application.template.as_ref().ok_or(DomainError::NoTemplate)?;
     serde_json::from_value(template.clone()).map_err(|e| LifecycleError::Corrupt(e.to_string()))
+}
+
+/// The release of `application` that `matches` picks (`what` names it in the
+/// error), or NOT_FOUND.
+pub(super) fn release_of<'a>(
+    application: &'a Application,
+    app: &Name,
+    what: &str,
+    matches: impl Fn(&Release) -> bool,
+) -> Result<&'a Release, DomainError> {
+    application
+        .releases
+        .iter()
+        .find(|r| matches(r))
+        .ok_or_else(|| DomainError::NotFound(format!("release {what} of application {app}")))
 }
