@@ -248,13 +248,14 @@ async fn graphql_handler(
 }
 
 /// `GET /graphql/ws`: subscriptions, queries and mutations over
-/// `graphql-transport-ws` (`websocket`), or the older `graphql-ws`. The token comes
+/// `graphql-transport-ws` or the older `graphql-ws` (`websocket`). The token comes
 /// in `connection_init`'s payload, as `{"authorization": "Bearer <token>"}` (or
 /// `{"token": "<token>"}`).
 async fn graphql_ws(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
-    protocol: GraphQLProtocol,
+    // Refuses (400) an upgrade that offers neither protocol.
+    _protocol: GraphQLProtocol,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     // The upgrade carries no token yet: it counts against the address; each
@@ -265,11 +266,8 @@ async fn graphql_ws(
     upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| async move {
         let AppState { schema, pool, revocations, closing, limiter, .. } = state;
         // The protocol the upgrade agreed on (the extractor refused any other).
-        if socket.protocol().is_some_and(|p| p == "graphql-ws") {
-            websocket::serve_legacy(socket, protocol, schema, pool, revocations, closing).await
-        } else {
-            websocket::serve(socket, schema, pool, revocations, limiter, closing).await
-        }
+        let dialect = websocket::Dialect::of_protocol(socket.protocol().and_then(|p| p.to_str().ok()));
+        websocket::serve(socket, dialect, schema, pool, revocations, limiter, closing).await
     })
 }
 

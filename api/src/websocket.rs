@@ -1,8 +1,12 @@
-//! `/graphql/ws` over the
+//! `/graphql/ws`: the
 //! [`graphql-transport-ws`](https://github.com/enisdenjo/graphql-ws/blob/master/PROTOCOL.md)
-//! protocol, served here rather than by async-graphql's driver so that every
-//! protocol error closes the socket with the code the protocol gives it and a
-//! revoked token ends the operations it started.
+//! protocol, and the older `graphql-ws` of
+//! [subscriptions-transport-ws](https://github.com/apollographql/subscriptions-transport-ws/blob/master/PROTOCOL.md),
+//! both served here rather than by async-graphql's driver so that every protocol
+//! error closes the socket with the code the protocol gives it, every operation
+//! counts against its token's rate limit and its token is checked again, and a
+//! revoked token ends the operations it started. The two protocols differ only in
+//! their messages' names ([`Dialect`]); the rules below are one.
 //!
 //! | what the client did | the server closes with |
 //! |---|---|
@@ -12,6 +16,10 @@
 //! | no `connection_init` within [`INIT_TIMEOUT`] | `4408 Connection initialisation timeout` |
 //! | `subscribe` with the id of an operation still running | `4409 Subscriber for <id> already exists` |
 //! | a second `connection_init` | `4429 Too many initialisation requests` |
+//!
+//! On `graphql-ws`, whose protocol reports errors in messages, the socket first
+//! sends a `connection_error` carrying the same reason, then closes with the same
+//! code.
 //!
 //! Every operation counts against its token's rate limit (`rate_limit`); one over
 //! it gets an `error` message (`RATE_LIMITED`, with `retryAfter` in seconds) and
@@ -44,7 +52,43 @@ use crate::rate_limit::{self, Limiter};
 /// How long a client has to send `connection_init` after connecting.
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A message from the client, as the protocol defines them.
+/// The protocol a socket speaks, agreed on at the upgrade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// `graphql-transport-ws`: `subscribe`, `next`, `complete`, `ping`/`pong`.
+    TransportWs,
+    /// The older `graphql-ws`: `start`, `data`, `stop`, `connection_terminate`, and
+    /// a `connection_error` message before the socket closes.
+    GraphqlWs,
+}
+
+impl Dialect {
+    /// The dialect of a `Sec-WebSocket-Protocol` the upgrade agreed on.
+    pub fn of_protocol(protocol: Option<&str>) -> Dialect {
+        match protocol {
+            Some("graphql-ws") => Dialect::GraphqlWs,
+            _ => Dialect::TransportWs,
+        }
+    }
+
+    /// Reads one client message.
+    fn parse(self, text: &str) -> serde_json::Result<ClientMessage> {
+        match self {
+            Dialect::TransportWs => serde_json::from_str(text),
+            Dialect::GraphqlWs => serde_json::from_str::<GraphqlWsMessage>(text).map(ClientMessage::from),
+        }
+    }
+
+    /// The type of the message that carries an operation's next response.
+    fn next_type(self) -> &'static str {
+        match self {
+            Dialect::TransportWs => "next",
+            Dialect::GraphqlWs => "data",
+        }
+    }
+}
+
+/// A message from the client, as `graphql-transport-ws` defines them.
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ClientMessage {
@@ -69,6 +113,38 @@ enum ClientMessage {
     Complete {
         id: String,
     },
+    /// `graphql-ws`'s `connection_terminate` (`graphql-transport-ws` has none).
+    #[serde(skip)]
+    Terminate,
+}
+
+/// A message from the client, as `graphql-ws` defines them.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum GraphqlWsMessage {
+    ConnectionInit {
+        #[serde(default)]
+        payload: Option<Value>,
+    },
+    Start {
+        id: String,
+        payload: async_graphql::Request,
+    },
+    Stop {
+        id: String,
+    },
+    ConnectionTerminate,
+}
+
+impl From<GraphqlWsMessage> for ClientMessage {
+    fn from(message: GraphqlWsMessage) -> ClientMessage {
+        match message {
+            GraphqlWsMessage::ConnectionInit { payload } => ClientMessage::ConnectionInit { payload },
+            GraphqlWsMessage::Start { id, payload } => ClientMessage::Subscribe { id, payload },
+            GraphqlWsMessage::Stop { id } => ClientMessage::Complete { id },
+            GraphqlWsMessage::ConnectionTerminate => ClientMessage::Terminate,
+        }
+    }
 }
 
 /// Why the server ends a connection: the close code and reason it sends.
@@ -79,6 +155,7 @@ type Item = (String, Option<async_graphql::Response>);
 
 /// One connection: who it is once acknowledged, and its running operations.
 struct Connection {
+    dialect: Dialect,
     schema: ShiplogSchema,
     pool: PgPool,
     limiter: Limiter,
@@ -98,6 +175,7 @@ struct Session {
 /// closes it, or `closing` is cancelled (then it closes with `1001`).
 pub async fn serve(
     mut socket: WebSocket,
+    dialect: Dialect,
     schema: ShiplogSchema,
     pool: PgPool,
     revocations: Revocations,
@@ -105,8 +183,15 @@ pub async fn serve(
     closing: CancellationToken,
 ) {
     let mut revoked = revocations.subscribe();
-    let mut connection =
-        Connection { schema, pool, limiter, session: None, running: HashMap::new(), responses: SelectAll::new() };
+    let mut connection = Connection {
+        dialect,
+        schema,
+        pool,
+        limiter,
+        session: None,
+        running: HashMap::new(),
+        responses: SelectAll::new(),
+    };
     let init_deadline = tokio::time::sleep(INIT_TIMEOUT);
     tokio::pin!(init_deadline);
     let close = loop {
@@ -143,6 +228,12 @@ pub async fn serve(
         }
     };
     let Close(code, reason) = close;
+    // `graphql-ws` reports why in a message first; its client's own
+    // `connection_terminate` needs no answer.
+    if dialect == Dialect::GraphqlWs && code != 1000 {
+        let error = json!({ "type": "connection_error", "payload": { "message": reason } });
+        let _ = socket.send(Message::text(error.to_string())).await;
+    }
     let frame = CloseFrame { code, reason: close_reason(&reason).into() };
     let _ = socket.send(Message::Close(Some(frame))).await;
 }
@@ -150,8 +241,7 @@ pub async fn serve(
 impl Connection {
     /// Acts on one text message; the messages to send back, or why to close.
     async fn receive(&mut self, text: &str) -> Result<Vec<Value>, Close> {
-        let message: ClientMessage =
-            serde_json::from_str(text).map_err(|e| Close(4400, format!("invalid message: {e}")))?;
+        let message = self.dialect.parse(text).map_err(|e| Close(4400, format!("invalid message: {e}")))?;
         match message {
             ClientMessage::ConnectionInit { payload } => {
                 if self.session.is_some() {
@@ -169,6 +259,7 @@ impl Connection {
                 }
                 Ok(Vec::new())
             }
+            ClientMessage::Terminate => Err(Close(1000, "connection_terminate".into())),
         }
     }
 
@@ -231,7 +322,7 @@ impl Connection {
     /// The message for an operation's next response, or its `complete`.
     fn respond(&mut self, id: String, response: Option<async_graphql::Response>) -> Value {
         match response {
-            Some(response) => json!({ "type": "next", "id": id, "payload": response }),
+            Some(response) => json!({ "type": self.dialect.next_type(), "id": id, "payload": response }),
             None => {
                 self.running.remove(&id);
                 json!({ "type": "complete", "id": id })
@@ -292,57 +383,4 @@ fn close_reason(reason: &str) -> String {
         end -= 1;
     }
     reason[..end].to_owned()
-}
-
-/// Serves one websocket of the older `graphql-ws` protocol (subscriptions-transport-ws)
-/// through async-graphql's driver, which reports errors in messages rather than
-/// close codes; the socket closes with `4403` once its token is revoked.
-pub async fn serve_legacy(
-    socket: WebSocket,
-    protocol: async_graphql_axum::GraphQLProtocol,
-    schema: ShiplogSchema,
-    pool: PgPool,
-    revocations: Revocations,
-    closing: CancellationToken,
-) {
-    let mut revoked = revocations.subscribe();
-    let session = Arc::new(std::sync::OnceLock::<(String, Uuid)>::new());
-    let (init_pool, init_session) = (pool.clone(), session.clone());
-    let serve = async_graphql_axum::GraphQLWebSocket::new(socket, schema, protocol)
-        .on_connection_init(move |payload| async move {
-            let refused = || async_graphql::Error::new("unknown, revoked or missing token");
-            let token = token_of(&payload).ok_or_else(refused)?;
-            let principal = auth::authenticate(&init_pool, &token)
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "authenticating a websocket failed");
-                    async_graphql::Error::new("internal error")
-                })?
-                .ok_or_else(refused)?;
-            let _ = init_session.set((token, principal.token_id));
-            let mut data = Data::default();
-            data.insert(Caller(Some(principal)));
-            data.insert(RequestId(format!("ws-{}", Uuid::new_v4())));
-            Ok(data)
-        })
-        .serve();
-    tokio::pin!(serve);
-    loop {
-        tokio::select! {
-            _ = &mut serve => return,
-            _ = closing.cancelled() => return,
-            notice = revoked.recv() => {
-                let Some((token, token_id)) = session.get() else { continue };
-                let check = match notice {
-                    Ok(Revoked::Token(id)) => id == *token_id,
-                    Ok(Revoked::Unknown) | Err(broadcast::error::RecvError::Lagged(_)) => true,
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                if check && matches!(auth::authenticate(&pool, token).await, Ok(None)) {
-                    // Dropping the driver drops the socket and every operation on it.
-                    return;
-                }
-            }
-        }
-    }
 }

@@ -224,6 +224,32 @@ pub fn api_text() -> impl Strategy<Value = String> {
     ]
 }
 
+/// `text` as one YAML double-quoted scalar that reads back as exactly `text`:
+/// every character YAML does not allow raw in a document (controls, C1, U+FFFE
+/// and U+FFFF), every one it takes as a line break (U+0085, U+2028, U+2029) and a
+/// byte order mark are written as escapes, so no line folding or stripping
+/// applies.
+pub fn yaml_quoted(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            ' '..='~' => quoted.push(c),
+            '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..
+                if !matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}') =>
+            {
+                quoted.push(c)
+            }
+            c if (c as u32) <= 0xffff => quoted.push_str(&format!("\\u{:04x}", c as u32)),
+            c => quoted.push_str(&format!("\\U{:08x}", c as u32)),
+        }
+    }
+    quoted.push('"');
+    quoted
+}
+
 /// A runner for a test that draws its own values (see [`draw`]) from a seed: the
 /// environment variable `var` when set, else a fresh one; printed either way so
 /// a failure replays.

@@ -9,8 +9,9 @@
 //! and a non-null field's parent stays. This extension takes each field's
 //! outcome as it resolves: an error becomes `null`, with the error kept for the
 //! response; a non-null field's null is passed to its parent, which the parent
-//! (resolved after its children) turns into its own null. Only queries and
-//! mutations are handled; subscription events keep async-graphql's behaviour.
+//! (resolved after its children) turns into its own null. Each event of a
+//! subscription is resolved inside its own `execute`, so it gets the same
+//! `null`s as a query.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -67,7 +67,7 @@ pub fn head(repo: &ExampleRepo) -> String {
 }
 
 /// Waits for the run's state subscription to complete; returns the last state.
-async fn finished(app: &TestApp, token: &str, run_id: &Value) -> Value {
+pub async fn finished(app: &TestApp, token: &str, run_id: &Value) -> Value {
     let mut updates = app.subscribe(token, RUN_UPDATED, json!({ "runId": run_id })).await;
     let states = updates.until_complete().await;
     states.last().expect("at least the current state")["runUpdated"].clone()

@@ -19,7 +19,8 @@ use crate::graphql::{ENVIRONMENT_CREATE, ENVIRONMENT_DEPLOY, ENVIRONMENT_SETUP, 
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
-/// A raw `graphql-transport-ws` connection: the test sends exactly what it writes.
+/// A raw `graphql-transport-ws` (or `graphql-ws`) connection: the test sends
+/// exactly what it writes.
 struct Raw(Socket);
 
 /// What the server sent: a protocol message, or the close and its code.
@@ -31,14 +32,22 @@ enum Got {
 
 impl Raw {
     async fn connect(address: SocketAddr) -> Raw {
+        Raw::connect_with(address, "graphql-transport-ws").await
+    }
+
+    async fn connect_with(address: SocketAddr, protocol: &str) -> Raw {
         let mut request = format!("ws://{address}/graphql/ws").into_client_request().unwrap();
-        request.headers_mut().insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().unwrap());
+        request.headers_mut().insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
         Raw(tokio_tungstenite::connect_async(request).await.unwrap().0)
     }
 
     /// Connects and completes `connection_init` with `token`.
     async fn acknowledged(address: SocketAddr, token: &str) -> Raw {
-        let mut raw = Raw::connect(address).await;
+        Raw::acknowledged_with(address, "graphql-transport-ws", token).await
+    }
+
+    async fn acknowledged_with(address: SocketAddr, protocol: &str, token: &str) -> Raw {
+        let mut raw = Raw::connect_with(address, protocol).await;
         raw.send(json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } })).await;
         assert_eq!(raw.next().await, Got::Message(json!({ "type": "connection_ack" })));
         raw
@@ -218,6 +227,114 @@ async fn a_revoked_tokens_next_websocket_operation_is_refused_even_if_no_notice_
         .await
         .unwrap();
     assert_eq!(made, 0);
+}
+
+/// On `graphql-ws`, what ends the socket: the `connection_error` naming why, then
+/// the close with the code `graphql-transport-ws` gives it.
+async fn ended_with(raw: &mut Raw, code: u16, reason: &str) {
+    let error = json!({ "type": "connection_error", "payload": { "message": reason } });
+    assert_eq!(raw.next().await, Got::Message(error));
+    assert_eq!(raw.next().await, Got::Closed(code, reason.into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_older_graphql_ws_protocol_keeps_the_same_rules_in_its_own_messages() {
+    let app = TestApp::start().await;
+    let legacy = |address| Raw::connect_with(address, "graphql-ws");
+
+    let mut early = legacy(app.address).await;
+    early.send(json!({ "type": "start", "id": "1", "payload": { "query": EVENTS } })).await;
+    ended_with(&mut early, 4401, "Unauthorized: subscribe before connection_ack").await;
+
+    let mut garbled = legacy(app.address).await;
+    garbled.send_text("{not json").await;
+    let Got::Message(error) = garbled.next().await else { panic!("expected a connection_error") };
+    assert_eq!(error["type"], "connection_error");
+    let reason = error["payload"]["message"].as_str().unwrap().to_owned();
+    assert!(reason.starts_with("invalid message: "), "{reason}");
+    assert_eq!(garbled.next().await, Got::Closed(4400, reason));
+
+    // `graphql-transport-ws`'s messages are not this protocol's.
+    let mut other = Raw::acknowledged_with(app.address, "graphql-ws", &app.admin).await;
+    other.subscribe("1", "{ viewer { role } }").await;
+    assert_eq!(other.close_code().await.0, 4400);
+
+    let mut refused = legacy(app.address).await;
+    refused.send(json!({ "type": "connection_init", "payload": { "authorization": "Bearer shiplog_nope" } })).await;
+    ended_with(&mut refused, 4403, "Forbidden: unknown or revoked token").await;
+
+    // An operation: its result in `data`, then `complete`; `stop` ends a running
+    // one, whose id may then be used again; a running one's may not.
+    let mut socket = Raw::acknowledged_with(app.address, "graphql-ws", &app.admin).await;
+    let start = |id: &str, query: &str| json!({ "type": "start", "id": id, "payload": { "query": query } });
+    socket.send(start("q", "{ viewer { role } }")).await;
+    let role = json!({ "type": "data", "id": "q", "payload": { "data": { "viewer": { "role": "ADMIN" } } } });
+    assert_eq!(socket.next().await, Got::Message(role));
+    assert_eq!(socket.next().await, Got::Message(json!({ "type": "complete", "id": "q" })));
+    socket.send(start("s", EVENTS)).await;
+    socket.send(json!({ "type": "stop", "id": "s" })).await;
+    socket.send(start("s", EVENTS)).await;
+    socket.send(start("q", "{ viewer { name } }")).await;
+    loop {
+        match socket.next().await {
+            Got::Message(m) if m["type"] == "data" && m["id"] == "s" => {}
+            Got::Message(m) => {
+                assert_eq!(
+                    m,
+                    json!({ "type": "data", "id": "q", "payload": { "data": { "viewer": { "name": "bootstrap" } } } })
+                );
+                break;
+            }
+            other => panic!("expected q's data, got {other:?}"),
+        }
+    }
+    socket.send(start("s", EVENTS)).await;
+    let reason = "Subscriber for s already exists";
+    loop {
+        match socket.next().await {
+            Got::Message(m) if m["type"] != "connection_error" => {}
+            got => {
+                assert_eq!(got, Got::Message(json!({ "type": "connection_error", "payload": { "message": reason } })));
+                break;
+            }
+        }
+    }
+    assert_eq!(socket.next().await, Got::Closed(4409, reason.into()));
+
+    let mut leaving = Raw::acknowledged_with(app.address, "graphql-ws", &app.admin).await;
+    leaving.send(json!({ "type": "connection_terminate" })).await;
+    assert_eq!(leaving.next().await, Got::Closed(1000, "connection_terminate".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphql_ws_operations_are_rate_limited_and_their_token_checked_again() {
+    let app = TestApp::start_with(crate::security::limited).await;
+    // Two upgrades and two requests of the admin: within everyone's burst of 3.
+    let (secret, _) = admin_token(&app, "frontend").await;
+    let (backend, _) = admin_token(&app, "backend").await;
+    let mut socket = Raw::acknowledged_with(app.address, "graphql-ws", &secret).await;
+    let start = |id: &str| json!({ "type": "start", "id": id, "payload": { "query": "{ __typename }" } });
+    for id in ["1", "2", "3"] {
+        socket.send(start(id)).await;
+        let typename = json!({ "type": "data", "id": id, "payload": { "data": { "__typename": "Query" } } });
+        assert_eq!(socket.next().await, Got::Message(typename));
+        assert_eq!(socket.next().await, Got::Message(json!({ "type": "complete", "id": id })));
+    }
+    socket.send(start("4")).await;
+    let Got::Message(over) = socket.next().await else { panic!("expected the operation refused") };
+    assert_eq!((&over["type"], &over["id"]), (&json!("error"), &json!("4")), "{over:#}");
+    assert_eq!(over["payload"][0]["extensions"]["code"], "RATE_LIMITED", "{over:#}");
+
+    // Revoked behind the server's back: the next operation is refused and the
+    // socket ends.
+    let mut other = Raw::acknowledged_with(app.address, "graphql-ws", &backend).await;
+    sqlx::query("UPDATE api_tokens SET revoked_at = now(), revoked_by = 'test' WHERE name = 'backend'")
+        .execute(&app.db.runtime)
+        .await
+        .unwrap();
+    other.send(start("m")).await;
+    assert_eq!(other.next().await, revoked("m"));
+    ended_with(&mut other, 4403, "Forbidden: the token was revoked").await;
 }
 
 /// A server whose `/graphql` takes at most 4 KiB.

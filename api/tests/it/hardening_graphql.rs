@@ -1,14 +1,16 @@
 //! Issue 17, defects 4, 5 and 7: the standard introspection query passes the
-//! limits, a field that errors is `null` as the GraphQL spec says, and time
-//! travel shows nothing of the present.
+//! limits, a field that errors is `null` as the GraphQL spec says (in queries,
+//! mutations and each subscription event), and time travel shows nothing of the
+//! present.
 
 use serde_json::{Value, json};
 use shiplog::auth::Role;
 
 use shiplog_tests::eventually;
 
+use crate::app::Sent;
 use crate::app::{PATIENCE, TestApp};
-use crate::graphql::{ENVIRONMENT_CREATE, example_application};
+use crate::graphql::{ENVIRONMENT_CREATE, ENVIRONMENT_SETUP, example_application};
 
 /// `getIntrospectionQuery()` of graphql-js 16, as GraphiQL, Apollo and code
 /// generators send it (graphql-core's `get_introspection_query()` is the same).
@@ -87,6 +89,44 @@ async fn a_field_that_errors_is_null_and_a_non_null_one_nulls_its_nearest_nullab
     assert_eq!(body["data"], json!({ "viewer": { "name": "Viewer" }, "environment": null }), "{body:#}");
     assert_eq!(body["errors"][0]["path"], json!(["environment", "runs"]));
     assert_eq!(body["errors"][0]["extensions"]["code"], "INTERNAL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_that_errors_in_a_subscription_event_is_null_as_in_a_query() {
+    let app = TestApp::start().await;
+    let (_repo, app_id) = example_application(&app).await;
+    let input =
+        json!({ "applicationId": app_id, "name": "staging", "kind": "STAGING", "branch": "main", "setup": false });
+    let created = app.data(&app.admin, ENVIRONMENT_CREATE, json!({ "input": input })).await;
+    let env_id = created["environmentCreate"]["environment"]["id"].clone();
+    let setup = json!({ "input": { "environmentId": env_id, "reason": "first" } });
+    let run_id = app.data(&app.admin, ENVIRONMENT_SETUP, setup).await["environmentSetup"]["run"]["id"].clone();
+
+    // The runs read model gone: `runs` (non-null) errors, so its environment
+    // (non-null) is null, so the nearest nullable field, `lastRun`, is null, beside
+    // the fields that did not error; the event is still sent.
+    sqlx::query("DROP VIEW read.runs").execute(&app.db.owner).await.unwrap();
+    let query = "subscription($id: ID!) { runUpdated(runId: $id) { status environment { name
+        lastRun { environment { runs { totalCount } } } } } }";
+    let mut subscription = app.subscribe(&app.admin, query, json!({ "id": run_id })).await;
+    let Sent::Next(payload) = subscription.next().await else { panic!("expected the run's first state") };
+    assert_eq!(
+        payload["data"],
+        json!({ "runUpdated": { "status": "QUEUED", "environment": { "name": "staging", "lastRun": null } } }),
+        "{payload:#}"
+    );
+    assert_eq!(payload["errors"].as_array().map(Vec::len), Some(1), "{payload:#}");
+    let path = json!(["runUpdated", "environment", "lastRun", "environment", "runs"]);
+    assert_eq!(payload["errors"][0]["path"], path);
+    assert_eq!(payload["errors"][0]["extensions"]["code"], "INTERNAL");
+
+    // A non-null field that errors nulls its nearest nullable parent: here the
+    // whole event's `data`.
+    let query = "subscription($id: ID!) { runUpdated(runId: $id) { status environment { runs { totalCount } } } }";
+    let mut subscription = app.subscribe(&app.admin, query, json!({ "id": run_id })).await;
+    let Sent::Next(payload) = subscription.next().await else { panic!("expected the run's first state") };
+    assert_eq!(payload["data"], Value::Null, "{payload:#}");
+    assert_eq!(payload["errors"][0]["path"], json!(["runUpdated", "environment", "runs"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

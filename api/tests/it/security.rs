@@ -341,7 +341,8 @@ async fn secrets_and_tokens_never_reach_errors_events_or_logs() {
     }
 }
 
-fn limited(config: ServerConfig) -> ServerConfig {
+/// A server whose callers may make 3 requests at once, then 1 an hour.
+pub(crate) fn limited(config: ServerConfig) -> ServerConfig {
     let limit = RateLimit { requests: 1.try_into().unwrap(), per: Per::Hour, burst: 3.try_into().unwrap() };
     ServerConfig { worker: None, api: ApiConfig { rate_limit: Some(limit), ..config.api }, ..config }
 }

@@ -1,14 +1,16 @@
 //! Every string the API accepts is stored, folded into the read models and read
-//! back byte for byte; a string it refuses is refused with a user error before
-//! anything is stored. The strings are drawn from a seed the test prints
+//! back byte for byte (a template's or variable's text: by the process it reaches);
+//! a string it refuses is refused with a user error before anything is stored. The strings are drawn from a seed the test prints
 //! (`SHIPLOG_TEXT_SEED=<seed>` replays it): control characters, separators, the
 //! last code point, 20,000-character text, NUL (always refused).
 
 use serde_json::{Value, json};
-use shiplog_tests::fuzz::{self, api_text};
+use shiplog_tests::fuzz::{self, api_text, yaml_quoted};
 
 use crate::app::{PATIENCE, TestApp};
-use crate::graphql::{ENVIRONMENT_CREATE, ENVIRONMENT_SETUP, example_application};
+use crate::graphql::{
+    ENVIRONMENT_CREATE, ENVIRONMENT_SETUP, TEMPLATE_UPDATE, VARIABLES_UPDATE, example_application, finished,
+};
 
 /// Strings drawn per test: each one a run request and a token of its own.
 const STRINGS: usize = 24;
@@ -129,4 +131,86 @@ async fn a_token_name_of_100_characters_is_accepted_however_many_bytes_they_take
         body["apiTokenCreate"],
         json!({ "apiToken": null, "userErrors": [{ "message": "give a name of 1 to 100 characters" }] })
     );
+}
+
+/// How many events the application's stream holds: where its templates are.
+async fn application_events(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id = 'application-hello'")
+        .fetch_one(&app.db.runtime)
+        .await
+        .unwrap()
+}
+
+/// Strings drawn for the template and variable test: each costs a setup.
+const SET_UP: usize = 6;
+
+/// The variables template: the example's, and `TEXT` holding `text` (its `${`
+/// written `$${`, the template's literal `${`).
+fn variables_holding(text: &str, marks: &std::path::Path) -> String {
+    format!(
+        "API_TOKEN: {{ secret: \"s\" }}\nMARKS: {}\nTEXT: {}\n",
+        yaml_quoted(&marks.display().to_string()),
+        yaml_quoted(&text.replace("${", "$${"))
+    )
+}
+
+/// The example's template with a first release command given `text` as its
+/// argument, which writes it and the variable `TEXT` to files under `$MARKS`.
+fn template_holding(template: &str, text: &str) -> String {
+    let script = r#"printf %s \"$TEXT\" > \"$MARKS/variable\"; printf %s \"$1\" > \"$MARKS/template\""#;
+    let release = format!(
+        "release:\n  - name: text\n    command: [\"sh\", \"-c\", \"{script}\", \"sh\", {}]\n    timeout: 1m\n",
+        yaml_quoted(text)
+    );
+    assert!(template.contains("release:\n"), "{template}");
+    template.replacen("release:\n", &release, 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_and_variable_text_reaches_the_process_byte_for_byte() {
+    let app = TestApp::with_worker().await;
+    let (repo, app_id) = example_application(&app).await;
+    let marks = app.scratch.path().join("marks");
+    let input = json!({ "applicationId": app_id, "name": "text", "kind": "STAGING", "branch": "main", "setup": false });
+    let created = app.data(&app.admin, ENVIRONMENT_CREATE, json!({ "input": input })).await;
+    let env_id = created["environmentCreate"]["environment"]["id"].clone();
+    let mut runner = fuzz::seeded("template text", "SHIPLOG_TEXT_SEED");
+    let mut texts: Vec<String> = (0..SET_UP).map(|_| fuzz::draw(&mut runner, &api_text())).collect();
+    texts.push(format!("{} \u{0} nul", texts[0]));
+
+    let mut current: Option<&str> = None;
+    for (i, text) in texts.iter().enumerate() {
+        let before = application_events(&app).await;
+        let template = template_holding(&repo.template(), text);
+        let template = app
+            .data(&app.admin, TEMPLATE_UPDATE, json!({ "input": { "applicationId": app_id, "template": template } }))
+            .await;
+        let variables = variables_holding(text, &marks);
+        let variables = app
+            .data(&app.admin, VARIABLES_UPDATE, json!({ "input": { "applicationId": app_id, "variables": variables } }))
+            .await;
+        let (template, variables) = (&template["applicationTemplateUpdate"], &variables["environmentVariablesUpdate"]);
+        if text.contains('\0') {
+            // Written as the YAML escape `\u0000`: a problem of each template.
+            let nul = shiplog_engine::canonical::NUL_REFUSED;
+            let refused = |field: &str, message: String| json!([{ "field": ["input", field], "code": "TEMPLATE_INVALID", "message": message }]);
+            assert_eq!(template["userErrors"], refused("template", nul.to_owned()), "{template:#}");
+            assert_eq!(variables["userErrors"], refused("variables", format!("TEXT: {nul}")), "{variables:#}");
+            assert_eq!(application_events(&app).await, before, "a refused template stored something");
+            continue;
+        }
+        assert_eq!(template["userErrors"], json!([]), "text {i}: {template:#}");
+        assert_eq!(variables["userErrors"], json!([]), "text {i}: {variables:#}");
+        assert_eq!(variables["changed"], current != Some(text.as_str()), "text {i}");
+        current = Some(text);
+
+        let setup = json!({ "input": { "environmentId": env_id, "reason": format!("text {i}") } });
+        let run = app.data(&app.admin, ENVIRONMENT_SETUP, setup).await;
+        let run_id = run["environmentSetup"]["run"]["id"].clone();
+        assert_eq!(finished(&app, &app.admin, &run_id).await["status"], "SUCCEEDED", "text {i}");
+        let wrote = |file: &str| std::fs::read(marks.join(file)).unwrap();
+        assert!(wrote("variable") == text.as_bytes(), "text {i}: the variable reached the process changed");
+        assert!(wrote("template") == text.as_bytes(), "text {i}: the template's text reached the process changed");
+    }
+    assert!(current.is_some(), "no text was set up");
 }

@@ -13,7 +13,7 @@ use shiplog_engine::domain::{CommitId, Name};
 use shiplog_engine::push::{preview_names, pushed_ref, repository_key};
 use shiplog_engine::store::Cursor;
 use shiplog_engine::template::{TemplateProblem, parse_application_template, parse_duration, parse_variables};
-use shiplog_tests::fuzz::{self, awkward_text, json_value, mutated, mutated_text};
+use shiplog_tests::fuzz::{self, api_text, awkward_text, json_value, mutated, mutated_text, yaml_quoted};
 
 const TEMPLATE: &str = include_str!("../../../examples/hello/shiplog.yaml");
 const VARIABLES: &str = include_str!("../../../examples/hello/variables.yaml");
@@ -84,6 +84,12 @@ proptest! {
         builtins in prop::collection::btree_map(awkward_text(), awkward_text(), 0..4),
     ) {
         check_variables(&serde_norway::to_string(&value).unwrap(), &builtins);
+    }
+
+    #[test]
+    fn any_text_written_as_a_quoted_yaml_scalar_reads_back_as_itself(text in api_text()) {
+        let back: String = serde_norway::from_str(&yaml_quoted(&text)).unwrap();
+        prop_assert_eq!(back, text);
     }
 
     #[test]
