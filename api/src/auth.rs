@@ -8,16 +8,11 @@
 //! | `auditor` | what a viewer may, and read the whole event history, verify it, see projection status |
 //! | `admin` | everything, including applications, templates, variables and tokens |
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
+use shiplog_engine::notices::{self, Notice, Notices};
 use shiplog_engine::secret::Secret;
-use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
-use tokio::sync::broadcast;
-use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
 /// What a token's holder is; stored by its lowercase label (`viewer`).
@@ -236,55 +231,34 @@ pub enum Revoked {
 /// Revocations as they commit, from any server on the database: what ends the
 /// websockets of a revoked token. Stops listening when the last clone is dropped.
 #[derive(Clone)]
-pub struct Revocations {
-    news: broadcast::Sender<Revoked>,
-    _stop: Arc<DropGuard>,
-}
+pub struct Revocations(Notices<Uuid>);
 
 impl Revocations {
     /// Starts listening for revocations.
     pub async fn listen(pool: &PgPool) -> sqlx::Result<Revocations> {
-        let mut listener = PgListener::connect_with(pool).await?;
-        listener.listen(REVOKED_CHANNEL).await?;
-        let (news, _) = broadcast::channel(64);
-        let stop = CancellationToken::new();
-        let (sender, stopped) = (news.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let received = tokio::select! {
-                    received = listener.try_recv() => received,
-                    _ = stopped.cancelled() => return,
-                };
-                match received {
-                    Ok(Some(notification)) => {
-                        if let Ok(id) = notification.payload().parse::<Uuid>() {
-                            let _ = sender.send(Revoked::Token(id));
-                        }
-                    }
-                    // The connection dropped (the next call reconnects): notices sent
-                    // meanwhile are lost, so every holder checks its token again.
-                    Ok(None) => {
-                        let _ = sender.send(Revoked::Unknown);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "revocation listener failed; retrying");
-                        let _ = sender.send(Revoked::Unknown);
-                        tokio::time::sleep(LISTEN_RETRY).await;
-                    }
-                }
-            }
-        });
-        Ok(Revocations { news, _stop: Arc::new(stop.drop_guard()) })
+        Notices::listen(pool, REVOKED_CHANNEL, 64).await.map(Revocations)
     }
 
     /// Revocations committed from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Revoked> {
-        self.news.subscribe()
+    pub fn subscribe(&self) -> RevocationReceiver {
+        RevocationReceiver(self.0.subscribe())
     }
 }
 
-/// How long the revocation listener waits before listening again after a failure.
-const LISTEN_RETRY: Duration = Duration::from_secs(1);
+/// One holder's revocation notices.
+pub struct RevocationReceiver(notices::Receiver<Uuid>);
+
+impl RevocationReceiver {
+    /// The next notice; `None` once the listener has stopped. Notices that may
+    /// have been missed are [`Revoked::Unknown`]: every holder of a token then
+    /// asks again whether it works.
+    pub async fn recv(&mut self) -> Option<Revoked> {
+        self.0.recv().await.map(|notice| match notice {
+            Notice::Payload(id) => Revoked::Token(id),
+            Notice::Missed => Revoked::Unknown,
+        })
+    }
+}
 
 /// One token, revoked or not.
 pub async fn find(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<ApiToken>> {

@@ -41,7 +41,6 @@ use futures::{StreamExt, stream};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -331,15 +330,13 @@ impl Connection {
     }
 
     /// Closes with `4403` when the connection's token is no longer valid.
-    async fn on_revocation(
-        &mut self,
-        notice: Result<Revoked, broadcast::error::RecvError>,
-    ) -> Result<Vec<Value>, Close> {
+    async fn on_revocation(&mut self, notice: Option<Revoked>) -> Result<Vec<Value>, Close> {
         let Some(session) = &self.session else { return Ok(Vec::new()) };
+        // Without a listener (`None`) the check before each operation still holds.
         let check = match notice {
-            Ok(Revoked::Token(id)) => id == session.principal.token_id,
-            Ok(Revoked::Unknown) | Err(broadcast::error::RecvError::Lagged(_)) => true,
-            Err(broadcast::error::RecvError::Closed) => false,
+            Some(Revoked::Token(id)) => id == session.principal.token_id,
+            Some(Revoked::Unknown) => true,
+            None => false,
         };
         if check && matches!(auth::authenticate(&self.pool, &session.token).await, Ok(None)) {
             return Err(Close(4403, REVOKED.into()));

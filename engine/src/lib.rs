@@ -23,6 +23,7 @@ pub mod git;
 pub mod lifecycle;
 pub mod logs;
 pub mod merge_request;
+pub mod notices;
 pub mod postgres;
 pub mod push;
 pub mod repository;

@@ -10,14 +10,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::Stream;
-use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
 use crate::domain::StreamRef;
 use crate::domain::run::RunEvent;
+use crate::notices::{self, Notice, Notices};
 use crate::runtime::{LogSink, LogStream};
 use crate::store::EventStore;
 
@@ -209,11 +208,9 @@ const FOLLOW_PAGE: i64 = 500;
 #[derive(Clone)]
 pub struct LogHub {
     pool: PgPool,
-    news: broadcast::Sender<Uuid>,
+    /// Runs with new lines, from any process.
+    news: Notices<Uuid>,
     tails: Arc<Mutex<HashMap<Uuid, broadcast::Sender<Batch>>>>,
-    /// Stops the listener when the last clone is dropped, releasing its connection
-    /// (a pool does not close while a listener holds one of its connections).
-    _stop: Arc<DropGuard>,
 }
 
 /// What a run's tail hands its followers.
@@ -232,34 +229,8 @@ const TAIL_BACKLOG: usize = 256;
 impl LogHub {
     /// Starts listening for new log lines of every run.
     pub async fn start(pool: PgPool) -> sqlx::Result<LogHub> {
-        let mut listener = PgListener::connect_with(&pool).await?;
-        listener.listen("shiplog_run_logs").await?;
-        let (news, _) = broadcast::channel(1024);
-        let stop = CancellationToken::new();
-        let (sender, stopped) = (news.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let received = tokio::select! {
-                    received = listener.try_recv() => received,
-                    _ = stopped.cancelled() => return,
-                };
-                match received {
-                    Ok(Some(notification)) => {
-                        if let Ok(run_id) = notification.payload().parse::<Uuid>() {
-                            let _ = sender.send(run_id);
-                        }
-                    }
-                    // The connection dropped; the next call reconnects. Tails catch
-                    // up through their fallback reads.
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "log listener failed; retrying");
-                        tokio::time::sleep(FOLLOW_FALLBACK).await;
-                    }
-                }
-            }
-        });
-        Ok(LogHub { pool, news, tails: Arc::default(), _stop: Arc::new(stop.drop_guard()) })
+        let news = Notices::listen(&pool, "shiplog_run_logs", 1024).await?;
+        Ok(LogHub { pool, news, tails: Arc::default() })
     }
 
     /// The run's log lines after sequence number `after`: first those stored, then
@@ -328,7 +299,7 @@ struct Tail {
     pool: PgPool,
     /// Asked whether the run has ended when no line is new.
     store: EventStore,
-    news: broadcast::Receiver<Uuid>,
+    news: notices::Receiver<Uuid>,
     tails: Arc<Mutex<HashMap<Uuid, broadcast::Sender<Batch>>>>,
     run_id: Uuid,
     sender: broadcast::Sender<Batch>,
@@ -376,14 +347,15 @@ impl Tail {
 }
 
 /// Returns when `run_id` may have new lines.
-async fn wait_for_news(news: &mut broadcast::Receiver<Uuid>, run_id: Uuid) {
+async fn wait_for_news(news: &mut notices::Receiver<Uuid>, run_id: Uuid) {
     loop {
         match news.recv().await {
-            Ok(id) if id == run_id => return,
-            Ok(_) => {}
+            Some(Notice::Payload(id)) if id == run_id => return,
+            Some(Notice::Payload(_)) => {}
             // Missed some notifications: read anyway.
-            Err(broadcast::error::RecvError::Lagged(_)) => return,
-            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+            Some(Notice::Missed) => return,
+            // The fallback read on its interval is all there is.
+            None => std::future::pending::<()>().await,
         }
     }
 }
