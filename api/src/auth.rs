@@ -10,7 +10,7 @@
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use shiplog_engine::notices::{self, Notice, Notices};
+use shiplog_engine::notices::{self, Notices};
 use shiplog_engine::secret::Secret;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -218,18 +218,10 @@ pub async fn revoke(pool: &PgPool, id: Uuid, revoked_by: &str) -> sqlx::Result<O
 /// The channel `revoke` notifies with the revoked token's id.
 const REVOKED_CHANNEL: &str = "shiplog_api_token_revoked";
 
-/// What [`Revocations`] tells its subscribers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Revoked {
-    /// This token was revoked.
-    Token(Uuid),
-    /// Notices may have been missed (the listener's connection dropped, or the
-    /// subscriber fell behind): every holder of a token asks again whether it works.
-    Unknown,
-}
-
 /// Revocations as they commit, from any server on the database: what ends the
-/// websockets of a revoked token. Stops listening when the last clone is dropped.
+/// websockets of a revoked token. A subscriber hears each revoked token's id, or
+/// `Notice::Missed` when notices may have been lost: every holder of a token then
+/// asks again whether it works. Stops listening when the last clone is dropped.
 #[derive(Clone)]
 pub struct Revocations(Notices<Uuid>);
 
@@ -240,23 +232,8 @@ impl Revocations {
     }
 
     /// Revocations committed from now on.
-    pub fn subscribe(&self) -> RevocationReceiver {
-        RevocationReceiver(self.0.subscribe())
-    }
-}
-
-/// One holder's revocation notices.
-pub struct RevocationReceiver(notices::Receiver<Uuid>);
-
-impl RevocationReceiver {
-    /// The next notice; `None` once the listener has stopped. Notices that may
-    /// have been missed are [`Revoked::Unknown`]: every holder of a token then
-    /// asks again whether it works.
-    pub async fn recv(&mut self) -> Option<Revoked> {
-        self.0.recv().await.map(|notice| match notice {
-            Notice::Payload(id) => Revoked::Token(id),
-            Notice::Missed => Revoked::Unknown,
-        })
+    pub fn subscribe(&self) -> notices::Receiver<Uuid> {
+        self.0.subscribe()
     }
 }
 

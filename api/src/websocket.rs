@@ -40,11 +40,12 @@ use futures::stream::{AbortHandle, Abortable, BoxStream, SelectAll};
 use futures::{StreamExt, stream};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use shiplog_engine::notices::Notice;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::auth::{self, Principal, Revocations, Revoked};
+use crate::auth::{self, Principal, Revocations};
 use crate::graphql::{Caller, RequestId, ShiplogSchema};
 use crate::rate_limit::{self, Limiter};
 
@@ -330,12 +331,12 @@ impl Connection {
     }
 
     /// Closes with `4403` when the connection's token is no longer valid.
-    async fn on_revocation(&mut self, notice: Option<Revoked>) -> Result<Vec<Value>, Close> {
+    async fn on_revocation(&mut self, notice: Option<Notice<Uuid>>) -> Result<Vec<Value>, Close> {
         let Some(session) = &self.session else { return Ok(Vec::new()) };
         // Without a listener (`None`) the check before each operation still holds.
         let check = match notice {
-            Some(Revoked::Token(id)) => id == session.principal.token_id,
-            Some(Revoked::Unknown) => true,
+            Some(Notice::Payload(id)) => id == session.principal.token_id,
+            Some(Notice::Missed) => true,
             None => false,
         };
         if check && matches!(auth::authenticate(&self.pool, &session.token).await, Ok(None)) {
